@@ -1,0 +1,7 @@
+"""distar: Diff-Instruct* (DI*) for one-step text-to-image generators.
+
+Math lives in :mod:`distar.diffusion` and :mod:`distar.objectives` (pure torch); models, rewards,
+training, evaluation and the embedded worlds build on it.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from distar.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The ``distar`` command line: a thin dispatcher over :mod:`distar.commands`.
+
+Each command lives in ``distar/commands/<name>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``; heavy imports happen inside ``run`` so ``distar --help`` stays fast.
+Expected failures (bad config, missing file) print one line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from distar import __version__
+from distar.config import ConfigError
+
+#: (command, module under distar.commands, one-line help)
+COMMANDS: list[tuple[str, str, str]] = [
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distar",
+        description="Diff-Instruct*: train, evaluate and export human-preferred one-step generators.",
+    )
+    parser.add_argument("--version", action="version", version=f"distar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(f"distar.commands.{module}").add_arguments(cmd)
+        cmd.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(f"distar.commands.{args._module}")
+    try:
+        return int(module.run(args) or 0)
+    except (UserError, ConfigError, FileNotFoundError) as err:
+        print(f"distar {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"distar {args.command}: interrupted", file=sys.stderr)
+        return 130

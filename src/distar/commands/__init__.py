@@ -1,0 +1,1 @@
+"""One module per ``distar`` sub-command (see :mod:`distar.cli`)."""

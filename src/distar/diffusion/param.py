@@ -1,0 +1,70 @@
+"""Conversions between ε-, x0- and v-predictions and scores (di-star-math.md §1).
+
+All functions take ``alpha_t``/``sigma_t`` already broadcastable to ``x_t`` (see
+:func:`distar.diffusion.schedule.expand_like`). Prediction-type names follow diffusers:
+``"epsilon"``, ``"sample"`` (x0) and ``"v_prediction"``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+
+
+def x0_from_eps(x_t: Tensor, eps: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """x̂0 = (x_t − σ_t ε̂) / α_t."""
+    return (x_t - sigma_t * eps) / alpha_t
+
+
+def eps_from_x0(x_t: Tensor, x0: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """ε̂ = (x_t − α_t x̂0) / σ_t."""
+    return (x_t - alpha_t * x0) / sigma_t
+
+
+def x0_from_v(x_t: Tensor, v: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """x̂0 = (α_t x_t − σ_t v̂) / (α_t² + σ_t²), with v = α_t ε − σ_t x0 (= α_t x_t − σ_t v̂ for VP)."""
+    return (alpha_t * x_t - sigma_t * v) / (alpha_t**2 + sigma_t**2)
+
+
+def v_from_x0(x_t: Tensor, x0: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """v = α_t ε − σ_t x0 with ε = (x_t − α_t x0)/σ_t."""
+    return alpha_t * eps_from_x0(x_t, x0, alpha_t, sigma_t) - sigma_t * x0
+
+
+def score_from_x0(x_t: Tensor, x0: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """s(x_t) = −(x_t − α_t x̂0) / σ_t² (Tweedie)."""
+    return -(x_t - alpha_t * x0) / sigma_t**2
+
+
+def x0_from_score(x_t: Tensor, score: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """x̂0 = (x_t + σ_t² s) / α_t."""
+    return (x_t + sigma_t**2 * score) / alpha_t
+
+
+def to_x0(
+    prediction: Tensor, x_t: Tensor, alpha_t: Tensor, sigma_t: Tensor, prediction_type: PredictionType
+) -> Tensor:
+    """A network's raw output, of the given type, as an x0-prediction."""
+    if prediction_type == "sample":
+        return prediction
+    if prediction_type == "epsilon":
+        return x0_from_eps(x_t, prediction, alpha_t, sigma_t)
+    if prediction_type == "v_prediction":
+        return x0_from_v(x_t, prediction, alpha_t, sigma_t)
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def from_x0(
+    x0: Tensor, x_t: Tensor, alpha_t: Tensor, sigma_t: Tensor, prediction_type: PredictionType
+) -> Tensor:
+    """An x0-prediction expressed in the given prediction type (inverse of :func:`to_x0`)."""
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "epsilon":
+        return eps_from_x0(x_t, x0, alpha_t, sigma_t)
+    if prediction_type == "v_prediction":
+        return v_from_x0(x_t, x0, alpha_t, sigma_t)
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")

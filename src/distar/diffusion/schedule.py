@@ -1,0 +1,164 @@
+"""Forward-process schedules x_t = α_t x0 + σ_t ε (di-star-math.md Eq. 2.1).
+
+A :class:`Schedule` maps a time tensor to (α_t, σ_t). Discrete schedules (SD 1.5, SDXL: 1000 steps)
+index a table ``alphas_cumprod`` by integer t; continuous ones take float t in (0, 1]. Nothing in
+:mod:`distar.objectives` assumes α_t² + σ_t² = 1, so other families (e.g. rectified flow) can plug in
+as further subclasses.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Literal, Mapping
+
+import torch
+from torch import Tensor
+
+
+def expand_like(coef: Tensor, x: Tensor) -> Tensor:
+    """View a per-sample coefficient (B,) as (B, 1, ..., 1) so it broadcasts against ``x``."""
+    return coef.reshape(coef.shape + (1,) * (x.dim() - coef.dim()))
+
+
+class Schedule(ABC):
+    """A variance-preserving-type noise schedule over times in ``[t_lo, t_hi]``."""
+
+    #: smallest and largest valid time, in the schedule's own units.
+    t_lo: float
+    t_hi: float
+    discrete: bool
+
+    @abstractmethod
+    def alpha(self, t: Tensor) -> Tensor:
+        """α_t, same shape as ``t``."""
+
+    @abstractmethod
+    def sigma(self, t: Tensor) -> Tensor:
+        """σ_t, same shape as ``t``."""
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """Eq. (2.1): x_t = α_t x0 + σ_t ε, with t of shape (B,)."""
+        alpha_t = expand_like(self.alpha(t), x0).to(x0.dtype)
+        sigma_t = expand_like(self.sigma(t), x0).to(x0.dtype)
+        return alpha_t * x0 + sigma_t * noise
+
+    def sample_t(
+        self,
+        batch_size: int,
+        t_min: float = 0.02,
+        t_max: float = 0.98,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Tensor:
+        """t ~ U over the fraction [t_min, t_max] of the time range (DMD2: 2 %..98 %)."""
+        if not 0.0 <= t_min <= t_max <= 1.0:
+            raise ValueError(f"need 0 <= t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
+        u = torch.rand(batch_size, generator=generator, device="cpu").to(device)
+        frac = t_min + (t_max - t_min) * u
+        t = self.t_lo + frac * (self.t_hi - self.t_lo)
+        return t.round().long() if self.discrete else t
+
+
+class DiscreteSchedule(Schedule):
+    """A table of ᾱ_t over integer t = 0..T-1 (DDPM/SD style): α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t)."""
+
+    discrete = True
+
+    def __init__(self, alphas_cumprod: Tensor) -> None:
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if ac.dim() != 1 or not bool(((ac > 0) & (ac < 1)).all()):
+            raise ValueError("alphas_cumprod must be a 1-D table with values in (0, 1)")
+        self.alphas_cumprod = ac
+        self.t_lo = 0.0
+        self.t_hi = float(len(ac) - 1)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def _table(self, t: Tensor) -> Tensor:
+        index = t.long().clamp(0, self.num_train_timesteps - 1)
+        return self.alphas_cumprod.to(t.device)[index]
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return self._table(t).sqrt().float()
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return (1.0 - self._table(t)).sqrt().float()
+
+    @classmethod
+    def from_betas(
+        cls,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        num_train_timesteps: int = 1000,
+        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear",
+    ) -> "DiscreteSchedule":
+        """The beta schedules of DDPM / Stable Diffusion (``scaled_linear`` 0.00085..0.012 for SD/SDXL)."""
+        T = num_train_timesteps
+        if beta_schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+        elif beta_schedule == "scaled_linear":
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+        elif beta_schedule == "squaredcos_cap_v2":
+            f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+            betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64)
+        else:
+            raise ValueError(f"unknown beta_schedule {beta_schedule!r}")
+        # diffusers computes the cumulative product in float32; do the same so tables match exactly.
+        return cls(torch.cumprod(1.0 - betas.float(), dim=0).double())
+
+    @classmethod
+    def from_scheduler_config(cls, config: Mapping[str, Any] | Any) -> "DiscreteSchedule":
+        """Build from a diffusers scheduler (or its ``config``), e.g. SDXL's ``EulerDiscreteScheduler``."""
+        cfg = getattr(config, "config", config)
+        get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)
+        trained = get("trained_betas", None)
+        if trained is not None:
+            betas = torch.as_tensor(trained, dtype=torch.float32)
+            return cls(torch.cumprod(1.0 - betas, dim=0).double())
+        return cls.from_betas(
+            beta_start=get("beta_start", 0.0001),
+            beta_end=get("beta_end", 0.02),
+            num_train_timesteps=get("num_train_timesteps", 1000),
+            beta_schedule=get("beta_schedule", "linear"),
+        )
+
+
+class ContinuousVPSchedule(Schedule):
+    """Continuous VP schedule on t ∈ [t_eps, 1].
+
+    ``linear``: log ᾱ(t) = −¼ t² (β_max − β_min) − ½ t β_min (Song et al. 2021 VP-SDE);
+    ``cosine``: ᾱ(t) = cos²(π/2 · (t + s)/(1 + s)) / cos²(π/2 · s/(1 + s)).
+    """
+
+    discrete = False
+
+    def __init__(
+        self,
+        kind: Literal["linear", "cosine"] = "linear",
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        cosine_s: float = 0.008,
+        t_eps: float = 1e-3,
+    ) -> None:
+        if kind not in ("linear", "cosine"):
+            raise ValueError(f"unknown continuous schedule kind {kind!r}")
+        self.kind, self.beta_min, self.beta_max, self.cosine_s = kind, beta_min, beta_max, cosine_s
+        self.t_lo, self.t_hi = t_eps, 1.0
+
+    def log_alpha_bar(self, t: Tensor) -> Tensor:
+        """log ᾱ(t)."""
+        t = t.to(torch.float64) if t.dtype == torch.float64 else t.float()
+        if self.kind == "linear":
+            return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        s = self.cosine_s
+        f = torch.cos(math.pi / 2 * (t + s) / (1 + s)).clamp_min(1e-6)
+        return 2 * (torch.log(f) - math.log(math.cos(math.pi / 2 * s / (1 + s))))
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(0.5 * self.log_alpha_bar(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return (-torch.expm1(self.log_alpha_bar(t))).clamp_min(0).sqrt()

@@ -1,0 +1,62 @@
+"""The reward interface r(x0, c) of Eq. (3.1) and weighted sums of rewards."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class Reward(nn.Module, ABC):
+    """A frozen, differentiable reward model.
+
+    ``score(images, prompts)`` takes images (B, 3, H, W) in [0, 1] (any size; preprocessing is done
+    in torch) and B prompts, and returns (B,) scores on the model's documented scale. Gradients flow
+    to ``images``; the model's own parameters are frozen. Wrap calls in ``torch.no_grad()`` for
+    evaluation.
+    """
+
+    #: Short name used in configs, tables and logs.
+    name: str = "reward"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def freeze(self) -> "Reward":
+        """Put the model in eval mode (dropout/drop-path off) and stop parameter gradients."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> "Reward":
+        # Reward models stay in eval mode: a trainer calling .train() must not enable dropout.
+        return super().train(False)
+
+    @abstractmethod
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        """(B,) rewards for images (B, 3, H, W) in [0, 1]."""
+
+    def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        return self.score(images, prompts)
+
+
+class WeightedReward(Reward):
+    """r = Σ_k w_k r_k, e.g. PickScore × 100 + HPSv2.1 × 10."""
+
+    name = "weighted"
+
+    def __init__(self, terms: Sequence[tuple[float, Reward]]) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("WeightedReward needs at least one (weight, reward) term")
+        self.weights = [float(w) for w, _ in terms]
+        self.rewards = nn.ModuleList(r for _, r in terms)
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        return sum(w * r.score(images, prompts) for w, r in zip(self.weights, self.rewards))
+
+    def score_terms(self, images: Tensor, prompts: Sequence[str]) -> dict[str, Tensor]:
+        """Each term's unweighted (B,) score, keyed by reward name (for logging)."""
+        return {r.name: r.score(images, prompts) for r in self.rewards}
