@@ -89,7 +89,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys and wrong types.
+
+    A class with a ``presets`` mapping takes a ``preset`` key: that preset's values become the
+    defaults, and the other keys given override them.
+    """
+    presets = getattr(cls, "presets", None)
+    if isinstance(presets, Mapping) and data.get("preset") is not None:
+        if data["preset"] not in presets:
+            choices = ", ".join(presets)
+            raise ConfigError(f"{prefix}preset: unknown preset {data['preset']!r} (choose from {choices})")
+        data = {**presets[data["preset"]], **data}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]

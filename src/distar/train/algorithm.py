@@ -1,0 +1,79 @@
+"""The two updates of Algorithm 1 (di-star-math.md §7), as per-sample losses over any Backend.
+
+The trainer averages ``"loss"``, back-propagates and steps the matching optimiser; every other key
+is a per-sample term for logging. Time t and noise ε come from torch's global RNG, so restoring
+RNG state on resume reproduces the same draws.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from distar.objectives.dsm import dsm_loss, native_dsm_weight
+from distar.objectives.objective import DIStarLoss
+from distar.objectives.presets import ObjectiveConfig
+from distar.protocols import Backend, Conditioning
+from distar.rewards.base import Reward
+
+
+def _noise_and_time(backend: Backend, x0: Tensor, objective: ObjectiveConfig) -> tuple[Tensor, Tensor]:
+    """t ~ U[t_min, t_max] (fraction of the schedule) and ε ~ N(0, I), one per sample."""
+    t = backend.schedule.sample_t(x0.shape[0], objective.t_min, objective.t_max, device=x0.device)
+    return t, torch.randn_like(x0)
+
+
+def assistant_losses(
+    backend: Backend, cond: Conditioning, z: Tensor, objective: ObjectiveConfig
+) -> dict[str, Tensor]:
+    """Assistant step: DSM (2.2) of s_ψ on detached generator samples x0 = sg(g_θ(z, c))."""
+    with torch.no_grad():
+        x0 = backend.generate(z, cond)
+    t, noise = _noise_and_time(backend, x0, objective)
+    x_t = backend.schedule.add_noise(x0, noise, t)
+    x0_hat = backend.assistant_x0(x_t, t, cond)
+    weight = None
+    if objective.dsm_weighting == "native":
+        prediction_type = getattr(backend, "prediction_type", "sample")
+        weight = native_dsm_weight(backend.schedule.alpha(t), backend.schedule.sigma(t), prediction_type)
+    return {"loss": dsm_loss(x0_hat, x0, weight)}
+
+
+def generator_losses(
+    backend: Backend,
+    cond: Conditioning,
+    prompts: Sequence[str],
+    z: Tensor,
+    reward: Reward | None,
+    objective: ObjectiveConfig,
+) -> dict[str, Tensor]:
+    """Generator step: Eq. (3.4) (+ (3.6) in outer-CFG mode) at x0 = g_θ(z, c).
+
+    The graph runs from θ through x0 and x_t into the assistant's and the reference's inputs
+    (Theorem 3.1); their parameters are not the caller's to update here.
+    """
+    x0 = backend.generate(z, cond)
+    t, noise = _noise_and_time(backend, x0, objective)
+    loss = DIStarLoss(objective)
+    reward_values = None
+    if reward is not None:
+        images = backend.decode(x0)
+        reward_values = reward.score(images, prompts) if loss.uses_reward else _no_grad_score(reward, images, prompts)
+    return loss(
+        x0,
+        noise,
+        backend.schedule.alpha(t),
+        backend.schedule.sigma(t),
+        fake_x0=lambda x_t: backend.assistant_x0(x_t, t, cond),
+        ref_x0=lambda x_t: backend.reference_x0(x_t, t, cond),
+        ref_x0_pair=lambda x_t: backend.reference_x0_cond_uncond(x_t, t, cond),
+        reward=reward_values,
+    )
+
+
+def _no_grad_score(reward: Reward, images: Tensor, prompts: Sequence[str]) -> Tensor:
+    """Reward for logging only (α = 0): no graph through the reward model."""
+    with torch.no_grad():
+        return reward.score(images.detach(), prompts)
