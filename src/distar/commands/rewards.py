@@ -1,0 +1,146 @@
+"""``distar rewards``: score a folder of images with reward models and print a table.
+
+Images are the ``.png``/``.jpg``/``.jpeg``/``.webp``/``.bmp`` files directly in ``--images``, in
+sorted filename order. Prompts are matched to them by one rule, chosen by ``--prompts``:
+
+- a file whose records have an ``image`` field (``.jsonl``/``.json``/``.csv``/``.tsv``): each record
+  scores that image (a path relative to ``--images``) with its prompt (``prompt``/``caption``/``text``);
+- any other prompt file (e.g. ``.txt``, one prompt per line): line i goes with the i-th image;
+  the counts must be equal;
+- text that is not a file: that prompt for every image.
+
+Scores use the differentiable torch preprocessing of the reward path on the decoded files; the
+reference implementations resize with PIL, which can differ slightly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, help="folder of images to score")
+    parser.add_argument(
+        "--prompts", required=True,
+        help="a .txt with one prompt per image (sorted filename order), a .jsonl/.json/.csv/.tsv with "
+        "'image' and 'prompt' fields, or one prompt text for every image",
+    )
+    parser.add_argument("--rewards", default="pickscore", help="comma-separated reward names (default: pickscore)")
+    parser.add_argument(
+        "--model-path", action="append", default=[], metavar="NAME=PATH",
+        help="weights for one reward: hub id, folder, checkpoint file, or 'tiny' (repeatable)",
+    )
+    parser.add_argument("--pickscore-form", choices=("cosine", "logit"), default="cosine",
+                        help="PickScore as cos or exp(logit_scale)·cos")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="reward weights dtype")
+    parser.add_argument("--local-files-only", action="store_true", help="never download weights")
+    parser.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the scores as JSON")
+
+
+def _pairs(images_dir: Path, prompts: str) -> list[tuple[Path, str]]:
+    """(image file, prompt) pairs by the module's matching rule."""
+    from distar.cli import UserError
+    from distar.prompts import prompt_column, read_records
+
+    if not images_dir.is_dir():
+        raise UserError(f"--images: not a folder: {images_dir}")
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not Path(prompts).is_file():
+        if not files:
+            raise UserError(f"--images: no {'/'.join(IMAGE_SUFFIXES)} files in {images_dir}")
+        return [(f, prompts) for f in files]
+    records = read_records(prompts)
+    column = prompt_column(records)
+    if records and all("image" in r for r in records):
+        pairs = [(images_dir / r["image"], r[column]) for r in records]
+        missing = [str(p) for p, _ in pairs if not p.is_file()]
+        if missing:
+            raise UserError(f"{prompts}: {len(missing)} image(s) not found, e.g. {missing[0]}")
+        return pairs
+    if len(records) != len(files):
+        raise UserError(
+            f"{prompts} has {len(records)} prompts but {images_dir} has {len(files)} images "
+            "(one prompt per image in sorted filename order, or a JSONL with image and prompt fields)"
+        )
+    return [(f, r[column]) for f, r in zip(files, records)]
+
+
+def _load_image(path: Path) -> torch.Tensor:
+    """(3, H, W) float image in [0, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from distar.cli import UserError
+    from distar.rewards import REWARD_NAMES, RewardSpec, load_reward
+
+    names = [n.strip() for n in args.rewards.split(",") if n.strip()]
+    unknown = [n for n in names if n not in REWARD_NAMES]
+    if not names or unknown:
+        bad = unknown[0] if unknown else ""
+        raise UserError(f"--rewards: unknown reward '{bad}' (choose from {', '.join(REWARD_NAMES)})")
+    paths: dict[str, str] = {}
+    for item in args.model_path:
+        name, sep, path = item.partition("=")
+        if not sep or name not in names:
+            raise UserError(f"--model-path '{item}': expected NAME=PATH with NAME one of {', '.join(names)}")
+        paths[name] = path
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    pairs = _pairs(Path(args.images), args.prompts)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    scores: dict[str, list[float]] = {}
+    for name in names:
+        spec = RewardSpec(
+            name, path=paths.get(name), local_files_only=args.local_files_only,
+            form=args.pickscore_form if name == "pickscore" else "cosine",
+        )
+        reward = load_reward(spec, device=device, dtype=args.dtype)
+        values: list[float] = []
+        for start in tqdm(range(0, len(pairs), args.batch_size), desc=name, disable=len(pairs) <= args.batch_size):
+            batch = pairs[start : start + args.batch_size]
+            images = [_load_image(path) for path, _ in batch]
+            prompts = [prompt for _, prompt in batch]
+            with torch.no_grad():
+                if all(img.shape == images[0].shape for img in images):
+                    values += reward.score(torch.stack(images).to(device), prompts).tolist()
+                else:  # mixed sizes: one image at a time
+                    values += [float(reward.score(img[None].to(device), [p])) for img, p in zip(images, prompts)]
+        scores[name] = values
+        del reward
+
+    width = max(len("mean"), *(len(p.name) for p, _ in pairs))
+    print(f"{'image':<{width}}  " + "  ".join(f"{n:>12}" for n in names))
+    for i, (path, _) in enumerate(pairs):
+        print(f"{path.name:<{width}}  " + "  ".join(f"{scores[n][i]:>12.4f}" for n in names))
+    means = {n: sum(v) / len(v) for n, v in scores.items()}
+    print(f"{'mean':<{width}}  " + "  ".join(f"{means[n]:>12.4f}" for n in names))
+    if args.json_out:
+        record = {
+            "images": [str(p) for p, _ in pairs], "prompts": [t for _, t in pairs],
+            "scores": scores, "mean": means, "pickscore_form": args.pickscore_form,
+        }
+        Path(args.json_out).write_text(json.dumps(record, indent=2))
+    return 0

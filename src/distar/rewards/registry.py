@@ -1,0 +1,131 @@
+"""Reward names, the :class:`RewardSpec` config section, and the loaders built on them.
+
+``load_reward("pickscore")`` returns one frozen :class:`~distar.rewards.base.Reward`;
+``build_reward([RewardSpec("pickscore", weight=100), RewardSpec("hpsv2.1", weight=10)])`` returns
+the weighted sum r = Σ_k w_k r_k used as the explicit reward of Eq. (3.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from distar.config import ConfigError, field
+from distar.rewards.base import Reward, WeightedReward
+
+#: Every reward name understood by :func:`load_reward`.
+REWARD_NAMES: tuple[str, ...] = ("pickscore", "clip", "hpsv2", "hpsv2.1", "imagereward", "aesthetic")
+
+#: ``path`` value that builds a tiny randomly initialised model locally (tests, offline trials).
+TINY = "tiny"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class RewardSpec:
+    """One reward term: which model, where its weights are, and its weight in the sum."""
+
+    name: str = field(help=f"reward model: one of {', '.join(REWARD_NAMES)}")
+    weight: float = field(1.0, help="weight w_k of this term in r = Σ_k w_k r_k")
+    path: str | None = field(
+        None,
+        help="weights: hub id, local folder or checkpoint file (default: the published model; "
+        "'tiny' builds a tiny random model locally)",
+    )
+    processor: str | None = field(
+        None,
+        help="hub id or folder of the tokenizer/preprocessor config when `path` has none "
+        "(default: the one the published model uses)",
+    )
+    backbone: str | None = field(
+        None,
+        help="aesthetic only: CLIP image encoder (hub id or folder; default openai/clip-vit-large-patch14)",
+    )
+    form: Literal["cosine", "logit"] = field(
+        "cosine",
+        help="pickscore only: 'cosine' = cos(e_img, e_txt), 'logit' = exp(logit_scale)·cos",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = field(
+        None, help="weights dtype for this reward (default: the dtype passed to build_reward)"
+    )
+    local_files_only: bool = field(False, help="never download; use local files and the hub cache only")
+
+    def __post_init__(self) -> None:
+        if self.name not in REWARD_NAMES:
+            raise ConfigError(f"unknown reward '{self.name}' (choose from {', '.join(REWARD_NAMES)})")
+        if self.form != "cosine" and self.name != "pickscore":
+            raise ConfigError(f"reward '{self.name}': form '{self.form}' is only defined for pickscore")
+        if self.backbone is not None and self.name != "aesthetic":
+            raise ConfigError(f"reward '{self.name}': backbone is only used by aesthetic")
+
+
+def _loaders() -> dict[str, Callable[[RewardSpec], Reward]]:
+    # Imported here: the model modules pull in transformers.
+    from distar.rewards.aesthetic import AestheticReward
+    from distar.rewards.clip import CLIPScore, HPSv2, PickScore
+    from distar.rewards.imagereward import ImageReward
+
+    return {
+        "pickscore": PickScore.from_spec,
+        "clip": CLIPScore.from_spec,
+        "hpsv2": HPSv2.from_spec,
+        "hpsv2.1": HPSv2.from_spec,
+        "imagereward": ImageReward.from_spec,
+        "aesthetic": AestheticReward.from_spec,
+    }
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``"bfloat16"`` → ``torch.bfloat16``; dtypes and None pass through."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ConfigError(f"unknown dtype '{dtype}' (choose from {', '.join(_DTYPES)})")
+    return _DTYPES[dtype]
+
+
+def load_reward(
+    name_or_spec: str | RewardSpec,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    **overrides: object,
+) -> Reward:
+    """Load one frozen reward model in eval mode.
+
+    ``name_or_spec`` is a name from :data:`REWARD_NAMES` or a :class:`RewardSpec`; keyword
+    ``overrides`` replace spec fields (``path=``, ``processor=``, ``form=``, ...). Weights are cast to
+    the spec's dtype, else ``dtype``, else float32. A missing checkpoint raises
+    :class:`FileNotFoundError` with a one-line message naming the file and where to get it.
+    """
+    spec = RewardSpec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    if overrides:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(RewardSpec)})
+        if unknown:
+            raise TypeError(f"load_reward got unknown option(s): {', '.join(unknown)}")
+        spec = dataclasses.replace(spec, **overrides)
+    if spec.path == TINY:
+        from distar.rewards.tiny import tiny_reward_path
+
+        spec = dataclasses.replace(spec, path=str(tiny_reward_path(spec.name)))
+    reward = _loaders()[spec.name](spec)
+    reward.to(device=device, dtype=resolve_dtype(spec.dtype) or resolve_dtype(dtype) or torch.float32)
+    return reward.freeze()
+
+
+def build_reward(
+    specs: Sequence[RewardSpec],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> Reward:
+    """The reward of a config: a single term with weight 1 as is, otherwise a :class:`WeightedReward`."""
+    if not specs:
+        raise ConfigError("rewards: at least one reward is needed")
+    terms = [(spec.weight, load_reward(spec, device=device, dtype=dtype)) for spec in specs]
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return terms[0][1]
+    return WeightedReward(terms)
