@@ -1,0 +1,51 @@
+"""``distar train``: run Algorithm 1 from a YAML config with ``key=value`` overrides.
+
+Multi-process runs go through a launcher, e.g. ``accelerate launch -m distar train ...`` (GPUs) or
+``torchrun --nproc_per_node 2 -m distar train ...`` (CPU, gloo).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="training config YAML (see configs/)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. optim.generator.lr=1e-6 loop.max_steps=10",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="latest|PATH",
+        help="continue from the newest checkpoint in output_dir ('latest'; starts fresh if there is none) "
+        "or from a checkpoint folder",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from distar.config import load_config, to_dict
+    from distar.train.config import TrainConfig
+
+    config = load_config(TrainConfig, args.config, args.overrides)
+    if args.dry_run:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
+    from distar.train.checkpoint import resolve_checkpoint
+
+    if args.resume is not None:
+        resolve_checkpoint(args.resume, config.output_dir)  # a bad path fails before anything loads
+    from distar.train.build import build_trainer
+
+    trainer = build_trainer(config)
+    records = trainer.train(resume=args.resume)
+    if trainer.accelerator.is_main_process and records:
+        last = records[-1]
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith("/loss"))
+        print(f"step {last['step']}: {losses}; run folder {config.output_dir}")
+    return 0

@@ -1,0 +1,42 @@
+"""Build a :class:`~distar.train.loop.Trainer` from a :class:`TrainConfig` (what ``distar train`` runs)."""
+
+from __future__ import annotations
+
+from accelerate import Accelerator
+
+from distar.config import ConfigError
+from distar.prompts import read_prompts
+from distar.train.config import DataConfig, TrainConfig
+from distar.train.loop import Trainer, make_accelerator
+
+
+def load_prompts(data: DataConfig) -> list[str]:
+    """The training prompts: ``data.source`` (file or datasets id) if set, else ``data.prompts``."""
+    if data.source is not None:
+        prompts = read_prompts(data.source, data.column, split=data.split)
+    else:
+        prompts = list(data.prompts)
+    if not prompts:
+        where = f"data.source '{data.source}' holds" if data.source is not None else "data.prompts has"
+        raise ConfigError(f"{where} no prompts (set data.source to a prompt file or give data.prompts)")
+    return prompts
+
+
+def build_trainer(config: TrainConfig, accelerator: Accelerator | None = None) -> Trainer:
+    """Backend (``config.model``), reward (``config.rewards``) and prompts (``config.data``) on the
+    accelerator's device, wrapped in a Trainer. The reward is skipped when no reward terms are set."""
+    if config.model is None:
+        raise ConfigError("model: the training config needs a `model` section")
+    if config.objective.reward_scale != 0.0 and not config.rewards:
+        raise ConfigError(f"objective.reward_scale is {config.objective.reward_scale:g} but `rewards` is empty")
+    from distar.backends import build_backend
+    from distar.rewards import build_reward
+
+    prompts = load_prompts(config.data)
+    accelerator = accelerator or make_accelerator(config)
+    with accelerator.main_process_first():  # downloads and tiny-model builds happen once
+        backend = build_backend(config.model, device=accelerator.device)
+        reward = None
+        if config.rewards:
+            reward = build_reward(config.rewards, device=accelerator.device, dtype=config.model.dtype)
+    return Trainer(config, backend, reward, prompts, accelerator=accelerator)

@@ -1,0 +1,418 @@
+"""Algorithm 1 of Diff-Instruct* (di-star-math.md §7) on accelerate, for any Backend.
+
+Each training step makes ``loop.assistant_steps`` assistant updates (DSM, Eq. 2.2, on detached
+generator samples) and then one generator update (Eq. 3.4, plus 3.6-3.7 in outer-CFG mode), with
+separate AdamW optimisers and LR schedules. The losses themselves are
+:func:`~distar.train.algorithm.assistant_losses` and :func:`~distar.train.algorithm.generator_losses`;
+this module averages their per-sample ``"loss"``, back-propagates, clips, steps, keeps the EMA and
+logs the batch mean of every term.
+
+Accelerate provides devices, DDP/FSDP (``accelerate launch`` / ``torchrun``), autocast and the
+optimiser/scheduler state of checkpoints. All random draws (prompt order aside) come from the
+global generators seeded with ``seed + rank``; checkpoints store them so a resumed run continues the
+exact loss sequence of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from distar.config import ConfigError, save_config, to_dict
+from distar.protocols import Backend
+from distar.rewards.base import Reward
+from distar.train import checkpoint as ckpt
+from distar.train.algorithm import assistant_losses, generator_losses
+from distar.train.config import OptimizerConfig, TrainConfig
+from distar.train.data import PromptStream
+from distar.train.logs import JsonlLog, image_grid, peak_memory_mib, save_png
+
+logger = logging.getLogger(__name__)
+
+#: Per-step record keys that are measurements of the machine, not of the optimisation.
+TIMING_KEYS = ("time/step_s", "mem/peak_mib")
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """The Accelerator for ``config``: precision, trackers, and CPU/gloo when no GPU is used.
+
+    Schedulers step once per training step on every process (``step_scheduler_with_optimizer=False``),
+    so warm-up lengths are in training steps whatever the number of processes.
+    """
+    log_cfg = config.logging
+    trackers = [name for name, on in (("tensorboard", log_cfg.tensorboard), ("wandb", log_cfg.wandb)) if on]
+    if config.logging.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logging.wandb: needs the wandb package (pip install 'distar[wandb]')")
+    return Accelerator(
+        mixed_precision=config.loop.mixed_precision,
+        cpu=config.loop.cpu or not torch.cuda.is_available(),
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(
+            project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "tensorboard")
+        ),
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def make_optimizer(params: list[nn.Parameter], config: OptimizerConfig, use_8bit: bool) -> torch.optim.Optimizer:
+    """AdamW (or bitsandbytes AdamW8bit) over ``params``."""
+    kwargs = dict(lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, eps=config.eps)
+    if not use_8bit:
+        return torch.optim.AdamW(params, **kwargs)
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ConfigError("optim.use_8bit_adam: needs bitsandbytes (pip install 'distar[bnb]')") from None
+    return bitsandbytes.optim.AdamW8bit(params, **kwargs)
+
+
+def _means(terms: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {f"{prefix}/{k}": v.detach().float().mean() for k, v in terms.items()}
+
+
+class Trainer:
+    """Trains ``backend.generator`` (and its assistant) with Algorithm 1.
+
+    ``backend`` and ``reward`` must already be on the accelerator's device (``distar train`` builds
+    them there); ``reward`` may be None when ``objective.reward_scale`` is 0. ``prompts`` is the full
+    training set: each process draws its own shard. ``train()`` returns one record per step.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        backend: Backend,
+        reward: Reward | None,
+        prompts: Sequence[str],
+        *,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        if config.objective.reward_scale != 0.0 and reward is None:
+            raise ConfigError(f"objective.reward_scale is {config.objective.reward_scale:g} but no reward is given")
+        self.config = config
+        self.backend = backend
+        self.reward = reward
+        self.accelerator = acc = accelerator or make_accelerator(config)
+        self.output_dir = Path(config.output_dir)
+        set_seed(config.seed + acc.process_index)
+        self.data = PromptStream(
+            prompts,
+            config.data.batch_size,
+            seed=config.seed,
+            shuffle=config.data.shuffle,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+        )
+        self.sample_prompts = list(config.sampling.prompts) or list(prompts[:4])
+
+        # Trainable parameters and their state_dict names, taken before any DDP/FSDP wrapping.
+        self.generator_params = [p for p in backend.generator_parameters() if p.requires_grad]
+        self.assistant_params = [p for p in backend.assistant_parameters() if p.requires_grad]
+        if not self.generator_params or not self.assistant_params:
+            raise ValueError("the backend's generator and assistant must both have trainable parameters")
+        self.generator_names = ckpt.parameter_names(backend.generator, self.generator_params)
+        self.assistant_names = ckpt.parameter_names(backend.assistant, self.assistant_params)
+        self.fsdp = acc.distributed_type == DistributedType.FSDP
+        if self.fsdp and config.ema.enabled:
+            raise ConfigError("ema.decay: EMA is not supported with FSDP (parameters are sharded); set it to 0")
+
+        optim, steps = config.optim, config.loop.max_steps
+        optimizers = [
+            make_optimizer(self.generator_params, optim.generator, optim.use_8bit_adam),
+            make_optimizer(self.assistant_params, optim.assistant, optim.use_8bit_adam),
+        ]
+        schedulers = [
+            get_scheduler(c.lr_schedule, opt, num_warmup_steps=c.warmup_steps, num_training_steps=steps)
+            for c, opt in zip((optim.generator, optim.assistant), optimizers)
+        ]
+        (
+            backend.generator,
+            backend.assistant,
+            self.generator_optimizer,
+            self.assistant_optimizer,
+            self.generator_scheduler,
+            self.assistant_scheduler,
+        ) = acc.prepare(backend.generator, backend.assistant, *optimizers, *schedulers)
+        # Trainable weights are written by `save_checkpoint` as safetensors, not by accelerate.
+        if not self.fsdp:
+            acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+            acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+
+        ema = config.ema
+        self.ema = (
+            EMAModel(
+                self.generator_params,
+                decay=ema.decay,
+                update_after_step=ema.update_after_step,
+                use_ema_warmup=ema.warmup,
+                inv_gamma=ema.inv_gamma,
+                power=ema.power,
+                foreach=True,
+            )
+            if ema.enabled
+            else None
+        )
+        self.step = 0
+        self.log = JsonlLog(self.output_dir / "log.jsonl")
+        self._sampling = config.sampling.every > 0
+
+    # ------------------------------------------------------------------ Algorithm 1
+
+    def _batch(self) -> tuple[list[str], object, Tensor]:
+        """Prompts c, their conditioning and generator noise z for one update."""
+        prompts = self.data.next_batch()
+        return prompts, self.backend.encode_prompts(prompts), self.backend.sample_latents(len(prompts))
+
+    def _clip(self, module: nn.Module, config: OptimizerConfig) -> Tensor | None:
+        """Clip the (possibly wrapped) module's gradients; returns their norm before clipping.
+
+        The wrapped module's own parameters are passed so accelerate can use FSDP's sharded clipping;
+        frozen parameters have no gradient and do not count."""
+        if config.max_grad_norm is None:
+            return None
+        return self.accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm)
+
+    def _assistant_unsynced(self) -> contextlib.AbstractContextManager:
+        """The generator update also leaves ∇ψ on the assistant (its graph runs through x_t, Theorem 3.1);
+        under DDP keep that gradient local instead of all-reducing it, since it is zeroed unused."""
+        assistant = self.backend.assistant
+        return assistant.no_sync() if isinstance(assistant, DistributedDataParallel) else contextlib.nullcontext()
+
+    def train_step(self) -> dict[str, Tensor]:
+        """One iteration of Algorithm 1; returns the batch mean of every loss term (0-dim tensors)."""
+        acc, cfg = self.accelerator, self.config
+        # 1. Assistant: k DSM steps on x0 = sg(g_θ(z, c)); ψ ← ψ − η_ψ ∇_ψ DSM(ψ).
+        assistant_logs: list[dict[str, Tensor]] = []
+        for _ in range(cfg.loop.assistant_steps):
+            _, cond, z = self._batch()
+            with acc.autocast():
+                terms = assistant_losses(self.backend, cond, z, cfg.objective)
+            self.assistant_optimizer.zero_grad(set_to_none=True)
+            acc.backward(terms["loss"].float().mean())
+            logs = _means(terms, "assistant")
+            norm = self._clip(self.backend.assistant, cfg.optim.assistant)
+            if norm is not None:
+                logs["assistant/grad_norm"] = norm.detach().float()
+            self.assistant_optimizer.step()
+            assistant_logs.append(logs)
+        self.assistant_scheduler.step()
+
+        # 2. Generator: x0 = g_θ(z, c), L = −α r + w(t)·divergence [+ α_cfg L_cfg]; θ ← θ − η_θ ∇_θ L.
+        prompts, cond, z = self._batch()
+        with self._assistant_unsynced():
+            with acc.autocast():
+                terms = generator_losses(self.backend, cond, prompts, z, self.reward, cfg.objective)
+            self.generator_optimizer.zero_grad(set_to_none=True)
+            acc.backward(terms["loss"].float().mean())
+        self.assistant_optimizer.zero_grad(set_to_none=True)  # drop (and free) the stray ∇ψ at once
+        logs = {k: torch.stack([d[k] for d in assistant_logs]).mean() for k in assistant_logs[0]}
+        logs.update(_means(terms, "generator"))
+        norm = self._clip(self.backend.generator, cfg.optim.generator)
+        if norm is not None:
+            logs["generator/grad_norm"] = norm.detach().float()
+        self.generator_optimizer.step()
+        self.generator_scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.generator_params)
+        self.step += 1
+        return logs
+
+    # ------------------------------------------------------------------ the run
+
+    def train(self, resume: str | None = None) -> list[dict[str, float]]:
+        """Run (or, with ``resume`` = ``"latest"`` or a checkpoint path, continue) to ``loop.max_steps``.
+
+        Returns the records of the steps run by this call (also appended to ``log.jsonl``).
+        """
+        acc, cfg = self.accelerator, self.config
+        if resume is not None:
+            path = ckpt.resolve_checkpoint(resume, self.output_dir)
+            if path is None:
+                logger.info("no checkpoint in %s: starting a new run", self.output_dir)
+            else:
+                self.load_checkpoint(path)
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
+            self.log.truncate_after(self.step)
+        init_kwargs = {"wandb": {"config": to_dict(cfg)}} if cfg.logging.wandb else {}
+        acc.init_trackers(cfg.logging.wandb_project, init_kwargs=init_kwargs)
+
+        every = cfg.sampling.every
+        if self._sampling and self.step == 0:
+            self.sample()
+        records: list[dict[str, float]] = []
+        window: list[tuple[dict[str, Tensor], float, float]] = []
+        bar = tqdm(
+            total=cfg.loop.max_steps,
+            initial=self.step,
+            desc="train",
+            disable=not (acc.is_main_process and cfg.logging.progress_bar),
+            dynamic_ncols=True,
+        )
+        busy = 0.0  # seconds spent in train_step this window (sampling and checkpoints excluded)
+        while self.step < cfg.loop.max_steps:
+            lrs = (self.generator_scheduler.get_last_lr()[0], self.assistant_scheduler.get_last_lr()[0])
+            start = time.perf_counter()
+            window.append((self.train_step(), *lrs))
+            busy += time.perf_counter() - start
+            bar.update(1)
+            last = self.step == cfg.loop.max_steps
+            if self.step % cfg.logging.every == 0 or last:
+                flushed = self._flush(window, busy / len(window))
+                bar.set_postfix({k: f"{v:.4g}" for k, v in flushed[-1].items() if k.endswith("/loss")})
+                records += flushed
+                window, busy = [], 0.0
+            if self._sampling and self.step % every == 0:
+                self.sample()
+            saving = cfg.checkpointing
+            if (saving.every and self.step % saving.every == 0) or (last and saving.save_final):
+                self.save_checkpoint()
+        bar.close()
+        acc.end_training()
+        return records
+
+    def _flush(self, window: list[tuple[dict[str, Tensor], float, float]], step_seconds: float) -> list[dict]:
+        """Average the window's per-step terms over processes, write records, log window means."""
+        acc = self.accelerator
+        keys = list(window[0][0])
+        values = acc.reduce(torch.stack([torch.stack([logs[k] for k in keys]) for logs, _, _ in window]), "mean")
+        first = self.step - len(window) + 1
+        records = [
+            {"step": first + i, **dict(zip(keys, row)), "lr/generator": lr_g, "lr/assistant": lr_a}
+            for i, (row, (_, lr_g, lr_a)) in enumerate(zip(values.tolist(), window))
+        ]
+        records[-1].update({"time/step_s": step_seconds, "mem/peak_mib": peak_memory_mib(acc.device)})
+        if acc.is_main_process:
+            self.log.write(records)
+            means = {k: sum(r[k] for r in records) / len(records) for k in keys}
+            acc.log({**means, **{k: records[-1][k] for k in TIMING_KEYS}}, step=self.step)
+        return records
+
+    # ------------------------------------------------------------------ sample grids
+
+    @torch.no_grad()
+    def _sample_images(self) -> Tensor:
+        """Decoded generator samples for every (prompt, seed) pair, prompt-major; on all processes."""
+        prompts = [p for p in self.sample_prompts for _ in self.config.sampling.seeds]
+        latents = [self.backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in self.config.sampling.seeds]
+        z = torch.cat(latents * len(self.sample_prompts))
+        with self.accelerator.autocast():
+            return self.backend.decode(self.backend.generate(z, self.backend.encode_prompts(prompts))).float()
+
+    def sample(self) -> None:
+        """Write ``samples/step-<step>.png`` (and ``-ema``) grids: rows = prompts, columns = seeds.
+
+        Runs on every process (the generator may be sharded); backends whose ``decode`` does not
+        give (B, 3, H, W) images turn sampling off."""
+        grids = {"samples": self._sample_images()}
+        images = grids["samples"]
+        if images.dim() != 4 or images.shape[1] != 3:
+            logger.info("decode gives %s, not images: sample grids are off", tuple(images.shape))
+            self._sampling = False
+            return
+        if self.ema is not None and self.config.sampling.use_ema:
+            self.ema.store(self.generator_params)
+            self.ema.copy_to(self.generator_params)
+            grids["samples_ema"] = self._sample_images()
+            self.ema.restore(self.generator_params)
+        if not self.accelerator.is_main_process:
+            return
+        folder = self.output_dir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, images in grids.items():
+            grid = image_grid(images.clamp(0, 1), rows=len(self.sample_prompts))
+            suffix = "-ema" if name.endswith("ema") else ""
+            save_png(grid, folder / f"step-{self.step:06d}{suffix}.png")
+            for tracker in self.accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.log_images({name: grid[None]}, step=self.step)
+                elif tracker.name == "wandb":
+                    tracker.log_images({name: [grid.permute(1, 2, 0).cpu().numpy()]}, step=self.step)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _trainable_state(self, module: nn.Module, names: list[str]) -> dict[str, Tensor]:
+        """The trainable subset of the unwrapped module's state_dict (gathered under FSDP)."""
+        state = self.accelerator.get_state_dict(module)
+        return {name: state[name] for name in names} if state else {}
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint-<step>/`` atomically (temporary folder, then rename); prune old ones."""
+        acc, cfg = self.accelerator, self.config
+        final = self.output_dir / f"{ckpt.CHECKPOINT_PREFIX}{self.step}"
+        tmp = self.output_dir / f".{final.name}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        (tmp / ckpt.rng_state_file(acc.process_index)).write_text(json.dumps(ckpt.rng_state()))
+        generator = self._trainable_state(self.backend.generator, self.generator_names)
+        assistant = self._trainable_state(self.backend.assistant, self.assistant_names)
+        if acc.is_main_process:
+            ckpt.save_tensors(generator, tmp / ckpt.GENERATOR_FILE)
+            ckpt.save_tensors(assistant, tmp / ckpt.ASSISTANT_FILE)
+            state = {"step": self.step, "world_size": acc.num_processes, "data": self.data.state_dict()}
+            if self.ema is not None:
+                ema_state = self.ema.state_dict()
+                shadow = dict(zip(self.generator_names, ema_state.pop("shadow_params")))
+                ckpt.save_tensors(shadow, tmp / ckpt.GENERATOR_EMA_FILE)
+                state["ema"] = ema_state
+            save_config(cfg, tmp / ckpt.CONFIG_FILE)
+            (tmp / ckpt.TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.replace_dir(tmp, final)
+            ckpt.prune_checkpoints(self.output_dir, cfg.checkpointing.total_limit)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights, optimisers, schedulers, EMA, data position and RNG from ``path``."""
+        acc, path = self.accelerator, Path(path)
+        state = json.loads((path / ckpt.TRAINER_STATE_FILE).read_text())
+        if state["world_size"] != acc.num_processes:
+            logger.warning(
+                "checkpoint was written by %d processes, resuming with %d: prompt order changes",
+                state["world_size"],
+                acc.num_processes,
+            )
+        acc.load_state(str(path))
+        if not self.fsdp:
+            for params, names, file in (
+                (self.generator_params, self.generator_names, ckpt.GENERATOR_FILE),
+                (self.assistant_params, self.assistant_names, ckpt.ASSISTANT_FILE),
+            ):
+                with torch.no_grad():
+                    for p, value in zip(params, ckpt.load_tensors(path / file, names)):
+                        p.copy_(value)
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ConfigError(f"ema.decay is set but {path} has no EMA weights")
+            shadow = ckpt.load_tensors(path / ckpt.GENERATOR_EMA_FILE, self.generator_names)
+            self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
+            self.ema.to(acc.device)
+        self.data.load_state_dict(state["data"])
+        self.step = int(state["step"])
+        rng_file = path / ckpt.rng_state_file(acc.process_index)
+        if rng_file.is_file():
+            ckpt.set_rng_state(json.loads(rng_file.read_text()))
+        else:
+            logger.warning("%s missing: random draws will differ from an uninterrupted run", rng_file.name)
+        logger.info("resumed from %s at step %d", path, self.step)

@@ -1,0 +1,124 @@
+"""End to end on the tiny SD / SDXL configs: every preset through `distar train`, checkpoints,
+resume `latest`, frozen parts untouched, LoRA layouts, mixed precision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distar.cli import main
+from distar.config import load_config
+from distar.objectives import PRESETS
+from distar.train.config import TrainConfig
+from distar.train.loop import TIMING_KEYS
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+QUICK = ["logging.progress_bar=false", "logging.every=1", "sampling.every=0", "logging.tensorboard=false"]
+
+
+def train(family: str, out: Path, *overrides: str, resume: str | None = None) -> int:
+    argv = ["train", "--config", str(CONFIGS / f"tiny_{family}.yaml"), f"output_dir={out}", *QUICK, *overrides]
+    return main(argv + (["--resume", resume] if resume else []))
+
+
+def log(out: Path) -> list[dict]:
+    lines = (out / "log.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_trains_and_checkpoints(family, preset, tmp_path):
+    overrides = [f"objective.preset={preset}", "loop.max_steps=2", "loop.assistant_steps=1", "checkpointing.every=1"]
+    assert train(family, tmp_path, *overrides) == 0
+    records = log(tmp_path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(v)) for r in records for v in r.values())
+    if PRESETS[preset]["reward_scale"]:
+        assert "generator/reward" in records[0]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]  # total_limit 2
+    checkpoint = tmp_path / "checkpoint-2"
+    assert load_config(TrainConfig, checkpoint / "config.yaml").objective.preset == preset
+    assert load_file(checkpoint / "generator.safetensors") and load_file(checkpoint / "generator_ema.safetensors")
+
+
+def test_cli_resume_latest_is_exact_and_samples_are_written(tmp_path):
+    common = ["loop.max_steps=3", "checkpointing.every=2", "sampling.every=3"]
+    assert train("sd", tmp_path / "straight", *common) == 0
+    assert train("sd", tmp_path / "split", *common, "loop.max_steps=2") == 0
+    assert train("sd", tmp_path / "split", *common, resume="latest") == 0
+    assert log(tmp_path / "split") == log(tmp_path / "straight")
+    assert [r["step"] for r in log(tmp_path / "split")] == [1, 2, 3]
+    a, b = (load_file(tmp_path / run / "checkpoint-3" / "generator.safetensors") for run in ("straight", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "split" / "samples" / "step-000003-ema.png").is_file()
+
+
+def build(tmp_path, *overrides):
+    from distar.train.build import build_trainer
+
+    base = [f"output_dir={tmp_path}", *QUICK, "loop.max_steps=2", "loop.assistant_steps=1", "ema.decay=0"]
+    return build_trainer(load_config(TrainConfig, CONFIGS / "tiny_sd.yaml", [*base, *overrides]))
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    after = module.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_full_fine_tuning_moves_trainable_weights_only(tmp_path):
+    trainer = build(tmp_path)
+    backend = trainer.backend
+    frozen = {"reference": backend.reference, "vae": backend.pipe.vae, "text": backend.pipe.text_encoder}
+    before = {name: snapshot(m) for name, m in frozen.items()}
+    generator, assistant = snapshot(backend.generator), snapshot(backend.assistant)
+    trainer.train()
+    for name, module in frozen.items():
+        assert not changed(before[name], module), name
+    assert changed(generator, backend.generator) and changed(assistant, backend.assistant)
+    saved = load_file(tmp_path / "checkpoint-2" / "generator.safetensors")
+    assert set(saved) == set(backend.generator.state_dict())  # fully fine-tuned: the whole UNet
+
+
+def test_shared_lora_assistant_leaves_the_reference_weights_alone(tmp_path):
+    lora = ["model.assistant_lora_rank=2", "model.generator_lora_rank=2", "model.gradient_checkpointing=true"]
+    trainer = build(tmp_path, *lora)
+    backend = trainer.backend
+    unet = backend.assistant  # adapter on the reference's own UNet
+    before = snapshot(unet)
+    trainer.train()
+    moved = changed(before, unet)
+    assert moved and all("lora" in k for k in moved)
+    generator_keys = set(load_file(tmp_path / "checkpoint-2" / "generator.safetensors"))
+    assistant_keys = set(load_file(tmp_path / "checkpoint-2" / "assistant.safetensors"))
+    assert generator_keys and all("lora" in k for k in generator_keys | assistant_keys)
+
+
+def test_bf16_autocast_runs(tmp_path):
+    records = build(tmp_path, "loop.mixed_precision=bf16").train()
+    assert torch.isfinite(torch.tensor(records[-1]["generator/loss"]))
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["train", "--config", str(CONFIGS / "tiny_sdxl.yaml"), "--dry-run", "loop.max_steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "max_steps: 7" in out and "pretrained: tiny:sdxl" in out and "reward_scale: 100.0" in out
+
+
+def test_bad_key_is_a_one_line_error(capsys):
+    assert main(["train", "--config", str(CONFIGS / "tiny_sd.yaml"), "optim.generator.weight_decy=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "distar train: error: unknown key 'optim.generator.weight_decy' (did you mean 'weight_decay'?)"
+
+
+def test_bad_resume_path_fails_before_loading(tmp_path, capsys):
+    assert main(["train", "--config", str(CONFIGS / "tiny_sd.yaml"), "--resume", str(tmp_path / "nope")]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
