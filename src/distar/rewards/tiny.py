@@ -10,11 +10,8 @@ meaningless; shapes, scales and gradients are real.
 
 from __future__ import annotations
 
-import atexit
 import json
-import shutil
 import string
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -40,7 +37,7 @@ from distar.rewards.head import LINEAR_INDICES
 from distar.rewards.hub import quiet_transformers
 from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD
 from distar.rewards.registry import REWARD_NAMES
-from distar.tiny import TINY_CLIP_VOCAB_SIZE, save_tiny_clip_tokenizer
+from distar.tiny import TINY_CLIP_VOCAB_SIZE, build_once, cache_dir, save_tiny_clip_tokenizer
 
 #: Side of the images the tiny models are configured for.
 TINY_IMAGE_SIZE = 32
@@ -183,16 +180,9 @@ def save_tiny_reward_models(directory: str | Path, names: Iterable[str] = REWARD
     return {name: save_tiny_reward(name, directory / name, seed=i) for i, name in enumerate(names)}
 
 
-_TINY_ROOT: Path | None = None
-
-
 def tiny_reward_path(name: str) -> Path:
-    """A tiny model for ``name``, built once per process in a temporary folder (``path: tiny`` in configs)."""
-    global _TINY_ROOT
-    if _TINY_ROOT is None:
-        _TINY_ROOT = Path(tempfile.mkdtemp(prefix="distar-tiny-rewards-"))
-        atexit.register(shutil.rmtree, _TINY_ROOT, ignore_errors=True)
-    target = _TINY_ROOT / name
-    if not target.exists():
-        save_tiny_reward(name, target, seed=REWARD_NAMES.index(name))
-    return target
+    """A tiny model for ``name`` (``path: tiny`` in configs), built once into the distar cache."""
+    if name not in REWARD_NAMES:
+        raise ValueError(f"unknown reward '{name}'")
+    seed = REWARD_NAMES.index(name)
+    return build_once(cache_dir() / "tiny-rewards" / name, lambda d: save_tiny_reward(name, d, seed=seed))
