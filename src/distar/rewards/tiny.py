@@ -37,7 +37,8 @@ from distar.rewards.head import LINEAR_INDICES
 from distar.rewards.hub import quiet_transformers
 from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD
 from distar.rewards.registry import REWARD_NAMES
-from distar.tiny import TINY_CLIP_VOCAB_SIZE, build_once, cache_dir, save_tiny_clip_tokenizer
+from distar.cache import build_once, cache_dir
+from distar.tiny import TINY_CLIP_VOCAB_SIZE, save_tiny_clip_tokenizer
 
 #: Side of the images the tiny models are configured for.
 TINY_IMAGE_SIZE = 32

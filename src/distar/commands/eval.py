@@ -1,0 +1,125 @@
+"""``distar eval``: the paper's Table 1 (and Table 3 for HPS) for any models, in one command.
+
+Example::
+
+    distar eval --model stabilityai/stable-diffusion-xl-base-1.0::name=sdxl,steps=50,guidance=7.5 \\
+                --model runs/distar/export::name=di_star,steps=1,guidance=0,timesteps=399 \\
+                --benchmark parti --metrics imagereward,aesthetic,pickscore,clip --out results/parti
+
+Flags override the keys of an optional ``--config`` YAML (:class:`distar.eval.config.EvalConfig`),
+and ``key=value`` arguments override both. Re-running with the same ``--out`` resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers, got '{text}'") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="PATH[::key=value,...]",
+        help="diffusers pipeline (folder or hub id) or distar training checkpoint, with sampling options "
+        "name, steps, guidance, timesteps, scheduler, unet, height, width, dtype, variant, device, ema; repeatable",
+    )
+    parser.add_argument("--benchmark", help="parti, coco, hps, or a prompt file (default: parti)")
+    parser.add_argument("--benchmark-path", help="local copy of parti/coco/hps (offline use)")
+    parser.add_argument("--metrics", help="comma list: imagereward,aesthetic,pickscore,clip,hpsv2,hpsv2.1,fid,diversity")
+    parser.add_argument(
+        "--metric-path",
+        action="append",
+        metavar="NAME=PATH",
+        help="model location for a metric (hub id, folder, file; 'tiny' for a tiny random model); "
+        "fid=inception-2015-12-05.pt, diversity=CLIP model; repeatable",
+    )
+    parser.add_argument("--out", help="results folder; re-running with it resumes")
+    parser.add_argument("--num-images", type=int, help="number of prompts to use (each once per seed); default all")
+    parser.add_argument("--seeds", type=_seeds, nargs="+", help="seeds, e.g. '0 1 2' or '0,1,2' (default 0)")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default 4)")
+    parser.add_argument("--device", help="torch device (default cuda if available)")
+    parser.add_argument("--metric-dtype", choices=("float32", "bfloat16", "float16"), help="metric model dtype")
+    parser.add_argument("--timing-images", type=int, help="images timed per model for the cost columns (default 10)")
+    parser.add_argument("--fid-reference", help="FID reference image folder or cached statistics .safetensors")
+    parser.add_argument("--fid-resolution", type=int, help="resize side before FID (default 512)")
+    parser.add_argument("--local-files-only", action="store_true", default=None, help="never download metric models")
+    parser.add_argument("--config", help="YAML EvalConfig; flags override it")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
+
+
+#: command-line flag (argparse dest) → EvalConfig key, for flags copied as they are.
+_FLAGS = {
+    "benchmark": "benchmark",
+    "benchmark_path": "benchmark_path",
+    "out": "out_dir",
+    "num_images": "num_images",
+    "batch_size": "batch_size",
+    "device": "device",
+    "metric_dtype": "metric_dtype",
+    "timing_images": "timing_images",
+    "fid_reference": "fid_reference",
+    "fid_resolution": "fid_resolution",
+    "local_files_only": "local_files_only",
+}
+
+
+def _config_data(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    from distar.cli import UserError
+    from distar.config import ConfigError, apply_overrides, to_dict
+    from distar.eval.metrics import parse_metric_names
+    from distar.eval.models import parse_model_spec
+
+    data: dict[str, Any] = {}
+    if args.config:
+        try:
+            data = yaml.safe_load(Path(args.config).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {args.config}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{args.config}: top level must be a mapping")
+    data.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
+    if args.seeds:
+        data["seeds"] = [seed for group in args.seeds for seed in group]
+    if args.model:
+        data["models"] = [to_dict(parse_model_spec(text)) for text in args.model]
+    if args.metrics:
+        data["metrics"] = parse_metric_names(args.metrics)
+    for item in args.metric_path or []:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise UserError(f"--metric-path '{item}' is not of the form NAME=PATH")
+        data.setdefault("metric_paths", {})[name.strip().lower()] = path
+    return apply_overrides(data, args.overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from distar.config import from_dict, save_config, to_dict
+    from distar.eval.config import EvalConfig, run_eval
+
+    config = from_dict(EvalConfig, _config_data(args))
+    if args.dry_run:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # per-call scheduler notices would drown the progress bars
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    save_config(config, Path(config.out_dir) / "eval_config.yaml")
+    summary = run_eval(config)
+    print(f"{summary.benchmark}: {summary.prompts} prompts from {summary.source}")
+    print(Path(config.out_dir, "summary.md").read_text(), end="")
+    return 0

@@ -1,0 +1,87 @@
+"""``EvalConfig``: everything ``distar eval`` does, as one typed config (YAML or command line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from distar.config import ConfigError, field
+from distar.eval.models import ModelSpec
+from distar.eval.report import Summary
+
+
+@dataclass
+class EvalConfig:
+    """An evaluation run: models × benchmark × metrics, written to ``out_dir``."""
+
+    models: list[ModelSpec] = field([], help="models to evaluate (rows of the tables)")
+    benchmark: str = field("parti", help="parti, coco, hps, or a prompt file (.txt/.csv/.tsv/.jsonl/.json)")
+    benchmark_path: str | None = field(
+        None, help="local copy of a named benchmark (PartiPrompts.tsv, COCO captions file, HPS folder)"
+    )
+    metrics: list[str] = field(
+        ["imagereward", "aesthetic", "pickscore", "clip"],
+        help="imagereward, aesthetic, pickscore, clip, hpsv2, hpsv2.1, fid, diversity",
+    )
+    metric_paths: dict[str, str] = field(
+        {}, help="metric → model location (hub id, folder, file; 'tiny' = tiny random reward model)"
+    )
+    out_dir: str = field("eval", help="results folder (re-running with it resumes)")
+    num_images: int | None = field(
+        None, help="number of prompts used (default all); each is generated once per seed"
+    )
+    seeds: list[int] = field([0], help="seeds; every prompt is generated once per seed")
+    batch_size: int = field(4, help="images per generation / scoring batch")
+    device: str | None = field(None, help="device for models and metrics (default cuda if available)")
+    metric_dtype: Literal["float32", "bfloat16", "float16"] = field("float32", help="dtype of the metric models")
+    timing_images: int = field(10, help="images timed per model for the cost columns (0: no timing)")
+    grid_prompts: int = field(8, help="prompts shown in the sample grids")
+    fid_reference: str | None = field(
+        None, help="FID reference: image folder (e.g. COCO-2014 val2014) or cached statistics .safetensors"
+    )
+    fid_resolution: int | None = field(512, help="side both image sets are resized to before FID (null: none)")
+    local_files_only: bool = field(False, help="never download metric models; use local files and caches")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if not self.seeds:
+            raise ConfigError("seeds: at least one seed is needed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: duplicates in {self.seeds}")
+        if self.timing_images < 0:
+            raise ConfigError(f"timing_images must be ≥ 0, got {self.timing_images}")
+
+
+def run_eval(config: EvalConfig) -> Summary:
+    """Load the benchmark, models and metrics of ``config`` and :func:`~distar.eval.suite.evaluate`."""
+    from distar.eval.benchmarks import load_benchmark
+    from distar.eval.metrics import metric_loaders
+    from distar.eval.models import DiffusersModel, default_device
+    from distar.eval.suite import evaluate
+
+    if not config.models:
+        raise ConfigError("no models given (--model PATH)")
+    device = config.device or default_device()
+    benchmark = load_benchmark(config.benchmark, config.benchmark_path).subset(config.num_images)
+    metrics = metric_loaders(
+        config.metrics,
+        paths=config.metric_paths,
+        device=device,
+        dtype=config.metric_dtype,
+        fid_reference=config.fid_reference,
+        fid_resolution=config.fid_resolution,
+        local_files_only=config.local_files_only,
+    )
+    models = [DiffusersModel(replace(spec, device=spec.device or device)) for spec in config.models]
+    return evaluate(
+        models,
+        benchmark,
+        metrics,
+        config.out_dir,
+        seeds=config.seeds,
+        batch_size=config.batch_size,
+        timing_images=config.timing_images,
+        grid_prompts=config.grid_prompts,
+    )
+

@@ -1,0 +1,414 @@
+"""``evaluate``: generate a benchmark's images with each model, score them, and write the tables.
+
+The results folder is the state, so a killed run resumes where it stopped::
+
+    OUT/<model>/images/<idx>_s<seed>.png
+    OUT/<model>/scores.jsonl         per-image records: prompt, group, seed, image path, metric values
+    OUT/<model>/cost.json            seconds per 10 images and peak memory, measured once
+    OUT/<model>/set_metrics.json     FID / diversity, reused while the image set is unchanged
+    OUT/<model>/grid.png, OUT/compare.png, OUT/summary.json, OUT/summary.md
+
+Phases: (1) per model: cost measurement, then every missing image (the model is unloaded after);
+(2) per per-image metric: score every image that lacks it (the metric model is freed after);
+(3) set metrics; (4) summary. A record line with ``"new": true`` starts an image's record afresh
+(written when the image is generated); later lines add metric values.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import io
+import json
+import os
+import platform
+import tempfile
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from distar.config import ConfigError
+from distar.eval.benchmarks import Benchmark, PromptItem
+from distar.eval.cost import measure_cost
+from distar.eval.metrics import LazyMetric, SetMetric, as_lazy, evaluation_inputs
+from distar.eval.report import ModelResult, Summary, save_grid
+from distar.protocols import ImageModel
+from distar.rewards import Reward
+
+Key = tuple[int, int]  # (prompt index, seed)
+
+
+class EvalWarning(UserWarning):
+    """An image, prompt or score was skipped; the summary lists it too."""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def load_image(path: Path) -> Tensor:
+    """A PNG/JPEG file → (3, H, W) float32 in [0, 1]."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+
+
+class ModelFiles:
+    """The files of one model in the results folder."""
+
+    def __init__(self, out_dir: Path, name: str) -> None:
+        self.dir = out_dir / name
+        self.images = self.dir / "images"
+        self.scores = self.dir / "scores.jsonl"
+        self.cost = self.dir / "cost.json"
+        self.set_metrics = self.dir / "set_metrics.json"
+        self.images.mkdir(parents=True, exist_ok=True)
+
+    def image(self, key: Key) -> Path:
+        return self.images / f"{key[0]:05d}_s{key[1]}.png"
+
+    def read_records(self) -> dict[Key, dict[str, Any]]:
+        """Merged records by (index, seed); a torn last line (killed mid-write) is ignored."""
+        records: dict[Key, dict[str, Any]] = {}
+        if not self.scores.is_file():
+            return records
+        for number, line in enumerate(self.scores.read_text().splitlines(), 1):
+            try:
+                row = json.loads(line)
+                key = (int(row["index"]), int(row["seed"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                warnings.warn(f"{self.scores}: ignoring unreadable line {number}", EvalWarning, stacklevel=2)
+                continue
+            if row.pop("new", False) or key not in records:
+                records[key] = row
+            else:
+                records[key].update(row)
+        return records
+
+    def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        prefix = ""
+        if self.scores.is_file() and self.scores.stat().st_size:
+            with open(self.scores, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                prefix = "" if f.read(1) == b"\n" else "\n"  # the file ends in a line torn by a kill
+        with open(self.scores, "a") as f:
+            f.write(prefix + "".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _is_valid_image(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, SyntaxError):
+        return False
+
+
+class _Run:
+    """State shared by the phases of one :func:`evaluate` call."""
+
+    def __init__(self, out_dir: Path, benchmark: Benchmark, seeds: Sequence[int], batch_size: int) -> None:
+        self.out_dir = out_dir
+        self.benchmark = benchmark
+        self.batch_size = batch_size
+        self.jobs: list[tuple[PromptItem, int]] = [(item, s) for item in benchmark.items for s in seeds]
+        self.failures: dict[str, list[str]] = defaultdict(list)
+
+    def fail(self, model: str, message: str) -> None:
+        warnings.warn(f"{model}: {message}", EvalWarning, stacklevel=3)
+        self.failures[model].append(message)
+
+    def record(self, files: ModelFiles, item: PromptItem, seed: int) -> dict[str, Any]:
+        return {
+            "index": item.index,
+            "seed": seed,
+            "prompt": item.prompt,
+            "group": item.group,
+            "image": str(files.image((item.index, seed)).relative_to(self.out_dir)),
+        }
+
+    # Phase 1 -------------------------------------------------------------------------------
+    def generate(self, model: ImageModel, files: ModelFiles, timing_images: int) -> None:
+        records = files.read_records()
+        todo, known = [], []
+        for item, seed in self.jobs:
+            path, record = files.image((item.index, seed)), records.get((item.index, seed), {})
+            if record.get("prompt", item.prompt) != item.prompt:
+                raise ConfigError(
+                    f"{path} was made for the prompt {record['prompt']!r}, not {item.prompt!r}: "
+                    "this results folder belongs to another benchmark; use a new --out folder"
+                )
+            if path.is_file() and _is_valid_image(path):
+                if "image" not in record:
+                    known.append(self.record(files, item, seed) | {"new": True})
+                continue
+            if path.is_file():
+                self.fail(model.name, f"corrupt image {path.name}, generated again")
+            todo.append((item, seed))
+        if known:  # images written just before a kill, without their record
+            files.append(known)
+        if timing_images > 0 and _read_json(files.cost) is None:
+            cost = measure_cost(model, [item.prompt for item, _ in self.jobs], self.batch_size, timing_images)
+            _write_json(files.cost, cost.to_dict())
+        if not todo:
+            return
+        failed = 0
+        with tqdm(total=len(todo), desc=f"generate {model.name}", unit="img") as bar:
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start : start + self.batch_size]
+                failed += self._generate_batch(model, files, batch)
+                bar.update(len(batch))
+        if failed == len(todo):
+            raise RuntimeError(f"model {model.name} produced no image; first problem: {self.failures[model.name][-1]}")
+
+    def _generate_batch(self, model: ImageModel, files: ModelFiles, batch: list[tuple[PromptItem, int]]) -> int:
+        """Generate, check and save one batch (one by one if the batch fails); the number failed."""
+        try:
+            images = model.generate_images([item.prompt for item, _ in batch], [seed for _, seed in batch])
+        except Exception as err:  # a failing batch is retried image by image, then reported
+            if len(batch) > 1:
+                return sum(self._generate_batch(model, files, [job]) for job in batch)
+            item, seed = batch[0]
+            self.fail(model.name, f"prompt {item.index} seed {seed}: generation failed ({err.__class__.__name__}: {err})")
+            return 1
+        if images.ndim != 4 or images.shape[0] != len(batch) or images.shape[1] != 3:
+            raise ValueError(f"{model.name}: expected images ({len(batch)}, 3, H, W), got {tuple(images.shape)}")
+        rows, failed = [], 0
+        for (item, seed), image in zip(batch, images):
+            if not torch.isfinite(image).all():
+                self.fail(model.name, f"prompt {item.index} seed {seed}: non-finite pixels, skipped")
+                failed += 1
+                continue
+            pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            _write_atomic(files.image((item.index, seed)), buffer.getvalue())
+            rows.append(self.record(files, item, seed) | {"new": True})
+        files.append(rows)
+        return failed
+
+    # Phases 2 and 3 --------------------------------------------------------------------------
+    def batches(self, files: ModelFiles, records: Sequence[dict[str, Any]], model: str) -> Iterator[tuple[Tensor, list[dict]]]:
+        """Images from disk in batches with their records; unreadable images are reported and skipped."""
+        for start in range(0, len(records), self.batch_size):
+            images, kept = [], []
+            for record in records[start : start + self.batch_size]:
+                try:
+                    images.append(load_image(self.out_dir / record["image"]))
+                    kept.append(record)
+                except OSError as err:
+                    self.fail(model, f"unreadable image {record['image']} ({err.__class__.__name__}), skipped")
+            if kept:
+                yield torch.stack(images), kept
+
+    def present(self, files: ModelFiles) -> list[dict[str, Any]]:
+        """Records of this benchmark's jobs whose image exists, in job order."""
+        records = files.read_records()
+        found = [records.get((item.index, seed), {}) for item, seed in self.jobs]
+        return [record for record in found if "image" in record]
+
+    def score(self, metric: LazyMetric, models: Sequence[ImageModel]) -> None:
+        pending = {}
+        for model in models:
+            files = ModelFiles(self.out_dir, model.name)
+            todo = [r for r in self.present(files) if metric.name not in r]
+            if todo:
+                pending[model.name] = (files, todo)
+        if not pending:
+            return
+        reward = metric.load()
+        if not isinstance(reward, Reward):
+            raise TypeError(f"metric {metric.name}: expected a Reward, got {type(reward).__name__}")
+        device = next((p.device for p in reward.parameters()), torch.device("cpu"))
+        for name, (files, todo) in pending.items():
+            with tqdm(total=len(todo), desc=f"{metric.name} {name}", unit="img") as bar:
+                for images, records in self.batches(files, todo, name):
+                    with torch.no_grad():
+                        inputs = evaluation_inputs(images, reward).to(device)
+                        values = reward.score(inputs, [r["prompt"] for r in records]).float().cpu()
+                    rows = []
+                    for record, value in zip(records, values.tolist()):
+                        if not np.isfinite(value):
+                            self.fail(name, f"{metric.name}: non-finite score for {record['image']}")
+                            value = None
+                        rows.append({"index": record["index"], "seed": record["seed"], metric.name: value})
+                    files.append(rows)
+                    bar.update(len(records))
+        del reward
+        _free_memory()
+
+    def set_metric(self, metric: LazyMetric, models: Sequence[ImageModel]) -> None:
+        loaded: SetMetric | None = None
+        for model in models:
+            files = ModelFiles(self.out_dir, model.name)
+            records = self.present(files)
+            digest = hashlib.sha256(json.dumps([(r["index"], r["seed"]) for r in records]).encode()).hexdigest()[:16]
+            cached = _read_json(files.set_metrics) or {}
+            entry = cached.get(metric.name)
+            if metric.signature is not None and entry and (entry["images"], entry["signature"]) == (digest, metric.signature):
+                continue
+            if loaded is None:
+                loaded = metric.load()  # type: ignore[assignment]
+            try:
+                values = loaded.compute(self.batches(files, records, model.name))  # type: ignore[union-attr]
+            except ValueError as err:
+                self.fail(model.name, f"{metric.name}: {err}")
+                continue
+            cached[metric.name] = {"images": digest, "signature": metric.signature, "values": values}
+            _write_json(files.set_metrics, cached)
+        del loaded
+        _free_memory()
+
+    # Phase 4 ------------------------------------------------------------------------------------
+    def result(self, model: ImageModel, metrics: Sequence[LazyMetric]) -> ModelResult:
+        files = ModelFiles(self.out_dir, model.name)
+        records = self.present(files)
+        result = ModelResult(model.name, len(records), failures=list(self.failures[model.name]))
+        if len(records) < len(self.jobs):
+            result.failures.append(f"{len(self.jobs) - len(records)} of {len(self.jobs)} images missing")
+        result.cost = _read_json(files.cost)
+        describe = getattr(model, "describe", None)
+        result.sampling = describe() if callable(describe) else {}
+        set_values = _read_json(files.set_metrics) or {}
+        for metric in metrics:
+            if metric.kind == "set":
+                values = set_values.get(metric.name, {}).get("values", {})
+                result.scores[metric.name] = values.get(metric.name)
+                result.extras.update({k: v for k, v in values.items() if k != metric.name})
+                continue
+            result.scores[metric.name] = _mean(r.get(metric.name) for r in records)
+            if self.benchmark.group_kind:
+                by_group = defaultdict(list)
+                for r in records:
+                    by_group[r.get("group")].append(r.get(metric.name))
+                for group, values in by_group.items():
+                    result.groups.setdefault(str(group), {})[metric.name] = _mean(values)
+        return result
+
+    def grids(self, models: Sequence[ImageModel], grid_prompts: int, seeds: Sequence[int]) -> None:
+        items = _spread(self.benchmark, grid_prompts)
+        for model in models:
+            files = ModelFiles(self.out_dir, model.name)
+            rows = [[_existing(files.image((item.index, s))) for s in seeds[:4]] for item in items]
+            save_grid(rows, files.dir / "grid.png")
+        rows = [[_existing(ModelFiles(self.out_dir, m.name).image((item.index, seeds[0]))) for m in models] for item in items]
+        save_grid(rows, self.out_dir / "compare.png")
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
+def _spread(benchmark: Benchmark, n: int) -> list[PromptItem]:
+    """``n`` prompts spread over the benchmark (every group represented when there are groups)."""
+    items = benchmark.items
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)]
+
+
+def _mean(values: Any) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _environment() -> dict[str, str]:
+    import diffusers
+    import torchmetrics
+    import transformers
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {
+        "device": device,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "torchmetrics": torchmetrics.__version__,
+    }
+
+
+def evaluate(
+    models: Sequence[ImageModel],
+    benchmark: Benchmark,
+    metrics: Sequence[Reward | SetMetric | LazyMetric],
+    out_dir: str | Path,
+    *,
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 4,
+    timing_images: int = 10,
+    grid_prompts: int = 8,
+) -> Summary:
+    """Evaluate ``models`` on ``benchmark`` with ``metrics``; write and return the :class:`Summary`.
+
+    Every prompt is generated once per seed. ``metrics`` are built reward/set metrics or
+    :class:`LazyMetric` loaders (see :func:`distar.eval.metrics.metric_loaders`). Models with an
+    ``unload()`` method are unloaded after generating, and cost is measured on ``timing_images``
+    extra images (0 skips it). Re-running with the same folder resumes: finished images, scores and
+    costs are not recomputed, also when prompts or seeds are added.
+    """
+    if not models:
+        raise ConfigError("no models to evaluate")
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"model name '{duplicates[0]}' is used twice; give each model a distinct name")
+    if not benchmark.items:
+        raise ConfigError(f"benchmark {benchmark.name} has no prompts")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be ≥ 1, got {batch_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lazy = [as_lazy(m) for m in metrics]
+    run = _Run(out, benchmark, list(seeds), batch_size)
+    for model in models:
+        run.generate(model, ModelFiles(out, model.name), timing_images)
+        unload = getattr(model, "unload", None)
+        if callable(unload):
+            unload()
+    for metric in lazy:
+        if metric.kind == "image":
+            run.score(metric, models)
+        else:
+            run.set_metric(metric, models)
+    summary = Summary(
+        benchmark=benchmark.name,
+        source=benchmark.source,
+        prompts=len(benchmark.items),
+        seeds=list(seeds),
+        metrics=[m.name for m in lazy],
+        models=[run.result(model, lazy) for model in models],
+        group_kind=benchmark.group_kind,
+        group_titles=list(benchmark.group_titles),
+        environment=_environment(),
+    )
+    summary.write(out)
+    run.grids(models, grid_prompts, list(seeds))
+    return summary

@@ -1,0 +1,52 @@
+"""A tiny stand-in for the FID Inception torchscript, for tests and offline trials.
+
+It has the call signature of ``inception-2015-12-05.pt`` — ``model(x, return_features=True)`` on
+float images in [0, 255] — so it loads through :class:`~distar.eval.fid.InceptionV3Features`
+unchanged. Its features are meaningless; the FID arithmetic on them is real.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class TinyInception(nn.Module):
+    """Strided conv + global average pool: (B, 3, H, W) in [0, 255] → (B, num_features)."""
+
+    def __init__(self, num_features: int = 16) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, num_features, kernel_size=8, stride=8)
+
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor:
+        features = self.conv(x / 127.5 - 1.0).relu().mean(dim=(2, 3))
+        return features if return_features else features.softmax(dim=-1)
+
+
+def save_tiny_inception(path: str | Path, num_features: int = 16, seed: int = 0) -> Path:
+    """Write a seeded :class:`TinyInception` as a torchscript file; return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TinyInception(num_features).eval()
+    torch.jit.script(model).save(str(path))
+    return path
+
+
+_TINY_ROOT: Path | None = None
+
+
+def tiny_inception_path() -> Path:
+    """A tiny Inception file built once per process in a temporary folder (``--metric-path fid=tiny``)."""
+    global _TINY_ROOT
+    if _TINY_ROOT is None:
+        _TINY_ROOT = Path(tempfile.mkdtemp(prefix="distar-tiny-inception-"))
+        atexit.register(shutil.rmtree, _TINY_ROOT, ignore_errors=True)
+    target = _TINY_ROOT / "tiny-inception.pt"
+    return target if target.is_file() else save_tiny_inception(target)
