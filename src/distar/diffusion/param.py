@@ -7,7 +7,7 @@ All functions take ``alpha_t``/``sigma_t`` already broadcastable to ``x_t`` (see
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 from torch import Tensor
 
@@ -44,27 +44,29 @@ def x0_from_score(x_t: Tensor, score: Tensor, alpha_t: Tensor, sigma_t: Tensor) 
     return (x_t + sigma_t**2 * score) / alpha_t
 
 
+def _passthrough(x_t: Tensor, value: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    return value
+
+
+_TO_X0 = {"sample": _passthrough, "epsilon": x0_from_eps, "v_prediction": x0_from_v}
+_FROM_X0 = {"sample": _passthrough, "epsilon": eps_from_x0, "v_prediction": v_from_x0}
+
+
+def _conversion(table: dict[str, Callable[..., Tensor]], prediction_type: str) -> Callable[..., Tensor]:
+    if prediction_type not in table:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}")
+    return table[prediction_type]
+
+
 def to_x0(
     prediction: Tensor, x_t: Tensor, alpha_t: Tensor, sigma_t: Tensor, prediction_type: PredictionType
 ) -> Tensor:
     """A network's raw output, of the given type, as an x0-prediction."""
-    if prediction_type == "sample":
-        return prediction
-    if prediction_type == "epsilon":
-        return x0_from_eps(x_t, prediction, alpha_t, sigma_t)
-    if prediction_type == "v_prediction":
-        return x0_from_v(x_t, prediction, alpha_t, sigma_t)
-    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+    return _conversion(_TO_X0, prediction_type)(x_t, prediction, alpha_t, sigma_t)
 
 
 def from_x0(
     x0: Tensor, x_t: Tensor, alpha_t: Tensor, sigma_t: Tensor, prediction_type: PredictionType
 ) -> Tensor:
     """An x0-prediction expressed in the given prediction type (inverse of :func:`to_x0`)."""
-    if prediction_type == "sample":
-        return x0
-    if prediction_type == "epsilon":
-        return eps_from_x0(x_t, x0, alpha_t, sigma_t)
-    if prediction_type == "v_prediction":
-        return v_from_x0(x_t, x0, alpha_t, sigma_t)
-    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+    return _conversion(_FROM_X0, prediction_type)(x_t, x0, alpha_t, sigma_t)
