@@ -1,0 +1,90 @@
+"""Build a backend from a :class:`~distar.backends.config.ModelConfig`."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from distar.backends.config import ModelConfig
+from distar.backends.loading import load_pipeline, load_unet_init
+from distar.backends.lora import add_lora, cast_, checkpoint_keeping_adapter_state
+from distar.backends.sd import StableDiffusionBackend
+from distar.backends.sdxl import StableDiffusionXLBackend
+
+
+def frozen_dtype(cfg: ModelConfig, dtype: torch.dtype | None = None) -> torch.dtype:
+    """``dtype`` if given, else the config's ``dtype`` name."""
+    return dtype or getattr(torch, cfg.dtype)
+
+
+def build_generator(cfg: ModelConfig, reference_unet: UNet2DConditionModel, dtype: torch.dtype) -> UNet2DConditionModel:
+    """g_θ's UNet: a float32 copy of the reference or of ``cfg.generator_init``.
+
+    With ``generator_lora_rank > 0`` its base weights are frozen in ``dtype`` and a LoRA adapter is
+    the trainable part.
+    """
+    if cfg.generator_init:
+        unet = load_unet_init(cfg.generator_init, reference_unet.config)
+    else:
+        unet = copy.deepcopy(reference_unet)
+    if cfg.generator_lora_rank:
+        cast_(unet, dtype)
+        add_lora(unet, cfg.generator_lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+    return unet
+
+
+def build_backend(
+    cfg: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> StableDiffusionBackend:
+    """Load the reference and build generator, assistant and reference on ``device``.
+
+    ``dtype`` (default: ``cfg.dtype``) is the dtype of frozen weights; trainable weights are float32.
+    Layouts: separate reference + trainable assistant copy (default); assistant LoRA on a copy
+    (``assistant_lora_rank > 0, assistant_lora_shared: false``); or the shared layout where the
+    assistant is a LoRA adapter on the reference's own UNet (``backend.reference`` is None).
+    """
+    dtype = frozen_dtype(cfg, dtype)
+    pipe = load_pipeline(cfg, dtype)
+    for name in ("vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False).eval()
+    unet = pipe.unet
+    generator = build_generator(cfg, unet, dtype)
+    rank = cfg.assistant_lora_rank
+    shared = rank > 0 and cfg.assistant_lora_shared
+    assistant = None if shared else copy.deepcopy(unet)  # float32 copy, made before the reference is cast
+    reference = cast_(unet, dtype).requires_grad_(False).eval()
+    if shared:
+        assistant = reference
+    elif rank:
+        cast_(assistant, dtype)
+    if rank:
+        add_lora(assistant, rank, cfg.lora_alpha, cfg.lora_target_modules)
+    unets = [generator, assistant] + ([] if assistant is reference else [reference])
+    for module in unets:
+        module.to(device)
+        if cfg.gradient_checkpointing:
+            module.enable_gradient_checkpointing(checkpoint_keeping_adapter_state)
+    if pipe.vae is not None:
+        pipe.vae.to(device)
+        if cfg.gradient_checkpointing:
+            pipe.vae.enable_gradient_checkpointing()
+    if not cfg.offload_text_encoders:
+        for name in ("text_encoder", "text_encoder_2"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(device)
+    cls = StableDiffusionXLBackend if cfg.family == "sdxl" else StableDiffusionBackend
+    return cls(
+        pipe,
+        generator,
+        assistant,
+        None if assistant is reference else reference,
+        t_init=cfg.t_init,
+        prediction_type=cfg.prediction_type or pipe.scheduler.config.prediction_type,
+        resolution=cfg.resolution,
+        device=device,
+        offload_text_encoders=cfg.offload_text_encoders,
+    )

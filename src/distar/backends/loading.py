@@ -1,0 +1,193 @@
+"""Loading diffusers components: the reference pipeline's parts and one-step generator inits.
+
+A model is read component by component (``unet/``, ``vae/``, ``text_encoder[_2]/``, ``tokenizer[_2]/``,
+``scheduler/``) from a hub id or local folder, so folders without a VAE (pixel-space models) load too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    LCMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from safetensors.torch import load_file
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from distar.backends.config import TINY_MODELS, ModelConfig
+from distar.backends.lora import cast_
+from distar.backends.tiny import save_tiny_pipeline
+from distar.backends.weights import key_mismatch
+from distar.cache import build_once, cache_dir
+from distar.config import ConfigError
+
+TextToImagePipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
+
+#: Formats of state-dict files accepted by ``generator_init``.
+STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def resolve_pretrained(spec: str) -> str:
+    """A hub id or local path as given; ``tiny:<name>`` built once into ``$DISTAR_CACHE/tiny/<name>``."""
+    if not spec.startswith("tiny:"):
+        return spec
+    name = spec[5:]
+    if name not in TINY_MODELS:
+        raise ConfigError(f"unknown tiny model '{name}' (choose from {', '.join(TINY_MODELS)})")
+    settings: dict[str, Any] = TINY_MODELS[name]
+    return str(build_once(cache_dir() / "tiny" / name, lambda folder: save_tiny_pipeline(folder, **settings)))
+
+
+def _model_index(path: str, revision: str | None) -> dict[str, Any]:
+    """``model_index.json`` of a pipeline folder or hub repo ({} when there is none)."""
+    local = Path(path)
+    if local.is_dir():
+        file = local / "model_index.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+    try:
+        return dict(DiffusionPipeline.load_config(path, revision=revision))
+    except OSError:
+        return {}
+
+
+def _has_component(path: str, name: str, index: Mapping[str, Any]) -> bool:
+    if Path(path).is_dir():
+        return (Path(path) / name).is_dir()
+    entry = index.get(name)
+    return isinstance(entry, (list, tuple)) and entry[0] is not None
+
+
+def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextToImagePipeline:
+    """The reference model as a (CPU) SD or SDXL pipeline with an ``LCMScheduler``.
+
+    The UNet is loaded in float32 (trainable copies are made from it); the VAE and text encoders in
+    ``dtype``. ``vae`` is None for pixel-space models. The scheduler keeps the reference's training
+    schedule (betas, prediction type; ``cfg.prediction_type`` overrides) and samples in one step.
+    """
+    path = resolve_pretrained(cfg.pretrained)
+    index = _model_index(path, cfg.revision)
+    hub = dict(revision=cfg.revision, variant=cfg.variant)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32, **hub)
+        if (unet.config.addition_embed_type == "text_time") != (cfg.family == "sdxl"):
+            raise ConfigError(f"model.family: '{cfg.family}' does not match the UNet of '{cfg.pretrained}'")
+        vae = (
+            AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **hub)
+            if _has_component(path, "vae", index)
+            else None
+        )
+        scheduler_config = LCMScheduler.load_config(path, subfolder="scheduler", revision=cfg.revision)
+
+        def text(cls: Any, sub: str) -> Any:
+            return cast_(cls.from_pretrained(path, subfolder=sub, **hub), dtype)
+
+        def tokenizer(sub: str) -> CLIPTokenizer:
+            return CLIPTokenizer.from_pretrained(path, subfolder=sub, revision=cfg.revision)
+
+        if cfg.family == "sdxl":
+            if vae is None:
+                raise ConfigError(f"model.pretrained: '{cfg.pretrained}' has no vae/, needed by family 'sdxl'")
+            parts = dict(
+                text_encoder=text(CLIPTextModel, "text_encoder"),
+                text_encoder_2=text(CLIPTextModelWithProjection, "text_encoder_2"),
+                tokenizer=tokenizer("tokenizer"),
+                tokenizer_2=tokenizer("tokenizer_2"),
+            )
+        else:
+            parts = dict(text_encoder=text(CLIPTextModel, "text_encoder"), tokenizer=tokenizer("tokenizer"))
+    except OSError as err:
+        raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {_first_line(err)}") from None
+    if vae is not None and dtype == torch.float16 and vae.config.force_upcast:
+        cast_(vae, torch.float32)  # SD/SDXL VAEs overflow in float16
+    scheduler = one_step_scheduler(scheduler_config, cfg.prediction_type)
+    if cfg.family == "sdxl":
+        zeros = index.get("force_zeros_for_empty_prompt", True)
+        return StableDiffusionXLPipeline(
+            vae=vae, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=zeros, **parts
+        )
+    return StableDiffusionPipeline(
+        vae=vae,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        **parts,
+    )
+
+
+def one_step_scheduler(scheduler_config: Mapping[str, Any], prediction_type: str | None = None) -> LCMScheduler:
+    """An ``LCMScheduler`` on the reference's training schedule for ``timesteps=[t_init]`` sampling.
+
+    With one step, LCM returns c_skip·x_t + c_out·x̂0 with c_skip ≈ 1.6e-8 at t = 399, i.e. the
+    generator's x0 (Eq. 2.1 conversion of the UNet output) up to float32 rounding; clipping and
+    thresholding are off so nothing else touches it.
+    """
+    accepted = inspect.signature(LCMScheduler.__init__).parameters
+    config = {k: v for k, v in scheduler_config.items() if k in accepted}  # drop e.g. Euler-only keys
+    config.update(clip_sample=False, thresholding=False)
+    if prediction_type is not None:
+        config["prediction_type"] = prediction_type
+    return LCMScheduler.from_config(config)
+
+
+def read_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
+    """A flat tensor state dict from ``.safetensors`` or a torch pickle (``weights_only=True``)."""
+    file = Path(file)
+    if file.suffix == ".safetensors":
+        return load_file(file)
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{file}: expected a flat state dict of tensors")
+    return dict(state)
+
+
+def load_unet_init(spec: str, unet_config: Mapping[str, Any], revision: str | None = None) -> UNet2DConditionModel:
+    """A float32 UNet with weights from ``spec`` (see ``ModelConfig.generator_init``).
+
+    State-dict files (e.g. DMD2's ``dmd2_sdxl_1step_unet_fp16.bin``, a diffusers-keyed fp16 state
+    dict) are loaded strictly into a UNet built from ``unet_config`` (the reference's).
+    """
+    local = Path(spec)
+    try:
+        if local.is_dir():
+            sub = "unet" if (local / "unet" / "config.json").is_file() else None
+            return UNet2DConditionModel.from_pretrained(local, subfolder=sub, dtype=torch.float32)
+        if not local.is_file():
+            parts = spec.split("/")
+            if len(parts) < 2 or local.suffix in STATE_DICT_SUFFIXES and len(parts) < 3:
+                raise ConfigError(f"model.generator_init: '{spec}' is not a file, folder or hub id")
+            if len(parts) == 2:  # a hub repo holding a diffusers UNet (at its root or in unet/)
+                from huggingface_hub import file_exists
+
+                sub = "unet" if file_exists(spec, "unet/config.json", revision=revision) else None
+                return UNet2DConditionModel.from_pretrained(spec, subfolder=sub, revision=revision, dtype=torch.float32)
+            from huggingface_hub import hf_hub_download
+
+            local = Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision))
+    except OSError as err:
+        raise ConfigError(f"model.generator_init: cannot load '{spec}': {_first_line(err)}") from None
+    unet = UNet2DConditionModel.from_config(unet_config)
+    state = read_state_dict(local)
+    missing, unexpected = key_mismatch(unet.state_dict(), state)
+    if missing or unexpected:
+        raise ConfigError(
+            f"model.generator_init: '{spec}' does not fit the reference UNet "
+            f"({len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
+    unet.load_state_dict(state)
+    return unet
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,83 @@
+"""LoRA (peft) on diffusers UNets, and the shared layout: the assistant as an adapter on the reference.
+
+In the shared layout one UNet holds the reference's frozen weights plus the assistant's adapter:
+adapters off gives s_ref, adapters on gives s_ψ (di-star-math.md §2). Toggling must be visible to
+gradient checkpointing, whose backward re-runs a block's forward: :func:`checkpoint_keeping_adapter_state`
+re-runs it in the adapter state of the original forward, not the state at backward time.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from diffusers import UNet2DConditionModel
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+
+def add_lora(unet: UNet2DConditionModel, rank: int, alpha: float | None, target_modules: list[str]) -> None:
+    """Inject a trainable float32 LoRA adapter (B = 0 at start: output unchanged); freeze the rest."""
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=target_modules, init_lora_weights=True)
+    )
+    cast_training_params(unet, dtype=torch.float32)
+
+
+def cast_(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast a module's floating weights in place (plain ``nn.Module.to``: diffusers' override warns
+    about float32-kept modules even when a model declares none)."""
+    return nn.Module.to(module, dtype=dtype)
+
+
+def lora_layers(module: nn.Module) -> list[BaseTunerLayer]:
+    """The peft adapter layers inside ``module``."""
+    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextmanager
+def adapter_state(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """Enable or disable every adapter inside ``module`` for the block; restore states and requires_grad after."""
+    layers = lora_layers(module)
+    saved = [(layer, layer.disable_adapters, [(p, p.requires_grad) for p in layer.parameters()]) for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(enabled)
+    try:
+        yield
+    finally:
+        for layer, was_disabled, grads in saved:
+            layer.enable_adapters(not was_disabled)
+            for p, requires_grad in grads:
+                p.requires_grad_(requires_grad)
+
+
+def adapters_disabled(module: nn.Module) -> Any:
+    """Run the base weights only (the reference, in the shared layout)."""
+    return adapter_state(module, enabled=False)
+
+
+def checkpoint_keeping_adapter_state(block: nn.Module, *args: Any) -> Any:
+    """Gradient checkpointing for diffusers blocks that recomputes in the forward's adapter state."""
+    layers = lora_layers(block)
+    recompute = (
+        (lambda: (nullcontext(), adapter_state(block, enabled=not layers[0].disable_adapters)))
+        if layers
+        else (lambda: (nullcontext(), nullcontext()))
+    )
+    return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False, context_fn=recompute)
+
+
+def merged_unet(unet: nn.Module) -> UNet2DConditionModel:
+    """A plain copy of a (possibly wrapped, possibly LoRA-carrying) UNet with adapters merged in."""
+    merged = copy.deepcopy(extract_model_from_parallel(unet))
+    if lora_layers(merged):
+        merged.fuse_lora()
+        merged.unload_lora()
+    merged.disable_gradient_checkpointing()
+    return merged

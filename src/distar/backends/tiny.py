@@ -1,0 +1,165 @@
+"""Tiny, randomly initialised Stable Diffusion / SDXL pipelines for tests and offline trials.
+
+:func:`save_tiny_pipeline` writes a real diffusers pipeline folder (``model_index.json`` plus the
+``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` subfolders; SDXL adds
+``text_encoder_2``/``tokenizer_2``) that loads back with ``DiffusionPipeline.from_pretrained``. The
+networks are a few thousand parameters: latents are 4 × 8 × 8, images 3 × 16 × 16. The pixel-space
+variant (``latent=False``) has no VAE and a 3-channel UNet: the layout of pixel-space "sd" models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from distar.tiny import TINY_CLIP_VOCAB_SIZE, save_tiny_clip_tokenizer
+
+Family = Literal["sd", "sdxl"]
+
+#: Latent (UNet sample) side length of the tiny models; images are twice as large (2-level VAE).
+TINY_SAMPLE_SIZE = 8
+#: Hidden size of each tiny text encoder (SDXL concatenates two: cross-attention dim 2×).
+TINY_TEXT_DIM = 16
+#: SDXL micro-conditioning embedding size per time id (6 ids: original size, crop, target size).
+TINY_TIME_EMBED_DIM = 8
+
+_SD_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    timestep_spacing="leading",
+)
+
+
+def _text_config(**overrides: object) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=TINY_CLIP_VOCAB_SIZE,
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=2 * TINY_TEXT_DIM,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=TINY_TEXT_DIM,
+        bos_token_id=TINY_CLIP_VOCAB_SIZE - 2,
+        eos_token_id=TINY_CLIP_VOCAB_SIZE - 1,
+        pad_token_id=TINY_CLIP_VOCAB_SIZE - 1,
+        **overrides,
+    )
+
+
+def tiny_unet(family: Family = "sd", channels: int = 4, sample_size: int = TINY_SAMPLE_SIZE) -> UNet2DConditionModel:
+    """A two-level UNet2DConditionModel with SD's (or, for ``"sdxl"``, SDXL's text-time) conditioning."""
+    common = dict(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    )
+    if family == "sd":
+        return UNet2DConditionModel(
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TINY_TEXT_DIM,
+            **common,
+        )
+    if family == "sdxl":
+        return UNet2DConditionModel(
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=2 * TINY_TEXT_DIM,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=TINY_TIME_EMBED_DIM,
+            projection_class_embeddings_input_dim=6 * TINY_TIME_EMBED_DIM + TINY_TEXT_DIM,
+            **common,
+        )
+    raise ValueError(f"unknown family {family!r}; expected 'sd' or 'sdxl'")
+
+
+def tiny_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
+    """A two-level AutoencoderKL: 3 × 16 × 16 images <-> 4 × 8 × 8 latents."""
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=2 * TINY_SAMPLE_SIZE,
+        scaling_factor=scaling_factor,
+    )
+
+
+def save_tiny_pipeline(
+    directory: str | Path,
+    family: Family = "sd",
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+    seed: int = 0,
+    latent: bool = True,
+) -> Path:
+    """Write a tiny random SD (``"sd"``) or SDXL (``"sdxl"``) diffusers pipeline folder; return its path.
+
+    Deterministic in ``seed`` (the global RNG state is left untouched). The scheduler has SD's
+    ``scaled_linear`` betas 0.00085..0.012 over 1000 steps and the given ``prediction_type``.
+    ``latent=False`` (``"sd"`` only) writes a pixel-space model: no VAE, the UNet works on images in
+    [-1, 1] directly; its components are saved in the same subfolders, without ``model_index.json``.
+    """
+    if family not in ("sd", "sdxl"):
+        raise ValueError(f"unknown family {family!r}; expected 'sd' or 'sdxl'")
+    if not latent and family != "sd":
+        raise ValueError("pixel-space tiny models exist for family 'sd' only")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = save_tiny_clip_tokenizer(directory / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = tiny_unet(family, channels=4 if latent else 3)
+        if family == "sd":
+            text_encoder = CLIPTextModel(_text_config())
+            scheduler = DDIMScheduler(prediction_type=prediction_type, clip_sample=False, **_SD_SCHEDULER)
+            if not latent:
+                for name, part in dict(unet=unet, text_encoder=text_encoder, scheduler=scheduler).items():
+                    part.save_pretrained(directory / name)
+                return directory
+            pipe = StableDiffusionPipeline(
+                vae=tiny_vae(),
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        else:
+            text_encoder = CLIPTextModel(_text_config())
+            text_encoder_2 = CLIPTextModelWithProjection(_text_config())
+            scheduler = EulerDiscreteScheduler(prediction_type=prediction_type, **_SD_SCHEDULER)
+            pipe = StableDiffusionXLPipeline(
+                vae=tiny_vae(scaling_factor=0.13025),
+                text_encoder=text_encoder,
+                text_encoder_2=text_encoder_2,
+                tokenizer=tokenizer,
+                tokenizer_2=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+            )
+    pipe.save_pretrained(directory)
+    return directory
+

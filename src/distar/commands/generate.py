@@ -1,0 +1,50 @@
+"""``distar generate``: one image from a one-step generator, with one network evaluation."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="folder written by `distar export`, a training checkpoint-<step>/ folder, or a run folder (latest)",
+    )
+    parser.add_argument("--prompt", required=True, help="text prompt")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise z (CPU generator)")
+    parser.add_argument("--out", default="image.png", help="output PNG file (default: image.png)")
+    parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
+    parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
+    parser.add_argument("--no-ema", action="store_true", help="checkpoints: use the raw, not the EMA, weights")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help="weights dtype (default: float16 on cuda, else float32)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from distar.cli import UserError
+    from distar.export import load_one_step, one_step_images
+    from distar.train.logs import save_png
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    if not Path(args.model).exists():
+        raise UserError(f"--model: no such folder: {args.model}")
+    pipe, t_init = load_one_step(args.model, use_ema=not args.no_ema, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    image = one_step_images(pipe, [args.prompt], [args.seed], t_init, args.height, args.width)[0]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_png(image, out)
+    print(f"wrote {out} ({image.shape[-1]}x{image.shape[-2]}, t_init {t_init}, seed {args.seed})")
+    return 0

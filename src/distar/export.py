@@ -1,0 +1,227 @@
+"""Training checkpoint → standard diffusers one-step pipeline (and one-step sampling from either).
+
+An exported folder is a plain ``StableDiffusionPipeline``/``StableDiffusionXLPipeline``: the generator
+UNet (EMA weights by default, LoRA merged), the reference's VAE, text encoders and tokenizers, and an
+``LCMScheduler``; ``distar.json`` records ``t_init``. Then
+
+    DiffusionPipeline.from_pretrained(DIR)(prompt, num_inference_steps=1, guidance_scale=0, timesteps=[t_init])
+
+evaluates the generator UNet once on z at t_init and decodes its x0 (di-star-math.md §2).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from torch import Tensor
+
+from distar import __version__
+from distar.backends.config import ModelConfig
+from distar.config import ConfigError, from_dict
+from distar.train.checkpoint import (
+    CONFIG_FILE,
+    GENERATOR_EMA_FILE,
+    GENERATOR_FILE,
+    TRAINER_STATE_FILE,
+    list_checkpoints,
+    replace_dir,
+)
+
+#: Metadata file written next to ``model_index.json`` in exported folders.
+METADATA_FILE = "distar.json"
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A ``checkpoint-<step>/`` folder as given, or the latest one inside a run folder."""
+    path = Path(path)
+    if (path / GENERATOR_FILE).is_file():
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1][1]
+    raise FileNotFoundError(f"{path}: neither a training checkpoint (no {GENERATOR_FILE}) nor a run folder with one")
+
+
+def checkpoint_model_config(checkpoint_dir: str | Path) -> ModelConfig:
+    """The ``model`` section of a checkpoint's ``config.yaml``."""
+    file = Path(checkpoint_dir) / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{checkpoint_dir}: no {CONFIG_FILE}")
+    model = (yaml.safe_load(file.read_text()) or {}).get("model")
+    if not model:
+        raise ConfigError(f"{file}: no `model` section (not a run on a diffusers backend)")
+    return from_dict(ModelConfig, model, prefix="model.")
+
+
+def pipeline_from_checkpoint(
+    checkpoint_dir: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
+) -> Any:
+    """The checkpoint's generator as a CPU diffusers pipeline with an ``LCMScheduler`` (one step at t_init).
+
+    ``checkpoint_dir`` is a ``checkpoint-<step>/`` folder or a run folder (latest checkpoint). The
+    generator weights (``generator_ema.safetensors`` when ``use_ema`` and present, else
+    ``generator.safetensors``) must hold exactly the trainable keys of the configured generator. For
+    pixel-space models ``vae`` is None: sample with :func:`one_step_images`. All weights are loaded in
+    ``dtype`` (float32 by default, whatever the training ``model.dtype``), and LoRA is merged in it.
+    """
+    from safetensors.torch import load_file
+
+    from distar.backends.build import build_generator
+    from distar.backends.loading import load_pipeline
+    from distar.backends.lora import cast_, merged_unet
+    from distar.backends.weights import load_trainable_state_dict
+
+    ckpt = find_checkpoint(checkpoint_dir)
+    cfg = checkpoint_model_config(ckpt)
+    weights = ckpt / GENERATOR_EMA_FILE if use_ema and (ckpt / GENERATOR_EMA_FILE).is_file() else ckpt / GENERATOR_FILE
+    pipe = load_pipeline(cfg, dtype)
+    generator = build_generator(cfg, pipe.unet, dtype)
+    try:
+        load_trainable_state_dict(generator, load_file(weights), source=str(weights))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    pipe.register_modules(unet=cast_(merged_unet(generator), dtype).eval())
+    return pipe
+
+
+def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[str, Any]:
+    """What ``distar.json`` records: t_init and where the weights came from."""
+    ckpt = find_checkpoint(checkpoint_dir)
+    cfg = checkpoint_model_config(ckpt)
+    state_file = ckpt / TRAINER_STATE_FILE
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    return {
+        "t_init": cfg.t_init,
+        "family": cfg.family,
+        "pretrained": cfg.pretrained,
+        "generator_init": cfg.generator_init,
+        "checkpoint": str(ckpt.resolve()),
+        "step": state.get("step"),
+        "ema": bool(use_ema and (ckpt / GENERATOR_EMA_FILE).is_file()),
+        "distar_version": __version__,
+    }
+
+
+def export_checkpoint(
+    checkpoint_dir: str | Path,
+    out_dir: str | Path,
+    use_ema: bool = True,
+    overwrite: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write the checkpoint's generator as a diffusers pipeline folder (weights in ``dtype``) with a
+    model card; return its path.
+
+    The folder is written under a temporary name and renamed when complete.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite to replace it)")
+    pipe = pipeline_from_checkpoint(checkpoint_dir, use_ema, dtype)
+    if pipe.vae is None:
+        raise ConfigError("pixel-space models (no VAE) have no standard diffusers pipeline to export to")
+    metadata = export_metadata(checkpoint_dir, use_ema)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        pipe.save_pretrained(tmp)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(metadata, type(pipe).__name__))
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def model_card(metadata: dict[str, Any], pipeline_class: str) -> str:
+    """README.md of an exported folder: front matter and the one-step call."""
+    t_init = metadata["t_init"]
+    trained = f"{metadata['step']} steps" if metadata.get("step") is not None else "a distar run"
+    init = f", generator initialised from `{metadata['generator_init']}`" if metadata.get("generator_init") else ""
+    base = metadata["pretrained"]
+    front = ["---", "library_name: diffusers", "pipeline_tag: text-to-image"]
+    if not base.startswith("tiny:") and not Path(base).exists():
+        front.append(f"base_model: {base}")
+    front += ["tags:", "- distar", "- diff-instruct-star", "- one-step", "---"]
+    return "\n".join(front) + f"""
+
+# One-step text-to-image generator (Diff-Instruct*)
+
+A `{pipeline_class}` whose UNet is a one-step generator trained with Diff-Instruct* (distar
+{metadata['distar_version']}) for {trained}, with reference model `{base}`{init}
+({'EMA' if metadata.get('ema') else 'raw'} weights).
+
+The generator is the UNet evaluated once on pure noise at the fixed timestep t_init = {t_init}; its
+output, read with the scheduler's prediction type, is the clean latent. The bundled `LCMScheduler`
+does exactly that with one step at `timesteps=[{t_init}]` and no classifier-free guidance:
+
+```python
+import torch
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("path/to/this/folder", torch_dtype=torch.float16).to("cuda")
+image = pipe("a photo of a corgi in a field of flowers", num_inference_steps=1,
+             guidance_scale=0.0, timesteps=[{t_init}]).images[0]
+image.save("corgi.png")
+```
+
+or, with distar installed: `distar generate --model path/to/this/folder --prompt "..." --out image.png`.
+diffusers may warn that the first timestep is not 999; that is expected for a one-step generator.
+`distar.json` records t_init and the training checkpoint this folder was exported from.
+"""
+
+
+def load_one_step(path: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32) -> tuple[Any, int]:
+    """(CPU pipeline in ``dtype``, t_init) from an exported folder (``distar.json``) or a training
+    checkpoint/run folder."""
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        from diffusers import DiffusionPipeline
+
+        meta_file = path / METADATA_FILE
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a distar export")
+        t_init = int(json.loads(meta_file.read_text())["t_init"])
+        return DiffusionPipeline.from_pretrained(path, dtype=dtype), t_init
+    ckpt = find_checkpoint(path)
+    return pipeline_from_checkpoint(ckpt, use_ema, dtype), checkpoint_model_config(ckpt).t_init
+
+
+@torch.no_grad()
+def one_step_images(
+    pipe: Any,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    t_init: int,
+    height: int | None = None,
+    width: int | None = None,
+) -> Tensor:
+    """Images (B, 3, H, W) in [0, 1], one network evaluation each; z from a CPU generator per seed.
+
+    Pixel-space pipelines (``vae`` None) return their latents, which are the image in [-1, 1]; their
+    size argument counts in units of the pipeline's nominal ``vae_scale_factor``.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    pixel = pipe.vae is None
+    if pixel:
+        side = pipe.unet.config.sample_size
+        height, width = ((s or side) * pipe.vae_scale_factor for s in (height, width))
+    out = pipe(
+        prompt=list(prompts),
+        num_inference_steps=1,
+        guidance_scale=0.0,
+        timesteps=[t_init],
+        generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+        height=height,
+        width=width,
+        output_type="latent" if pixel else "pt",
+    ).images
+    return ((out + 1) / 2).clamp(0, 1) if pixel else out

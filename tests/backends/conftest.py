@@ -1,0 +1,75 @@
+"""Tiny random SD/SDXL pipeline folders (built once per session) and backends on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from distar.backends import ModelConfig, build_backend
+from distar.backends.tiny import save_tiny_pipeline
+
+#: (family, prediction_type) pairs every backend property is checked on.
+FAMILIES = [("sd", "epsilon"), ("sd", "v_prediction"), ("sdxl", "epsilon"), ("sdxl", "v_prediction")]
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=lambda p: f"{p[0]}-{p[1]}")
+def family(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Parametrises a test (module) over every (family, prediction_type) pair."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny_dir(family, prediction_type, latent=True)`` → a saved tiny pipeline folder (cached)."""
+    built: dict[tuple[str, str, bool], Path] = {}
+
+    def get(family: str = "sd", prediction_type: str = "epsilon", latent: bool = True) -> Path:
+        key = (family, prediction_type, latent)
+        if key not in built:
+            folder = tmp_path_factory.mktemp(f"{family}-{prediction_type}-{'latent' if latent else 'pixel'}")
+            built[key] = save_tiny_pipeline(folder, family, prediction_type, latent=latent)  # type: ignore[arg-type]
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    """Tiny convolutions are far slower multi-threaded on a busy shared CPU (thread hand-off dominates)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _tiny_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``tiny:<name>`` models are built into a per-session folder, never the user's cache."""
+    monkeypatch.setenv("DISTAR_CACHE", str(tmp_path_factory.getbasetemp() / "distar-cache"))
+
+
+@pytest.fixture
+def make_backend(tiny_dir: Callable[..., Path]) -> Callable[..., Any]:
+    """``make_backend(family, prediction_type, **model_config_overrides)`` on a local tiny folder."""
+
+    def make(family: str = "sd", prediction_type: str = "epsilon", latent: bool = True, **overrides: Any) -> Any:
+        cfg = ModelConfig(family=family, pretrained=str(tiny_dir(family, prediction_type, latent)), **overrides)
+        return build_backend(cfg)
+
+    return make
+
+
+def _perturb(params: Any, seed: int, scale: float = 0.05) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(scale * torch.randn(p.shape, generator=gen).to(p.dtype))
+
+
+@pytest.fixture
+def perturb() -> Callable[..., None]:
+    """``perturb(params, seed, scale=0.05)``: add seeded noise in place (LoRA B ≠ 0, generator ≠ reference)."""
+    return _perturb

@@ -1,0 +1,143 @@
+"""Checkpoint → diffusers export, plain-diffusers reload, and ``distar generate``: all give g_θ's image."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import DiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from distar.backends import ModelConfig, build_backend
+from distar.backends.weights import load_trainable_state_dict, trainable_state_dict
+from distar.cli import main
+from distar.config import ConfigError, to_dict
+from distar.export import METADATA_FILE, export_checkpoint, pipeline_from_checkpoint
+from distar.train.checkpoint import save_tensors
+
+PROMPT = "a small red house"
+
+
+def write_checkpoint(run_dir, cfg: ModelConfig, backend, perturb, step=5, ema=True):
+    """A checkpoint folder in the trainer's layout, with generator weights moved away from the init."""
+    folder = run_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(cfg), "seed": 0}))
+    params = list(backend.generator_parameters())
+    perturb(params, seed=10)
+    raw = {k: v.clone() for k, v in trainable_state_dict(backend.generator).items()}
+    save_tensors(raw, folder / "generator.safetensors")
+    if ema:
+        perturb(params, seed=11)  # the backend now holds the "EMA" weights
+        save_tensors(trainable_state_dict(backend.generator), folder / "generator_ema.safetensors")
+    (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+    return folder, raw
+
+
+def backend_image(backend, seed):
+    z = backend.sample_latents(1, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return backend.decode(backend.generate(z, backend.encode_prompts([PROMPT])))
+
+
+def diffusers_image(folder, t_init, seed):
+    """The exported folder run by plain diffusers: one step at t_init, no CFG."""
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(seed)
+    kwargs = dict(num_inference_steps=1, guidance_scale=0.0, timesteps=[t_init], generator=generator, output_type="pt")
+    return pipe(PROMPT, **kwargs).images
+
+
+def read_png(path):
+    return torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1).float() / 255
+
+
+def test_export_reload_and_generate_reproduce_the_generator(family, tiny_dir, tmp_path, perturb):
+    family, prediction_type = family
+    t_init = 399 if prediction_type == "epsilon" else 250
+    cfg = ModelConfig(family=family, pretrained=str(tiny_dir(family, prediction_type)), t_init=t_init)
+    backend = build_backend(cfg)
+    folder, _ = write_checkpoint(tmp_path / "run", cfg, backend, perturb)
+    expected = backend_image(backend, seed=42)  # decode(g(z, c)) with the EMA weights
+
+    out = export_checkpoint(folder, tmp_path / "export")
+    assert json.loads((out / METADATA_FILE).read_text())["t_init"] == t_init
+    assert f"timesteps=[{t_init}]" in (out / "README.md").read_text()
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == ("StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline")
+    assert index["scheduler"][1] == "LCMScheduler"
+    torch.testing.assert_close(diffusers_image(out, t_init, seed=42), expected, rtol=0, atol=2e-5)
+
+    for model in (out, tmp_path / "run"):  # an exported folder, and a run folder (latest checkpoint)
+        png = tmp_path / f"{model.name}.png"
+        assert main(["generate", "--model", str(model), "--prompt", PROMPT, "--seed", "42", "--out", str(png)]) == 0
+        assert (read_png(png) - expected[0]).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_raw_weights_without_ema(tiny_dir, tmp_path, perturb):
+    cfg = ModelConfig(pretrained=str(tiny_dir("sd")))
+    backend = build_backend(cfg)
+    folder, raw = write_checkpoint(tmp_path / "run", cfg, backend, perturb)
+    unet = pipeline_from_checkpoint(folder, use_ema=False).unet
+    assert all(torch.equal(unet.state_dict()[k], v) for k, v in raw.items())
+    ema_unet = pipeline_from_checkpoint(folder).unet
+    assert not torch.equal(ema_unet.conv_in.weight, unet.conv_in.weight)
+
+
+def test_lora_generator_is_exported_merged(tiny_dir, tmp_path, perturb):
+    cfg = ModelConfig(pretrained=str(tiny_dir("sd")), generator_lora_rank=4, assistant_lora_rank=4)
+    bf16 = ModelConfig(pretrained=cfg.pretrained, generator_lora_rank=4, dtype="bfloat16")
+    folder, _ = write_checkpoint(tmp_path / "bf16", bf16, build_backend(bf16), perturb, ema=False)
+    assert pipeline_from_checkpoint(folder).unet.dtype == torch.float32  # exports merge in float32
+    backend = build_backend(cfg)
+    folder, _ = write_checkpoint(tmp_path / "run", cfg, backend, perturb, ema=False)
+    expected = backend_image(backend, seed=3)
+    out = export_checkpoint(folder, tmp_path / "export")
+    assert not any("lora" in k for k in load_file(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    torch.testing.assert_close(diffusers_image(out, 399, seed=3), expected, rtol=0, atol=2e-5)
+
+
+def test_generator_keys_are_checked_strictly(tiny_dir, tmp_path, perturb):
+    cfg = ModelConfig(pretrained=str(tiny_dir("sd")))
+    folder, _ = write_checkpoint(tmp_path / "run", cfg, build_backend(cfg), perturb, ema=False)
+    lora_cfg = ModelConfig(pretrained=cfg.pretrained, generator_lora_rank=4)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(lora_cfg)}))  # LoRA config, full weights
+    with pytest.raises(ConfigError, match="does not match the trainable weights"):
+        pipeline_from_checkpoint(folder)
+    assert main(["export", str(folder), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_export_protects_existing_folders(tiny_dir, tmp_path, perturb, capsys):
+    cfg = ModelConfig(pretrained=str(tiny_dir("sd")))
+    folder, _ = write_checkpoint(tmp_path / "run", cfg, build_backend(cfg), perturb)
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["export", str(folder), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert main(["export", str(folder), "--out", str(out), "--overwrite", "--dtype", "float16"]) == 0
+    assert (out / "model_index.json").is_file() and not (out / "keep.txt").exists()
+    saved = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in saved.values()} == {torch.float16}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no temp folders left
+
+
+def test_pixel_space_generates_but_does_not_export(tiny_dir, tmp_path, perturb):
+    cfg = ModelConfig(pretrained=str(tiny_dir("sd", "epsilon", latent=False)))
+    backend = build_backend(cfg)
+    folder, _ = write_checkpoint(tmp_path / "run", cfg, backend, perturb)
+    expected = backend_image(backend, seed=9)
+    png = tmp_path / "pixel.png"
+    assert main(["generate", "--model", str(folder), "--prompt", PROMPT, "--seed", "9", "--out", str(png)]) == 0
+    assert (read_png(png) - expected[0]).abs().max() <= 1 / 255 + 1e-6
+    with pytest.raises(ConfigError, match="pixel-space"):
+        export_checkpoint(folder, tmp_path / "export")
+
+
+def test_generate_reports_a_missing_model(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert "no such folder" in capsys.readouterr().err
