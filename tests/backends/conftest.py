@@ -36,21 +36,6 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     return get
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Tiny convolutions are far slower multi-threaded on a busy shared CPU (thread hand-off dominates)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _tiny_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """``tiny:<name>`` models are built into a per-session folder, never the user's cache."""
-    monkeypatch.setenv("DISTAR_CACHE", str(tmp_path_factory.getbasetemp() / "distar-cache"))
-
-
 @pytest.fixture
 def make_backend(tiny_dir: Callable[..., Path]) -> Callable[..., Any]:
     """``make_backend(family, prediction_type, **model_config_overrides)`` on a local tiny folder."""

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import DIM, gaussian_score
+from gaussian_world import DIM, gaussian_score
 
 from distar.diffusion import (
     ContinuousVPSchedule,

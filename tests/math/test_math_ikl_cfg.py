@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import DIM, GaussianWorld, relative_error
+from gaussian_world import DIM, GaussianWorld, relative_error
 
 from distar.objectives import cfg_reward_loss, dmd2_normalizer, generator_loss, ikl_loss
 

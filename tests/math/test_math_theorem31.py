@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GaussianWorld, gaussian_score, relative_error
+from gaussian_world import GaussianWorld, gaussian_score, relative_error
 
 from distar.objectives import L2, PseudoHuber, ScoreDivergence, generator_loss, score_divergence_loss
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import PROMPTS, GaussianBackend, MeanReward, make_config  # noqa: E402
+from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config  # noqa: E402
 
 from distar.train import Trainer  # noqa: E402
 

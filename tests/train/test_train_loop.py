@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from accelerate.utils import set_seed
-from conftest import PROMPTS, GaussianBackend, MeanReward, make_config
+from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config
 from safetensors.torch import load_file
 
 from distar.config import ConfigError

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import PROMPTS
+from train_helpers import PROMPTS
 
 from distar.train.loop import TIMING_KEYS
 
