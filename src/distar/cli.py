@@ -17,6 +17,12 @@ from distar.config import ConfigError
 
 #: (command, module under distar.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
+    ("train", "train", "train a one-step generator with Diff-Instruct* (Algorithm 1)"),
+    ("generate", "generate", "generate an image with a one-step generator (exported folder or checkpoint)"),
+    ("export", "export", "export a training checkpoint as a diffusers pipeline folder"),
+    ("eval", "eval", "evaluate models on Parti/COCO/HPS: reward metrics, FID, diversity, cost (Tables 1 and 3)"),
+    ("rewards", "rewards", "score a folder of images with reward models (PickScore, HPSv2, ImageReward, ...)"),
+    ("demo", "demo", "train and compare DI*, DI*-out, DI++, SIM and Diff-Instruct in an embedded world"),
 ]
 
 
