@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("eval", "eval", "evaluate models on Parti/COCO/HPS: reward metrics, FID, diversity, cost (Tables 1 and 3)"),
     ("rewards", "rewards", "score a folder of images with reward models (PickScore, HPSv2, ImageReward, ...)"),
     ("demo", "demo", "train and compare DI*, DI*-out, DI++, SIM and Diff-Instruct in an embedded world"),
+    ("world", "world", "rebuild an embedded world's models from scratch (distar world build shapes)"),
 ]
 
 

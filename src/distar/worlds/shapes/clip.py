@@ -1,0 +1,237 @@
+"""The world's CLIP-like models (transformers ``CLIPModel``, 32-px images) and how they are trained.
+
+- the **CLIP analogue**: trained contrastively on rendered images and prompts that describe them.
+  Several prompts in a batch can be true of one image ("a circle" and "a red circle" of a red
+  circle), so the InfoNCE targets are spread uniformly over every prompt (image) in the batch that is
+  consistent with the image (prompt) by the renderer's ground truth (multi-positive CLIP loss).
+- the **PickScore analogue**: the CLIP analogue fine-tuned on simulated human choices with the
+  Bradley–Terry loss −log σ(s (cos_A − cos_B)) of the chosen image, s = exp(logit_scale)
+  (as PickScore fine-tunes CLIP-H on Pick-a-Pic).
+
+Both are saved as ``CLIPModel`` folders with the tokenizer and a ``preprocessor_config.json`` for
+32-px images, so :class:`distar.rewards.clip.PickScore` loads them unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+from distar.config import field
+from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, ImageTransform
+from distar.worlds.shapes.data import SceneSampler, consistency, describe, render_batch
+from distar.worlds.shapes.grammar import IMAGE_SIZE
+from distar.worlds.shapes.utility import TrueUtility, UtilityWeights, degrade, simulate_choices
+
+#: Token budget of a prompt (the longest grammar prompt is 11 words + start/end tokens).
+MAX_LENGTH = 20
+TRANSFORM = ImageTransform(size=IMAGE_SIZE)
+
+
+@dataclasses.dataclass
+class ClipArch:
+    """Size of the CLIP-like models (both towers share width and depth)."""
+
+    width: int = field(64, help="hidden size of both towers (the text width is the UNet's cross-attention dim)")
+    layers: int = field(3, help="transformer layers per tower")
+    heads: int = field(4, help="attention heads")
+    patch_size: int = field(4, help="ViT patch size in pixels (32-px images)")
+    projection_dim: int = field(64, help="joint embedding size")
+
+
+@dataclasses.dataclass
+class TrainLoop:
+    """Optimisation settings of one model's training (defaults: the CLIP analogue's)."""
+
+    steps: int = field(1000, help="optimiser steps")
+    batch_size: int = field(128, help="images per step")
+    lr: float = field(1e-3, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
+    seed: int = field(1, help="seed of the data stream and of the model's initialisation")
+    weight_decay: float = field(0.01, help="AdamW weight decay")
+
+
+@dataclasses.dataclass
+class RewardLoop(TrainLoop):
+    """Bradley–Terry fine-tuning of the reward model (batch = preference pairs)."""
+
+    steps: int = field(400, help="optimiser steps")
+    batch_size: int = field(64, help="preference pairs per step")
+    lr: float = field(2e-4, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
+    seed: int = field(2, help="seed of the simulated pairs")
+
+
+def new_clip(vocab_size: int, arch: ClipArch, seed: int) -> CLIPModel:
+    """A randomly initialised CLIPModel for 32-px images and ``vocab_size`` tokens (ids 512/513 = start/end)."""
+    common = dict(
+        hidden_size=arch.width,
+        intermediate_size=4 * arch.width,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+    )
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size, max_position_embeddings=MAX_LENGTH, bos_token_id=512, eos_token_id=513,
+            pad_token_id=513, **common,
+        ),
+        vision_config=dict(image_size=IMAGE_SIZE, patch_size=arch.patch_size, **common),
+        projection_dim=arch.projection_dim,
+    )
+    torch.manual_seed(seed)
+    return CLIPModel(config)
+
+
+def save_clip(model: CLIPModel, tokenizer: CLIPTokenizer, directory: str | Path) -> Path:
+    """Write a CLIPModel folder: safetensors weights, tokenizer, 32-px ``preprocessor_config.json``."""
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=list(OPENAI_MEAN),
+        image_std=list(OPENAI_STD),
+    ).save_pretrained(directory)
+    return directory
+
+
+def image_embeddings(model: CLIPModel, images: Tensor) -> Tensor:
+    """(B, D) unit-norm embeddings of images (B, 3, 32, 32) in [0, 1]."""
+    pooled = model.vision_model(pixel_values=TRANSFORM(images)).pooler_output
+    return F.normalize(model.visual_projection(pooled), dim=-1)
+
+
+def text_embeddings(model: CLIPModel, tokenizer: CLIPTokenizer, prompts: Sequence[str]) -> Tensor:
+    """(B, D) unit-norm embeddings of prompts."""
+    device = model.text_projection.weight.device
+    tokens = tokenizer(list(prompts), padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    pooled = model.text_model(
+        input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
+    ).pooler_output
+    return F.normalize(model.text_projection(pooled), dim=-1)
+
+
+def _optimiser(model: torch.nn.Module, loop: TrainLoop) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with a linear warm-up over the first 5 % of steps (first step at 1/warm-up of the peak),
+    then cosine decay to 0."""
+    opt = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
+    warmup = max(1, loop.steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, loop.steps - warmup)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+Log = Callable[[int, dict[str, float]], None]
+
+
+def fit(model: torch.nn.Module, loop: TrainLoop, step_loss: Callable[[], dict[str, Tensor]], log: Log) -> None:
+    """Run ``loop.steps`` AdamW steps on ``step_loss()["loss"]``, reporting every term to ``log``."""
+    opt, schedule = _optimiser(model, loop)
+    model.train()
+    for step in range(loop.steps):
+        terms = step_loss()
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        log(step, {k: float(v.detach()) for k, v in terms.items()})
+    model.eval()
+
+
+def train_clip(model: CLIPModel, tokenizer: CLIPTokenizer, loop: TrainLoop, log: Log) -> None:
+    """Multi-positive contrastive training on rendered scenes (module docstring)."""
+    sampler = SceneSampler(loop.seed)
+    text_rng = random.Random(loop.seed + 1)
+
+    def step_loss() -> dict[str, Tensor]:
+        _, images, scenes = sampler.batch(loop.batch_size)
+        specs = [describe(scene, text_rng) for scene in scenes]
+        # positives[i, j]: prompt j is true of image i (always so for j = i).
+        positives = consistency(specs, scenes).float()
+        logits = model.logit_scale.exp() * image_embeddings(model, images) @ text_embeddings(
+            model, tokenizer, [s.prompt() for s in specs]
+        ).T
+        image_to_text = -(F.log_softmax(logits, 1) * positives / positives.sum(1, keepdim=True)).sum(1).mean()
+        text_to_image = -(F.log_softmax(logits, 0) * positives / positives.sum(0, keepdim=True)).sum(0).mean()
+        return {"loss": (image_to_text + text_to_image) / 2, "logit_scale": model.logit_scale.exp()}
+
+    fit(model, loop, step_loss, log)
+
+
+@dataclasses.dataclass
+class PreferencePairs:
+    """Pairs of images of one prompt with simulated human choices."""
+
+    prompts: list[str]
+    image_a: Tensor
+    image_b: Tensor
+    #: true utility of each image, (N,)
+    utility_a: Tensor
+    utility_b: Tensor
+    #: 1.0 where the simulated human chose A
+    choice: Tensor
+
+
+def preference_pairs(n: int, seed: int, weights: UtilityWeights) -> PreferencePairs:
+    """``n`` prompts, two independent renders each, both passed through :func:`~.utility.degrade`,
+    judged by the true utility and a Bradley–Terry choice."""
+    sampler = SceneSampler(seed)
+    generator = torch.Generator().manual_seed(seed)
+    specs = sampler.specs(n)
+    prompts = [s.prompt() for s in specs]
+    images = [degrade(render_batch(specs, sampler.np_rng)[0], generator) for _ in range(2)]
+    utility = TrueUtility(weights)
+    with torch.no_grad():
+        u_a, u_b = (utility.score(x, prompts) for x in images)
+    choice = simulate_choices(u_a, u_b, weights.temperature, generator)
+    return PreferencePairs(prompts, images[0], images[1], u_a, u_b, choice)
+
+
+def preference_logits(model: CLIPModel, tokenizer: CLIPTokenizer, pairs: PreferencePairs) -> Tensor:
+    """s (cos_A − cos_B) per pair: the model's log-odds that A is preferred."""
+    text = text_embeddings(model, tokenizer, pairs.prompts)
+    cos_a = (image_embeddings(model, pairs.image_a) * text).sum(-1)
+    cos_b = (image_embeddings(model, pairs.image_b) * text).sum(-1)
+    return model.logit_scale.exp() * (cos_a - cos_b)
+
+
+def train_reward(
+    model: CLIPModel, tokenizer: CLIPTokenizer, loop: TrainLoop, weights: UtilityWeights, log: Log
+) -> None:
+    """Bradley–Terry fine-tuning on freshly simulated pairs each step (module docstring)."""
+    counter = iter(range(10**9))
+
+    def step_loss() -> dict[str, Tensor]:
+        pairs = preference_pairs(loop.batch_size, loop.seed * 100003 + next(counter), weights)
+        logits = preference_logits(model, tokenizer, pairs)
+        loss = F.binary_cross_entropy_with_logits(logits, pairs.choice)
+        accuracy = ((logits > 0).float() == pairs.choice).float().mean()
+        return {"loss": loss, "accuracy": accuracy}
+
+    fit(model, loop, step_loss, log)
+
+
+@torch.no_grad()
+def pairwise_accuracy(model: CLIPModel, tokenizer: CLIPTokenizer, pairs: PreferencePairs) -> dict[str, float]:
+    """Agreement of the model's preferred image with the simulated choices and with the noiseless
+    utility ordering; the utility's own agreement with the simulated choices is the ceiling."""
+    model_prefers_a = preference_logits(model, tokenizer, pairs) > 0
+    utility_prefers_a = pairs.utility_a > pairs.utility_b
+    chose_a = pairs.choice > 0.5
+    return {
+        "accuracy_vs_choices": float((model_prefers_a == chose_a).float().mean()),
+        "accuracy_vs_true_utility": float((model_prefers_a == utility_prefers_a).float().mean()),
+        "true_utility_vs_choices": float((utility_prefers_a == chose_a).float().mean()),
+    }

@@ -1,0 +1,155 @@
+"""One-step generators on the shipped reference: the build's initial one, trainer runs, sampling.
+
+The build makes a first one-step generator — the analogue of the DMD2 model that DI*-SDXL starts
+from — by regression on the reference's own samples (knowledge distillation, Luhman & Luhman 2021):
+the reference's UNet, evaluated at t_init on z, is trained so that its x0-prediction matches the
+reference's 20-step DDIM + CFG sample started from the same z. The demo then trains DI* and its
+baselines from it through :class:`distar.train.Trainer` and the "sd" backend (pixel space: decode =
+(x + 1)/2).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from torch import Tensor
+
+from distar.backends.config import ModelConfig
+from distar.config import field
+from distar.diffusion import DiscreteSchedule, to_x0
+from distar.objectives.presets import ObjectiveConfig
+from distar.protocols import Backend
+from distar.rewards import RewardSpec
+from distar.worlds.shapes.clip import Log, TrainLoop, fit
+from distar.worlds.shapes.grammar import sample_prompts
+from distar.worlds.shapes.reference import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
+from distar.train import (
+    CheckpointConfig,
+    DataConfig,
+    LoggingConfig,
+    LoopConfig,
+    OptimConfig,
+    OptimizerConfig,
+    TrainConfig,
+)
+
+
+@dataclasses.dataclass
+class OneStepLoop:
+    """Settings of one DI*-family training run in this world."""
+
+    steps: int = field(300, help="generator updates (one assistant DSM update each)")
+    batch_size: int = field(8, help="prompts per update")
+    generator_lr: float = field(1e-4, help="generator AdamW learning rate")
+    assistant_lr: float = field(1e-4, help="assistant AdamW learning rate")
+    train_prompts: int = field(4000, help="training prompts drawn from the grammar")
+    seed: int = field(4, help="seed of prompts, noise and time draws")
+
+
+@dataclasses.dataclass
+class DistillLoop(TrainLoop):
+    """Regression of the one-step generator on reference samples."""
+
+    steps: int = field(300, help="optimiser steps")
+    batch_size: int = field(32, help="(z, sample) pairs per step")
+    lr: float = field(3e-4, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
+    seed: int = field(4, help="seed of the prompts, the noise z and the minibatches")
+    samples: int = field(512, help="reference samples (z, prompt → DDIM sample) to regress on")
+    t_init: int = field(999, help="conditioning timestep at which the generator UNet reads z (§2)")
+
+
+def distill_one_step(
+    sampler: ReferenceSampler, loop: DistillLoop, log: Log
+) -> tuple[UNet2DConditionModel, dict[str, float]]:
+    """A one-step generator UNet regressed on the reference sampler's outputs (module docstring).
+
+    Returns the UNet and the teacher-sample figures; the generator's x0 is the UNet output at
+    ``t_init`` converted with the reference's prediction type (as :mod:`distar.backends` does).
+    """
+    prompts = sample_prompts(loop.samples, loop.seed)
+    seeds = [loop.seed * 10**6 + i for i in range(loop.samples)]
+    teacher = torch.cat(
+        [sampler.generate_images(prompts[i : i + 64], seeds[i : i + 64]) for i in range(0, len(prompts), 64)]
+    ) * 2 - 1
+    z = seeded_noise(seeds)
+    cond = torch.cat(
+        [encode_prompts(sampler.text_encoder, sampler.tokenizer, prompts[i : i + 64]) for i in range(0, len(prompts), 64)]
+    )
+    schedule = DiscreteSchedule.from_scheduler_config(SCHEDULER_CONFIG)
+    t = torch.tensor([loop.t_init])
+    alpha_t, sigma_t = schedule.alpha(t), schedule.sigma(t)
+    generator = copy.deepcopy(sampler.unet).train().requires_grad_(True)
+    order = torch.Generator().manual_seed(loop.seed)
+
+    def step_loss() -> dict[str, Tensor]:
+        rows = torch.randint(0, len(prompts), (loop.batch_size,), generator=order)
+        out = generator(z[rows], t.expand(len(rows)), cond[rows]).sample
+        x0 = to_x0(out, z[rows], alpha_t, sigma_t, SCHEDULER_CONFIG["prediction_type"])
+        return {"loss": F.mse_loss(x0, teacher[rows])}
+
+    fit(generator, loop, step_loss, log)
+    return generator.eval(), {"teacher_samples": len(prompts)}
+
+
+def train_config(
+    reference: Path,
+    objective: ObjectiveConfig,
+    loop: OneStepLoop,
+    prompts: Sequence[str],
+    output_dir: Path,
+    t_init: int,
+    reward: Path | None = None,
+    generator_init: Path | None = None,
+    progress_bar: bool = True,
+) -> TrainConfig:
+    """A :class:`TrainConfig` for one run on the world's reference (CPU, no checkpoints but the last)."""
+    return TrainConfig(
+        model=ModelConfig(
+            family="sd",
+            pretrained=str(reference),
+            t_init=t_init,
+            generator_init=str(generator_init) if generator_init else None,
+        ),
+        rewards=[RewardSpec("pickscore", path=str(reward))] if reward else [],
+        objective=objective,
+        data=DataConfig(prompts=list(prompts), batch_size=loop.batch_size),
+        optim=OptimConfig(
+            generator=OptimizerConfig(lr=loop.generator_lr), assistant=OptimizerConfig(lr=loop.assistant_lr)
+        ),
+        loop=LoopConfig(max_steps=loop.steps, cpu=True),
+        checkpointing=CheckpointConfig(save_final=False),
+        logging=LoggingConfig(every=10, tensorboard=False, progress_bar=progress_bar),
+        output_dir=str(output_dir),
+        seed=loop.seed,
+    )
+
+
+def train(config: TrainConfig) -> tuple[Backend, list[dict[str, float]]]:
+    """Run the trainer; the trained backend and the per-step log records."""
+    from distar.train.build import build_trainer
+
+    trainer = build_trainer(config)
+    records = trainer.train()
+    return trainer.backend, records
+
+
+class OneStepSampler:
+    """A trained backend's generator as an :class:`~distar.protocols.ImageModel` (one UNet evaluation).
+
+    z for each image is drawn from its own seed with the backend's ``sample_latents``.
+    """
+
+    def __init__(self, backend: Backend, name: str) -> None:
+        self.backend, self.name = backend, name
+
+    @torch.no_grad()
+    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
+        z = torch.cat([self.backend.sample_latents(1, torch.Generator().manual_seed(int(s))) for s in seeds])
+        x0 = self.backend.generate(z, self.backend.encode_prompts(list(prompts)))
+        return self.backend.decode(x0).float().cpu()

@@ -1,0 +1,206 @@
+"""The reference diffusion model: a pixel-space diffusers ``UNet2DConditionModel`` with CFG.
+
+Trained by v-prediction denoising score matching (di-star-math.md Eq. 2.2 in v form, v = α_t ε − σ_t x0,
+i.e. λ(t) = α_t² / σ_t² + 1 relative to x0-MSE) on rendered images scaled to [−1, 1], conditioned on the frozen text tower of the CLIP analogue
+(``last_hidden_state``, prompts padded to the tokenizer's length, as Stable Diffusion does), with
+the prompt replaced by "" with probability ``cond_dropout`` so the same network gives s(x_t | ∅) for
+classifier-free guidance (Eq. 3.5). Saved as a diffusers folder without a VAE — ``unet/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/`` — so decode = (x + 1)/2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Sequence
+
+import diffusers
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
+from torch import Tensor
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+from distar.config import field
+from distar.diffusion import cfg_combine
+from distar.worlds.shapes.clip import Log, TrainLoop, fit
+from distar.worlds.shapes.data import SceneSampler
+from distar.worlds.shapes.grammar import IMAGE_SIZE
+
+#: The forward process: DDPM's linear β schedule (1e-4 .. 0.02 over 1000 steps), v-prediction. With
+#: ε-prediction a small, briefly trained pixel model's x̂0 = (x_t − σ_t ε̂)/α_t is ruined at large t
+#: (1/α_t ≈ 160 at t = 999); v-prediction keeps x̂0 = α_t x_t − σ_t v̂ well conditioned there.
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="linear",
+    prediction_type="v_prediction",
+    clip_sample=False,
+    steps_offset=1,
+)
+
+
+@dataclasses.dataclass
+class ReferenceLoop(TrainLoop):
+    """Training of the reference UNet."""
+
+    steps: int = field(1200, help="optimiser steps")
+    batch_size: int = field(32, help="images per step")
+    lr: float = field(6e-4, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
+    seed: int = field(3, help="seed of the data stream, noise and initialisation")
+    cond_dropout: float = field(0.1, help="probability of training on the empty prompt (for CFG)")
+    ema_decay: float = field(0.999, help="EMA decay of the saved weights (with warm-up)")
+
+
+@dataclasses.dataclass
+class UNetArch:
+    """Size of the reference UNet (cross-attention only at the 8×8 level, for CPU speed)."""
+
+    block_out_channels: tuple[int, ...] = field((32, 64, 64), help="channels per resolution level (32, 16, 8 px)")
+    layers_per_block: int = field(1, help="ResNet blocks per level")
+    attention_head_dim: int = field(8, help="channels per attention head")
+    norm_num_groups: int = field(16, help="GroupNorm groups")
+
+
+def new_unet(arch: UNetArch, cross_attention_dim: int, seed: int) -> UNet2DConditionModel:
+    """A randomly initialised pixel-space UNet for 32×32 RGB images."""
+    levels = len(arch.block_out_channels)
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(arch.block_out_channels),
+        down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        layers_per_block=arch.layers_per_block,
+        attention_head_dim=arch.attention_head_dim,
+        norm_num_groups=arch.norm_num_groups,
+        cross_attention_dim=cross_attention_dim,
+    )
+
+
+def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
+    """The CLIP analogue's text tower as a stand-alone ``CLIPTextModel`` (a copy, frozen, eval mode)."""
+    encoder = CLIPTextModel(clip.config.text_config)
+    encoder.load_state_dict(clip.text_model.state_dict())
+    return encoder.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, prompts: Sequence[str]) -> Tensor:
+    """(B, L, D) text conditioning: ``last_hidden_state`` of prompts padded to ``model_max_length``."""
+    ids = tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def train_reference(
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    loop: ReferenceLoop,
+    log: Log,
+) -> EMAModel:
+    """v-prediction DSM with condition dropout (module docstring); returns the EMA of the weights."""
+    scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
+    sampler = SceneSampler(loop.seed)
+    generator = torch.Generator().manual_seed(loop.seed)
+    ema = EMAModel(unet.parameters(), decay=loop.ema_decay, use_ema_warmup=True)
+
+    def step_loss() -> dict[str, Tensor]:
+        specs, images, _ = sampler.batch(loop.batch_size)
+        drop = torch.rand(len(specs), generator=generator) < loop.cond_dropout
+        prompts = ["" if d else s.prompt() for s, d in zip(specs, drop)]
+        x0 = images * 2 - 1
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(specs),), generator=generator)
+        x_t = scheduler.add_noise(x0, noise, t)
+        v = unet(x_t, t, encode_prompts(text_encoder, tokenizer, prompts)).sample
+        return {"loss": F.mse_loss(v, scheduler.get_velocity(x0, noise, t))}
+
+    def on_step(step: int, terms: dict[str, float]) -> None:
+        ema.step(unet.parameters())
+        log(step, terms)
+
+    fit(unet, loop, step_loss, on_step)
+    return ema
+
+
+def save_reference(
+    directory: str | Path, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer
+) -> Path:
+    """Write the diffusers folder (unet/, text_encoder/, tokenizer/, scheduler/, model_index.json)."""
+    directory = Path(directory)
+    unet.save_pretrained(directory / "unet")
+    text_encoder.save_pretrained(directory / "text_encoder")
+    tokenizer.save_pretrained(directory / "tokenizer")
+    DDPMScheduler(**SCHEDULER_CONFIG).save_pretrained(directory / "scheduler")
+    index = {
+        "_class_name": "DiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    }
+    (directory / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return directory
+
+
+def seeded_noise(seeds: Sequence[int]) -> Tensor:
+    """(B, 3, 32, 32) standard normal noise, image i drawn from its own ``seeds[i]``."""
+    return torch.stack(
+        [torch.randn(3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    )
+
+
+class ReferenceSampler:
+    """The reference as an :class:`~distar.protocols.ImageModel`: DDIM with classifier-free guidance.
+
+    Each step evaluates the UNet on the conditional and the empty prompt in one batch and combines
+    the two v-predictions by Eq. (3.5) with ``guidance_scale`` (the combination is linear, so it is
+    the guided score's v-form); the implied x̂0 is clipped to [−1, 1] as DDPM does in pixel space.
+    z comes from the per-image seed (DDIM with η = 0 is deterministic).
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        steps: int = 25,
+        guidance_scale: float = 3.0,
+        name: str | None = None,
+    ) -> None:
+        self.unet, self.text_encoder, self.tokenizer = unet.eval(), text_encoder.eval(), tokenizer
+        self.scheduler = DDIMScheduler.from_config(
+            dict(SCHEDULER_CONFIG, clip_sample=True, set_alpha_to_one=False)
+        )
+        self.steps, self.guidance_scale = steps, guidance_scale
+        self.name = name or f"reference ({steps} steps, CFG {guidance_scale:g})"
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs) -> "ReferenceSampler":
+        directory = Path(directory)
+        return cls(
+            UNet2DConditionModel.from_pretrained(directory / "unet"),
+            CLIPTextModel.from_pretrained(directory / "text_encoder"),
+            CLIPTokenizer.from_pretrained(directory / "tokenizer"),
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
+        device = self.unet.device
+        cond = encode_prompts(self.text_encoder, self.tokenizer, list(prompts) + [""] * len(prompts))
+        x = seeded_noise(seeds).to(device)
+        self.scheduler.set_timesteps(self.steps)
+        for t in self.scheduler.timesteps:
+            v_c, v_u = self.unet(torch.cat([x, x]), t, cond).sample.chunk(2)
+            x = self.scheduler.step(cfg_combine(v_c, v_u, self.guidance_scale), t, x).prev_sample
+        return ((x + 1) / 2).clamp(0, 1).cpu()

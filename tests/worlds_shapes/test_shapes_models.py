@@ -1,0 +1,116 @@
+"""The world's models: tokenizer, build command, and the shipped models loaded by distar's own loaders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from transformers import AutoTokenizer
+
+from distar.backends import build_backend
+from distar.backends.config import ModelConfig
+from distar.rewards import RewardSpec, load_reward
+from distar.worlds.shapes.assets import build_record, load_clip
+from distar.worlds.shapes.clip import image_embeddings, pairwise_accuracy, preference_pairs, text_embeddings
+from distar.worlds.shapes.data import render_prompts
+from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts, vocabulary
+from distar.worlds.shapes.metrics import AttributeClassifier, classifier_accuracy
+from distar.worlds.shapes.tokenizer import learn_merges, save_word_tokenizer
+from distar.worlds.shapes.utility import UtilityWeights
+
+
+def test_every_grammar_word_is_one_token(tmp_path):
+    tokenizer = save_word_tokenizer(tmp_path, vocabulary(), model_max_length=20)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    for word in vocabulary():
+        ids = loaded(word, add_special_tokens=False).input_ids
+        assert len(ids) == 1 and loaded.convert_ids_to_tokens(ids) == [word + "</w>"], word
+    # other text still tokenizes, character by character
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a hexagon", add_special_tokens=False).input_ids)[:2] == ["a</w>", "h"]
+    assert learn_merges(["ab", "abc"]) == learn_merges(["abc", "ab"])
+
+
+def test_tiny_build_writes_loadable_models(tiny_world):
+    record = json.loads((tiny_world / "build_record.json").read_text())
+    assert set(record["timings_seconds"]) >= {"clip", "judge", "reward", "reference", "one_step", "quality", "total"}
+    assert record["config"]["reference"]["steps"] == 2 and record["versions"]["torch"] == torch.__version__
+    for key in ("reference", "one_step", "renders"):
+        assert {"fid", "alignment", "true_utility", "learned_reward"} <= set(record["figures"][key])
+    for name, entry in record["files"].items():
+        assert hashlib.sha256((tiny_world / name).read_bytes()).hexdigest() == entry["sha256"], name
+    for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
+        assert (tiny_world / "reference" / sub).is_dir()
+    for sub in ("clip", "judge", "reward", "one_step"):
+        assert (tiny_world / sub).is_dir()
+    assert not (tiny_world / "reference" / "vae").exists()
+    assert not tiny_world.with_name("models.building").exists()
+
+
+def test_world_build_dry_run_prints_the_settings(capsys):
+    from distar.cli import main
+
+    assert main(["world", "build", "--dry-run", "shapes", "reference.steps=7"]) == 0
+    text = capsys.readouterr().out
+    assert "reference:\n  steps: 7" in text and "one_step:" in text
+    assert main(["world", "build", "--dry-run", "shapes", "reference.stepz=7"]) == 2
+
+
+def test_shipped_record_and_size(shipped):
+    record = build_record(shipped)
+    total = sum(entry["bytes"] for entry in record["files"].values())
+    assert total < 30 * 2**20
+    for name, entry in record["files"].items():
+        assert (shipped / name).stat().st_size == entry["bytes"], name
+    assert record["figures"]["reward_held_out_pairs"]["pairs"] > 0
+
+
+def test_shipped_reward_loads_as_pickscore(shipped):
+    reward = load_reward(RewardSpec("pickscore", path=str(shipped / "reward")))
+    assert reward.transform.size == 32
+    prompts = sample_prompts(4, seed=0)
+    images = render_prompts(prompts, range(4))[0].requires_grad_(True)
+    scores = reward.score(images, prompts)
+    assert scores.shape == (4,) and bool(((scores > -1) & (scores < 1)).all())
+    scores.sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_shipped_reward_model_predicts_held_out_choices(shipped):
+    model, tokenizer = load_clip("reward", shipped)
+    pairs = preference_pairs(300, seed=12345, weights=UtilityWeights())
+    accuracy = pairwise_accuracy(model, tokenizer, pairs)
+    assert accuracy["accuracy_vs_true_utility"] > 0.7
+    assert accuracy["accuracy_vs_choices"] <= accuracy["true_utility_vs_choices"] + 0.05
+
+
+def test_shipped_classifier_reads_attributes_of_renders(shipped):
+    classifier = AttributeClassifier.load(shipped / "judge")
+    accuracy = classifier_accuracy(classifier, 300, seed=321)
+    assert set(accuracy) == set(ATTRIBUTE_VALUES)
+    for attribute, value in accuracy.items():
+        assert value > 0.9, attribute
+
+
+def test_shipped_clip_matches_renders_to_their_prompts(shipped):
+    model, tokenizer = load_clip("clip", shipped)
+    prompts = ["a red circle on a white background", "a blue square on a black background", "two yellow circles on a navy background"]
+    images = render_prompts(prompts, [0, 1, 2])[0]
+    with torch.no_grad():
+        similarity = image_embeddings(model, images) @ text_embeddings(model, tokenizer, prompts).T
+    assert similarity.argmax(1).tolist() == [0, 1, 2]
+
+
+def test_shipped_reference_loads_in_the_sd_backend(shipped):
+    backend = build_backend(
+        ModelConfig(family="sd", pretrained=str(shipped / "reference"), generator_init=str(shipped / "one_step")),
+        device="cpu",
+    )
+    assert backend.pipe.vae is None and backend.latent_shape == (3, 32, 32)
+    cond = backend.encode_prompts(["a red circle", "two blue squares"])
+    z = backend.sample_latents(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        images = backend.decode(backend.generate(z, cond))
+    assert images.shape == (2, 3, 32, 32) and 0 <= float(images.min()) and float(images.max()) <= 1
+    x_t = backend.schedule.add_noise(images * 2 - 1, torch.randn_like(z), torch.tensor([500, 500]))
+    assert backend.reference_x0(x_t, torch.tensor([500, 500]), cond).shape == x_t.shape
