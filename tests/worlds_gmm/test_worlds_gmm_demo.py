@@ -72,7 +72,7 @@ def test_demo_config_errors_and_presets() -> None:
 
 
 def test_demo_cli_reports_bad_override(tmp_path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path), "world.dim=1"]) == 2
+    assert main(["demo", "--world", "gmm", "--out", str(tmp_path), "world.dim=1"]) == 2
     assert "dim" in capsys.readouterr().err
 
 

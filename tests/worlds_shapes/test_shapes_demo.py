@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from distar.objectives.presets import preset
@@ -46,7 +45,6 @@ def test_short_di_star_run_raises_the_learned_reward(shipped, tmp_path):
     assert after > before + 0.005, (before, after)
 
 
-@pytest.mark.slow
 def test_demo_writes_the_report(tiny_world, tmp_path):
     from distar.cli import main
 

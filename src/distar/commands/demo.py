@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 #: worlds with a ``demo`` module; the first is the default.
-WORLDS = ("gmm", "shapes")
+WORLDS = ("shapes", "gmm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
