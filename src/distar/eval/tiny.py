@@ -7,13 +7,12 @@ unchanged. Its features are meaningless; the FID arithmetic on them is real.
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from distar.cache import build_once, cache_dir
 
 
 class TinyInception(nn.Module):
@@ -39,14 +38,7 @@ def save_tiny_inception(path: str | Path, num_features: int = 16, seed: int = 0)
     return path
 
 
-_TINY_ROOT: Path | None = None
-
-
 def tiny_inception_path() -> Path:
-    """A tiny Inception file built once per process in a temporary folder (``--metric-path fid=tiny``)."""
-    global _TINY_ROOT
-    if _TINY_ROOT is None:
-        _TINY_ROOT = Path(tempfile.mkdtemp(prefix="distar-tiny-inception-"))
-        atexit.register(shutil.rmtree, _TINY_ROOT, ignore_errors=True)
-    target = _TINY_ROOT / "tiny-inception.pt"
-    return target if target.is_file() else save_tiny_inception(target)
+    """A tiny Inception file (``--metric-path fid=tiny``), built once into the distar cache."""
+    folder = build_once(cache_dir() / "tiny-inception", lambda d: save_tiny_inception(d / "tiny-inception.pt"))
+    return folder / "tiny-inception.pt"
