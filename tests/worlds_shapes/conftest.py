@@ -8,15 +8,7 @@ import pytest
 
 from distar.worlds.shapes.assets import ASSETS_DIR
 
-#: settings of a build small enough for a test (every stage runs, a few steps each)
-TINY_BUILD = [
-    "clip.steps=2", "clip.batch_size=8", "judge.steps=2", "judge.batch_size=8",
-    "reward.steps=2", "reward.batch_size=4",
-    "reference.steps=2", "reference.batch_size=4",
-    "one_step.steps=2", "one_step.batch_size=2", "one_step.samples=4",
-    "quality.fid_images=8", "quality.sample_steps=2", "quality.held_out_pairs=16", "quality.judge_images=16",
-    "threads=1",
-]
+from shapes_helpers import TINY_BUILD
 
 
 @pytest.fixture(scope="session")

@@ -45,19 +45,51 @@ def test_short_di_star_run_raises_the_learned_reward(shipped, tmp_path):
     assert after > before + 0.005, (before, after)
 
 
-def test_demo_writes_the_report(tiny_world, tmp_path):
+def test_demo_writes_the_report(tiny_world, tmp_path, capsys):
     from distar.cli import main
 
     out = tmp_path / "demo"
     argv = [
         "demo", "--world", "shapes", "--out", str(out), "--steps", "1",
         f"models={tiny_world}", "train.batch_size=2", "eval_prompts=4", "seeds=[0, 1]",
-        "reference_steps=2", "fid_reference_seeds=2", "threads=1",
+        "reference_steps=2", "fid_reference_seeds=2", "training_seeds=2", "jobs=1",
     ]
     assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip().splitlines()[-1] == f"report: {(out / 'report.md').resolve()}"
+    assert "[run 6 of 6]" in printed
     report = json.loads((out / "report.json").read_text())
-    assert list(report["models"]) == ["reference", "one_step_init", "sim", "di_pp", "di_star"]
+    assert set(report["models"]) == {"renders", "reference", "start", "sim_s0", "sim_s1", "di_pp_a100_s0", "di_pp_a100_s1", "di_star_a100_s0", "di_star_a100_s1"}
     for row in report["models"].values():
-        for key in ("pickscore", "true_utility", "alignment", "fid", "diversity", "open_diversity", "seconds_per_10_images"):
+        for key in ("pickscore", "true_utility", "alignment", "fid", "diversity", "open_diversity"):
             assert row[key] is not None, key
-    assert (out / "grid.png").is_file() and "Δ utility" in (out / "report.md").read_text()
+    stats = report["stats"]
+    assert list(stats)[:3] == ["renders (ground truth)", "reference (2-step DDIM, CFG 3)", "one-step start"]
+    mean, half = stats["DI* (α = 100)"]["pickscore"]
+    seeds = [report["models"][f"di_star_a100_s{i}"]["pickscore"] for i in (0, 1)]
+    assert abs(mean - sum(seeds) / 2) < 1e-9 and half > 0
+    text = (out / "report.md").read_text()
+    for heading in ("learned reward ↑", "FID ↓", "s / 10 images ↓", "docs/shapes.md", "Diff-Instruct++ (α = 100)", "steps clipped"):
+        assert heading in text, heading
+    assert (out / "grid.png").is_file() and (out / "diversity.png").is_file()
+
+
+def test_runs_are_planned_per_method_scale_and_seed():
+    from distar.worlds.shapes.demo import ShapesDemoConfig, plan_runs
+
+    runs = plan_runs(ShapesDemoConfig(methods=["sim", "di_star"], reward_scale=10.0, sweep=[10.0, 30.0], training_seeds=2))
+    assert [r.key for r in runs] == ["sim_s0", "sim_s1", "di_star_a10_s0", "di_star_a10_s1", "di_star_a30_s0", "di_star_a30_s1"]
+    assert runs[-1].group == "DI* (α = 30)" and runs[0].group == "SIM"
+
+
+def test_verdicts_name_reward_hacking():
+    from distar.worlds.shapes.demo import START, verdicts
+
+    stats = {
+        START: {"pickscore": (0.2, 0.0), "true_utility": (-5.0, 0.0), "alignment": (0.8, 0.0), "open_diversity": (0.6, 0.0)},
+        "A": {"pickscore": (0.3, 0.01), "true_utility": (-6.0, 0.1), "alignment": (0.8, 0.05), "open_diversity": (0.2, 0.05)},
+        "B": {"pickscore": (0.3, 0.01), "true_utility": (-4.0, 0.1), "alignment": (0.81, 0.05), "open_diversity": (0.6, 0.05)},
+    }
+    a, b = verdicts(stats, ["A", "B"], START)
+    assert "reward hacking" in a and "open-attribute diversity fell" in a
+    assert "a real gain" in b and "kept" in b

@@ -18,6 +18,7 @@ from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts, vocab
 from distar.worlds.shapes.metrics import AttributeClassifier, classifier_accuracy
 from distar.worlds.shapes.tokenizer import learn_merges, save_word_tokenizer
 from distar.worlds.shapes.utility import UtilityWeights
+from shapes_helpers import TINY_BUILD
 
 
 def test_every_grammar_word_is_one_token(tmp_path):
@@ -33,10 +34,12 @@ def test_every_grammar_word_is_one_token(tmp_path):
 
 def test_tiny_build_writes_loadable_models(tiny_world):
     record = json.loads((tiny_world / "build_record.json").read_text())
-    assert set(record["timings_seconds"]) >= {"clip", "judge", "reward", "reference", "one_step", "quality", "total"}
+    stages = {"clip", "judge", "reward", "reference", "one_step", "one_step_refine", "quality", "total"}
+    assert set(record["timings_seconds"]) >= stages
     assert record["config"]["reference"]["steps"] == 2 and record["versions"]["torch"] == torch.__version__
-    for key in ("reference", "one_step", "renders"):
-        assert {"fid", "alignment", "true_utility", "learned_reward"} <= set(record["figures"][key])
+    for key in ("reference", "one_step_warm_start", "one_step", "renders"):
+        assert {"fid", "alignment", "alignment_per_attribute", "true_utility", "learned_reward"} <= set(record["figures"][key])
+    assert len(record["figures"]["one_step_refine_log"]) == 2
     for name, entry in record["files"].items():
         assert hashlib.sha256((tiny_world / name).read_bytes()).hexdigest() == entry["sha256"], name
     for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
@@ -45,6 +48,44 @@ def test_tiny_build_writes_loadable_models(tiny_world):
         assert (tiny_world / sub).is_dir()
     assert not (tiny_world / "reference" / "vae").exists()
     assert not tiny_world.with_name("models.building").exists()
+    assert not (tiny_world / "one_step.warm").exists() and not (tiny_world / ".stages").exists()
+
+
+def test_interrupted_build_resumes_from_its_finished_stages(tmp_path, monkeypatch, capsys):
+    from distar.cli import main
+    from distar.worlds.shapes import build
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "models"
+    monkeypatch.setattr(build, "refine_one_step", interrupted)
+    try:
+        main(["world", "build", "--out", str(out), "shapes", *TINY_BUILD])
+    except KeyboardInterrupt:
+        pass
+    assert (tmp_path / "models.building" / "reference" / "unet").is_dir() and not out.exists()
+    unet = (tmp_path / "models.building" / "reference" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["world", "build", "--resume", "--out", str(out), "shapes", *TINY_BUILD]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("clip", "judge", "reward", "reference", "one_step"):
+        assert f"[{stage}] kept from the interrupted build" in printed, stage
+    assert "[one_step_refine] start" in printed
+    assert (out / "reference" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet
+    # a changed setting retrains that stage and every later one
+    capsys.readouterr()
+    monkeypatch.setattr(build, "refine_one_step", interrupted)
+    try:
+        main(["world", "build", "--out", str(out), "shapes", *TINY_BUILD, "reference.lr=0.002"])
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["world", "build", "--resume", "--out", str(out), "shapes", *TINY_BUILD, "reference.lr=0.003"]) == 0
+    printed = capsys.readouterr().out
+    assert "[reward] kept" in printed and "[reference] start" in printed and "[one_step] start" in printed
 
 
 def test_world_build_dry_run_prints_the_settings(capsys):
@@ -99,6 +140,25 @@ def test_shipped_clip_matches_renders_to_their_prompts(shipped):
     with torch.no_grad():
         similarity = image_embeddings(model, images) @ text_embeddings(model, tokenizer, prompts).T
     assert similarity.argmax(1).tolist() == [0, 1, 2]
+
+
+def test_shipped_reference_and_start_follow_their_prompts(shipped):
+    """Sampled here, read back by the classifier: the reference (20 steps, CFG) and the one-step start."""
+    from distar.worlds.shapes.metrics import attribute_alignment
+    from distar.worlds.shapes.one_step import OneStepSampler
+    from distar.worlds.shapes.reference import ReferenceSampler
+
+    prompts = sample_prompts(40, seed=777)
+    classifier = AttributeClassifier.load(shipped / "judge")
+    reference = ReferenceSampler.from_pretrained(shipped / "reference", steps=20, guidance_scale=3.0)
+    backend = build_backend(
+        ModelConfig(family="sd", pretrained=str(shipped / "reference"), generator_init=str(shipped / "one_step"), t_init=999),
+        device="cpu",
+    )
+    for model, floor in ((reference, 0.8), (OneStepSampler(backend, "start"), 0.7)):
+        images = model.generate_images(prompts, range(len(prompts)))
+        per_attribute = attribute_alignment(classifier, images, prompts)
+        assert sum(per_attribute.values()) / len(per_attribute) > floor, (model.name, per_attribute)
 
 
 def test_shipped_reference_loads_in_the_sd_backend(shipped):

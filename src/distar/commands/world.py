@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     build.add_argument("--config", type=Path, default=None, help="YAML file of build settings (see --dry-run)")
     build.add_argument("--dry-run", action="store_true", help="print the resolved build settings and exit")
+    build.add_argument(
+        "--resume", action="store_true", help="keep the completed stages of an interrupted build of the same settings"
+    )
     build.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. reference.steps=200")
 
 
@@ -40,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
     out = args.out or ASSETS_DIR
-    record = build_world(out, config)
+    record = build_world(out, config, resume=args.resume)
     print(f"wrote {out} in {record['timings_seconds']['total']:.0f}s (record: {out / 'build_record.json'})")
     return 0

@@ -175,7 +175,7 @@ class _Run:
         if not todo:
             return
         failed = 0
-        with tqdm(total=len(todo), desc=f"generate {model.name}", unit="img") as bar:
+        with tqdm(total=len(todo), desc=f"generate {model.name}", unit="img", leave=False) as bar:
             for start in range(0, len(todo), self.batch_size):
                 batch = todo[start : start + self.batch_size]
                 failed += self._generate_batch(model, files, batch)
@@ -243,7 +243,7 @@ class _Run:
             raise TypeError(f"metric {metric.name}: expected a Reward, got {type(reward).__name__}")
         device = next((p.device for p in reward.parameters()), torch.device("cpu"))
         for name, (files, todo) in pending.items():
-            with tqdm(total=len(todo), desc=f"{metric.name} {name}", unit="img") as bar:
+            with tqdm(total=len(todo), desc=f"{metric.name} {name}", unit="img", leave=False) as bar:
                 for images, records in self.batches(files, todo, name):
                     with torch.no_grad():
                         inputs = evaluation_inputs(images, reward).to(device)

@@ -7,17 +7,20 @@ Stages (each seeded; timings, versions and quality figures go to ``build_record.
    ``judge/``: the attribute classifier of the alignment and diversity metrics (supervised on renders);
 3. ``reward/``: the PickScore analogue (the CLIP analogue fine-tuned with Bradley–Terry on pairs
    chosen by the simulated human);
-4. ``reference/``: the pixel-space UNet (ε-DSM with condition dropout, EMA weights saved) with the
-   CLIP analogue's text tower as its text encoder;
-5. ``one_step/``: a one-step generator UNet regressed on the reference's DDIM + CFG samples
-   (:func:`~distar.worlds.shapes.one_step.distill_one_step`) — the DMD2-like starting point of the
-   demo's runs;
+4. ``reference/``: the pixel-space UNet (v-prediction DSM with condition dropout, EMA weights saved)
+   with the CLIP analogue's text tower as its text encoder;
+5. ``one_step/``: the one-step generator the demo starts from, distilled from the reference in two
+   stages (:mod:`~distar.worlds.shapes.one_step`): regression on the reference's DDIM + CFG samples,
+   then the reward-free DMD2 preset through :class:`distar.train.Trainer`;
 6. quality: the classifier's accuracy on held-out renders, the reward model's pairwise accuracy on
-   held-out pairs, and for the reference (multi-step, CFG) and the one-step generator: FID
-   (CLIP-analogue features) against renders of the same prompts — next to the FID between two sets
-   of renders, the floor at this sample size — alignment, true utility and learned reward.
+   held-out pairs, and for the reference (multi-step, CFG), the regression warm start and the
+   one-step generator: FID (CLIP-analogue features) against renders of the same prompts — next to
+   the FID between two sets of renders, the floor at this sample size — alignment (overall and per
+   attribute), true utility and learned reward.
 
-The output folder is written under a temporary name and renamed into place when complete.
+The build happens in ``<out>.building`` and is renamed into place when complete; each finished stage
+is recorded there, so ``--resume`` continues an interrupted build. The reference stage saves its EMA
+weights every ``reference.snapshot_every`` steps to ``<out>.building/reference.snapshot``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from typing import Callable, Iterator
 
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
-from transformers import CLIPModel, CLIPTokenizer
+from diffusers import UNet2DConditionModel
+from transformers import CLIPModel
 
 from distar.config import field, to_dict
 from distar.backends import build_backend
@@ -47,23 +51,23 @@ from distar.worlds.shapes.clip import (
     ClipArch,
     RewardLoop,
     TrainLoop,
-    image_embeddings,
     new_clip,
     pairwise_accuracy,
     preference_pairs,
     save_clip,
-    text_embeddings,
     train_clip,
     train_reward,
 )
 from distar.worlds.shapes.data import render_prompts
 from distar.worlds.shapes.grammar import sample_prompts, vocabulary
-from distar.worlds.shapes.one_step import DistillLoop, OneStepSampler, distill_one_step
+from distar.rewards import RewardSpec, load_reward
+from distar.worlds.shapes.one_step import DistillLoop, OneStepSampler, RefineLoop, distill_one_step, refine_one_step
 from distar.worlds.shapes.metrics import (
     AlignmentScore,
     AttributeClassifier,
     ImageFeatures,
     JudgeLoop,
+    attribute_alignment,
     classifier_accuracy,
     train_classifier,
 )
@@ -103,7 +107,8 @@ class BuildConfig:
     utility: UtilityWeights = field(UtilityWeights(), help="the simulated human's utility and choice noise")
     unet_arch: UNetArch = field(UNetArch(), help="reference UNet architecture")
     reference: ReferenceLoop = field(ReferenceLoop(), help="reference diffusion training")
-    one_step: DistillLoop = field(DistillLoop(), help="distillation of the one-step generator init")
+    one_step: DistillLoop = field(DistillLoop(), help="regression warm start of the one-step generator")
+    one_step_refine: RefineLoop = field(RefineLoop(), help="distribution-matching distillation of the one-step generator")
     quality: QualityConfig = field(QualityConfig(), help="quality measurements")
     threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
 
@@ -153,85 +158,170 @@ def _versions() -> dict[str, str]:
     }
 
 
-def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None] = print) -> dict:
-    """Train the world's models into ``out`` (replaced atomically at the end); the build record."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    timings: dict[str, float] = {}
-    figures: dict[str, object] = {}
-    every = 50
+class _Stages:
+    """Completed stages of a build in progress (``<folder>/.stages/<stage>.json``: settings, timing, figures).
+
+    With ``resume``, a stage whose recorded settings equal the current ones is loaded from the folder
+    instead of being trained again, so an interrupted multi-hour build continues where it stopped.
+    """
+
+    def __init__(self, folder: Path, resume: bool, echo: Callable[[str], None]) -> None:
+        self.dir, self.echo = folder / ".stages", echo
+        if not resume:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+        self.figures: dict[str, object] = {}
+
+    def done(self, stage: str, settings: dict) -> bool:
+        path = self.dir / f"{stage}.json"
+        if not path.is_file():
+            return False
+        record = json.loads(path.read_text())
+        if record["settings"] != settings:
+            return False
+        self.timings[stage] = record["seconds"]
+        self.figures.update(record["figures"])
+        self.echo(f"[{stage}] kept from the interrupted build ({record['seconds']:.0f}s when built)")
+        return True
 
     @contextlib.contextmanager
-    def timed(stage: str) -> Iterator[None]:
+    def run(self, stage: str, settings: dict) -> Iterator[dict[str, object]]:
+        """Time the stage; the yielded dict collects its figures, recorded when the stage completes."""
         start = time.perf_counter()
-        echo(f"[{stage}] start")
-        yield
-        timings[stage] = round(time.perf_counter() - start, 1)
-        echo(f"[{stage}] done in {timings[stage]:.0f}s")
+        self.echo(f"[{stage}] start")
+        figures: dict[str, object] = {}
+        yield figures
+        self.timings[stage] = round(time.perf_counter() - start, 1)
+        self.figures.update(figures)
+        record = {"settings": settings, "seconds": self.timings[stage], "figures": figures}
+        (self.dir / f"{stage}.json").write_text(json.dumps(record, indent=2) + "\n")
+        self.echo(f"[{stage}] done in {self.timings[stage]:.0f}s")
 
+
+def _snapshotter(folder: Path, unet: torch.nn.Module, every: int) -> Callable[[int, object], None]:
+    """Saves the reference's EMA weights to ``folder`` every ``every`` steps (progress to inspect)."""
+
+    def snapshot(step: int, ema) -> None:
+        if every and (step + 1) % every == 0:
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+            unet.save_pretrained(folder)
+            ema.restore(unet.parameters())
+
+    return snapshot
+
+
+def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None] = print, resume: bool = False) -> dict:
+    """Train the world's models into ``out`` (replaced atomically at the end); the build record.
+
+    The build happens in ``<out>.building``; with ``resume`` its completed stages are kept.
+    """
+    out = Path(out)
+    tmp = out.with_name(out.name + ".building")
+    stages = _Stages(tmp, resume, echo)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    every = 50
+    settings = to_dict(config)
     total_start = time.perf_counter()
     tokenizer = save_word_tokenizer(tmp / "clip", vocabulary(), MAX_LENGTH)
 
-    with timed("clip"):
-        clip = new_clip(len(tokenizer), config.clip_arch, config.clip.seed)
-        train_clip(clip, tokenizer, config.clip, _progress("clip", config.clip.steps, every, echo))
-        save_clip(clip, tokenizer, tmp / "clip")
+    clip_settings = {k: settings[k] for k in ("clip_arch", "clip")}
+    if stages.done("clip", clip_settings):
+        clip = CLIPModel.from_pretrained(tmp / "clip")
+    else:
+        with stages.run("clip", clip_settings):
+            clip = new_clip(len(tokenizer), config.clip_arch, config.clip.seed)
+            train_clip(clip, tokenizer, config.clip, _progress("clip", config.clip.steps, every, echo))
+            save_clip(clip, tokenizer, tmp / "clip")
 
-    with timed("judge"):
-        torch.manual_seed(config.judge.seed)
-        judge = AttributeClassifier(config.judge.width)
-        train_classifier(judge, config.judge, _progress("judge", config.judge.steps, every, echo))
-        judge.eval().requires_grad_(False).save(tmp / "judge")
-        figures["judge_accuracy_on_renders"] = classifier_accuracy(judge, config.quality.judge_images, config.quality.seed)
-        echo(f"[judge] accuracy on held-out renders: {figures['judge_accuracy_on_renders']}")
+    judge_settings = {k: settings[k] for k in ("judge", "quality")}
+    if stages.done("judge", judge_settings):
+        judge = AttributeClassifier.load(tmp / "judge")
+    else:
+        with stages.run("judge", judge_settings) as figures:
+            torch.manual_seed(config.judge.seed)
+            judge = AttributeClassifier(config.judge.width)
+            train_classifier(judge, config.judge, _progress("judge", config.judge.steps, every, echo))
+            judge.eval().requires_grad_(False).save(tmp / "judge")
+            figures["judge_accuracy_on_renders"] = classifier_accuracy(judge, config.quality.judge_images, config.quality.seed)
+            echo(f"[judge] accuracy on held-out renders: {figures['judge_accuracy_on_renders']}")
 
-    with timed("reward"):
-        reward = copy.deepcopy(clip)
-        train_reward(reward, tokenizer, config.reward, config.utility, _progress("reward", config.reward.steps, every, echo))
-        save_clip(reward, tokenizer, tmp / "reward")
-        held_out = preference_pairs(config.quality.held_out_pairs, config.quality.seed, config.utility)
-        figures["reward_held_out_pairs"] = dict(pairwise_accuracy(reward, tokenizer, held_out), pairs=len(held_out.prompts))
-        echo(f"[reward] held-out pairs: {figures['reward_held_out_pairs']}")
+    reward_settings = {k: settings[k] for k in ("clip_arch", "clip", "reward", "utility", "quality")}
+    if stages.done("reward", reward_settings):
+        reward = CLIPModel.from_pretrained(tmp / "reward")
+    else:
+        with stages.run("reward", reward_settings) as figures:
+            reward = copy.deepcopy(clip)
+            train_reward(reward, tokenizer, config.reward, config.utility, _progress("reward", config.reward.steps, every, echo))
+            save_clip(reward, tokenizer, tmp / "reward")
+            held_out = preference_pairs(config.quality.held_out_pairs, config.quality.seed, config.utility)
+            figures["reward_held_out_pairs"] = dict(pairwise_accuracy(reward, tokenizer, held_out), pairs=len(held_out.prompts))
+            echo(f"[reward] held-out pairs: {figures['reward_held_out_pairs']}")
 
-    with timed("reference"):
-        text_encoder = text_encoder_from_clip(clip)
-        unet = new_unet(config.unet_arch, clip.config.text_config.hidden_size, config.reference.seed)
-        ema = train_reference(
-            unet, text_encoder, tokenizer, config.reference, _progress("reference", config.reference.steps, every, echo)
-        )
-        ema.copy_to(unet.parameters())
-        save_reference(tmp / "reference", unet, text_encoder, tokenizer)
+    text_encoder = text_encoder_from_clip(clip)
+    reference_settings = {k: settings[k] for k in ("clip_arch", "clip", "unet_arch", "reference")}
+    if stages.done("reference", reference_settings):
+        unet = UNet2DConditionModel.from_pretrained(tmp / "reference" / "unet")
+    else:
+        with stages.run("reference", reference_settings):
+            unet = new_unet(config.unet_arch, clip.config.text_config.hidden_size, config.reference.seed)
+            ema = train_reference(
+                unet, text_encoder, tokenizer, config.reference,
+                _progress("reference", config.reference.steps, every, echo),
+                snapshot=_snapshotter(tmp / "reference.snapshot", unet, config.reference.snapshot_every),
+            )
+            ema.copy_to(unet.parameters())
+            save_reference(tmp / "reference", unet, text_encoder, tokenizer)
+            shutil.rmtree(tmp / "reference.snapshot", ignore_errors=True)
 
     sampler = ReferenceSampler(unet, text_encoder, tokenizer, config.quality.sample_steps, config.quality.guidance_scale)
-    with timed("one_step"):
-        generator, figures["one_step_training"] = distill_one_step(
-            sampler, config.one_step, _progress("one_step", config.one_step.steps, every, echo)
-        )
-        generator.save_pretrained(tmp / "one_step")
-        backend = build_backend(
-            ModelConfig(
-                family="sd", pretrained=str(tmp / "reference"), generator_init=str(tmp / "one_step"),
-                t_init=config.one_step.t_init,
+    one_step_settings = reference_settings | {k: settings[k] for k in ("one_step", "quality")}
+    if not stages.done("one_step", one_step_settings):
+        with stages.run("one_step", one_step_settings) as figures:
+            generator, figures["one_step_training"] = distill_one_step(
+                sampler, config.one_step, _progress("one_step", config.one_step.steps, every, echo)
             )
-        )
+            generator.save_pretrained(tmp / "one_step.warm")
 
-    with timed("quality"):
-        measure = Quality(clip, reward, tokenizer, judge, config)
+    refine_settings = one_step_settings | {"one_step_refine": settings["one_step_refine"]}
+    if not stages.done("one_step_refine", refine_settings):
+        with stages.run("one_step_refine", refine_settings) as figures:
+            refined, log = refine_one_step(
+                tmp / "reference", tmp / "one_step.warm", config.one_step_refine, config.one_step.t_init,
+                tmp / "one_step.run",
+            )
+            refined.save_pretrained(tmp / "one_step")
+            shutil.rmtree(tmp / "one_step.run", ignore_errors=True)
+            figures["one_step_refine_log"] = [
+                {k: round(v, 5) for k, v in r.items() if k in ("step", "generator/loss", "generator/grad_norm", "assistant/loss")}
+                for r in log[:: max(1, len(log) // 40)]
+            ]
+
+    def one_step_model(folder: str, name: str) -> OneStepSampler:
+        backend = build_backend(
+            ModelConfig(family="sd", pretrained=str(tmp / "reference"), generator_init=str(tmp / folder), t_init=config.one_step.t_init)
+        )
+        return OneStepSampler(backend, name)
+
+    with stages.run("quality", settings) as figures:
+        measure = Quality(clip, tmp / "reward", judge, config)
         figures["renders"] = measure.renders()
         figures["reference"] = measure(sampler)
-        figures["one_step"] = measure(OneStepSampler(backend, "one-step"))
-        for name in ("renders", "reference", "one_step"):
+        figures["one_step_warm_start"] = measure(one_step_model("one_step.warm", "regression warm start"))
+        figures["one_step"] = measure(one_step_model("one_step", "one-step start"))
+        for name in ("renders", "reference", "one_step_warm_start", "one_step"):
             echo(f"[quality] {name}: {figures[name]}")
+    shutil.rmtree(tmp / "one_step.warm")
 
-    timings["total"] = round(time.perf_counter() - total_start, 1)
+    timings = dict(stages.timings, total=round(sum(stages.timings.values()), 1))
+    timings["this_invocation"] = round(time.perf_counter() - total_start, 1)
+    shutil.rmtree(stages.dir)
     record = {
-        "config": to_dict(config),
+        "config": settings,
         "timings_seconds": timings,
-        "figures": figures,
+        "figures": stages.figures,
         "versions": _versions(),
         "torch_threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),
@@ -247,31 +337,25 @@ def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None
 class Quality:
     """FID, alignment, true utility and learned reward of a model's images for held-out prompts."""
 
-    def __init__(
-        self,
-        clip: CLIPModel,
-        reward_model: CLIPModel,
-        tokenizer: CLIPTokenizer,
-        judge: AttributeClassifier,
-        config: BuildConfig,
-    ) -> None:
+    def __init__(self, clip: CLIPModel, reward: str | Path, judge: AttributeClassifier, config: BuildConfig) -> None:
         q = config.quality
         self.prompts = sample_prompts(q.fid_images, q.seed)
         self.features = ImageFeatures(clip)
-        self.reward_model, self.tokenizer = reward_model, tokenizer
+        self.reward = load_reward(RewardSpec("pickscore", path=str(reward)))
         self.utility = TrueUtility(config.utility)
         self.alignment = AlignmentScore(judge)
         self.real = render_prompts(self.prompts, [10**6 + i for i in range(len(self.prompts))])[0]
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> dict[str, float]:
-        learned = (
-            image_embeddings(self.reward_model, images) * text_embeddings(self.reward_model, self.tokenizer, self.prompts)
-        ).sum(-1)
+        learned = torch.cat(
+            [self.reward.score(images[i : i + 100], self.prompts[i : i + 100]) for i in range(0, len(images), 100)]
+        )
         utility = self.utility.score(images, self.prompts)
         return {
             "fid": _fid(self.features, self.real, images),
             "alignment": float(self.alignment.score(images, self.prompts).mean()),
+            "alignment_per_attribute": attribute_alignment(self.alignment.classifier, images, self.prompts),
             "true_utility": float(utility.mean()),
             "learned_reward": float(learned.mean()),
             "reward_utility_correlation": float(torch.corrcoef(torch.stack([utility, learned]))[0, 1]),

@@ -1,22 +1,24 @@
 """``distar demo --world shapes``: DI* and its baselines in the shapes world, judged by a simulated human.
 
-Every method starts from the shipped one-step generator (SIM-distilled from the reference by the
-build, as DI*-SDXL starts from DMD2) and trains for the same number of steps through
-:class:`distar.train.Trainer` on the "sd" backend with the shipped reference (inner CFG ω) and,
-where the method has one, the shipped learned reward (the PickScore analogue, cosine form, scale α).
-The evaluation suite (:func:`distar.eval.evaluate`) then scores the reference (multi-step DDIM with
-CFG), the starting generator and every trained one on the same prompts and seeds:
+Stages of :func:`run`:
 
-- ``pickscore``: the learned reward (cosine) — what the methods optimise;
-- ``true_utility``: the hidden human utility (:mod:`.utility`) — what they should improve;
-- ``alignment``: named attributes read back by the attribute classifier (:mod:`.metrics`);
-- ``fid``: Fréchet distance of CLIP-analogue features to renders of the same prompts;
-- ``diversity``: mean pairwise cosine distance of CLIP-analogue features across seeds;
-- ``open_diversity``: normalised entropy of the classified attributes the prompts leave open;
-- seconds per 10 images (the suite's cost measurement).
+1. **plan** the runs: every method (and, with ``sweep``, every reward scale α) × ``training_seeds``
+   seeds, all from the shipped one-step start (distilled from the reference by the build, as
+   DI*-SDXL starts from DMD2), the same steps, batch and learning rates;
+2. **train** them through :class:`distar.train.Trainer` on the "sd" backend — inner CFG ω on the
+   shipped reference and, for methods with a reward, the shipped learned reward (the PickScore
+   analogue, cosine, scale α) — as parallel one-thread processes (:func:`~distar.worlds.common.run_parallel`);
+3. **evaluate** renders (ground truth), the reference (multi-step DDIM with CFG), the start and every
+   trained generator on the same prompts and seeds with :func:`distar.eval.evaluate`: learned reward,
+   true utility (:mod:`.utility`), alignment overall and per attribute (:mod:`.metrics`), FID of
+   CLIP-analogue features, seed diversity, open-attribute diversity, seconds per 10 images;
+4. **report**: mean ± 95 % interval over training seeds (over evaluation seeds for the fixed
+   models), the training settings that make the comparison fair, whether each method's learned-reward
+   gain came with a true-utility gain, and two image grids (``report.md``, ``report.json``,
+   ``grid.png``, ``diversity.png``).
 
-report.md/json put the change in learned reward next to the change in true utility, relative to the
-starting generator: a reward gain without a utility gain is reward hacking.
+Every process computes with one torch thread, so a seed gives the same numbers on a machine whatever
+the number of parallel runs (``jobs``).
 """
 
 from __future__ import annotations
@@ -28,27 +30,45 @@ import math
 import os
 import shutil
 import time
+import zlib
+from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from distar.config import field, load_config, save_config, to_dict
-from distar.objectives.presets import PRESETS, preset
-from distar.worlds.shapes.grammar import sample_prompts
+from distar.config import ConfigError, field, load_config, save_config, to_dict
+from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
+from distar.train import TrainConfig
+from distar.worlds.common import Progress, environment, format_ci, markdown_table, mean_ci95, run_parallel
+from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
 from distar.worlds.shapes.one_step import OneStepLoop
 
-#: Rows of the report, in order, with their descriptions.
-METRIC_COLUMNS = {
-    "pickscore": "learned reward (cosine)",
-    "true_utility": "true utility",
-    "alignment": "alignment",
-    "fid": "FID (CLIP-analogue features)",
-    "diversity": "seed diversity",
-    "open_diversity": "open-attribute diversity",
+#: Method names as the paper writes them.
+PAPER_NAMES = {
+    "sim": "SIM",
+    "di_pp": "Diff-Instruct++",
+    "di_star": "DI*",
+    "di_star_out": "DI*-out",
+    "diff_instruct": "Diff-Instruct",
+    "dmd2": "DMD2",
+}
+
+#: Report row of the shipped one-step generator every method starts from.
+START = "one-step start"
+
+#: Report columns: key → (heading with direction, definition).
+COLUMNS = {
+    "pickscore": ("learned reward ↑", "the PickScore analogue's cosine of image and prompt — what DI++ and DI* optimise"),
+    "true_utility": ("true utility ↑", "the hidden human's utility u(x, c) (docs/shapes.md; a penalty sum, 0 is near the best, compare with renders) — what they should improve"),
+    "alignment": ("alignment ↑", "fraction of the attributes a prompt names that the attribute classifier reads back (renders row = the classifier's ceiling)"),
+    "fid": ("FID ↓", "Fréchet distance of CLIP-analogue image features to renders of the same prompts (renders row = the floor)"),
+    "diversity": ("seed diversity ↑", "mean pairwise cosine distance of CLIP-analogue features across the seeds of a prompt"),
+    "open_diversity": ("open-attribute diversity ↑", "normalised entropy across seeds of the attributes a prompt leaves open (1 = spread, 0 = always the same)"),
+    "seconds_per_10_images": ("s / 10 images ↓", "wall time to generate 10 images, one torch thread"),
 }
 
 
@@ -58,31 +78,117 @@ class ShapesDemoConfig:
 
     models: str | None = field(None, help="folder of the world's models (default: the ones shipped in the package)")
     methods: list[str] = field(["sim", "di_pp", "di_star"], help="objective presets to train, each from the same start")
-    reward_scale: float | None = field(
-        None,
-        help="α for methods with a reward; null = the reward model's exp(logit_scale), so that α·r is in "
-        "its Bradley–Terry log-odds units",
+    reward_scale: float = field(
+        100.0, help="α of the methods with a reward (Eq. 3.1; distar's sum-over-dimensions convention, docs/shapes.md)"
     )
+    sweep: list[float] = field([], help="extra reward scales α: each method with a reward is also trained at each")
     guidance_scale: float = field(3.0, help="CFG ω: inner CFG of the divergence and the reference row's sampler")
     train: OneStepLoop = field(
-        OneStepLoop(steps=150, train_prompts=2000, seed=5), help="training of each method (steps: --steps)"
+        OneStepLoop(steps=150, train_prompts=2000, seed=5), help="training of each run (steps: --steps)"
     )
+    training_seeds: int = field(3, help="training seeds per method (the intervals are over these)")
     eval_prompts: int = field(32, help="evaluation prompts drawn from the grammar")
-    seeds: list[int] = field([0, 1, 2, 3], help="seeds per evaluation prompt (same for every model)")
+    seeds: list[int] = field([0, 1, 2, 3], help="evaluation seeds per prompt (the same for every model)")
+    diversity_prompt: str = field("a circle", help="prompt of the diversity grid (one row per model, 8 seeds)")
     reference_steps: int = field(20, help="DDIM steps of the reference row")
     fid_reference_seeds: int = field(4, help="renders per evaluation prompt forming the FID reference set")
-    threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
+    jobs: int | None = field(None, help="parallel one-thread training processes (default: one per CPU core)")
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in PRESETS]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r} (choose from {', '.join(PRESETS)})")
+        if self.training_seeds < 1:
+            raise ValueError("training_seeds must be ≥ 1")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one evaluation seed")
 
 
-def _objective(method: str, cfg: ShapesDemoConfig, reward_logit_scale: float):
-    if method not in PRESETS:
-        raise ValueError(f"unknown method {method!r} (choose from {', '.join(PRESETS)})")
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run: a method at a reward scale from one training seed."""
+
+    method: str
+    reward_scale: float
+    seed_index: int
+
+    @property
+    def group(self) -> str:
+        """Report row of the run: the method, with α when it has a reward."""
+        name = PAPER_NAMES.get(self.method, self.method)
+        return f"{name} (α = {self.reward_scale:g})" if self.reward_scale else name
+
+    @property
+    def key(self) -> str:
+        """Folder-safe name of the run."""
+        alpha = f"_a{self.reward_scale:g}" if self.reward_scale else ""
+        return f"{self.method}{alpha}_s{self.seed_index}"
+
+
+def plan_runs(cfg: ShapesDemoConfig) -> list[Run]:
+    """Stage 1: methods × reward scales (``reward_scale`` then ``sweep``, reward methods only) × seeds."""
+    runs = []
+    for method in cfg.methods:
+        has_reward = bool(PRESETS[method].get("reward_scale", 0.0))
+        scales = [cfg.reward_scale, *[a for a in cfg.sweep if a != cfg.reward_scale]] if has_reward else [0.0]
+        runs += [Run(method, alpha, i) for alpha in scales for i in range(cfg.training_seeds)]
+    return runs
+
+
+def objective_for(run: Run, cfg: ShapesDemoConfig) -> ObjectiveConfig:
+    """The run's preset with the demo's α (methods with a reward) and inner CFG ω."""
     overrides: dict[str, float] = {}
-    if PRESETS[method].get("reward_scale", 0.0):
-        overrides["reward_scale"] = cfg.reward_scale if cfg.reward_scale is not None else reward_logit_scale
-    if PRESETS[method].get("cfg_mode") == "inner":
+    if run.reward_scale:
+        overrides["reward_scale"] = run.reward_scale
+    if PRESETS[run.method].get("cfg_mode") == "inner":
         overrides["guidance_scale"] = cfg.guidance_scale
-    return preset(method, **overrides)
+    return preset(run.method, **overrides)
+
+
+def train_run(config: TrainConfig) -> dict[str, Any]:
+    """Stage 2, in a worker: train, save the generator to ``<output_dir>/generator``, summarise the log."""
+    from distar.worlds.shapes.one_step import train
+
+    start = time.perf_counter()
+    backend, records = train(config)
+    backend.generator.save_pretrained(Path(config.output_dir) / "generator")
+    clip = config.optim.generator.max_grad_norm
+    norms = [r["generator/grad_norm"] for r in records if "generator/grad_norm" in r]
+    return {
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "generator_grad_norm_median": float(np.median(norms)) if norms else None,
+        "generator_grad_norm_max": float(max(norms)) if norms else None,
+        "steps_clipped": sum(n > clip for n in norms) if clip else 0,
+        "steps": len(records),
+        "log": records,
+    }
+
+
+class Renders:
+    """The renderer as an image model: ground-truth images of each prompt (seeds apart from the FID set)."""
+
+    name = "renders"
+
+    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
+        from distar.worlds.shapes.data import render_prompts
+
+        return render_prompts(prompts, [3 * 10**7 + 10 * (zlib.crc32(p.encode()) % 10**5) + s for p, s in zip(prompts, seeds)])[0]
+
+
+class AttributeAlignment:
+    """Set metric ``alignment_per_attribute``: :func:`.metrics.attribute_alignment` over all images."""
+
+    name = "attribute_alignment"
+
+    def __init__(self, classifier) -> None:
+        self.classifier = classifier
+
+    def compute(self, batches: Iterable[tuple[Tensor, Sequence[dict]]]) -> dict[str, float]:
+        from distar.worlds.shapes.metrics import attribute_alignment
+
+        images, prompts = _gather(batches)
+        per_attribute = attribute_alignment(self.classifier, images, prompts)
+        return {"attribute_alignment": float(np.mean(list(per_attribute.values()))), **{f"align_{a}": v for a, v in per_attribute.items()}}
 
 
 class OpenAttributeDiversity:
@@ -96,82 +202,274 @@ class OpenAttributeDiversity:
     def compute(self, batches: Iterable[tuple[Tensor, Sequence[dict]]]) -> dict[str, float]:
         from distar.worlds.shapes.metrics import open_attribute_diversity
 
-        images, prompts = [], []
-        for batch, records in batches:
-            images.append(batch)
-            prompts += [r["prompt"] for r in records]
-        values = open_attribute_diversity(self.classifier, torch.cat(images), prompts)
+        values = open_attribute_diversity(self.classifier, *_gather(batches))
         return {"open_diversity": values.pop("open_attribute_diversity"), **values}
+
+
+def _gather(batches: Iterable[tuple[Tensor, Sequence[dict]]]) -> tuple[Tensor, list[str]]:
+    images, prompts = [], []
+    for batch, records in batches:
+        images.append(batch)
+        prompts += [r["prompt"] for r in records]
+    return torch.cat(images), prompts
+
+
+def _to_uint8(images: Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] → (B, H, W, 3) uint8."""
+    return (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def _save_renders(prompts: Sequence[str], seeds: Iterable[int], folder: Path) -> None:
     from distar.worlds.shapes.data import render_prompts
 
     folder.mkdir(parents=True, exist_ok=True)
-    pairs = [(i, p, s) for i, p in enumerate(prompts) for s in seeds]
-    images, _ = render_prompts([p for _, p, _ in pairs], [10**7 + 1000 * i + s for i, _, s in pairs])
-    for (i, _, s), image in zip(pairs, images):
-        array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    pairs = [(i, s) for i in range(len(prompts)) for s in seeds]
+    images, _ = render_prompts([prompts[i] for i, _ in pairs], [10**7 + 1000 * i + s for i, s in pairs])
+    for (i, s), array in zip(pairs, _to_uint8(images)):
         Image.fromarray(array).save(folder / f"{i:04d}_{s}.png")
 
 
-def _report(rows: dict[str, dict], cfg: ShapesDemoConfig, meta: dict) -> str:
-    start = rows.get("one_step_init", {})
-    header = ["model", *METRIC_COLUMNS.values(), "s / 10 images", "Δ reward", "Δ utility", "train s"]
-    lines = ["# Shapes world: DI* and baselines judged by a simulated human", ""]
-    lines += [f"- {k}: {v}" for k, v in meta.items()]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, row in rows.items():
-        cells = [name] + [_fmt(row.get(k)) for k in METRIC_COLUMNS]
-        cells.append(_fmt(row.get("seconds_per_10_images")))
-        for key in ("pickscore", "true_utility"):
-            delta = None if row.get(key) is None or start.get(key) is None else row[key] - start[key]
-            cells.append("" if name in ("reference", "one_step_init") or delta is None else f"{delta:+.4f}")
-        cells.append(_fmt(row.get("train_seconds")))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Δ reward / Δ utility: change of the learned reward and of the true utility from the starting "
-        "one-step generator (one_step_init). A rise in learned reward without a rise in true utility is "
-        "reward hacking. Images: grid.png (rows: models, columns: prompts, seed "
-        f"{cfg.seeds[0]}; the same prompts and seeds for every model) and eval/<model>/grid.png.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def comparison_grid(eval_dir: Path, models: Sequence[str], prompts: Sequence[str], seed: int, path: Path) -> None:
-    """Rows = models, columns = prompts, all for one seed: the evaluated images, 3× nearest upscaled."""
+def image_grid(rows: dict[str, Sequence[np.ndarray]], titles: Sequence[str], path: Path) -> None:
+    """One row per model (its name on the left), one column per title; 32-px images shown 3× nearest."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(models), len(prompts), figsize=(1.25 * len(prompts), 1.35 * len(models)), squeeze=False)
-    for r, model in enumerate(models):
-        for c, prompt in enumerate(prompts):
+    n_rows, n_cols = len(rows), len(titles)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.2 * n_cols + 1.2, 1.25 * n_rows + 0.4), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c, image in enumerate(images):
             ax = axes[r][c]
-            image = eval_dir / model / "images" / f"{c:05d}_s{seed}.png"
-            if image.is_file():
-                ax.imshow(Image.open(image).resize((96, 96), Image.Resampling.NEAREST))
+            ax.imshow(image, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(prompt.replace(" on a ", "\non a "), fontsize=5)
+                ax.set_title(titles[c].replace(" on a ", "\non a "), fontsize=5.5)
             if c == 0:
-                ax.set_ylabel(model, fontsize=7)
+                ax.set_ylabel(name, fontsize=6.5, rotation=0, ha="right", va="center")
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
 
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def _per_seed_means(eval_dir: Path, model: str, keys: Sequence[str]) -> dict[str, list[float]]:
+    """Per evaluation seed, the mean of each per-image score (the replicates of a fixed model)."""
+    by_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for line in (eval_dir / model / "scores.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for k in keys:
+            if record.get(k) is not None:
+                by_seed[record["seed"]][k].append(record[k])
+    return {k: [float(np.mean(v[k])) for v in by_seed.values() if v[k]] for k in keys}
+
+
+def aggregate(
+    rows: dict[str, dict[str, Any]], groups: dict[str, list[str]], eval_dir: Path
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """(mean, 95 % half-width) of every figure of every report row.
+
+    A row of several models (a method's training seeds) is aggregated over them; a fixed model's
+    per-image scores over its evaluation seeds (its set metrics have no interval).
+    """
+    keys = [*COLUMNS, "attribute_alignment", *[f"align_{a}" for a in ATTRIBUTE_VALUES], "generator_grad_norm_median", "train_seconds"]
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for label, members in groups.items():
+        if len(members) > 1:
+            out[label] = {k: mean_ci95([_num(rows[m].get(k)) for m in members]) for k in keys}
+            continue
+        per_seed = _per_seed_means(eval_dir, members[0], ["pickscore", "true_utility", "alignment"])
+        out[label] = {k: mean_ci95(per_seed[k]) if per_seed.get(k) else (_num(rows[members[0]].get(k)), math.nan) for k in keys}
+    return out
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
+
+
+def verdicts(stats: dict[str, dict[str, tuple[float, float]]], groups: Sequence[str], start: str) -> list[str]:
+    """For each method, whether its learned-reward gain came with a true-utility gain and kept alignment and diversity."""
+
+    def change(group: str, key: str) -> tuple[float, float, str]:
+        (m, h), (m0, _) = stats[group][key], stats[start][key]
+        delta = m - m0
+        word = "rose" if delta > 0 else "fell"
+        significant = math.isfinite(h) and abs(delta) > h
+        return delta, h, word if significant else "did not change significantly"
+
+    lines = []
+    for group in groups:
+        parts = []
+        for key, label in (("pickscore", "learned reward"), ("true_utility", "true utility"), ("alignment", "alignment"), ("open_diversity", "open-attribute diversity")):
+            delta, h, word = change(group, key)
+            parts.append((key, word, f"{label} {word} ({delta:+.3f} ± {h:.3f})"))
+        reward_word, utility_word = parts[0][1], parts[1][1]
+        if reward_word == "rose" and utility_word == "rose":
+            story = "a real gain: the hidden human agrees with the learned reward"
+        elif reward_word == "rose":
+            story = "**reward hacking**: the learned reward rose without the hidden human's utility rising"
+        elif utility_word == "rose":
+            story = "the hidden human's utility rose although the learned reward did not"
+        elif utility_word == "fell":
+            story = "the hidden human's utility fell"
+        else:
+            story = "no significant change in either reward"
+        kept = [label for key, word, label in parts[2:] if word == "fell"]
+        tail = f"; but {' and '.join(k.split(' (')[0] for k in kept)} fell" if kept else "; alignment and open-attribute diversity kept"
+        lines.append(f"- **{group}**: {story}{tail}. " + "; ".join(p[2] for p in parts) + " (from the one-step start).")
+    return lines
+
+
+def write_report(
+    out: Path,
+    cfg: ShapesDemoConfig,
+    stats: dict[str, dict[str, tuple[float, float]]],
+    order: Sequence[str],
+    trained: dict[str, dict[str, Any]],
+    meta: dict[str, Any],
+) -> str:
+    """report.md: settings, results with intervals, per-attribute alignment, fairness, verdicts, grids."""
+
+    def cell(name: str, key: str, digits: int = 3) -> str:
+        return format_ci(*stats[name][key], digits=digits)
+
+    groups = [g for g in order if g in trained]
+    n = cfg.training_seeds
+    lines = [
+        "# Shapes world: DI* and its baselines, judged by a simulated human",
+        "",
+        "Every method trains from the same one-step start; the hidden human's **true utility** is known here, so a",
+        "gain in learned reward can be checked against a gain in true preference. What the world is and how its",
+        "models were built: [docs/shapes.md](docs/shapes.md) in the distar repository.",
+        "",
+        *[f"- {k}: {v}" for k, v in meta.items()],
+        "",
+        f"## Results (mean ± 95 % interval; trained methods over {n} training seeds, fixed models over the "
+        f"{len(cfg.seeds)} evaluation seeds)",
+        "",
+    ]
+    lines += markdown_table(
+        ["model", *(h for h, _ in COLUMNS.values())],
+        [[name, *(cell(name, k, 2 if k in ("fid", "true_utility") else 3) for k in COLUMNS)] for name in order],
+    )
+    lines += ["", *[f"- **{h}**: {d}." for h, d in COLUMNS.values()]]
+    lines += ["", "## Alignment per attribute ↑ (fraction read back among prompts that name it)", ""]
+    attributes = list(ATTRIBUTE_VALUES)
+    lines += markdown_table(["model", *attributes], [[name, *(cell(name, f"align_{a}") for a in attributes)] for name in order])
+    lines += ["", "## Training settings (the same for every method but α)", ""]
+    lines += markdown_table(
+        ["method", "α", "inner CFG ω", "generator lr", "clip norm", "median generator grad norm", "steps clipped", "train s / run"],
+        [
+            [
+                g, f"{trained[g]['reward_scale']:g}" if trained[g]["reward_scale"] else "–", f"{cfg.guidance_scale:g}",
+                f"{cfg.train.generator_lr:g}", f"{cfg.train.max_grad_norm:g}",
+                cell(g, "generator_grad_norm_median", 1), f"{trained[g]['steps_clipped']} of {trained[g]['steps']}",
+                cell(g, "train_seconds", 0),
+            ]
+            for g in groups
+        ],
+    )
+    lines += [
+        "",
+        "Adam normalises the overall gradient scale, but not the balance inside one loss: with the IKL "
+        "divergence (Diff-Instruct++) the divergence gradient is much larger than the pseudo-Huber one of "
+        "DI* (compare the grad norms), so the same α weighs the reward less. docs/shapes.md relates α to the "
+        "divergence in distar's sum-over-dimensions convention and to DMD2's mean-over-elements convention.",
+        "",
+        "## Did the learned-reward gain come with a true gain?",
+        "",
+        *verdicts(stats, groups, START),
+        "",
+        "## Images",
+        "",
+        f"![models × prompts, evaluation seed {cfg.seeds[0]}](grid.png)",
+        "",
+        f"`grid.png`: rows are models (trained methods: training seed 0), columns are prompts, evaluation seed "
+        f"{cfg.seeds[0]} — the same noise for every one-step model.",
+        "",
+        f"![one prompt across 8 seeds](diversity.png)",
+        "",
+        f"`diversity.png`: \"{cfg.diversity_prompt}\" across 8 seeds per model: what the prompt leaves open "
+        "(colour, size, position, background) should vary.",
+    ]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``distar demo --world shapes`` (flags: see :mod:`distar.commands.demo`)."""
+    start = time.perf_counter()
+    cfg = load_config(ShapesDemoConfig, args.config, args.overrides)
+    steps = {} if args.steps is None else {"steps": args.steps}
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + args.seed, **steps))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    torch.set_num_threads(1)
+    runs = plan_runs(cfg)
+    jobs = max(1, min(cfg.jobs or os.cpu_count() or 1, len(runs)))
+    print(f"shapes demo: {len(runs)} training runs, {jobs} in parallel, 1 torch thread per process")
+    trained_rows = train_stage(cfg, runs, out, jobs, args)
+    rows, groups, eval_dir = evaluate_stage(cfg, runs, trained_rows, out, args)
+    stats = aggregate(rows, groups, eval_dir)
+    trained = {
+        label: {
+            "reward_scale": rows[members[0]]["reward_scale"],
+            "steps_clipped": sum(rows[m]["steps_clipped"] for m in members),
+            "steps": sum(rows[m]["steps"] for m in members),
+        }
+        for label, members in groups.items()
+        if "method" in rows[members[0]]
+    }
+    meta = {
+        "methods": ", ".join(PAPER_NAMES.get(m, m) for m in cfg.methods),
+        "runs": f"{len(runs)} ({cfg.training_seeds} training seeds each), {cfg.train.steps} steps × {cfg.train.batch_size} prompts",
+        "evaluation": f"{cfg.eval_prompts} prompts × {len(cfg.seeds)} seeds; reference: {cfg.reference_steps}-step DDIM, CFG ω = {cfg.guidance_scale:g}",
+        "torch threads per process": 1,
+        "parallel runs": jobs,
+        "load average at end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "total seconds": round(time.perf_counter() - start, 1),
+    }
+    write_report(out, cfg, stats, list(groups), trained, meta)
+    report = {
+        "config": to_dict(cfg), "meta": meta, "environment": environment(),
+        "stats": {name: {k: list(v) for k, v in s.items()} for name, s in stats.items()},
+        "models": {name: {k: v for k, v in row.items() if k != "log"} for name, row in rows.items()},
+        "train_logs": {name: row["log"] for name, row in rows.items() if "log" in row},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(f"report: {(out / 'report.md').resolve()}")
+    return 0
+
+
+def train_stage(cfg: ShapesDemoConfig, runs: Sequence[Run], out: Path, jobs: int, args: argparse.Namespace) -> list[dict]:
+    """Stage 2: every run's :class:`TrainConfig`, trained in parallel one-thread processes."""
+    from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record
+    from distar.worlds.shapes.one_step import train_config
+
+    root = Path(cfg.models) if cfg.models else ASSETS_DIR
+    reference, reward_dir, init = asset("reference", root), asset("reward", root), asset("one_step", root)
+    t_init = build_record(root)["config"]["one_step"]["t_init"]
+    prompts = sample_prompts(cfg.train.train_prompts, cfg.train.seed)
+    configs = []
+    for r in runs:
+        loop = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * r.seed_index)
+        config = train_config(
+            reference, objective_for(r, cfg), loop, prompts, out / "runs" / r.key, t_init,
+            reward=reward_dir if r.reward_scale else None, generator_init=init, progress_bar=False,
+        )
+        configs.append({"config": dataclasses.replace(config, loop=dataclasses.replace(config.loop, cpu=args.device == "cpu"))})
+    progress = Progress(len(runs), jobs)
+    return run_parallel(
+        train_run, configs, jobs, on_done=lambda i, res: progress(f"{runs[i].group}, training seed {runs[i].seed_index} ({res['train_seconds']:.0f}s)")
+    )
+
+
+def evaluate_stage(
+    cfg: ShapesDemoConfig, runs: Sequence[Run], trained_rows: Sequence[dict], out: Path, args: argparse.Namespace
+) -> tuple[dict[str, dict], dict[str, list[str]], Path]:
+    """Stage 3: renders, reference, start and every trained generator through the evaluation suite, plus grids."""
     from distar.backends import build_backend
     from distar.backends.config import ModelConfig
     from distar.eval import evaluate
@@ -181,95 +479,78 @@ def run(args: argparse.Namespace) -> int:
     from distar.rewards import RewardSpec, load_reward
     from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record, load_clip
     from distar.worlds.shapes.metrics import AlignmentScore, AttributeClassifier, ImageFeatures
-    from distar.worlds.shapes.one_step import OneStepSampler, train, train_config
+    from distar.worlds.shapes.one_step import OneStepSampler
     from distar.worlds.shapes.reference import ReferenceSampler
     from distar.worlds.shapes.utility import TrueUtility
 
-    start = time.perf_counter()
-    cfg = load_config(ShapesDemoConfig, args.config, args.overrides)
-    steps = {} if args.steps is None else {"steps": args.steps}
-    train_loop = dataclasses.replace(cfg.train, seed=cfg.train.seed + args.seed, **steps)
-    cfg = dataclasses.replace(cfg, train=train_loop)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     root = Path(cfg.models) if cfg.models else ASSETS_DIR
-    reference, reward_dir, init = asset("reference", root), asset("reward", root), asset("one_step", root)
-    clip, tokenizer = load_clip("clip", root)
-    reward_model, _ = load_clip("reward", root)
-    logit_scale = float(reward_model.logit_scale.exp())
+    reference, reward_dir = asset("reference", root), asset("reward", root)
     t_init = build_record(root)["config"]["one_step"]["t_init"]
     device = torch.device(args.device)
 
-    prompts = sample_prompts(cfg.train.train_prompts, cfg.train.seed)
-    eval_prompts = sample_prompts(cfg.eval_prompts, 1000 + args.seed)
-    models, rows = [], {}
+    def one_step(generator: Path, name: str) -> OneStepSampler:
+        backend = build_backend(
+            ModelConfig(family="sd", pretrained=str(reference), t_init=t_init, generator_init=str(generator)), device=device
+        )
+        return OneStepSampler(backend, name)
+
     sampler = ReferenceSampler.from_pretrained(
         reference, steps=cfg.reference_steps, guidance_scale=cfg.guidance_scale, name="reference"
     )
     sampler.unet.to(device), sampler.text_encoder.to(device)
-    models.append(sampler)
-    rows["reference"] = {"train_seconds": None}
-    init_backend = build_backend(
-        ModelConfig(family="sd", pretrained=str(reference), t_init=t_init, generator_init=str(init)), device=device
-    )
-    models.append(OneStepSampler(init_backend, "one_step_init"))
-    rows["one_step_init"] = {"train_seconds": None}
-    logs = {}
-    for method in cfg.methods:
-        objective = _objective(method, cfg, logit_scale)
-        uses_reward = objective.reward_scale != 0.0
-        config = train_config(
-            reference, objective, cfg.train, prompts, out / "runs" / method, t_init,
-            reward=reward_dir if uses_reward else None, generator_init=init,
-        )
-        config = dataclasses.replace(config, loop=dataclasses.replace(config.loop, cpu=device.type == "cpu"))
-        t0 = time.perf_counter()
-        backend, records = train(config)
-        rows[method] = {"train_seconds": round(time.perf_counter() - t0, 1), "reward_scale": objective.reward_scale}
-        logs[method] = records
-        models.append(OneStepSampler(backend, method))
+    models = [Renders(), sampler, one_step(asset("one_step", root), "start")]
+    rows: dict[str, dict] = {m.name: {} for m in models}
+    #: report rows: display name → evaluated model names (a fixed model, or a method's seeds)
+    groups: dict[str, list[str]] = {
+        "renders (ground truth)": ["renders"],
+        f"reference ({cfg.reference_steps}-step DDIM, CFG {cfg.guidance_scale:g})": ["reference"],
+        START: ["start"],
+    }
+    for r, row in zip(runs, trained_rows):
+        models.append(one_step(out / "runs" / r.key / "generator", r.key))
+        rows[r.key] = dict(row, reward_scale=r.reward_scale, method=r.method)
+        groups.setdefault(r.group, []).append(r.key)
 
-    items = tuple(PromptItem(i, p) for i, p in enumerate(eval_prompts))
-    benchmark = Benchmark("shapes", items, f"shapes grammar, seed {1000 + args.seed}")
+    eval_prompts = sample_prompts(cfg.eval_prompts, 1000 + args.seed)
+    benchmark = Benchmark("shapes", tuple(PromptItem(i, p) for i, p in enumerate(eval_prompts)), f"shapes grammar, seed {1000 + args.seed}")
     fid_dir = out / "fid_reference"
     shutil.rmtree(fid_dir, ignore_errors=True)
     _save_renders(eval_prompts, range(cfg.fid_reference_seeds), fid_dir)
+    clip, _ = load_clip("clip", root)
     judge = AttributeClassifier.load(asset("judge", root))
     features = ImageFeatures(clip)
     metrics = [
         load_reward(RewardSpec("pickscore", path=str(reward_dir))),
         TrueUtility(),
         AlignmentScore(judge),
+        AttributeAlignment(judge),
         FID(features, fid_dir, resolution=None, batch_size=64, cache=out / "fid_cache"),
         Diversity(features),
         OpenAttributeDiversity(judge),
     ]
-    summary = evaluate(models, benchmark, metrics, out / "eval", seeds=cfg.seeds, batch_size=32, timing_images=10)
+    eval_dir = out / "eval"
+    summary = evaluate(models, benchmark, metrics, eval_dir, seeds=cfg.seeds, batch_size=32, timing_images=10)
     for result in summary.models:
         row = rows[result.name]
-        row.update({k: v for k, v in result.scores.items()})
-        row.update({k: v for k, v in result.extras.items() if k.startswith("open_")})
-        if result.cost:
-            row["seconds_per_10_images"] = result.cost["seconds_per_10_images"]
+        row.update(result.scores)
+        row.update({k: v for k, v in result.extras.items() if k.startswith(("open_", "align_"))})
+        row["seconds_per_10_images"] = result.cost["seconds_per_10_images"] if result.cost and result.name != "renders" else None
         if result.failures:
             row["failures"] = result.failures
-    meta = {
-        "methods": ", ".join(cfg.methods),
-        "steps per method": cfg.train.steps,
-        "batch size": cfg.train.batch_size,
-        "reward scale α (methods with a reward)": round(cfg.reward_scale if cfg.reward_scale is not None else logit_scale, 4),
-        "inner CFG ω": cfg.guidance_scale,
-        "evaluation": f"{len(eval_prompts)} prompts × {len(cfg.seeds)} seeds",
-        "torch threads": torch.get_num_threads(),
-        "load average at end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-        "total seconds": round(time.perf_counter() - start, 1),
-    }
-    comparison_grid(out / "eval", list(rows), eval_prompts[:8], cfg.seeds[0], out / "grid.png")
-    report = {"config": to_dict(cfg), "meta": meta, "models": rows, "train_logs": logs}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_report(rows, cfg, meta))
-    print((out / "report.md").read_text())
-    return 0
+
+    by_name = {m.name: m for m in models}
+    shown = {label: by_name[members[0]] for label, members in groups.items()}
+    grid_prompts = eval_prompts[:8]
+    image_grid(
+        {
+            label: [np.asarray(Image.open(eval_dir / m.name / "images" / f"{c:05d}_s{cfg.seeds[0]}.png")) for c in range(len(grid_prompts))]
+            for label, m in shown.items()
+        },
+        grid_prompts, out / "grid.png",
+    )
+    with torch.no_grad():
+        image_grid(
+            {label: list(_to_uint8(m.generate_images([cfg.diversity_prompt] * 8, range(8)))) for label, m in shown.items()},
+            [f"seed {s}" for s in range(8)], out / "diversity.png",
+        )
+    return rows, groups, eval_dir

@@ -150,6 +150,17 @@ class AlignmentScore(Reward):
         )
 
 
+@torch.no_grad()
+def attribute_alignment(classifier: AttributeClassifier, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    """Per attribute: the fraction of images whose prompt names it for which the classifier reads it back."""
+    read = classifier.read(images)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for i, prompt in enumerate(prompts):
+        for a, v in parse_prompt(prompt).attributes().items():
+            hits[a].append(read[a][i] == v)
+    return {a: sum(hits[a]) / len(hits[a]) for a in ATTRIBUTE_VALUES if hits[a]}
+
+
 def open_attribute_diversity(
     classifier: AttributeClassifier, images: Tensor, prompts: Sequence[str]
 ) -> dict[str, float]:

@@ -1,11 +1,17 @@
-"""One-step generators on the shipped reference: the build's initial one, trainer runs, sampling.
+"""One-step generators on the shipped reference: the build's distilled start, trainer runs, sampling.
 
-The build makes a first one-step generator — the analogue of the DMD2 model that DI*-SDXL starts
-from — by regression on the reference's own samples (knowledge distillation, Luhman & Luhman 2021):
-the reference's UNet, evaluated at t_init on z, is trained so that its x0-prediction matches the
-reference's 20-step DDIM + CFG sample started from the same z. The demo then trains DI* and its
-baselines from it through :class:`distar.train.Trainer` and the "sd" backend (pixel space: decode =
-(x + 1)/2).
+The build distils the one-step generator the demo starts from — the analogue of the DMD2 model that
+DI*-SDXL starts from — in two stages, as DMD does:
+
+1. **regression warm start** (:func:`distill_one_step`; knowledge distillation, Luhman & Luhman 2021):
+   the reference's UNet, evaluated at t_init on z, is trained so that its x0-prediction matches the
+   reference's DDIM + CFG sample started from the same z;
+2. **distribution matching** (:func:`refine_one_step`): the reward-free DMD2 (or SIM) preset trained
+   from that start by :class:`distar.train.Trainer` on the "sd" backend, with the reference's guided
+   score as target — distar distilling with its own trainer.
+
+The demo then trains DI* and its baselines from the result through the same trainer (pixel space:
+decode = (x + 1)/2).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import Tensor
 from distar.backends.config import ModelConfig
 from distar.config import field
 from distar.diffusion import DiscreteSchedule, to_x0
-from distar.objectives.presets import ObjectiveConfig
+from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.protocols import Backend
 from distar.rewards import RewardSpec
 from distar.worlds.shapes.clip import Log, TrainLoop, fit
@@ -50,6 +56,22 @@ class OneStepLoop:
     assistant_lr: float = field(1e-4, help="assistant AdamW learning rate")
     train_prompts: int = field(4000, help="training prompts drawn from the grammar")
     seed: int = field(4, help="seed of prompts, noise and time draws")
+    max_grad_norm: float = field(
+        1e6, help="gradient-norm clip of generator and assistant (the default never binds here; norms are logged)"
+    )
+
+
+@dataclasses.dataclass
+class RefineLoop(OneStepLoop):
+    """Reward-free distribution matching of the regression start through the trainer (build stage 2)."""
+
+    method: str = field("dmd2", help="objective preset without reward: dmd2 or sim")
+    guidance_scale: float = field(3.0, help="inner CFG ω of the reference score that is matched (Eq. 3.5)")
+    steps: int = field(400, help="generator updates (one assistant DSM update each)")
+    batch_size: int = field(16, help="prompts per update")
+    generator_lr: float = field(2e-5, help="generator AdamW learning rate")
+    assistant_lr: float = field(1e-4, help="assistant AdamW learning rate")
+    seed: int = field(7, help="seed of prompts, noise and time draws")
 
 
 @dataclasses.dataclass
@@ -60,7 +82,7 @@ class DistillLoop(TrainLoop):
     batch_size: int = field(32, help="(z, sample) pairs per step")
     lr: float = field(3e-4, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
     seed: int = field(4, help="seed of the prompts, the noise z and the minibatches")
-    samples: int = field(512, help="reference samples (z, prompt → DDIM sample) to regress on")
+    samples: int = field(768, help="reference samples (z, prompt → DDIM sample) to regress on")
     t_init: int = field(999, help="conditioning timestep at which the generator UNet reads z (§2)")
 
 
@@ -120,7 +142,8 @@ def train_config(
         objective=objective,
         data=DataConfig(prompts=list(prompts), batch_size=loop.batch_size),
         optim=OptimConfig(
-            generator=OptimizerConfig(lr=loop.generator_lr), assistant=OptimizerConfig(lr=loop.assistant_lr)
+            generator=OptimizerConfig(lr=loop.generator_lr, max_grad_norm=loop.max_grad_norm),
+            assistant=OptimizerConfig(lr=loop.assistant_lr, max_grad_norm=loop.max_grad_norm),
         ),
         loop=LoopConfig(max_steps=loop.steps, cpu=True),
         checkpointing=CheckpointConfig(save_final=False),
@@ -128,6 +151,21 @@ def train_config(
         output_dir=str(output_dir),
         seed=loop.seed,
     )
+
+
+def refine_one_step(
+    reference: Path, warm_start: Path, loop: RefineLoop, t_init: int, output_dir: Path
+) -> tuple[UNet2DConditionModel, list[dict[str, float]]]:
+    """Stage 2 of the module docstring: the ``loop.method`` preset from ``warm_start``; the trained UNet and log."""
+    if PRESETS.get(loop.method, {}).get("reward_scale", 1.0) != 0.0:
+        raise ValueError(f"one_step_refine.method must be a reward-free preset (dmd2, sim), got {loop.method!r}")
+    objective = preset(loop.method, guidance_scale=loop.guidance_scale)
+    prompts = sample_prompts(loop.train_prompts, loop.seed)
+    config = train_config(
+        reference, objective, loop, prompts, output_dir, t_init, generator_init=warm_start, progress_bar=False
+    )
+    backend, records = train(config)
+    return backend.generator.eval(), records
 
 
 def train(config: TrainConfig) -> tuple[Backend, list[dict[str, float]]]:

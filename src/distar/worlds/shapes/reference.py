@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import diffusers
 import torch
@@ -47,39 +47,54 @@ SCHEDULER_CONFIG = dict(
 class ReferenceLoop(TrainLoop):
     """Training of the reference UNet."""
 
-    steps: int = field(1200, help="optimiser steps")
-    batch_size: int = field(32, help="images per step")
-    lr: float = field(6e-4, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
+    steps: int = field(2800, help="optimiser steps")
+    batch_size: int = field(64, help="images per step")
+    lr: float = field(1e-3, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
     seed: int = field(3, help="seed of the data stream, noise and initialisation")
     cond_dropout: float = field(0.1, help="probability of training on the empty prompt (for CFG)")
     ema_decay: float = field(0.999, help="EMA decay of the saved weights (with warm-up)")
+    min_snr_gamma: float | None = field(
+        5.0, help="cap γ of the x0-unit loss weight: min(SNR + 1, γ) (v-MSE with low-noise steps capped, "
+        "as Min-SNR-γ does); null = plain v-MSE"
+    )
+    snapshot_every: int = field(250, help="save the EMA weights to <build>.building/reference.snapshot every N steps (0: never)")
 
 
 @dataclasses.dataclass
 class UNetArch:
-    """Size of the reference UNet (cross-attention only at the 8×8 level, for CPU speed)."""
+    """Size and conditioning of the reference UNet."""
 
     block_out_channels: tuple[int, ...] = field((32, 64, 64), help="channels per resolution level (32, 16, 8 px)")
     layers_per_block: int = field(1, help="ResNet blocks per level")
     attention_head_dim: int = field(8, help="channels per attention head")
     norm_num_groups: int = field(16, help="GroupNorm groups")
+    attention_levels: int = field(1, help="lowest-resolution levels with (self- and cross-) attention blocks")
+    text_time_embedding: bool = field(
+        True,
+        help="also pool the text states into the time embedding (diffusers addition_embed_type='text'), "
+        "with scale-shift norms, so every ResNet block sees the prompt",
+    )
 
 
 def new_unet(arch: UNetArch, cross_attention_dim: int, seed: int) -> UNet2DConditionModel:
     """A randomly initialised pixel-space UNet for 32×32 RGB images."""
     levels = len(arch.block_out_channels)
+    plain = levels - arch.attention_levels
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE,
         in_channels=3,
         out_channels=3,
         block_out_channels=tuple(arch.block_out_channels),
-        down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
-        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        down_block_types=("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * arch.attention_levels,
+        up_block_types=("CrossAttnUpBlock2D",) * arch.attention_levels + ("UpBlock2D",) * plain,
         layers_per_block=arch.layers_per_block,
         attention_head_dim=arch.attention_head_dim,
         norm_num_groups=arch.norm_num_groups,
         cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text" if arch.text_time_embedding else None,
+        addition_embed_type_num_heads=max(1, cross_attention_dim // 32),
+        resnet_time_scale_shift="scale_shift" if arch.text_time_embedding else "default",
     )
 
 
@@ -105,9 +120,16 @@ def train_reference(
     tokenizer: CLIPTokenizer,
     loop: ReferenceLoop,
     log: Log,
+    snapshot: Callable[[int, EMAModel], None] | None = None,
 ) -> EMAModel:
-    """v-prediction DSM with condition dropout (module docstring); returns the EMA of the weights."""
+    """v-prediction DSM with condition dropout (module docstring); returns the EMA of the weights.
+
+    ``snapshot(step, ema)``, when given, is called after every step (e.g. to save progress).
+    """
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
+    snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
+    # v-MSE = (SNR + 1)·x0-MSE, so the x0 weight min(SNR + 1, γ) is min(1, γ / (SNR + 1)) on v.
+    weight = torch.ones_like(snr) if loop.min_snr_gamma is None else (loop.min_snr_gamma / (snr + 1)).clamp(max=1)
     sampler = SceneSampler(loop.seed)
     generator = torch.Generator().manual_seed(loop.seed)
     ema = EMAModel(unet.parameters(), decay=loop.ema_decay, use_ema_warmup=True)
@@ -121,11 +143,14 @@ def train_reference(
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(specs),), generator=generator)
         x_t = scheduler.add_noise(x0, noise, t)
         v = unet(x_t, t, encode_prompts(text_encoder, tokenizer, prompts)).sample
-        return {"loss": F.mse_loss(v, scheduler.get_velocity(x0, noise, t))}
+        per_sample = (v - scheduler.get_velocity(x0, noise, t)).pow(2).mean((1, 2, 3))
+        return {"loss": (weight[t] * per_sample).mean(), "v_mse": per_sample.mean()}
 
     def on_step(step: int, terms: dict[str, float]) -> None:
         ema.step(unet.parameters())
         log(step, terms)
+        if snapshot is not None:
+            snapshot(step, ema)
 
     fit(unet, loop, step_loss, on_step)
     return ema
