@@ -63,7 +63,7 @@ START = "one-step start"
 #: Report columns: key → (heading with direction, definition).
 COLUMNS = {
     "pickscore": ("learned reward ↑", "the PickScore analogue's cosine of image and prompt — what DI++ and DI* optimise"),
-    "true_utility": ("true utility ↑", "the hidden human's utility u(x, c) (docs/shapes.md; a penalty sum, 0 is near the best, compare with renders) — what they should improve"),
+    "true_utility": ("true utility ↑", "the hidden human's utility u(x, c) (docs/shapes.md: contrast minus penalties for noise, blur, off-centre and wrong colours or size; compare with renders) — what they should improve"),
     "alignment": ("alignment ↑", "fraction of the attributes a prompt names that the attribute classifier reads back (renders row = the classifier's ceiling)"),
     "fid": ("FID ↓", "Fréchet distance of CLIP-analogue image features to renders of the same prompts (renders row = the floor)"),
     "diversity": ("seed diversity ↑", "mean pairwise cosine distance of CLIP-analogue features across the seeds of a prompt"),
