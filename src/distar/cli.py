@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("rewards", "rewards", "score a folder of images with reward models (PickScore, HPSv2, ImageReward, ...)"),
     ("demo", "demo", "train and compare DI*, DI*-out, DI++, SIM and Diff-Instruct in an embedded world"),
     ("world", "world", "rebuild an embedded world's models from scratch (distar world build shapes)"),
+    ("serve", "serve", "a local web page that generates with a one-step model as you type"),
 ]
 
 
