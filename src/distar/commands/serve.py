@@ -7,20 +7,18 @@ import argparse
 #: Hosts that only this machine can reach; any other needs ``--allow-remote``.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
+#: The models are fixed when the server starts; the page cannot name others.
+MODEL_FLAGS = {
+    "--model": "one-step model: `distar export` folder, training checkpoint, run folder (latest checkpoint, EMA "
+    "when saved), or diffusers pipeline folder or hub id (default: the shapes world's shipped models)",
+    "--reference": "multi-step model to compare with, sampled at the page's steps and CFG ω "
+    "(default: the shapes world's reference when --model is not given, else none)",
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        metavar="PATH_OR_ID",
-        help="one-step model: `distar export` folder, training checkpoint, run folder (latest checkpoint, EMA "
-        "when saved), or diffusers pipeline folder or hub id (default: the shapes world's shipped models)",
-    )
-    parser.add_argument(
-        "--reference",
-        metavar="PATH_OR_ID",
-        help="multi-step model to compare with, sampled at the page's steps and CFG ω "
-        "(default: the shapes world's reference when --model is not given, else none)",
-    )
+    for flag, help_text in MODEL_FLAGS.items():
+        parser.add_argument(flag, metavar="PATH_OR_ID", help=help_text)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument(

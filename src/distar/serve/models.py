@@ -97,9 +97,18 @@ def hub_t_init(repo_id: str) -> int | None:
         return None
 
 
+def is_local(path_or_id: str) -> bool:
+    """True for an existing path; a missing path that cannot be a hub id (``owner/name``) is an error."""
+    if Path(path_or_id).exists():
+        return True
+    if path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") != 1:
+        raise FileNotFoundError(f"{path_or_id}: no such folder (nor a hub id of the form owner/name)")
+    return False
+
+
 def one_step_model(path_or_id: str, device: torch.device) -> DiffusersModel:
     """A one-step model from a folder or hub id (module docstring), loaded now."""
-    t_init = None if Path(path_or_id).exists() else hub_t_init(path_or_id)
+    t_init = None if is_local(path_or_id) else hub_t_init(path_or_id)
     spec = ModelSpec(
         path=path_or_id, steps=1, guidance=0.0, timesteps=[t_init] if t_init is not None else None, device=str(device)
     )
@@ -110,7 +119,7 @@ def one_step_model(path_or_id: str, device: torch.device) -> DiffusersModel:
 
 def reference_model(path_or_id: str, device: torch.device) -> Reference:
     """A reference from a folder or hub id (module docstring), loaded now."""
-    if is_pixel_folder(path_or_id):
+    if is_local(path_or_id) and is_pixel_folder(path_or_id):
         return PixelReference(path_or_id, device)
     return DiffusersReference(DiffusersModel(ModelSpec(path=path_or_id, device=str(device))))
 
@@ -135,6 +144,9 @@ def shapes_models(device: torch.device) -> ServedModels:
 
 def load_models(model: str | None, reference: str | None, device: torch.device) -> ServedModels:
     """The models for ``distar serve --model M [--reference R]``; no ``--model``: the shapes world's."""
+    for path in (model, reference):
+        if path is not None:
+            is_local(path)  # a missing folder fails before anything loads
     if model is None:
         served = shapes_models(device)
         return served if reference is None else dataclasses.replace(served, reference=reference_model(reference, device))
