@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from distar.cli import UserError
+    from distar.errors import UserError
     from distar.export import export_checkpoint
 
     dtype = getattr(torch, args.dtype)
