@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.worlds",),
     ("distar.eval",),
     ("distar.export",),
+    ("distar.card",),
     ("distar.train",),
     ("distar.backends", "distar.rewards"),
     ("distar.protocols",),

@@ -6,6 +6,8 @@ A run folder holds ``checkpoint-<step>/`` folders, each with
 - ``generator.safetensors``: the trainable subset of the generator's ``state_dict`` (the full UNet when
   fully fine-tuned, the adapter weights with LoRA); ``generator_ema.safetensors``: the same keys, EMA;
 - ``assistant.safetensors``: the assistant's trainable subset;
+- with a LoRA generator, ``pytorch_lora_weights[_ema].safetensors``: the same adapter in diffusers'
+  format, for ``pipe.load_lora_weights(folder[, weight_name=...])``;
 - accelerate's state (``optimizer*.bin``, ``scheduler*.bin``, ``random_states_<rank>.pkl``);
 - ``rng_state_<rank>.json``: python, numpy, torch and CUDA generator states of every process;
 - ``trainer_state.json``: step, data position and EMA counters.

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from distar.backends.lora import save_checkpoint_lora
 from distar.config import ConfigError, save_config, to_dict
 from distar.protocols import Backend
 from distar.rewards.base import Reward
@@ -369,11 +370,13 @@ class Trainer:
             ckpt.save_tensors(generator, tmp / ckpt.GENERATOR_FILE)
             ckpt.save_tensors(assistant, tmp / ckpt.ASSISTANT_FILE)
             state = {"step": self.step, "world_size": acc.num_processes, "data": self.data.state_dict()}
+            shadow = None
             if self.ema is not None:
                 ema_state = self.ema.state_dict()
                 shadow = dict(zip(self.generator_names, ema_state.pop("shadow_params")))
                 ckpt.save_tensors(shadow, tmp / ckpt.GENERATOR_EMA_FILE)
                 state["ema"] = ema_state
+            save_checkpoint_lora(self.backend.generator, tmp, generator, shadow)
             save_config(cfg, tmp / ckpt.CONFIG_FILE)
             (tmp / ckpt.TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1))
         acc.wait_for_everyone()
