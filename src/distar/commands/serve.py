@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distar.cli import UserError
+    from distar.errors import UserError
 
     try:
         import starlette  # noqa: F401
