@@ -25,6 +25,7 @@ from torch import Tensor
 
 from distar import __version__
 from distar.backends.config import ModelConfig
+from distar.card import METADATA_FILE
 from distar.config import ConfigError, from_dict
 from distar.train.checkpoint import (
     CONFIG_FILE,
@@ -34,10 +35,6 @@ from distar.train.checkpoint import (
     list_checkpoints,
     replace_dir,
 )
-
-#: Metadata file written next to ``model_index.json`` in exported folders.
-METADATA_FILE = "distar.json"
-
 
 def find_checkpoint(path: str | Path) -> Path:
     """A ``checkpoint-<step>/`` folder as given, or the latest one inside a run folder."""
