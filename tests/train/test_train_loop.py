@@ -12,6 +12,7 @@ from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config
 from safetensors.torch import load_file
 
 from distar.config import ConfigError
+from distar.objectives import DIStarLoss
 from distar.train import Trainer
 from distar.train.algorithm import assistant_losses, generator_losses
 from distar.train.data import PromptStream
@@ -80,7 +81,7 @@ def test_matches_a_plain_reimplementation_of_algorithm_1(tmp_path):
             update("assistant", assistant_losses(backend, cond, z, config.objective)["loss"].mean())
         prompts = stream.next_batch()
         cond, z = backend.encode_prompts(prompts), backend.sample_latents(len(prompts))
-        update("generator", generator_losses(backend, cond, prompts, z, reward, config.objective)["loss"].mean())
+        update("generator", generator_losses(backend, cond, prompts, z, reward, DIStarLoss(config.objective))["loss"].mean())
 
     for name, module in models.items():
         for expected, got in zip(module.parameters(), getattr(trained, name).parameters()):

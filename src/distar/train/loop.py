@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from distar.backends.lora import save_checkpoint_lora
 from distar.config import ConfigError, save_config, to_dict
+from distar.objectives.di_star import DIStarLoss
 from distar.protocols import Backend
 from distar.rewards.base import Reward
 from distar.train import checkpoint as ckpt
@@ -108,6 +109,7 @@ class Trainer:
         self.config = config
         self.backend = backend
         self.reward = reward
+        self.loss = DIStarLoss(config.objective)
         self.accelerator = acc = accelerator or make_accelerator(config)
         self.output_dir = Path(config.output_dir)
         set_seed(config.seed + acc.process_index)
@@ -217,7 +219,7 @@ class Trainer:
         prompts, cond, z = self._batch()
         with self._assistant_unsynced():
             with acc.autocast():
-                terms = generator_losses(self.backend, cond, prompts, z, self.reward, cfg.objective)
+                terms = generator_losses(self.backend, cond, prompts, z, self.reward, self.loss)
             self.generator_optimizer.zero_grad(set_to_none=True)
             acc.backward(terms["loss"].float().mean())
         self.assistant_optimizer.zero_grad(set_to_none=True)  # drop (and free) the stray ∇ψ at once
