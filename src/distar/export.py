@@ -1,8 +1,10 @@
 """Training checkpoint → standard diffusers one-step pipeline (and one-step sampling from either).
 
 An exported folder is a plain ``StableDiffusionPipeline``/``StableDiffusionXLPipeline``: the generator
-UNet (EMA weights by default, LoRA merged), the reference's VAE, text encoders and tokenizers, and an
-``LCMScheduler``; ``distar.json`` records ``t_init``. Then
+UNet (EMA weights by default, LoRA merged, ``sample_size`` = the training resolution), the reference's
+VAE, text encoders and tokenizers, and an ``LCMScheduler``; ``distar.json`` records ``t_init`` and the
+resolution, and ``README.md`` is a Hub model card (:mod:`distar.card`). With ``lora`` the folder holds
+the generator's LoRA in diffusers' format instead. Then
 
     DiffusionPipeline.from_pretrained(DIR)(prompt, num_inference_steps=1, guidance_scale=0, timesteps=[t_init])
 
@@ -29,8 +31,10 @@ from distar.train.checkpoint import (
     GENERATOR_EMA_FILE,
     GENERATOR_FILE,
     TRAINER_STATE_FILE,
+    all_finite,
     list_checkpoints,
     replace_dir,
+    resolve_checkpoint,
 )
 
 #: Metadata file written next to ``model_index.json`` in exported folders.
@@ -38,13 +42,12 @@ METADATA_FILE = "distar.json"
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A ``checkpoint-<step>/`` folder as given, or the latest one inside a run folder."""
+    """A ``checkpoint-<step>/`` folder as given, or the newest one inside a run folder; verified."""
     path = Path(path)
     if (path / GENERATOR_FILE).is_file():
-        return path
-    found = list_checkpoints(path)
-    if found:
-        return found[-1][1]
+        return resolve_checkpoint(str(path), path.parent)
+    if list_checkpoints(path):
+        return resolve_checkpoint("latest", path)
     raise FileNotFoundError(f"{path}: neither a training checkpoint (no {GENERATOR_FILE}) nor a run folder with one")
 
 
@@ -59,6 +62,36 @@ def checkpoint_model_config(checkpoint_dir: str | Path) -> ModelConfig:
     return from_dict(ModelConfig, model, prefix="model.")
 
 
+def _generator_from_checkpoint(
+    ckpt: Path, use_ema: bool, dtype: torch.dtype
+) -> tuple[Any, torch.nn.Module, ModelConfig]:
+    """(reference pipeline, generator UNet with the checkpoint's weights, model config), all on the CPU."""
+    from safetensors.torch import load_file
+
+    from distar.backends.build import build_generator
+    from distar.backends.loading import load_pipeline
+    from distar.backends.weights import load_trainable_state_dict
+
+    cfg = checkpoint_model_config(ckpt)
+    weights = ckpt / GENERATOR_EMA_FILE if use_ema and (ckpt / GENERATOR_EMA_FILE).is_file() else ckpt / GENERATOR_FILE
+    pipe = load_pipeline(cfg, dtype)
+    generator = build_generator(cfg, pipe.unet, dtype)
+    state = load_file(weights)
+    if not all_finite(state.values()):
+        raise ConfigError(f"{weights}: holds non-finite weights")
+    try:
+        load_trainable_state_dict(generator, state, source=str(weights))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return pipe, generator, cfg
+
+
+def training_resolution(cfg: ModelConfig, pipe: Any) -> int:
+    """The image side the generator was trained at (``model.resolution`` or the reference's default)."""
+    scale = pipe.vae_scale_factor if pipe.vae is not None else 1
+    return cfg.resolution or pipe.unet.config.sample_size * scale
+
+
 def pipeline_from_checkpoint(
     checkpoint_dir: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
 ) -> Any:
@@ -69,39 +102,35 @@ def pipeline_from_checkpoint(
     ``generator.safetensors``) must hold exactly the trainable keys of the configured generator. For
     pixel-space models ``vae`` is None: sample with :func:`one_step_images`. All weights are loaded in
     ``dtype`` (float32 by default, whatever the training ``model.dtype``), and LoRA is merged in it.
+    The UNet's ``sample_size`` is the training resolution, so the pipeline's default size is it.
     """
-    from safetensors.torch import load_file
-
-    from distar.backends.build import build_generator
-    from distar.backends.loading import load_pipeline
     from distar.backends.lora import cast_, merged_unet
-    from distar.backends.weights import load_trainable_state_dict
 
-    ckpt = find_checkpoint(checkpoint_dir)
-    cfg = checkpoint_model_config(ckpt)
-    weights = ckpt / GENERATOR_EMA_FILE if use_ema and (ckpt / GENERATOR_EMA_FILE).is_file() else ckpt / GENERATOR_FILE
-    pipe = load_pipeline(cfg, dtype)
-    generator = build_generator(cfg, pipe.unet, dtype)
-    try:
-        load_trainable_state_dict(generator, load_file(weights), source=str(weights))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    pipe.register_modules(unet=cast_(merged_unet(generator), dtype).eval())
+    pipe, generator, cfg = _generator_from_checkpoint(find_checkpoint(checkpoint_dir), use_ema, dtype)
+    resolution = training_resolution(cfg, pipe)
+    unet = cast_(merged_unet(generator), dtype).eval()
+    unet.register_to_config(sample_size=resolution // (pipe.vae_scale_factor if pipe.vae is not None else 1))
+    pipe.register_modules(unet=unet)
     return pipe
 
 
 def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[str, Any]:
-    """What ``distar.json`` records: t_init and where the weights came from."""
+    """What ``distar.json`` records besides format and resolution: t_init and where the weights came
+    from (model names without local paths)."""
+    from distar.card import portable_name
+
     ckpt = find_checkpoint(checkpoint_dir)
     cfg = checkpoint_model_config(ckpt)
     state_file = ckpt / TRAINER_STATE_FILE
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     return {
+        "format": "pipeline",
         "t_init": cfg.t_init,
         "family": cfg.family,
-        "pretrained": cfg.pretrained,
-        "generator_init": cfg.generator_init,
-        "checkpoint": str(ckpt.resolve()),
+        "prediction_type": cfg.prediction_type,
+        "pretrained": portable_name(cfg.pretrained),
+        "generator_init": portable_name(cfg.generator_init),
+        "checkpoint": ckpt.name,
         "step": state.get("step"),
         "ema": bool(use_ema and (ckpt / GENERATOR_EMA_FILE).is_file()),
         "distar_version": __version__,
@@ -114,68 +143,59 @@ def export_checkpoint(
     use_ema: bool = True,
     overwrite: bool = False,
     dtype: torch.dtype = torch.float32,
+    *,
+    lora: bool = False,
+    license: str | None = None,
+    eval_dir: str | Path | None = None,
+    repo_id: str | None = None,
 ) -> Path:
-    """Write the checkpoint's generator as a diffusers pipeline folder (weights in ``dtype``) with a
-    model card; return its path.
+    """Write the checkpoint's generator (weights in ``dtype``) with a model card and ``distar.json``;
+    return the folder.
 
-    The folder is written under a temporary name and renamed when complete.
+    By default the folder is a complete diffusers pipeline with the LoRA (if any) merged; with
+    ``lora`` it holds only the generator's LoRA as diffusers' ``pytorch_lora_weights.safetensors``,
+    for ``pipe.load_lora_weights`` on the reference pipeline. ``license`` overrides the licence read
+    from the base models' cards; ``eval_dir`` (a ``distar eval --out`` folder) adds its tables to the
+    card; ``repo_id`` is where the card's snippet loads from. The folder is written under a temporary name and renamed when complete.
     """
+    from distar.backends.lora import lora_layers, save_diffusers_lora
+    from distar.card import model_card, resolve_license
+
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite to replace it)")
-    pipe = pipeline_from_checkpoint(checkpoint_dir, use_ema, dtype)
-    if pipe.vae is None:
-        raise ConfigError("pixel-space models (no VAE) have no standard diffusers pipeline to export to")
-    metadata = export_metadata(checkpoint_dir, use_ema)
+    ckpt = find_checkpoint(checkpoint_dir)
+    config = yaml.safe_load((ckpt / CONFIG_FILE).read_text()) or {}
+    license = resolve_license(config.get("model") or {}, license)
+    if lora:
+        pipe, generator, cfg = _generator_from_checkpoint(ckpt, use_ema, torch.float32)
+        if not lora_layers(generator):
+            raise ConfigError("--lora: the generator has no LoRA (model.generator_lora_rank is 0)")
+    else:
+        pipe = pipeline_from_checkpoint(ckpt, use_ema, dtype)
+        cfg = checkpoint_model_config(ckpt)
+        if pipe.vae is None:
+            raise ConfigError("pixel-space models (no VAE) have no standard diffusers pipeline to export to")
+    metadata = {**export_metadata(ckpt, use_ema), "format": "lora" if lora else "pipeline"}
+    metadata["resolution"] = training_resolution(cfg, pipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        pipe.save_pretrained(tmp)
+        if lora:
+            state = {k: v.to(dtype) for k, v in generator.state_dict().items() if "lora_" in k}
+            save_diffusers_lora(generator, tmp, state=state)
+        else:
+            pipe.save_pretrained(tmp)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(metadata, type(pipe).__name__))
+        card = model_card(
+            metadata, type(pipe).__name__, config=config, license=license, eval_dir=eval_dir, repo_id=repo_id
+        )
+        card.save(tmp / "README.md")
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def model_card(metadata: dict[str, Any], pipeline_class: str) -> str:
-    """README.md of an exported folder: front matter and the one-step call."""
-    t_init = metadata["t_init"]
-    trained = f"{metadata['step']} steps" if metadata.get("step") is not None else "a distar run"
-    init = f", generator initialised from `{metadata['generator_init']}`" if metadata.get("generator_init") else ""
-    base = metadata["pretrained"]
-    front = ["---", "library_name: diffusers", "pipeline_tag: text-to-image"]
-    if not base.startswith("tiny:") and not Path(base).exists():
-        front.append(f"base_model: {base}")
-    front += ["tags:", "- distar", "- diff-instruct-star", "- one-step", "---"]
-    return "\n".join(front) + f"""
-
-# One-step text-to-image generator (Diff-Instruct*)
-
-A `{pipeline_class}` whose UNet is a one-step generator trained with Diff-Instruct* (distar
-{metadata['distar_version']}) for {trained}, with reference model `{base}`{init}
-({'EMA' if metadata.get('ema') else 'raw'} weights).
-
-The generator is the UNet evaluated once on pure noise at the fixed timestep t_init = {t_init}; its
-output, read with the scheduler's prediction type, is the clean latent. The bundled `LCMScheduler`
-does exactly that with one step at `timesteps=[{t_init}]` and no classifier-free guidance:
-
-```python
-import torch
-from diffusers import DiffusionPipeline
-
-pipe = DiffusionPipeline.from_pretrained("path/to/this/folder", torch_dtype=torch.float16).to("cuda")
-image = pipe("a photo of a corgi in a field of flowers", num_inference_steps=1,
-             guidance_scale=0.0, timesteps=[{t_init}]).images[0]
-image.save("corgi.png")
-```
-
-or, with distar installed: `distar generate --model path/to/this/folder --prompt "..." --out image.png`.
-diffusers may warn that the first timestep is not 999; that is expected for a one-step generator.
-`distar.json` records t_init and the training checkpoint this folder was exported from.
-"""
 
 
 def load_one_step(path: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32) -> tuple[Any, int]:

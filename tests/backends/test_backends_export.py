@@ -17,25 +17,7 @@ from distar.backends.weights import load_trainable_state_dict, trainable_state_d
 from distar.cli import main
 from distar.config import ConfigError, to_dict
 from distar.export import METADATA_FILE, export_checkpoint, pipeline_from_checkpoint
-from distar.train.checkpoint import save_tensors
-
-PROMPT = "a small red house"
-
-
-def write_checkpoint(run_dir, cfg: ModelConfig, backend, perturb, step=5, ema=True):
-    """A checkpoint folder in the trainer's layout, with generator weights moved away from the init."""
-    folder = run_dir / f"checkpoint-{step}"
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(cfg), "seed": 0}))
-    params = list(backend.generator_parameters())
-    perturb(params, seed=10)
-    raw = {k: v.clone() for k, v in trainable_state_dict(backend.generator).items()}
-    save_tensors(raw, folder / "generator.safetensors")
-    if ema:
-        perturb(params, seed=11)  # the backend now holds the "EMA" weights
-        save_tensors(trainable_state_dict(backend.generator), folder / "generator_ema.safetensors")
-    (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
-    return folder, raw
+from export_helpers import PROMPT, write_checkpoint
 
 
 def backend_image(backend, seed):

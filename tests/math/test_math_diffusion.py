@@ -12,6 +12,7 @@ from gaussian_world import DIM, gaussian_score
 from distar.diffusion import (
     ContinuousVPSchedule,
     DiscreteSchedule,
+    FlowMatchSchedule,
     cfg_combine,
     expand_like,
     from_x0,
@@ -47,6 +48,59 @@ def test_discrete_schedule_matches_diffusers(config):
             torch.testing.assert_close(v, scheduler.get_velocity(x0, noise, t), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "config, image_seq_len",
+    [
+        ({"shift": 3.0}, None),  # SD3 / SD3.5
+        ({"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+          "max_image_seq_len": 4096}, 1024),  # FLUX.1 at 512 x 512
+        ({"use_dynamic_shifting": True, "time_shift_type": "linear", "base_shift": 0.5, "max_shift": 1.15}, 4096),
+    ],
+)
+def test_flow_schedule_matches_diffusers(config, image_seq_len):
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **config)
+    schedule = FlowMatchSchedule.from_scheduler_config(scheduler.config, image_seq_len=image_seq_len)
+    u = torch.linspace(1.0, 0.1, 7)
+    mu = None
+    if config.get("use_dynamic_shifting"):
+        slope = (config["max_shift"] - config["base_shift"]) / (4096 - 256)
+        mu = config["base_shift"] + slope * (image_seq_len - 256)
+    scheduler.set_timesteps(sigmas=u.tolist(), mu=mu)
+    torch.testing.assert_close(schedule.shifted(u), scheduler.sigmas[:-1])
+    # forward process and one Euler step on the velocity u = ε − x0 both match the scheduler
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    t = scheduler.sigmas[2].repeat(2)
+    x_t = schedule.add_noise(x0, noise, t)
+    torch.testing.assert_close(x_t, scheduler.scale_noise(x0, scheduler.timesteps[2:3], noise))
+    a, s = expand_like(schedule.alpha(t), x0), expand_like(schedule.sigma(t), x0)
+    velocity = from_x0(x0, x_t, a, s, "flow_prediction")
+    torch.testing.assert_close(velocity, noise - x0, atol=1e-5, rtol=1e-5)
+    scheduler._step_index = 2
+    stepped = scheduler.step(velocity, scheduler.timesteps[2], x_t, return_dict=False)[0]
+    torch.testing.assert_close(stepped, schedule.add_noise(x0, noise, scheduler.sigmas[3].repeat(2)), atol=1e-5, rtol=1e-5)
+
+
+def test_flow_schedule_reads_sana_dpm_solver_config():
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    assert FlowMatchSchedule.from_scheduler_config(scheduler.config).shift == 3.0
+    with pytest.raises(ValueError, match="image_seq_len"):
+        FlowMatchSchedule.from_scheduler_config({"use_dynamic_shifting": True})
+
+
+def test_flow_sample_t_is_shifted_uniform():
+    s = FlowMatchSchedule(shift=3.0)
+    t = s.sample_t(20_000, 0.0, 1.0, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.float32 and float(t.min()) >= 1e-3 and float(t.max()) <= 1.0
+    # P(t <= shift(1/2)) = 1/2: the shift maps the uniform median to s/(1 + s)
+    torch.testing.assert_close(t.median(), torch.tensor(0.75), atol=0.01, rtol=0)
+    torch.testing.assert_close(s.alpha(t) + s.sigma(t), torch.ones_like(t))
+
+
 def test_continuous_schedules_are_variance_preserving():
     t = torch.linspace(1e-3, 1.0, 50, dtype=torch.float64)
     for kind in ("linear", "cosine"):
@@ -63,7 +117,7 @@ def test_sample_t_stays_in_range():
         s.sample_t(4, 0.5, 0.2)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction", "flow_prediction"])
 def test_prediction_conversions_round_trip(prediction_type):
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
@@ -73,6 +127,8 @@ def test_prediction_conversions_round_trip(prediction_type):
     torch.testing.assert_close(to_x0(pred, x_t, a, s, prediction_type), x0)
     if prediction_type == "epsilon":
         torch.testing.assert_close(pred, eps)
+    if prediction_type == "flow_prediction":
+        torch.testing.assert_close(pred, eps - x0)
     # score of the forward kernel: −ε/σ, and x0 ↔ score
     torch.testing.assert_close(score_from_x0(x_t, x0, a, s), -eps / s)
     torch.testing.assert_close(x0_from_score(x_t, score_from_x0(x_t, x0, a, s), a, s), x0)
@@ -117,7 +173,7 @@ def test_native_dsm_weight_equals_native_mse():
     s = (1 - a**2).sqrt()
     A, S = a[:, None], s[:, None]
     x_t = A * x0 + S * eps
-    for kind in ("epsilon", "v_prediction", "sample"):
+    for kind in ("epsilon", "v_prediction", "flow_prediction", "sample"):
         native = (from_x0(x0_hat, x_t, A, S, kind) - from_x0(x0, x_t, A, S, kind)).pow(2).mean(1)
         torch.testing.assert_close(dsm_loss(x0_hat, x0, native_dsm_weight(a, s, kind)), native)
 

@@ -4,21 +4,34 @@ In the shared layout one UNet holds the reference's frozen weights plus the assi
 adapters off gives s_ref, adapters on gives s_ψ (di-star-math.md §2). Toggling must be visible to
 gradient checkpointing, whose backward re-runs a block's forward: :func:`checkpoint_keeping_adapter_state`
 re-runs it in the adapter state of the original forward, not the state at backward time.
+
+A generator LoRA leaves distar as diffusers' own LoRA file (:func:`save_diffusers_lora`): peft-style
+``unet.<module>.lora_A.weight`` keys with the adapter's rank and alpha in the safetensors metadata, which
+``pipe.load_lora_weights`` loads layer for layer. (diffusers' ``convert_state_dict_to_diffusers`` is not
+used: in diffusers 0.42 it renames only the attention projections to the old ``lora.down`` names, and
+the loader then drops those layers from the mixed-format file without an error.)
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import contextmanager, nullcontext
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import torch
 from accelerate.utils import extract_model_from_parallel
-from diffusers import UNet2DConditionModel
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
-from torch import nn
+from peft.utils import get_peft_model_state_dict
+from torch import Tensor, nn
+
+#: File name diffusers' ``load_lora_weights`` looks for in a folder.
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+#: The EMA generator's LoRA in checkpoints: ``load_lora_weights(folder, weight_name=LORA_EMA_WEIGHTS_FILE)``.
+LORA_EMA_WEIGHTS_FILE = "pytorch_lora_weights_ema.safetensors"
 
 
 def add_lora(unet: UNet2DConditionModel, rank: int, alpha: float | None, target_modules: list[str]) -> None:
@@ -81,3 +94,45 @@ def merged_unet(unet: nn.Module) -> UNet2DConditionModel:
         merged.unload_lora()
     merged.disable_gradient_checkpointing()
     return merged
+
+
+def diffusers_lora_state_dict(unet: nn.Module, state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The UNet's LoRA weights under diffusers' keys (``<module>.lora_A.weight``: no adapter name; the file
+    adds the ``unet.`` prefix).
+
+    ``state`` (default: the UNet's own) maps the UNet's parameter names to values, e.g. EMA weights.
+    """
+    inner = extract_model_from_parallel(unet)
+    weights = get_peft_model_state_dict(inner, state_dict=None if state is None else dict(state))
+    return {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+
+
+def save_diffusers_lora(
+    unet: nn.Module, folder: str | Path, state: Mapping[str, Tensor] | None = None, weight_name: str = LORA_WEIGHTS_FILE
+) -> Path:
+    """Write the UNet's adapter as a diffusers LoRA file that ``pipe.load_lora_weights(folder)`` reads;
+    returns the file. ``state`` as in :func:`diffusers_lora_state_dict`."""
+    inner = extract_model_from_parallel(unet)
+    if not lora_layers(inner):
+        raise ValueError("the UNet has no LoRA adapter to save")
+    weights = diffusers_lora_state_dict(inner, state)
+    # SD and SDXL pipelines write UNet LoRA files identically; the SDXL class accepts both.
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=weights,
+        weight_name=weight_name,
+        unet_lora_adapter_metadata=inner.peft_config["default"].to_dict(),
+    )
+    return Path(folder) / weight_name
+
+
+def save_checkpoint_lora(
+    unet: nn.Module, folder: str | Path, weights: Mapping[str, Tensor], ema_weights: Mapping[str, Tensor] | None
+) -> None:
+    """Next to a checkpoint's own files, the generator's LoRA (raw and EMA) in diffusers' format;
+    nothing for a UNet without adapters."""
+    if not lora_layers(extract_model_from_parallel(unet)):
+        return
+    save_diffusers_lora(unet, folder, state=weights)
+    if ema_weights is not None:
+        save_diffusers_lora(unet, folder, state=ema_weights, weight_name=LORA_EMA_WEIGHTS_FILE)

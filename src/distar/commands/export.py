@@ -1,4 +1,4 @@
-"""``distar export``: a training checkpoint as a standard diffusers pipeline folder with a model card."""
+"""``distar export``: a training checkpoint as a diffusers pipeline (or LoRA) folder with a Hub model card."""
 
 from __future__ import annotations
 
@@ -13,18 +13,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="dtype of the written weights"
     )
+    parser.add_argument(
+        "--lora",
+        action="store_true",
+        help="write only the generator's LoRA (diffusers' pytorch_lora_weights.safetensors, for "
+        "pipe.load_lora_weights) instead of a merged pipeline",
+    )
+    parser.add_argument("--license", help="licence of the card (default: the base models' licence)")
+    parser.add_argument("--eval", metavar="DIR", help="`distar eval --out` folder whose tables go into the card")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="upload the validated folder to this hub model repo")
+    parser.add_argument("--private", action="store_true", help="create the hub repo private (with --push-to-hub)")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from distar.card import push_to_hub, validate_export
     from distar.cli import UserError
     from distar.export import export_checkpoint
 
     dtype = getattr(torch, args.dtype)
     try:
-        out = export_checkpoint(args.checkpoint, args.out, not args.no_ema, args.overwrite, dtype)
+        out = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            not args.no_ema,
+            args.overwrite,
+            dtype,
+            lora=args.lora,
+            license=args.license,
+            eval_dir=args.eval,
+            repo_id=args.push_to_hub,
+        )
     except FileExistsError as err:
         raise UserError(str(err)) from None
+    validate_export(out, require_license=bool(args.push_to_hub))
     print(f"exported {args.checkpoint} to {out}")
+    if args.push_to_hub:
+        print(f"uploaded to {push_to_hub(out, args.push_to_hub, private=args.private)}")
     return 0

@@ -1,8 +1,9 @@
-"""Conversions between ε-, x0- and v-predictions and scores (di-star-math.md §1).
+"""Conversions between ε-, x0-, v- and flow-velocity predictions and scores (di-star-math.md §1).
 
 All functions take ``alpha_t``/``sigma_t`` already broadcastable to ``x_t`` (see
 :func:`distar.diffusion.schedule.expand_like`). Prediction-type names follow diffusers:
-``"epsilon"``, ``"sample"`` (x0) and ``"v_prediction"``.
+``"epsilon"``, ``"sample"`` (x0), ``"v_prediction"`` and ``"flow_prediction"`` (the rectified-flow
+velocity u = ε − x0 that SD3, FLUX and SANA transformers predict).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Callable, Literal
 
 from torch import Tensor
 
-PredictionType = Literal["epsilon", "sample", "v_prediction"]
+PredictionType = Literal["epsilon", "sample", "v_prediction", "flow_prediction"]
 
 
 def x0_from_eps(x_t: Tensor, eps: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
@@ -34,6 +35,16 @@ def v_from_x0(x_t: Tensor, x0: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tens
     return alpha_t * eps_from_x0(x_t, x0, alpha_t, sigma_t) - sigma_t * x0
 
 
+def x0_from_flow(x_t: Tensor, u: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """x̂0 = (x_t − σ_t û) / (α_t + σ_t), with u = ε − x0 (= x_t − t û for rectified flow, §1)."""
+    return (x_t - sigma_t * u) / (alpha_t + sigma_t)
+
+
+def flow_from_x0(x_t: Tensor, x0: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """u = ε − x0 with ε = (x_t − α_t x0)/σ_t: the velocity d x_t/dt of x_t = (1 − t) x0 + t ε."""
+    return eps_from_x0(x_t, x0, alpha_t, sigma_t) - x0
+
+
 def score_from_x0(x_t: Tensor, x0: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
     """s(x_t) = −(x_t − α_t x̂0) / σ_t² (Tweedie)."""
     return -(x_t - alpha_t * x0) / sigma_t**2
@@ -48,8 +59,8 @@ def _passthrough(x_t: Tensor, value: Tensor, alpha_t: Tensor, sigma_t: Tensor) -
     return value
 
 
-_TO_X0 = {"sample": _passthrough, "epsilon": x0_from_eps, "v_prediction": x0_from_v}
-_FROM_X0 = {"sample": _passthrough, "epsilon": eps_from_x0, "v_prediction": v_from_x0}
+_TO_X0 = {"sample": _passthrough, "epsilon": x0_from_eps, "v_prediction": x0_from_v, "flow_prediction": x0_from_flow}
+_FROM_X0 = {"sample": _passthrough, "epsilon": eps_from_x0, "v_prediction": v_from_x0, "flow_prediction": flow_from_x0}
 
 
 def _conversion(table: dict[str, Callable[..., Tensor]], prediction_type: str) -> Callable[..., Tensor]:

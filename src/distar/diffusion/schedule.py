@@ -2,8 +2,8 @@
 
 A :class:`Schedule` maps a time tensor to (α_t, σ_t). Discrete schedules (SD 1.5, SDXL: 1000 steps)
 index a table ``alphas_cumprod`` by integer t; continuous ones take float t in (0, 1]. Nothing in
-:mod:`distar.objectives` assumes α_t² + σ_t² = 1, so other families (e.g. rectified flow) can plug in
-as further subclasses.
+:mod:`distar.objectives` assumes α_t² + σ_t² = 1: :class:`FlowMatchSchedule` is rectified flow
+(SD3, FLUX, SANA), α_t = 1 − t, σ_t = t (di-star-math.md §1).
 """
 
 from __future__ import annotations
@@ -162,3 +162,76 @@ class ContinuousVPSchedule(Schedule):
 
     def sigma(self, t: Tensor) -> Tensor:
         return (-torch.expm1(self.log_alpha_bar(t))).clamp_min(0).sqrt()
+
+
+class FlowMatchSchedule(Schedule):
+    """Rectified flow on t ∈ [t_eps, 1]: x_t = (1 − t) x0 + t ε, so α_t = 1 − t, σ_t = t (§1).
+
+    t is diffusers' ``sigma``; networks are fed the timestep 1000·t (FLUX's transformer divides by
+    1000 again). ``shift`` is the timestep shift s of ``FlowMatchEulerDiscreteScheduler``,
+    t ↦ s t / (1 + (s − 1) t), applied in :meth:`sample_t` so training draws the noise levels the
+    model was trained and is sampled at; resolution-dependent ("dynamic") shifting enters as the
+    equivalent static s (see :meth:`from_scheduler_config`).
+    """
+
+    discrete = False
+
+    def __init__(self, shift: float = 1.0, t_eps: float = 1e-3) -> None:
+        if shift <= 0:
+            raise ValueError(f"shift must be positive, got {shift}")
+        self.shift, self.t_lo, self.t_hi = float(shift), t_eps, 1.0
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1.0 - self._float(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self._float(t)
+
+    @staticmethod
+    def _float(t: Tensor) -> Tensor:
+        return t if t.dtype == torch.float64 else t.float()
+
+    def shifted(self, t: Tensor) -> Tensor:
+        """The timestep shift t ↦ s t / (1 + (s − 1) t) (identity for s = 1)."""
+        t = self._float(t)
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def sample_t(
+        self,
+        batch_size: int,
+        t_min: float = 0.02,
+        t_max: float = 0.98,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Tensor:
+        """Shifted uniform times: u ~ U over the fraction [t_min, t_max] of [t_eps, 1], t = shift(u)."""
+        return self.shifted(super().sample_t(batch_size, t_min, t_max, generator, device))
+
+    @classmethod
+    def from_scheduler_config(
+        cls, config: Mapping[str, Any] | Any, image_seq_len: int | None = None
+    ) -> "FlowMatchSchedule":
+        """From a diffusers flow scheduler (or its ``config``): ``FlowMatchEulerDiscreteScheduler``
+        (SD3, FLUX) or a flow-sigma ``DPMSolverMultistepScheduler`` (SANA: ``flow_shift``).
+
+        With ``use_dynamic_shifting`` (FLUX) the shift depends on the number of latent tokens
+        ``image_seq_len``: μ is interpolated linearly from ``base_shift`` at ``base_image_seq_len``
+        to ``max_shift`` at ``max_image_seq_len``, and the exponential time shift
+        e^μ / (e^μ + (1/t − 1)) equals the static shift with s = e^μ (the linear one: s = μ).
+        """
+        cfg = getattr(config, "config", config)
+        get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)
+        for key in ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas"):
+            if get(key, None):
+                raise ValueError(f"flow scheduler option {key!r} is not supported")
+        if get("use_dynamic_shifting", False):
+            if image_seq_len is None:
+                raise ValueError("a dynamically shifted flow schedule needs image_seq_len")
+            base_len, max_len = get("base_image_seq_len", 256), get("max_image_seq_len", 4096)
+            base_shift, max_shift = get("base_shift", 0.5), get("max_shift", 1.15)
+            slope = (max_shift - base_shift) / (max_len - base_len)
+            mu = base_shift + slope * (image_seq_len - base_len)
+            shift = math.exp(mu) if get("time_shift_type", "exponential") == "exponential" else mu
+        else:
+            shift = get("flow_shift", None) or get("shift", 1.0)
+        return cls(shift=shift, t_eps=1.0 / get("num_train_timesteps", 1000))

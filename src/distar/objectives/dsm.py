@@ -21,12 +21,15 @@ def dsm_loss(x0_hat: Tensor, x0: Tensor, weight: Tensor | float | None = None) -
 def native_dsm_weight(alpha_t: Tensor, sigma_t: Tensor, prediction_type: PredictionType) -> Tensor:
     """λ(t) that makes the x0-form loss equal the backbone's own MSE (shape of ``alpha_t``).
 
-    ε-MSE = (α_t/σ_t)² x0-MSE; v-MSE = ((α_t² + σ_t²)/σ_t)² x0-MSE; x0-MSE = itself.
+    ε-MSE = (α_t/σ_t)² x0-MSE; v-MSE = ((α_t² + σ_t²)/σ_t)² x0-MSE; flow-velocity MSE
+    = ((α_t + σ_t)/σ_t)² x0-MSE (1/t² for rectified flow); x0-MSE = itself.
     """
     if prediction_type == "epsilon":
         return (alpha_t / sigma_t) ** 2
     if prediction_type == "v_prediction":
         return ((alpha_t**2 + sigma_t**2) / sigma_t) ** 2
+    if prediction_type == "flow_prediction":
+        return ((alpha_t + sigma_t) / sigma_t) ** 2
     if prediction_type == "sample":
         return alpha_t.new_ones(alpha_t.shape)
     raise ValueError(f"unknown prediction_type {prediction_type!r}")

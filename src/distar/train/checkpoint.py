@@ -6,6 +6,8 @@ A run folder holds ``checkpoint-<step>/`` folders, each with
 - ``generator.safetensors``: the trainable subset of the generator's ``state_dict`` (the full UNet when
   fully fine-tuned, the adapter weights with LoRA); ``generator_ema.safetensors``: the same keys, EMA;
 - ``assistant.safetensors``: the assistant's trainable subset;
+- with a LoRA generator, ``pytorch_lora_weights[_ema].safetensors``: the same adapter in diffusers'
+  format, for ``pipe.load_lora_weights(folder[, weight_name=...])``;
 - accelerate's state (``optimizer*.bin``, ``scheduler*.bin``, ``random_states_<rank>.pkl``);
 - ``rng_state_<rank>.json``: python, numpy, torch and CUDA generator states of every process;
 - ``trainer_state.json``: step, data position, EMA and bad-step counters;
@@ -112,9 +114,9 @@ def _fsync(path: Path) -> None:
 def write_manifest(folder: Path) -> None:
     """Sync every file of ``folder`` and record its size and SHA-256 in ``manifest.json`` (written last)."""
     files = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_FILE):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
         _fsync(path)
-        files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
     tmp = folder / f".{MANIFEST_FILE}.tmp"
     tmp.write_text(json.dumps({"files": files}, indent=1))
     _fsync(tmp)
@@ -129,7 +131,8 @@ _verified: dict[Path, tuple] = {}
 
 
 def _signature(folder: Path) -> tuple:
-    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
 
 def verify_checkpoint(folder: Path) -> str | None:
@@ -156,7 +159,7 @@ def _check_manifest(folder: Path) -> str | None:
         return f"{manifest}: lists no {TRAINER_STATE_FILE}"
     for name, size, sha in entries:
         path = folder / name
-        if Path(name).name != name or not path.is_file():
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
             return f"{path}: missing"
         if path.stat().st_size != size:
             return f"{path}: {path.stat().st_size} bytes, the manifest says {size}"

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from distar.backends.lora import save_checkpoint_lora
 from distar.config import ConfigError, save_config, to_dict
 from distar.errors import RunError
 from distar.protocols import Backend
@@ -467,6 +468,7 @@ class Trainer:
                 for name, group in tensors.items():
                     ckpt.save_tensors(group, tmp / name)
                     ckpt.kill_point("checkpoint-write", self.step)
+                save_checkpoint_lora(self.backend.generator, tmp, generator, tensors.get(ckpt.GENERATOR_EMA_FILE))
                 save_config(cfg, tmp / ckpt.CONFIG_FILE)
                 (tmp / ckpt.TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1))
             acc.wait_for_everyone()
