@@ -337,6 +337,7 @@ class Trainer:
             start = time.perf_counter()
             window.append((self.train_step(), *lrs, len(self._skipped)))
             busy += time.perf_counter() - start
+            ckpt.kill_point("step", self.step)
             bar.update(1)
             last = self.step == cfg.loop.max_steps
             saving = cfg.checkpointing
@@ -350,11 +351,9 @@ class Trainer:
                 window, busy = [], 0.0
             if stop:
                 bar.close()
-                found = ckpt.list_checkpoints(self.output_dir)
                 raise RunError(
                     f"stopped at step {self.step}: {self.consecutive_bad_steps} steps in a row with a non-finite "
-                    f"loss or gradient norm (loop.max_bad_steps = {cfg.loop.max_bad_steps}); last checkpoint: "
-                    f"{found[-1][1] if found else 'none'}"
+                    f"loss or gradient norm (loop.max_bad_steps = {cfg.loop.max_bad_steps}); {self._last_checkpoint()}"
                 )
             if self._sampling and self.step % every == 0:
                 self.sample()
@@ -456,7 +455,10 @@ class Trainer:
             state["ema"] = ema_state
         if not ckpt.all_finite(t for group in tensors.values() for t in group.values()):
             bad = [name for name, group in tensors.items() if not ckpt.all_finite(group.values())]
-            raise RunError(f"step {self.step}: non-finite weights in {', '.join(bad)}: {final.name} not written")
+            raise RunError(
+                f"step {self.step}: non-finite weights in {', '.join(bad)}: {final.name} not written; "
+                f"{self._last_checkpoint()}"
+            )
         try:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -477,13 +479,16 @@ class Trainer:
                 ckpt.replace_dir(tmp, final)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            found = ckpt.list_checkpoints(self.output_dir)
-            kept = f"{found[-1][1].name} is intact" if found else "no earlier checkpoint"
-            raise RunError(f"could not write {final} ({err.strerror or err}); {kept}") from None
+            raise RunError(f"could not write {final} ({err.strerror or err}); {self._last_checkpoint()}") from None
         if acc.is_main_process:
             ckpt.prune_checkpoints(self.output_dir, cfg.checkpointing.total_limit)
         acc.wait_for_everyone()
         return final
+
+    def _last_checkpoint(self) -> str:
+        """Which checkpoint a stopped run leaves to resume from, for its error message."""
+        found = ckpt.list_checkpoints(self.output_dir)
+        return f"last checkpoint: {found[-1][1]}" if found else "no checkpoint was written"
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimisers, schedulers, EMA, data position, counters and RNG from ``path``.
