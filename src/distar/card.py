@@ -19,6 +19,9 @@ from distar.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
+#: Metadata file written next to ``model_index.json`` in exported folders.
+METADATA_FILE = "distar.json"
+
 #: Licences of common reference models, used when their own card cannot be read (offline).
 KNOWN_LICENSES = {
     "stabilityai/stable-diffusion-xl-base-1.0": "openrail++",
@@ -220,7 +223,6 @@ def validate_export(folder: str | Path, *, require_license: bool = False) -> dic
     ``require_license``), and no value in ``distar.json`` is an absolute path.
     """
     from distar.backends.lora import LORA_WEIGHTS_FILE
-    from distar.export import METADATA_FILE
 
     folder = Path(folder)
     meta_file, card_file = folder / METADATA_FILE, folder / "README.md"

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from distar import __version__
 from distar.config import ConfigError
-from distar.errors import RunError
+from distar.errors import RunError, UserError
 
 #: (command, module under distar.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
@@ -27,11 +27,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("rewards", "rewards", "score a folder of images with reward models (PickScore, HPSv2, ImageReward, ...)"),
     ("demo", "demo", "train and compare DI*, DI*-out, DI++, SIM and Diff-Instruct in an embedded world"),
     ("world", "world", "rebuild an embedded world's models from scratch (distar world build shapes)"),
+    ("serve", "serve", "a local web page that generates with a one-step model as you type"),
 ]
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:

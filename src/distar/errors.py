@@ -1,11 +1,19 @@
-"""Errors that the command line reports in one line, without a traceback.
-
-:class:`~distar.config.ConfigError` (bad input, exit code 2) lives with the configuration code;
-:class:`RunError` is a run that started and had to stop (exit code 1).
-"""
+"""Errors shown to the user as one line, never a traceback: ``distar`` exits with status 2 on a
+:class:`UserError` (or a :class:`~distar.config.ConfigError`), and with status 1 on a
+:class:`RunError`, a run that started and had to stop."""
 
 from __future__ import annotations
 
 
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line."""
+
+
 class RunError(RuntimeError):
     """A run stopped for a reason reported in one line: non-finite steps, a failed checkpoint write."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its class name when the message is empty."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from distar import __version__
 from distar.backends.config import ModelConfig
+from distar.card import METADATA_FILE
 from distar.config import ConfigError, from_dict
 from distar.train.checkpoint import (
     CONFIG_FILE,
@@ -36,10 +37,6 @@ from distar.train.checkpoint import (
     replace_dir,
     resolve_checkpoint,
 )
-
-#: Metadata file written next to ``model_index.json`` in exported folders.
-METADATA_FILE = "distar.json"
-
 
 def find_checkpoint(path: str | Path) -> Path:
     """A ``checkpoint-<step>/`` folder as given, or the newest one inside a run folder; verified."""

@@ -29,6 +29,7 @@ from distar.backends.tiny import save_tiny_pipeline
 from distar.backends.weights import key_mismatch
 from distar.cache import build_once, cache_dir
 from distar.config import ConfigError
+from distar.errors import first_line
 
 TextToImagePipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
 
@@ -105,7 +106,7 @@ def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextT
         else:
             parts = dict(text_encoder=text(CLIPTextModel, "text_encoder"), tokenizer=tokenizer("tokenizer"))
     except OSError as err:
-        raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {_first_line(err)}") from None
+        raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {first_line(err)}") from None
     if vae is not None and dtype == torch.float16 and vae.config.force_upcast:
         cast_(vae, torch.float32)  # SD/SDXL VAEs overflow in float16
     scheduler = one_step_scheduler(scheduler_config, cfg.prediction_type)
@@ -175,7 +176,7 @@ def load_unet_init(spec: str, unet_config: Mapping[str, Any], revision: str | No
 
             local = Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision))
     except OSError as err:
-        raise ConfigError(f"model.generator_init: cannot load '{spec}': {_first_line(err)}") from None
+        raise ConfigError(f"model.generator_init: cannot load '{spec}': {first_line(err)}") from None
     unet = UNet2DConditionModel.from_config(unet_config)
     state = read_state_dict(local)
     missing, unexpected = key_mismatch(unet.state_dict(), state)
@@ -187,7 +188,3 @@ def load_unet_init(spec: str, unet_config: Mapping[str, Any], revision: str | No
     unet.load_state_dict(state)
     return unet
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distar.cli import UserError
+    from distar.errors import UserError
 
     name = f"distar.worlds.{args.world}.demo"
     try:

@@ -76,7 +76,7 @@ _FLAGS = {
 def _config_data(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
-    from distar.cli import UserError
+    from distar.errors import UserError
     from distar.config import ConfigError, apply_overrides, to_dict
     from distar.eval.metrics import parse_metric_names
     from distar.eval.models import parse_model_spec

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from distar.card import push_to_hub, validate_export
-    from distar.cli import UserError
+    from distar.errors import UserError
     from distar.export import export_checkpoint
 
     dtype = getattr(torch, args.dtype)

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from distar.cli import UserError
+    from distar.errors import UserError
     from distar.export import load_one_step, one_step_images
     from distar.train.logs import save_png
 

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pairs(images_dir: Path, prompts: str) -> list[tuple[Path, str]]:
     """(image file, prompt) pairs by the module's matching rule."""
-    from distar.cli import UserError
+    from distar.errors import UserError
     from distar.prompts import prompt_column, read_records
 
     if not images_dir.is_dir():
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from distar.cli import UserError
+    from distar.errors import UserError
     from distar.rewards import REWARD_NAMES, RewardSpec, load_reward
 
     names = [n.strip() for n in args.rewards.split(",") if n.strip()]

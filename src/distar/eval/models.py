@@ -20,6 +20,7 @@ import yaml
 from torch import Tensor
 
 from distar.config import ConfigError, field, from_dict
+from distar.errors import first_line
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -162,8 +163,9 @@ class DiffusersModel:
             try:
                 pipe = DiffusionPipeline.from_pretrained(self.spec.path, dtype=self.dtype, **kwargs)
             except (OSError, ValueError) as err:  # missing folder, bad hub id, hub unreachable
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise FileNotFoundError(f"model '{self.spec.path}': cannot load a diffusers pipeline ({first})") from None
+                raise FileNotFoundError(
+                    f"model '{self.spec.path}': cannot load a diffusers pipeline ({first_line(err)})"
+                ) from None
         if self.spec.unet:
             from distar.backends.loading import load_unet_init
 

@@ -7,6 +7,7 @@ sum from config sections with :func:`build_reward`.
 """
 
 from distar.rewards.base import Reward, WeightedReward
-from distar.rewards.registry import REWARD_NAMES, TINY, RewardSpec, build_reward, load_reward
+from distar.rewards.registry import build_reward, load_reward
+from distar.rewards.spec import REWARD_NAMES, TINY, RewardSpec
 
 __all__ = ["REWARD_NAMES", "TINY", "Reward", "RewardSpec", "WeightedReward", "build_reward", "load_reward"]

@@ -18,7 +18,7 @@ from distar.rewards import hub
 from distar.rewards.base import Reward
 from distar.rewards.head import LinearHead
 from distar.rewards.preprocess import ImageTransform
-from distar.rewards.registry import RewardSpec
+from distar.rewards.spec import RewardSpec
 
 
 class AestheticReward(Reward):

@@ -32,7 +32,7 @@ from distar.rewards.convert import (
     to_float,
 )
 from distar.rewards.preprocess import ImageTransform
-from distar.rewards.registry import RewardSpec
+from distar.rewards.spec import RewardSpec
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound="CLIPSimilarityReward")

@@ -14,6 +14,7 @@ from typing import Any, Iterator, TypeVar
 import torch
 
 from distar.config import ConfigError
+from distar.errors import first_line
 
 T = TypeVar("T")
 
@@ -128,8 +129,7 @@ def load_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors have many types; the message is what matters
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{path}: not a plain tensor checkpoint ({first_line})") from None
+        raise ConfigError(f"{path}: not a plain tensor checkpoint ({first_line(err)})") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

@@ -28,7 +28,7 @@ from distar.rewards.clip import PromptCache, processor_source
 from distar.rewards.convert import BLIP_VIT_LARGE, blip_configs, convert_blip_state_dict, to_float
 from distar.rewards.head import LinearHead
 from distar.rewards.preprocess import ImageTransform
-from distar.rewards.registry import RewardSpec
+from distar.rewards.spec import RewardSpec
 
 
 class ImageReward(Reward):

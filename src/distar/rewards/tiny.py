@@ -36,7 +36,7 @@ from distar.rewards.convert import (
 from distar.rewards.head import LINEAR_INDICES
 from distar.rewards.hub import quiet_transformers
 from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD
-from distar.rewards.registry import REWARD_NAMES
+from distar.rewards.spec import REWARD_NAMES
 from distar.cache import build_once, cache_dir
 from distar.tiny import TINY_CLIP_VOCAB_SIZE, save_tiny_clip_tokenizer
 

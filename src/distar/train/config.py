@@ -14,7 +14,7 @@ from typing import Literal
 from distar.backends.config import ModelConfig
 from distar.config import field
 from distar.objectives.presets import ObjectiveConfig
-from distar.rewards.registry import RewardSpec
+from distar.rewards.spec import RewardSpec
 
 #: Learning-rate schedules of ``diffusers.optimization.get_scheduler`` offered here.
 LRSchedule = Literal[

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from distar.backends.lora import save_checkpoint_lora
 from distar.config import ConfigError, save_config, to_dict
-from distar.errors import RunError
+from distar.errors import RunError, first_line
 from distar.protocols import Backend
 from distar.rewards.base import Reward
 from distar.train import checkpoint as ckpt
@@ -507,8 +507,8 @@ class Trainer:
         try:
             acc.load_state(str(path))
         except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError, OSError, EOFError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ckpt.CheckpointError(f"{path}: optimizer/scheduler state cannot be loaded ({first[:200]})") from None
+            reason = first_line(err)[:200]
+            raise ckpt.CheckpointError(f"{path}: optimizer/scheduler state cannot be loaded ({reason})") from None
         if not self.fsdp:
             for params, names, file in (
                 (self.generator_params, self.generator_names, ckpt.GENERATOR_FILE),

@@ -1,0 +1,56 @@
+"""The reward names and the :class:`RewardSpec` config section (one reward term of Eq. 3.1).
+
+Kept apart from :mod:`distar.rewards.registry` so that the model modules and the training config can
+use it without importing the loaders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from distar.config import ConfigError, field
+
+#: Every reward name understood by :func:`~distar.rewards.registry.load_reward`.
+REWARD_NAMES: tuple[str, ...] = ("pickscore", "clip", "hpsv2", "hpsv2.1", "imagereward", "aesthetic")
+
+#: ``path`` value that builds a tiny randomly initialised model locally (tests, offline trials).
+TINY = "tiny"
+
+
+@dataclass
+class RewardSpec:
+    """One reward term: which model, where its weights are, and its weight in the sum."""
+
+    name: str = field(help=f"reward model: one of {', '.join(REWARD_NAMES)}")
+    weight: float = field(1.0, help="weight w_k of this term in r = Σ_k w_k r_k")
+    path: str | None = field(
+        None,
+        help="weights: hub id, local folder or checkpoint file (default: the published model; "
+        "'tiny' builds a tiny random model locally)",
+    )
+    processor: str | None = field(
+        None,
+        help="hub id or folder of the tokenizer/preprocessor config when `path` has none "
+        "(default: the one the published model uses)",
+    )
+    backbone: str | None = field(
+        None,
+        help="aesthetic only: CLIP image encoder (hub id or folder; default openai/clip-vit-large-patch14)",
+    )
+    form: Literal["cosine", "logit"] = field(
+        "cosine",
+        help="pickscore only: 'cosine' = cos(e_img, e_txt), 'logit' = exp(logit_scale)·cos",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = field(
+        None, help="weights dtype for this reward (default: the dtype passed to build_reward)"
+    )
+    local_files_only: bool = field(False, help="never download; use local files and the hub cache only")
+
+    def __post_init__(self) -> None:
+        if self.name not in REWARD_NAMES:
+            raise ConfigError(f"unknown reward '{self.name}' (choose from {', '.join(REWARD_NAMES)})")
+        if self.form != "cosine" and self.name != "pickscore":
+            raise ConfigError(f"reward '{self.name}': form '{self.form}' is only defined for pickscore")
+        if self.backbone is not None and self.name != "aesthetic":
+            raise ConfigError(f"reward '{self.name}': backbone is only used by aesthetic")

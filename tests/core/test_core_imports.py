@@ -1,0 +1,128 @@
+"""Imports point one way: no cycles between distar's modules, and packages import only lower layers.
+
+The graph is read from the source (every ``import``, including those inside functions), so a lazy
+import that closes a loop counts as a cycle too. The layers are the README's layout, top first.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+#: Top first. A module may import its own package and any lower layer; packages sharing a layer are
+#: independent peers. The last layer is the foundation, whose modules may import one another.
+LAYERS: list[tuple[str, ...]] = [
+    ("distar.__main__",),
+    ("distar.cli",),
+    ("distar.commands",),
+    ("distar.serve",),
+    ("distar.worlds",),
+    ("distar.eval",),
+    ("distar.export",),
+    ("distar.card",),
+    ("distar.train",),
+    ("distar.backends", "distar.rewards"),
+    ("distar.protocols",),
+    ("distar.objectives",),
+    ("distar.diffusion",),
+    ("distar", "distar.cache", "distar.config", "distar.errors", "distar.io", "distar.prompts", "distar.tiny"),
+]
+FOUNDATION = LAYERS[-1]
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in (SRC / "distar").rglob("*.py"):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the distar modules it imports (``from pkg import submodule`` points at the submodule)."""
+    modules = _modules()
+
+    def known(name: str) -> str:
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {known(a.name) for a in node.names if a.name.split(".")[0] == "distar"}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] != "distar":
+                    continue
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    targets.add(full if full in modules else known(node.module))
+        graph[name] = targets - {name}
+    return graph
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer index, unit) of a module. ``distar.testing.X`` builds tiny models at the layer of ``distar.X``."""
+    parts = module.split(".")
+    if parts[:2] == ["distar", "testing"]:
+        parts = ["distar", *parts[2:]] if len(parts) > 2 else ["distar"]
+    for depth in (2, 1):
+        unit = ".".join(parts[:depth])
+        for index, layer in enumerate(LAYERS):
+            if unit in layer:
+                return index, unit
+    raise AssertionError(f"{module} is in no layer of LAYERS: add it where the README's layout puts it")
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_imports_point_down_the_layers():
+    wrong = []
+    for module, targets in import_graph().items():
+        index, unit = layer_of(module)
+        for target in targets:
+            target_index, target_unit = layer_of(target)
+            if target_unit == unit or (unit in FOUNDATION and target_unit in FOUNDATION):
+                continue
+            if target_index <= index:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, "imports against the layers: " + ", ".join(sorted(wrong))
+
+
+def test_the_check_sees_a_cycle_and_an_upward_import():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    assert layer_of("distar.objectives.presets")[0] > layer_of("distar.train.loop")[0]
+    assert layer_of("distar.testing.rewards")[1] == "distar.rewards"
