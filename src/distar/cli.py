@@ -2,19 +2,21 @@
 
 Each command lives in ``distar/commands/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; heavy imports happen inside ``run`` so ``distar --help`` stays fast.
-Expected failures (bad config, missing file) print one line and exit 2, never a traceback.
+Expected failures print one line, never a traceback: bad input (config, file, checkpoint) exits 2,
+a run that had to stop (:class:`~distar.errors.RunError`) exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Sequence
 
 from distar import __version__
 from distar.config import ConfigError
-from distar.errors import UserError
+from distar.errors import RunError, UserError
 
 #: (command, module under distar.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
@@ -25,6 +27,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("rewards", "rewards", "score a folder of images with reward models (PickScore, HPSv2, ImageReward, ...)"),
     ("demo", "demo", "train and compare DI*, DI*-out, DI++, SIM and Diff-Instruct in an embedded world"),
     ("world", "world", "rebuild an embedded world's models from scratch (distar world build shapes)"),
+    ("serve", "serve", "a local web page that generates with a one-step model as you type"),
 ]
 
 
@@ -42,18 +45,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a record is emitted (callers may swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging() -> None:
+    """Print distar's own info lines (which checkpoint a run resumed from, skipped steps) on stderr;
+    other libraries' loggers keep their levels."""
+    log = logging.getLogger("distar")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("distar: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    configure_logging()
     module = importlib.import_module(f"distar.commands.{args._module}")
     try:
         return int(module.run(args) or 0)
     except (UserError, ConfigError, FileNotFoundError) as err:
         print(f"distar {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:
+        print(f"distar {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"distar {args.command}: interrupted", file=sys.stderr)
         return 130

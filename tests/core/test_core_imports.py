@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.__main__",),
     ("distar.cli",),
     ("distar.commands",),
+    ("distar.serve",),
     ("distar.worlds",),
     ("distar.eval",),
     ("distar.export",),

@@ -22,9 +22,12 @@ def load_prompts(data: DataConfig) -> list[str]:
     return prompts
 
 
-def build_trainer(config: TrainConfig, accelerator: Accelerator | None = None) -> Trainer:
-    """Backend (``config.model``), reward (``config.rewards``) and prompts (``config.data``) on the
-    accelerator's device, wrapped in a Trainer. The reward is skipped when no reward terms are set."""
+def build_trainer(
+    config: TrainConfig, accelerator: Accelerator | None = None, *, prompts: list[str] | None = None
+) -> Trainer:
+    """Backend (``config.model``), reward (``config.rewards``) and prompts (``config.data``, unless
+    already read into ``prompts``) on the accelerator's device, wrapped in a Trainer. The reward is
+    skipped when no reward terms are set."""
     if config.model is None:
         raise ConfigError("model: the training config needs a `model` section")
     if config.objective.reward_scale != 0.0 and not config.rewards:
@@ -32,7 +35,7 @@ def build_trainer(config: TrainConfig, accelerator: Accelerator | None = None) -
     from distar.backends import build_backend
     from distar.rewards import build_reward
 
-    prompts = load_prompts(config.data)
+    prompts = load_prompts(config.data) if prompts is None else prompts
     accelerator = accelerator or make_accelerator(config)
     with accelerator.main_process_first():  # downloads and tiny-model builds happen once
         backend = build_backend(config.model, device=accelerator.device)

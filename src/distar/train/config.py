@@ -103,12 +103,19 @@ class LoopConfig:
     assistant_steps: int = field(1, help="assistant (DSM) updates per generator update (DMD2: 5)")
     mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="accelerate autocast mode")
     cpu: bool = field(False, help="run on CPU even when a GPU is present")
+    max_bad_steps: int = field(
+        5,
+        help="stop (exit code 1) after this many consecutive steps with a non-finite loss or gradient "
+        "norm; each such update is skipped",
+    )
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
         if self.assistant_steps < 1:
             raise ValueError("assistant_steps must be >= 1")
+        if self.max_bad_steps < 1:
+            raise ValueError("max_bad_steps must be >= 1")
 
 
 @dataclass

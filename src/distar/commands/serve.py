@@ -1,0 +1,59 @@
+"""``distar serve``: a local page that generates with a one-step model as the user types."""
+
+from __future__ import annotations
+
+import argparse
+
+#: Hosts that only this machine can reach; any other needs ``--allow-remote``.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+#: The models are fixed when the server starts; the page cannot name others.
+MODEL_FLAGS = {
+    "--model": "one-step model: `distar export` folder, training checkpoint, run folder (latest checkpoint, EMA "
+    "when saved), or diffusers pipeline folder or hub id (default: the shapes world's shipped models)",
+    "--reference": "multi-step model to compare with, sampled at the page's steps and CFG ω "
+    "(default: the shapes world's reference when --model is not given, else none)",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, help_text in MODEL_FLAGS.items():
+        parser.add_argument(flag, metavar="PATH_OR_ID", help=help_text)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    parser.add_argument(
+        "--allow-remote", action="store_true", help="allow a --host other than localhost (anyone who can reach it can generate)"
+    )
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s; the models are small)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from distar.errors import UserError
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise UserError("needs the serve extra: pip install 'distar[serve]'") from None
+    if args.host not in LOCAL_HOSTS and not args.allow_remote:
+        raise UserError(f"--host {args.host} serves to other machines; pass --allow-remote to confirm")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+
+    import torch
+
+    from distar.eval.models import default_device
+    from distar.serve.app import create_app
+    from distar.serve.models import load_models
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device or default_device())
+    print(f"loading {args.model or 'the shapes world models'} on {device} ...", flush=True)
+    models = load_models(args.model, args.reference, device)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {models.one_step_name} at http://{host}:{args.port}/ (Ctrl+C to stop)", flush=True)
+    uvicorn.run(create_app(models), host=args.host, port=args.port, log_level="warning")
+    return 0

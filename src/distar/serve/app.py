@@ -1,0 +1,210 @@
+"""The web app: the page at ``/``, ``GET /info`` and ``POST /generate`` (Starlette).
+
+``POST /generate`` takes a JSON object (fields of :class:`GenerateRequest`) and answers either JSON
+(``format: "json"``, the default; images as base64 PNG) or one PNG (``format: "png"``: the one-step
+images in a row, the reference's in a second row; timings in ``X-One-Step-Ms``/``X-Reference-Ms``).
+Errors are JSON ``{"error": "..."}``: 400 unreadable body, 413 body too large, 422 invalid field,
+409 superseded by a newer request of the same ``client``, 503 queue full. The models are fixed when
+the server starts; no request field names a file or a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import time
+from importlib import resources
+from typing import Any, AsyncIterator, Literal
+
+import torch
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from torch import Tensor
+
+from distar.config import ConfigError, field, from_dict
+from distar.serve.models import ServedModels
+from distar.serve.queue import LatestPerClient, QueueFull, Superseded
+from distar.train.logs import image_grid
+
+MAX_IMAGES = 8
+MAX_PROMPT_CHARS = 1000
+MAX_STEPS = 100
+MAX_GUIDANCE = 30.0
+MAX_SEED = 2**53 - 1  # exact in JavaScript numbers
+MAX_BODY_BYTES = 16_384
+
+
+@dataclasses.dataclass
+class GenerateRequest:
+    """One request: ``n`` images of one prompt at seeds ``seed, seed + 1, …``."""
+
+    prompt: str = field("", help=f"text prompt, 1 to {MAX_PROMPT_CHARS} characters")
+    seed: int = field(0, help=f"seed of the first image, 0 to 2^53 - 1")
+    n: int = field(1, help=f"number of images, 1 to {MAX_IMAGES}")
+    one_step: bool = field(True, help="sample the one-step model")
+    reference: bool = field(False, help="also sample the reference (when the server has one)")
+    steps: int = field(20, help=f"reference sampling steps, 1 to {MAX_STEPS}")
+    guidance: float | None = field(None, help="reference CFG ω (default: the server's)")
+    format: Literal["json", "png"] = field("json", help="answer as JSON with base64 PNGs, or as one PNG")
+    client: str | None = field(None, help="page or script id: its newer request replaces its queued one")
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip():
+            raise ConfigError("prompt: is empty")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"prompt: {len(self.prompt)} characters, at most {MAX_PROMPT_CHARS} allowed")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed: must be between 0 and {MAX_SEED}, got {self.seed}")
+        if not 1 <= self.n <= MAX_IMAGES:
+            raise ConfigError(f"n: must be between 1 and {MAX_IMAGES}, got {self.n}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"steps: must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE):
+            raise ConfigError(f"guidance: must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance}")
+        if not (self.one_step or self.reference):
+            raise ConfigError("one_step, reference: ask for at least one model")
+        if self.client is not None and len(self.client) > 100:
+            raise ConfigError("client: at most 100 characters")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n)]
+
+
+@dataclasses.dataclass
+class Generated:
+    """Images (B, 3, H, W) in [0, 1] and milliseconds of each model's call (None: not asked for)."""
+
+    one_step: Tensor | None
+    one_step_ms: float | None
+    reference: Tensor | None
+    reference_ms: float | None
+    guidance: float | None
+
+
+def png_bytes(image: Tensor) -> bytes:
+    """A (3, H, W) image in [0, 1] as PNG."""
+    pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Tensor, float]:
+    start = time.perf_counter()
+    images = fn(*args)
+    return images, round((time.perf_counter() - start) * 1000, 2)
+
+
+def generate(models: ServedModels, req: GenerateRequest) -> Generated:
+    """Run the request on the models (called on the queue's worker thread only)."""
+    prompts, seeds = [req.prompt] * req.n, req.seeds
+    one, one_ms = _timed(models.one_step.generate_images, prompts, seeds) if req.one_step else (None, None)
+    ref = ref_ms = guidance = None
+    if req.reference and models.reference is not None:
+        guidance = models.reference.guidance if req.guidance is None else req.guidance
+        ref, ref_ms = _timed(models.reference.generate_images, prompts, seeds, req.steps, guidance)
+    return Generated(one, one_ms, ref, ref_ms, guidance)
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _images_json(images: Tensor | None, seeds: list[int]) -> list[dict[str, Any]] | None:
+    if images is None:
+        return None
+    return [{"seed": s, "png": base64.b64encode(png_bytes(x)).decode("ascii")} for s, x in zip(seeds, images)]
+
+
+def _png_response(out: Generated) -> Response:
+    rows = [x for x in (out.one_step, out.reference) if x is not None]
+    headers = {}
+    if out.one_step_ms is not None:
+        headers["X-One-Step-Ms"] = str(out.one_step_ms)
+    if out.reference_ms is not None:
+        headers["X-Reference-Ms"] = str(out.reference_ms)
+    return Response(png_bytes(image_grid(torch.cat(rows), rows=len(rows))), media_type="image/png", headers=headers)
+
+
+def create_app(models: ServedModels, max_pending: int = 32) -> Starlette:
+    """The app serving ``models``; requests are run one at a time by a :class:`LatestPerClient` queue."""
+    queue: LatestPerClient[GenerateRequest, Generated] = LatestPerClient(
+        lambda req: generate(models, req), max_pending=max_pending
+    )
+    page = resources.files("distar.serve").joinpath("page.html").read_text(encoding="utf-8")
+    info = {
+        "one_step": models.one_step_name,
+        "reference": models.reference.name if models.reference else None,
+        "guidance": models.reference.guidance if models.reference else None,
+        "steps": 20,
+        "max_images": MAX_IMAGES,
+        "max_prompt_chars": MAX_PROMPT_CHARS,
+        "example_prompt": models.example_prompt,
+    }
+
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    async def get_info(request: Request) -> JSONResponse:
+        return JSONResponse(info | {"waiting": queue.waiting})
+
+    async def post_generate(request: Request) -> Response:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "request body is not JSON")
+        if not isinstance(data, dict):
+            return _error(400, "request body must be a JSON object")
+        try:
+            req = from_dict(GenerateRequest, data)
+        except ConfigError as err:
+            return _error(422, str(err))
+        if req.reference and models.reference is None:
+            return _error(422, "reference: this server has no reference model (start it with --reference)")
+        try:
+            out = await asyncio.wrap_future(queue.submit(req, req.client))
+        except Superseded as err:
+            return _error(409, str(err), superseded=True)
+        except QueueFull as err:
+            return _error(503, str(err))
+        if req.format == "png":
+            return _png_response(out)
+        return JSONResponse(
+            {
+                "prompt": req.prompt,
+                "seeds": req.seeds,
+                "one_step": _images_json(out.one_step, req.seeds),
+                "one_step_ms": out.one_step_ms,
+                "reference": _images_json(out.reference, req.seeds),
+                "reference_ms": out.reference_ms,
+                "steps": req.steps if out.reference is not None else None,
+                "guidance": out.guidance,
+            }
+        )
+
+    routes = [
+        Route("/", index),
+        Route("/info", get_info),
+        Route("/generate", post_generate, methods=["POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        queue.close()
+
+    return Starlette(routes=routes, lifespan=lifespan)
