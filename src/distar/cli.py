@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from typing import Sequence
 
 from distar import __version__
@@ -53,9 +54,21 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+_show_warning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """distar's own warnings (e.g. skipped prompt rows) as one line; others as Python shows them."""
+    if category.__module__.startswith("distar"):
+        print(f"distar: warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
 def configure_logging() -> None:
-    """Print distar's own info lines (which checkpoint a run resumed from, skipped steps) on stderr;
-    other libraries' loggers keep their levels."""
+    """Print distar's own info lines (which checkpoint a run resumed from, skipped steps) and
+    warnings on stderr, one line each; other libraries' loggers keep their levels."""
+    warnings.showwarning = _one_line_warning
     log = logging.getLogger("distar")
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         handler = _StderrHandler()

@@ -325,3 +325,21 @@ def test_a_folder_holds_one_run(tmp_path):
     records = Trainer(config, GaussianBackend(), MeanReward(), PROMPTS).train(overwrite=True)
     assert [r["step"] for r in records] == [1, 2, 3]
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3"]
+
+
+def test_a_malicious_optimizer_pickle_is_refused_in_one_line(tmp_path):
+    import pickle
+
+    from distar.train import checkpoint as ckpt
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    run(tmp_path, 2)
+    folder = tmp_path / "checkpoint-2"
+    (folder / "optimizer.bin").write_bytes(pickle.dumps({"state": Payload()}))
+    ckpt.write_manifest(folder)  # a crafted checkpoint, not a corrupted one: the manifest matches
+    with pytest.raises(ckpt.CheckpointError, match="optimizer/scheduler state cannot be loaded") as err:
+        run(tmp_path, 4, resume="latest")
+    assert "\n" not in str(err.value) and not (tmp_path / "pwned").exists()
