@@ -6,7 +6,8 @@ Starts ``distar serve`` (default: the shapes world's shipped models, one torch t
 localhost port, then sends a bounded loop of ``POST /generate`` requests (``format: png``), one at a
 time, alternating a one-step request and a reference request (``steps`` DDIM steps, the server's CFG
 ω) on the same prompt and seed. Prints the median and 90th percentile of the client-side time from
-sending the request to holding the PNG, the server-side model time it reports, and their ratios.
+sending the request to holding the PNG, the server-side model time it reports, their ratio, and the
+server's resident memory after warm-up and after the loop.
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ def timed_request(url: str, body: dict) -> tuple[float, float]:
     return client_ms, server_ms
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux), MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
 def summary(values: list[float]) -> str:
     ordered = sorted(values)
     p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
@@ -95,14 +102,18 @@ def main() -> None:
             base = {"prompt": PROMPTS[i % len(PROMPTS)], "seed": i, "n": args.n}
             one = timed_request(url, base)
             ref = timed_request(url, base | {"one_step": False, "reference": True, "steps": args.steps})
+            if i == max(args.warmup, 1) - 1:  # warmed up
+                rss_start = rss_mib(proc.pid)
             if i >= args.warmup:
                 times["one-step"].append(one)
                 times["reference"].append(ref)
+        rss_end = rss_mib(proc.pid)
     finally:
         proc.terminate()
         proc.wait()
     print(f"distar serve {' '.join(extra) or '(shapes world)'}: {args.rounds} rounds, {args.n} image(s) per request, "
           f"{args.threads} torch thread(s), started in {startup:.1f} s")
+    print(f"server resident memory after warm-up {rss_start:.0f} MiB, after the loop {rss_end:.0f} MiB")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     for name, pairs in times.items():
         label = name if name == "one-step" else f"reference {args.steps} steps"

@@ -2,19 +2,22 @@
 
 Each command lives in ``distar/commands/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; heavy imports happen inside ``run`` so ``distar --help`` stays fast.
-Expected failures (bad config, missing file) print one line and exit 2, never a traceback.
+Expected failures print one line, never a traceback: bad input (config, file, checkpoint) exits 2,
+a run that had to stop (:class:`~distar.errors.RunError`) exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import warnings
 from typing import Sequence
 
 from distar import __version__
 from distar.config import ConfigError
-from distar.errors import UserError
+from distar.errors import RunError, UserError
 
 #: (command, module under distar.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
@@ -43,18 +46,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a record is emitted (callers may swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+_show_warning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """distar's own warnings (e.g. skipped prompt rows) as one line; others as Python shows them."""
+    if category.__module__.startswith("distar"):
+        print(f"distar: warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+def configure_logging() -> None:
+    """Print distar's own info lines (which checkpoint a run resumed from, skipped steps) and
+    warnings on stderr, one line each; other libraries' loggers keep their levels."""
+    warnings.showwarning = _one_line_warning
+    log = logging.getLogger("distar")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("distar: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    configure_logging()
     module = importlib.import_module(f"distar.commands.{args._module}")
     try:
         return int(module.run(args) or 0)
     except (UserError, ConfigError, FileNotFoundError) as err:
         print(f"distar {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:
+        print(f"distar {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"distar {args.command}: interrupted", file=sys.stderr)
         return 130

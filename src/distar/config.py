@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -22,6 +24,21 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration problem, reported in one line."""
+
+
+#: Bounds on what a config file may expand to: nodes after aliases are resolved, and nesting depth.
+MAX_NODES = 100_000
+MAX_DEPTH = 32
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 40, 40, 4, 4, 2
+
+
+def _short(value: Any) -> str:
+    """A value's repr for a one-line message, cut to 60 characters."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _suggest(key: str, options: Sequence[str]) -> str:
@@ -50,32 +67,32 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
-            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
+            raise ConfigError(f"{where}: {_short(value)} is not one of {choices}")
         return value
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_short(value)}")
         args = get_args(tp)
         item = args[0] if args else Any
         items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple or tp is tuple else items
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_short(value)}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_short(value)}")
         return from_dict(tp, value, prefix=f"{where}.")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {_short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
@@ -84,11 +101,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_short(value)}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{where}: expected a finite number, got {_short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_short(value)}")
         return value
     return value
 
@@ -101,9 +120,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """
     presets = getattr(cls, "presets", None)
     if isinstance(presets, Mapping) and data.get("preset") is not None:
-        if data["preset"] not in presets:
+        if not isinstance(data["preset"], str) or data["preset"] not in presets:
             choices = ", ".join(presets)
-            raise ConfigError(f"{prefix}preset: unknown preset {data['preset']!r} (choose from {choices})")
+            raise ConfigError(f"{prefix}preset: unknown preset {_short(data['preset'])} (choose from {choices})")
         data = {**presets[data["preset"]], **data}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -131,20 +150,84 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML with string keys only and no duplicate keys (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.tag != "tag:yaml.org,2002:str":
+                shown = _short(key_node.value) if isinstance(key_node, yaml.ScalarNode) else f"({key_node.id})"
+                raise ConfigError(f"line {line}: key {shown} is not a string")
+            if key_node.value in seen:
+                raise ConfigError(f"line {line}: duplicate key '{_short(key_node.value)[1:-1]}'")
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_size(data: Any) -> None:
+    """Refuse documents that expand (through aliases) past :data:`MAX_NODES` or nest past :data:`MAX_DEPTH`."""
+    sizes: dict[int, int] = {}
+
+    def size(obj: Any, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"nested deeper than {MAX_DEPTH} levels")
+        if not isinstance(obj, (dict, list)):
+            return 1
+        if id(obj) in sizes:
+            if sizes[id(obj)] < 0:
+                raise ConfigError("a YAML alias refers to itself")
+            return sizes[id(obj)]
+        sizes[id(obj)] = -1
+        children = obj.values() if isinstance(obj, dict) else obj
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_NODES:
+                raise ConfigError(f"expands to more than {MAX_NODES} values (YAML aliases?)")
+        sizes[id(obj)] = total
+        return total
+
+    size(data, 0)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML strictly (see :class:`_StrictLoader`, :func:`_check_size`); errors name ``where``
+    and the line and column."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        _check_size(data)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{where}: invalid YAML{at} ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
+    return data
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, in place."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+            raise ConfigError(f"override '{_short(item)[1:-1]}' is not of the form key=value")
         key, raw = item.split("=", 1)
-        node = data
         parts = key.strip().split(".")
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"override '{_short(item)[1:-1]}': empty key")
+        node = data
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override '{key}': '{part}' is not a section")
+                raise ConfigError(f"override '{_short(key)[1:-1]}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = parse_yaml(raw, f"override '{_short(key)[1:-1]}'") if raw.strip() else ""
     return data
 
 
@@ -153,11 +236,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err.__class__.__name__})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
+        loaded = parse_yaml(text, str(path))
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = loaded or {}

@@ -1,10 +1,16 @@
-"""Errors shown to the user as one line (``distar`` exits with status 2 on them, never a traceback)."""
+"""Errors shown to the user as one line, never a traceback: ``distar`` exits with status 2 on a
+:class:`UserError` (or a :class:`~distar.config.ConfigError`), and with status 1 on a
+:class:`RunError`, a run that started and had to stop."""
 
 from __future__ import annotations
 
 
 class UserError(Exception):
     """An error caused by the user's input; printed as one line."""
+
+
+class RunError(RuntimeError):
+    """A run stopped for a reason reported in one line: non-finite steps, a failed checkpoint write."""
 
 
 def first_line(err: BaseException) -> str:

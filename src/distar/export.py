@@ -32,18 +32,19 @@ from distar.train.checkpoint import (
     GENERATOR_EMA_FILE,
     GENERATOR_FILE,
     TRAINER_STATE_FILE,
+    all_finite,
     list_checkpoints,
     replace_dir,
+    resolve_checkpoint,
 )
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A ``checkpoint-<step>/`` folder as given, or the latest one inside a run folder."""
+    """A ``checkpoint-<step>/`` folder as given, or the newest one inside a run folder; verified."""
     path = Path(path)
     if (path / GENERATOR_FILE).is_file():
-        return path
-    found = list_checkpoints(path)
-    if found:
-        return found[-1][1]
+        return resolve_checkpoint(str(path), path.parent)
+    if list_checkpoints(path):
+        return resolve_checkpoint("latest", path)
     raise FileNotFoundError(f"{path}: neither a training checkpoint (no {GENERATOR_FILE}) nor a run folder with one")
 
 
@@ -72,8 +73,11 @@ def _generator_from_checkpoint(
     weights = ckpt / GENERATOR_EMA_FILE if use_ema and (ckpt / GENERATOR_EMA_FILE).is_file() else ckpt / GENERATOR_FILE
     pipe = load_pipeline(cfg, dtype)
     generator = build_generator(cfg, pipe.unet, dtype)
+    state = load_file(weights)
+    if not all_finite(state.values()):
+        raise ConfigError(f"{weights}: holds non-finite weights")
     try:
-        load_trainable_state_dict(generator, load_file(weights), source=str(weights))
+        load_trainable_state_dict(generator, state, source=str(weights))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return pipe, generator, cfg

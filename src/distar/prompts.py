@@ -27,6 +27,9 @@ from distar.config import ConfigError
 #: Columns tried, in order, when ``read_prompts`` is not told which column holds the prompt.
 PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text")
 
+#: Longer prompts are skipped and reported (text encoders read 77 to a few hundred tokens).
+MAX_PROMPT_CHARS = 10_000
+
 FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json")
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -126,7 +129,12 @@ def _rows(source: str | Path, split: str, name: str | None) -> Iterator[tuple[in
         return _hub(str(source), split, name)
     if suffix not in FILE_SUFFIXES:
         raise PromptSourceError(f"{path}: unknown prompt file type (use one of {', '.join(FILE_SUFFIXES)})")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise PromptSourceError(f"{path}: not UTF-8 text (byte {err.start} cannot be decoded)") from None
+    if "\0" in text:
+        raise PromptSourceError(f"{path}: holds NUL bytes (a binary file?)")
     lines = text.splitlines(keepends=True)
     if suffix == ".txt":
         return _txt(lines)
@@ -197,7 +205,9 @@ def read_prompts(
     empty: list[tuple[int, str]] = []
     for number, record in rows:
         text = record.get(key, "")
-        if text.strip():
+        if len(text) > MAX_PROMPT_CHARS:
+            empty.append((number, f"'{key}' longer than {MAX_PROMPT_CHARS} characters"))
+        elif text.strip():
             prompts.append(text)
         else:
             empty.append((number, f"empty '{key}'"))

@@ -9,7 +9,7 @@ import yaml
 from distar.backends.lora import save_checkpoint_lora
 from distar.backends.weights import trainable_state_dict
 from distar.config import to_dict
-from distar.train.checkpoint import save_tensors
+from distar.train.checkpoint import save_tensors, write_manifest
 
 PROMPT = "a small red house"
 
@@ -30,4 +30,5 @@ def write_checkpoint(run_dir, cfg, backend, perturb, step=5, ema=True):
         save_tensors(averaged, folder / "generator_ema.safetensors")
     save_checkpoint_lora(backend.generator, folder, raw, averaged)
     (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+    write_manifest(folder)
     return folder, raw

@@ -17,6 +17,7 @@ from distar.backends.weights import load_trainable_state_dict, trainable_state_d
 from distar.cli import main
 from distar.config import ConfigError, to_dict
 from distar.export import METADATA_FILE, export_checkpoint, pipeline_from_checkpoint
+from distar.train.checkpoint import write_manifest
 from export_helpers import PROMPT, write_checkpoint
 
 
@@ -88,6 +89,7 @@ def test_generator_keys_are_checked_strictly(tiny_dir, tmp_path, perturb):
     folder, _ = write_checkpoint(tmp_path / "run", cfg, build_backend(cfg), perturb, ema=False)
     lora_cfg = ModelConfig(pretrained=cfg.pretrained, generator_lora_rank=4)
     (folder / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(lora_cfg)}))  # LoRA config, full weights
+    write_manifest(folder)
     with pytest.raises(ConfigError, match="does not match the trainable weights"):
         pipeline_from_checkpoint(folder)
     assert main(["export", str(folder), "--out", str(tmp_path / "x")]) == 2

@@ -148,3 +148,26 @@ def test_generator_init_hub_file_spec(tiny_dir, tmp_path, monkeypatch):
     backend = build_backend(cfg)
     assert calls == [("tianweiy/DMD2", "dmd2_sdxl_1step_unet_fp16.bin")]
     assert torch.equal(backend.generator.conv_in.weight, state["conv_in.weight"].float())
+
+
+class _Payload:
+    """Unpickling this would create a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_malicious_pickle_is_refused_in_one_line(tmp_path):
+    import pickle
+
+    from distar.backends.loading import read_state_dict
+    from distar.config import ConfigError
+
+    file = tmp_path / "unet.bin"
+    file.write_bytes(pickle.dumps({"w": _Payload(tmp_path / "pwned")}))
+    with pytest.raises(ConfigError, match=r"unet.bin: not a plain tensor checkpoint \(") as err:
+        read_state_dict(file)
+    assert "\n" not in str(err.value) and not (tmp_path / "pwned").exists()

@@ -36,15 +36,18 @@ def test_ikl_gradient_matches_closed_form_kl(world: GaussianWorld):
     expected = grads(gaussian_kl(*world.marginal(world.A, world.b), *world.ref_marginal()), world)
     _, eps, x0 = world.sample(N, torch.Generator().manual_seed(3))
     a, s = scalars(world, x0)
-    loss = generator_loss(x0, eps, a, s, world.fake_x0(), world.real_x0(), "ikl")
+    loss = generator_loss(
+        x0, eps, alpha_t=a, sigma_t=s, fake_x0=world.fake_x0(), real_x0=world.real_x0(), divergence="ikl"
+    )
     assert relative_error(grads(loss.mean(), world), expected) < 0.015
 
 
 def test_dmd2_normalisation_divides_each_sample(world: GaussianWorld):
     _, eps, x0 = world.sample(64, torch.Generator().manual_seed(4))
     a, s = scalars(world, x0)
-    plain = ikl_loss(x0, eps, a, s, world.fake_x0(), world.real_x0())
-    normed = ikl_loss(x0, eps, a, s, world.fake_x0(), world.real_x0(), normalize=True)
+    nets = dict(alpha_t=a, sigma_t=s, fake_x0=world.fake_x0(), real_x0=world.real_x0())
+    plain = ikl_loss(x0, eps, **nets)
+    normed = ikl_loss(x0, eps, **nets, normalize=True)
     real = world.real_x0()((a * x0 + s * eps).detach())
     torch.testing.assert_close(normed, plain / dmd2_normalizer(x0, real))
 
@@ -62,5 +65,5 @@ def test_cfg_reward_gradient_matches_closed_form(world: GaussianWorld):
     x_t = a * x0 + s * eps
     cond_x0 = world.x0_from_score_fn(*cond)(x_t)
     uncond_x0 = world.x0_from_score_fn(*uncond)(x_t)
-    loss = cfg_reward_loss(x_t, a, s, cond_x0, uncond_x0)
+    loss = cfg_reward_loss(x_t, alpha_t=a, sigma_t=s, cond_x0=cond_x0, uncond_x0=uncond_x0)
     assert relative_error(grads(loss.mean(), world), expected) < 0.015

@@ -8,7 +8,7 @@ from torch import nn
 
 from distar.config import ConfigError
 from distar.diffusion import ContinuousVPSchedule, cfg_combine
-from distar.objectives import PRESETS, DIStarLoss, divergence_weight, generator_loss, preset
+from distar.objectives import PRESETS, DIStarLoss, generator_loss, preset
 from distar.train.algorithm import assistant_losses, generator_losses
 
 
@@ -47,11 +47,16 @@ def test_table2_presets():
 def test_inner_cfg_uses_the_guided_reference():
     cfg = preset("sim", guidance_scale=3.0)
     x0, eps, a, s = batch()
-    terms = DIStarLoss(cfg)(x0, eps, a, s, fake, lambda x: ref_pair(x)[0], ref_pair)
+    terms = DIStarLoss(cfg)(
+        x0, eps, alpha_t=a, sigma_t=s, fake_x0=fake, ref_x0=lambda x: ref_pair(x)[0], ref_x0_pair=ref_pair
+    )
     A, S = a[:, None], s[:, None]
     c = cfg.huber_c * 2.0 * A[:, 0] / S[:, 0] ** 2  # x0_per_sqrt_dim with dim 4
-    w = divergence_weight("x0", "pseudo_huber", a, s)
-    expected = generator_loss(x0, eps, A, S, fake, lambda x: cfg_combine(*ref_pair(x), 3.0), "pseudo_huber", c, w)
+    w = s**2 / a  # weighting x0 for pseudo-Huber
+    expected = generator_loss(
+        x0, eps, alpha_t=A, sigma_t=S, fake_x0=fake, real_x0=lambda x: cfg_combine(*ref_pair(x), 3.0),
+        divergence="pseudo_huber", huber_c=c, weight=w,
+    )
     torch.testing.assert_close(terms["loss"], expected)
     assert set(terms) == {"loss", "divergence"}
 
@@ -66,7 +71,10 @@ def test_outer_cfg_adds_the_implicit_reward_with_one_reference_call():
         return ref_pair(x)
 
     reward = (x0**2).sum(1)
-    terms = DIStarLoss(cfg)(x0, eps, a, s, fake, lambda x: ref_pair(x)[0], counted_pair, reward)
+    terms = DIStarLoss(cfg)(
+        x0, eps, alpha_t=a, sigma_t=s, fake_x0=fake, ref_x0=lambda x: ref_pair(x)[0], ref_x0_pair=counted_pair,
+        reward=reward,
+    )
     assert len(calls) == 1
     torch.testing.assert_close(
         terms["loss"], terms["divergence"] + cfg.cfg_reward_scale * terms["cfg"] - 2.0 * reward
@@ -139,7 +147,7 @@ def test_algorithm1_losses_route_gradients():
             return images.sum(1)
 
     world.assistant.zero_grad(set_to_none=True)
-    terms = generator_losses(world, cond, prompts, z, SumReward(), preset("di_star", reward_scale=1.0))
+    terms = generator_losses(world, cond, prompts, z, SumReward(), DIStarLoss(preset("di_star", reward_scale=1.0)))
     assert {"loss", "divergence", "reward"} <= set(terms) and terms["loss"].shape == (3,)
     terms["loss"].mean().backward()
     assert world.generator.weight.grad is not None and world.generator.weight.grad.abs().sum() > 0

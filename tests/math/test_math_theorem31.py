@@ -28,9 +28,14 @@ def tractable_grad(world: GaussianWorld, divergence: str = "", dist: ScoreDiverg
     _, eps, x0 = world.sample(N, g)
     a, s = torch.tensor(world.alpha, dtype=x0.dtype), torch.tensor(world.sigma, dtype=x0.dtype)
     if dist is None:
-        loss = generator_loss(x0, eps, a, s, world.fake_x0(), world.real_x0(), divergence, huber_c=HUBER_C)
+        loss = generator_loss(
+            x0, eps, alpha_t=a, sigma_t=s, fake_x0=world.fake_x0(), real_x0=world.real_x0(),
+            divergence=divergence, huber_c=HUBER_C,
+        )
     else:
-        loss = score_divergence_loss(x0, eps, a, s, world.fake_x0(), world.real_x0(), dist)
+        loss = score_divergence_loss(
+            x0, eps, alpha_t=a, sigma_t=s, fake_x0=world.fake_x0(), real_x0=world.real_x0(), divergence=dist
+        )
     assert loss.shape == (N,)
     return torch.cat([t.flatten() for t in torch.autograd.grad(loss.mean(), [world.A, world.b])])
 

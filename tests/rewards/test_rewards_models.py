@@ -139,6 +139,18 @@ def test_text_cache_is_bounded_and_cleared_on_move(tiny_paths: dict[str, Path]) 
     assert not reward.text_cache.entries
 
 
+def test_text_embedding_bits_do_not_depend_on_batch_partners(tiny_paths: dict[str, Path]) -> None:
+    """A resumed run refills the cache beside other prompts: the entry must be bit-identical."""
+    reward = load_reward("pickscore", path=str(tiny_paths["pickscore"]))
+    short, long = "a cat", "an oil painting of a lighthouse at dusk, studio lighting, very detailed"
+    beside_long = reward.text_embeddings([short, long])[0]
+    reward.text_cache.clear()
+    beside_short = reward.text_embeddings(["a dog", short])[1]
+    reward.text_cache.clear()
+    assert torch.equal(beside_long, beside_short)
+    assert torch.equal(beside_long, reward.text_embeddings([short])[0])
+
+
 def test_hps_converted_folder_loads_like_the_checkpoint(
     tiny_paths: dict[str, Path], tmp_path: Path, images, prompts
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -138,13 +137,13 @@ def test_queued_request_is_dropped_when_the_same_client_sends_a_newer_one(server
     assert {results[f"t{i}"][0] for i in range(2)} <= {200, 409}
 
 
-def test_remote_host_needs_a_flag_and_a_missing_extra_says_what_to_install():
-    remote = subprocess.run(
-        [sys.executable, "-m", "distar", "serve", "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60
-    )
-    assert remote.returncode == 2 and "--allow-remote" in remote.stderr
-    assert len(remote.stderr.strip().splitlines()) == 1
-    code = "import sys; sys.modules['uvicorn'] = None; from distar.cli import main; sys.exit(main(['serve']))"
-    missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 2 and "pip install 'distar[serve]'" in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1
+def test_remote_host_needs_a_flag_and_a_missing_extra_says_what_to_install(monkeypatch, capsys):
+    from distar.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--allow-remote" in err and len(err.splitlines()) == 1
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the serve extra were not installed
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'distar[serve]'" in err and len(err.splitlines()) == 1

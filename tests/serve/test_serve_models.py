@@ -13,7 +13,7 @@ from distar.config import to_dict
 from distar.export import export_checkpoint
 from distar.serve.app import GenerateRequest, generate
 from distar.serve.models import load_models
-from distar.train.checkpoint import save_tensors
+from distar.train.checkpoint import save_tensors, write_manifest
 
 PROMPT = "a red house"
 
@@ -36,6 +36,7 @@ def tiny_run(tmp_path_factory):
     save_tensors(trainable_state_dict(backend.generator), checkpoint / "generator_ema.safetensors")
     (checkpoint / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(cfg)}))
     (checkpoint / "trainer_state.json").write_text('{"step": 2}')
+    write_manifest(checkpoint)
     return reference, root / "run", export_checkpoint(checkpoint, root / "export"), expected
 
 

@@ -1,4 +1,4 @@
-"""Checkpoint helpers: RNG state, latest resolution, pruning, atomic replace, trainable-weight files."""
+"""Checkpoint helpers: RNG state, manifests, latest resolution, atomic pruning and replace, one run per folder."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from distar.config import ConfigError
 from distar.train import checkpoint as ckpt
 
 
@@ -27,33 +28,95 @@ def test_rng_state_round_trips_through_json():
     assert draws() == expected
 
 
-def make_checkpoint(root, step: int):
+def make_checkpoint(root, step: int, manifest: bool = True):
     path = root / f"checkpoint-{step}"
     path.mkdir(parents=True)
     (path / ckpt.TRAINER_STATE_FILE).write_text(json.dumps({"step": step}))
+    ckpt.save_tensors({"w": torch.arange(64.0)}, path / ckpt.GENERATOR_FILE)
+    if manifest:
+        ckpt.write_manifest(path)
     return path
 
 
-def test_latest_is_the_highest_complete_step(tmp_path):
+def test_latest_is_the_highest_step_that_verifies(tmp_path, caplog):
     assert ckpt.resolve_checkpoint("latest", tmp_path) is None
     for step in (2, 10, 4):
         make_checkpoint(tmp_path, step)
-    (tmp_path / "checkpoint-20").mkdir()  # incomplete: no trainer_state.json
+    make_checkpoint(tmp_path, 20, manifest=False)  # killed before its manifest (cannot happen under this name)
     (tmp_path / ".checkpoint-30.tmp").mkdir()  # a save in progress
-    assert ckpt.resolve_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-10"
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 4, 10]
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 4, 10, 20]
+    with caplog.at_level("WARNING", logger="distar"):
+        assert ckpt.resolve_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-10"
+    assert "checkpoint-20/manifest.json: missing" in caplog.text
     assert ckpt.resolve_checkpoint(str(tmp_path / "checkpoint-4"), tmp_path) == tmp_path / "checkpoint-4"
-    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint-20 does not verify: .*manifest.json: missing"):
         ckpt.resolve_checkpoint(str(tmp_path / "checkpoint-20"), tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="not a checkpoint folder"):
+        ckpt.resolve_checkpoint(str(tmp_path / "nope"), tmp_path)
 
 
-def test_prune_keeps_the_newest(tmp_path):
+def flip_bit(file, offset: int = -5) -> None:
+    data = bytearray(file.read_bytes())
+    data[offset] ^= 1
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda p: flip_bit(p / ckpt.GENERATOR_FILE), "generator.safetensors: SHA-256 does not match"),
+        (lambda p: (p / ckpt.GENERATOR_FILE).write_bytes(b"\xff" * 9), "generator.safetensors: 9 bytes"),
+        (lambda p: (p / ckpt.TRAINER_STATE_FILE).unlink(), "trainer_state.json: missing"),
+        (lambda p: (p / ckpt.MANIFEST_FILE).write_text("{garbage"), "manifest.json: unreadable"),
+        (lambda p: (p / ckpt.MANIFEST_FILE).write_text('{"files": {}}'), "lists no trainer_state.json"),
+    ],
+)
+def test_damaged_checkpoints_are_named_and_skipped(tmp_path, damage, reason):
+    make_checkpoint(tmp_path, 2)
+    damage(make_checkpoint(tmp_path, 4))
+    assert ckpt.resolve_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-2"
+    with pytest.raises(ckpt.CheckpointError, match=reason):
+        ckpt.resolve_checkpoint(str(tmp_path / "checkpoint-4"), tmp_path)
+    damage(tmp_path / "checkpoint-2")
+    with pytest.raises(ckpt.CheckpointError, match="none of the 2 checkpoint"):
+        ckpt.resolve_checkpoint("latest", tmp_path)
+
+
+def test_a_second_verification_notices_a_change(tmp_path):
+    path = make_checkpoint(tmp_path, 3)
+    assert ckpt.verify_checkpoint(path) is None and ckpt.verify_checkpoint(path) is None
+    flip_bit(path / ckpt.GENERATOR_FILE)
+    assert "SHA-256" in ckpt.verify_checkpoint(path)
+
+
+def test_prune_keeps_the_newest_and_leaves_nothing_behind(tmp_path):
     for step in (1, 2, 3, 4):
         make_checkpoint(tmp_path, step)
     removed = ckpt.prune_checkpoints(tmp_path, 2)
     assert [p.name for p in removed] == ["checkpoint-1", "checkpoint-2"]
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "checkpoint-4"]
     assert ckpt.prune_checkpoints(tmp_path, None) == []
+
+
+def test_leftovers_of_interrupted_saves_and_prunings_are_removed(tmp_path):
+    make_checkpoint(tmp_path, 1)
+    (tmp_path / ".checkpoint-2.tmp").mkdir()
+    (tmp_path / ".trash-checkpoint-0").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert sorted(p.name for p in ckpt.remove_leftovers(tmp_path)) == [".checkpoint-2.tmp", ".trash-checkpoint-0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "notes.txt"]
+
+
+def test_one_run_per_folder(tmp_path):
+    ckpt.check_new_run(tmp_path / "new", overwrite=False)
+    make_checkpoint(tmp_path, 1)
+    (tmp_path / ckpt.LOG_FILE).write_text("")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already holds a run: pass --resume latest .* or --overwrite"):
+        ckpt.check_new_run(tmp_path, overwrite=False)
+    ckpt.check_new_run(tmp_path, overwrite=True)
+    ckpt.clear_run(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and not ckpt.holds_run(tmp_path)
 
 
 def test_replace_dir_swaps_in_the_new_folder(tmp_path):
@@ -76,7 +139,10 @@ def test_trainable_weights_by_state_dict_name(tmp_path):
     ckpt.save_tensors(dict(zip(names, trainable)), tmp_path / "w.safetensors")
     loaded = ckpt.load_tensors(tmp_path / "w.safetensors", names)
     assert all(torch.equal(a, b) for a, b in zip(loaded, trainable))
-    with pytest.raises(ValueError, match="keys do not match"):
+    with pytest.raises(ckpt.CheckpointError, match="keys do not match"):
         ckpt.load_tensors(tmp_path / "w.safetensors", ["1.weight"])
+    (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ckpt.CheckpointError, match="bad.safetensors: not a readable safetensors file"):
+        ckpt.load_tensors(tmp_path / "bad.safetensors", names)
     with pytest.raises(ValueError, match="not parameters of Sequential"):
         ckpt.parameter_names(model, [nn.Parameter(torch.zeros(1))])

@@ -12,6 +12,8 @@ from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config
 from safetensors.torch import load_file
 
 from distar.config import ConfigError
+from distar.errors import RunError
+from distar.objectives import DIStarLoss
 from distar.train import Trainer
 from distar.train.algorithm import assistant_losses, generator_losses
 from distar.train.data import PromptStream
@@ -80,7 +82,7 @@ def test_matches_a_plain_reimplementation_of_algorithm_1(tmp_path):
             update("assistant", assistant_losses(backend, cond, z, config.objective)["loss"].mean())
         prompts = stream.next_batch()
         cond, z = backend.encode_prompts(prompts), backend.sample_latents(len(prompts))
-        update("generator", generator_losses(backend, cond, prompts, z, reward, config.objective)["loss"].mean())
+        update("generator", generator_losses(backend, cond, prompts, z, reward, DIStarLoss(config.objective))["loss"].mean())
 
     for name, module in models.items():
         for expected, got in zip(module.parameters(), getattr(trained, name).parameters()):
@@ -199,3 +201,145 @@ def test_wandb_needs_its_package(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match="logging.wandb: needs the wandb package"):
         Trainer(make_config(tmp_path, logging={"wandb": True}), GaussianBackend(), MeanReward(), PROMPTS)
+
+
+def strict_json_lines(path):
+    """Every line of a log parsed as strict JSON (a bare NaN or Infinity token raises)."""
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_a_torn_log_line_and_a_corrupted_newest_checkpoint_do_not_stop_an_exact_resume(tmp_path, caplog):
+    _, records = run(tmp_path / "straight", 6)
+    run(tmp_path / "split", 5, checkpointing={"every": 2, "save_final": False})
+    split = tmp_path / "split"
+    with (split / "log.jsonl").open("a") as f:
+        f.write('{"step": 6, "assistant/lo')  # killed while writing a line
+    damaged = split / "checkpoint-4" / "generator.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-3] + b"\x00\x00\x00")
+    with caplog.at_level("WARNING", logger="distar"):
+        resumed, tail = run(split, 6, resume="latest")
+    assert "checkpoint-4/generator.safetensors: SHA-256 does not match" in caplog.text
+    assert [r["step"] for r in tail] == [3, 4, 5, 6]  # from checkpoint-2
+    assert losses(strict_json_lines(split / "log.jsonl")) == losses(records)
+
+
+def poisoned_reward(bad_calls):
+    """MeanReward, but NaN on the given (0-based) calls."""
+    calls = iter(range(10**6))
+
+    class Poisoned(MeanReward):
+        def score(self, images, prompts):
+            value = super().score(images, prompts)
+            return value * float("nan") if next(calls) in bad_calls else value
+
+    return Poisoned()
+
+
+def test_a_non_finite_step_is_skipped_logged_and_counted(tmp_path, caplog):
+    config = make_config(tmp_path, ema={"decay": 0.5}, loop={"max_steps": 4, "assistant_steps": 1})
+    trainer = Trainer(config, GaussianBackend(), poisoned_reward({1}), PROMPTS)
+    trainer.train_step()
+    generator, shadow = clone_params(trainer.backend.generator), [s.clone() for s in trainer.ema.shadow_params]
+    with caplog.at_level("WARNING", logger="distar"):
+        logs = trainer.train_step()
+    assert "step 2: skipped 1 non-finite update(s) (generator)" in caplog.text
+    assert not torch.isfinite(logs["generator/loss"])
+    assert all(torch.equal(a, b) for a, b in zip(generator, trainer.backend.generator.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(shadow, trainer.ema.shadow_params))
+    assert (trainer.bad_steps, trainer.consecutive_bad_steps) == (1, 1)
+    trainer.train_step()
+    assert (trainer.bad_steps, trainer.consecutive_bad_steps) == (1, 0)
+    assert not all(torch.equal(a, b) for a, b in zip(generator, trainer.backend.generator.parameters()))
+
+
+@pytest.mark.parametrize(
+    "every, message",
+    [
+        # lr 1e30 with weight decay sends the weights to ±inf at step 2 (whose assistant update already
+        # overflows and is skipped); every loss is NaN after.
+        (10, r"stopped at step 4: 3 steps in a row with a non-finite loss .*max_bad_steps = 3\); no checkpoint"),
+        (1, r"step 2: non-finite weights in generator.safetensors: checkpoint-2 not written; last checkpoint: .*-1$"),
+    ],
+)
+def test_lr_1e30_stops_the_run_without_a_non_finite_checkpoint(tmp_path, every, message):
+    config = make_config(
+        tmp_path,
+        optim={"generator": {"lr": 1e30}},
+        loop={"max_steps": 20, "assistant_steps": 1, "max_bad_steps": 3},
+        checkpointing={"every": every},
+        logging={"every": 4},
+    )
+    with pytest.raises(RunError, match=message):
+        Trainer(config, GaussianBackend(), MeanReward(), PROMPTS).train()
+    logged = strict_json_lines(tmp_path / "log.jsonl")
+    assert [r["step"] for r in logged] == list(range(1, len(logged) + 1))
+    if every == 10:
+        assert [r.get("skipped_updates", 0) for r in logged] == [0, 1, 2, 2]
+        assert logged[-1]["generator/loss"] is None
+    for folder in tmp_path.glob("checkpoint-*"):
+        for file in folder.glob("*.safetensors"):
+            assert all(torch.isfinite(t).all() for t in load_file(file).values()), file
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    trainer = Trainer(make_config(tmp_path), GaussianBackend(), MeanReward(), PROMPTS)
+    trainer.train_step()
+    with torch.no_grad():
+        trainer.backend.generator.b[0] = float("inf")
+    with pytest.raises(RunError, match="non-finite weights in generator.safetensors: checkpoint-1 not written"):
+        trainer.save_checkpoint()
+    assert not list(tmp_path.glob("*checkpoint-*"))
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from distar.train import checkpoint as ckpt
+
+    trainer = Trainer(make_config(tmp_path), GaussianBackend(), MeanReward(), PROMPTS)
+    trainer.train_step()
+    trainer.save_checkpoint()
+    trainer.train_step()
+    real = ckpt.save_tensors
+
+    def full(tensors, path):
+        real(tensors, path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_tensors", full)
+    with pytest.raises(RunError, match=r"could not write .*checkpoint-2 \(No space left on device\); last checkpoint: .*checkpoint-1$"):
+        trainer.save_checkpoint()
+    assert sorted(p.name for p in tmp_path.glob("*checkpoint-*")) == ["checkpoint-1"]
+    assert ckpt.verify_checkpoint(tmp_path / "checkpoint-1") is None
+
+
+def test_a_folder_holds_one_run(tmp_path):
+    run(tmp_path, 2)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(tmp_path, 2)
+    config = make_config(tmp_path, loop={"max_steps": 3})
+    records = Trainer(config, GaussianBackend(), MeanReward(), PROMPTS).train(overwrite=True)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3"]
+
+
+def test_a_malicious_optimizer_pickle_is_refused_in_one_line(tmp_path):
+    import pickle
+
+    from distar.train import checkpoint as ckpt
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    run(tmp_path, 2)
+    folder = tmp_path / "checkpoint-2"
+    (folder / "optimizer.bin").write_bytes(pickle.dumps({"state": Payload()}))
+    ckpt.write_manifest(folder)  # a crafted checkpoint, not a corrupted one: the manifest matches
+    with pytest.raises(ckpt.CheckpointError, match="optimizer/scheduler state cannot be loaded") as err:
+        run(tmp_path, 4, resume="latest")
+    assert "\n" not in str(err.value) and not (tmp_path / "pwned").exists()

@@ -146,7 +146,10 @@ def read_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
     file = Path(file)
     if file.suffix == ".safetensors":
         return load_file(file)
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a refused pickle raises one of many types; its message matters
+        raise ConfigError(f"{file}: not a plain tensor checkpoint ({first_line(err)[:200]})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{file}: expected a flat state dict of tensors")
     return dict(state)

@@ -17,11 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="key=value",
         help="dotted overrides, e.g. optim.generator.lr=1e-6 loop.max_steps=10",
     )
-    parser.add_argument(
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
         "--resume",
         metavar="latest|PATH",
-        help="continue from the newest checkpoint in output_dir ('latest'; starts fresh if there is none) "
-        "or from a checkpoint folder",
+        help="continue from the newest checkpoint in output_dir that verifies ('latest'; starts fresh if "
+        "there is none) or from a checkpoint folder",
+    )
+    start.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in output_dir (its checkpoints and log)"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
@@ -36,14 +40,21 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
-    from distar.train.checkpoint import resolve_checkpoint
+    from distar.paths import writable_dir
+    from distar.train import checkpoint as ckpt
+    from distar.train.build import load_prompts
 
-    if args.resume is not None:
-        resolve_checkpoint(args.resume, config.output_dir)  # a bad path fails before anything loads
+    # Every input is checked before a model is built.
+    writable_dir(config.output_dir, "output_dir")
+    prompts = load_prompts(config.data)
+    if args.resume is None:
+        ckpt.check_new_run(config.output_dir, overwrite=args.overwrite)
+    else:
+        ckpt.resolve_checkpoint(args.resume, config.output_dir)  # verified again (from a cache) on load
     from distar.train.build import build_trainer
 
-    trainer = build_trainer(config)
-    records = trainer.train(resume=args.resume)
+    trainer = build_trainer(config, prompts=prompts)
+    records = trainer.train(resume=args.resume, overwrite=args.overwrite)
     if trainer.accelerator.is_main_process and records:
         last = records[-1]
         losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith("/loss"))

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
-import yaml
 from torch import Tensor
 
-from distar.config import ConfigError, field, from_dict
+from distar.config import ConfigError, field, from_dict, parse_yaml
 from distar.errors import first_line
+from distar.paths import safe_name
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -54,11 +54,12 @@ class ModelSpec:
             raise ConfigError("model: path is empty")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"model {self.path}: steps must be ≥ 1, got {self.steps}")
+        safe_name(self.label, f"model {self.path}: name")  # results go to <out>/<label>/
 
     @property
     def label(self) -> str:
         """A file-system-safe name: ``name`` if given, else the last part of the path."""
-        raw = self.name or Path(self.path.rstrip("/")).name or self.path
+        raw = self.name or Path(self.path.rstrip("/")).resolve().name or self.path
         return re.sub(r"[^A-Za-z0-9._+-]+", "_", raw)
 
 
@@ -84,7 +85,7 @@ def parse_model_spec(text: str) -> ModelSpec:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"model option '{item}' is not of the form key=value (in '{text}')")
-        data[key.strip()] = yaml.safe_load(value)
+        data[key.strip()] = parse_yaml(value, f"model option '{key.strip()}'")
     if isinstance(data.get("timesteps"), int):
         data["timesteps"] = [data["timesteps"]]
     if isinstance(data.get("name"), (int, float)):

@@ -1,90 +1,95 @@
-"""Theorem 3.1 and 3.2 of Diff-Instruct*: tractable generator losses (di-star-math.md §4, §5).
+"""The generator loss of Diff-Instruct*, Eq. (3.4), with its reward, CFG and divergence terms
+(di-star-math.md §3-§6): Theorem 3.1, the implicit CFG reward of Theorem 3.2, the IKL baselines,
+and :class:`DIStarLoss`, the whole per-batch objective of an :class:`ObjectiveConfig`.
 
 Legend (paper symbols): ``x0 = g_θ(z, c)`` generator sample (carries the graph to θ), ``noise`` = ε,
-``x_t = α_t x0 + σ_t ε`` (2.1), ``fake_x0``/``real_x0`` callables x_t ↦ x̂0 of the assistant s_ψ and the
-reference s_ref (frozen parameters; the graph through their *input* is kept),
-``y_t = s_ψ(x_t) − s_ref(x_t)``, ``delta = x̂0_ψ − x̂0_ref`` so that y_t = (α_t/σ_t²) delta.
-All losses return per-sample values of shape (B,); the caller reduces.
+``x_t = α_t x0 + σ_t ε`` (2.1), ``fake``/``real`` the x0-predictions x̂0 of the assistant s_ψ and the
+reference s_ref at x_t (frozen parameters; the graph through their *input* is kept), ``fake_x0`` /
+``real_x0`` callables x_t ↦ x̂0, ``y_t = s_ψ(x_t) − s_ref(x_t)``. The distances d, d′ and the weights
+w(t) are in :mod:`distar.objectives.divergences`. Every loss returns per-sample values of shape (B,);
+the caller reduces.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from distar.diffusion.guidance import cfg_combine
 from distar.diffusion.param import score_from_x0
-from distar.objectives.divergences import L2, PseudoHuber, ScoreDivergence, apply_weight
-from distar.objectives.ikl import ikl_loss
+from distar.diffusion.schedule import expand_like
+from distar.objectives.divergences import IKL, DivergenceName, ScoreDivergence, make_divergence
+from distar.objectives.presets import ObjectiveConfig
 
 X0Fn = Callable[[Tensor], Tensor]
-Divergence = Literal["pseudo_huber", "l2", "ikl"]
+X0PairFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
-def make_divergence(divergence: Divergence, huber_c: Tensor | float = 1.0) -> ScoreDivergence:
-    """The d(y) of Eq. (3.2) by name (``"ikl"`` is not a score divergence; see :func:`ikl_loss`)."""
-    if divergence == "l2":
-        return L2()
-    if divergence == "pseudo_huber":
-        return PseudoHuber(huber_c)
-    raise ValueError(f"unknown score divergence {divergence!r} (expected 'pseudo_huber' or 'l2')")
+def apply_weight(term: Tensor, weight: Tensor | float | None) -> Tensor:
+    """w(t) · term for a per-sample term (B,) and a scalar, (B,) or absent weight."""
+    if weight is None:
+        return term
+    return torch.as_tensor(weight, dtype=term.dtype, device=term.device) * term
 
 
-def score_divergence_loss(
-    x0: Tensor,
+def score_divergence_term(
+    x_t: Tensor,
     noise: Tensor,
+    *,
     alpha_t: Tensor,
     sigma_t: Tensor,
-    fake_x0: X0Fn,
-    real_x0: X0Fn,
-    dist: ScoreDivergence,
+    fake: Tensor,
+    real: Tensor,
+    divergence: ScoreDivergence,
     weight: Tensor | float | None = None,
 ) -> Tensor:
     """Eq. (3.4) without its reward term: −w(t) d'(y_t(x_t))ᵀ {s_ψ(x_t) − ∇_{x_t} log q_t(x_t | x0)}.
 
-    Its θ-gradient equals that of the score divergence (3.3) with the sampling distribution frozen
-    (Theorem 3.1), provided the gradient flows through x_t into *both* score networks' inputs — so
-    ``d'(y_t)`` is deliberately not detached. ∇ log q_t(x_t | x0) = −ε/σ_t carries no gradient.
+    ``fake`` and ``real`` must be computed from ``x_t`` with the graph kept: the θ-gradient equals that
+    of the score divergence (3.3) with the sampling distribution frozen (Theorem 3.1) only when it
+    flows through x_t into *both* score networks' inputs, so ``d'(y_t)`` is deliberately not detached.
+    ∇ log q_t(x_t | x0) = −ε/σ_t carries no gradient.
     """
-    x_t = alpha_t * x0 + sigma_t * noise
-    fake = fake_x0(x_t)
-    real = real_x0(x_t)
-    y_t = score_from_x0(x_t, fake, alpha_t, sigma_t) - score_from_x0(x_t, real, alpha_t, sigma_t)
-    s_fake_minus_cond = score_from_x0(x_t, fake, alpha_t, sigma_t) + noise / sigma_t
-    term = (dist.d_prime(y_t) * s_fake_minus_cond).flatten(1).sum(dim=1)
+    s_fake = score_from_x0(x_t, fake, alpha_t, sigma_t)
+    y_t = s_fake - score_from_x0(x_t, real, alpha_t, sigma_t)
+    term = (divergence.d_prime(y_t) * (s_fake + noise / sigma_t)).flatten(1).sum(dim=1)
     return -apply_weight(term, weight)
 
 
-def generator_loss(
+def ikl_term(
+    x_t: Tensor,
     x0: Tensor,
-    noise: Tensor,
+    *,
     alpha_t: Tensor,
     sigma_t: Tensor,
-    fake_x0: X0Fn,
-    real_x0: X0Fn,
-    divergence: Divergence = "pseudo_huber",
-    huber_c: Tensor | float = 1.0,
-    weight: Tensor | float | None = None,
+    fake: Tensor,
+    real: Tensor,
     normalize: bool = False,
+    weight: Tensor | float | None = None,
 ) -> Tensor:
-    """The divergence part of the generator loss, per sample (B,).
+    """§6: L_IKL = w(t) sg(s_ψ(x_t) − s_ref(x_t))ᵀ x_t, per sample (B,); gradient through x_t only.
 
-    ``"l2"``/``"pseudo_huber"``: Theorem 3.1, loss (3.4) without the reward term, d(y) = ‖y‖² or
-    sqrt(‖y‖² + c²) − c with c = ``huber_c`` in score units. ``"ikl"``: the Integral-KL loss of §6.
-    ``alpha_t``/``sigma_t`` must broadcast against ``x0``; ``weight`` is w(t), scalar or (B,);
-    ``normalize`` (IKL only) applies DMD2's per-sample normalisation.
+    Its θ-gradient is that of ∫ w(t) KL(p_θ,t ‖ p_ref,t) dt (the score-parameter term vanishes in
+    expectation). ``normalize=True`` divides each sample by DMD2's mean|x0 − x̂0_ref|.
     """
-    if divergence == "ikl":
-        return ikl_loss(x0, noise, alpha_t, sigma_t, fake_x0, real_x0, weight, normalize)
+    x_in = x_t.detach()
+    y_t = (score_from_x0(x_in, fake, alpha_t, sigma_t) - score_from_x0(x_in, real, alpha_t, sigma_t)).detach()
+    term = (y_t * x_t).flatten(1).sum(dim=1)
     if normalize:
-        raise ValueError("per-sample normalisation is defined for the IKL divergence only")
-    dist = make_divergence(divergence, huber_c)
-    return score_divergence_loss(x0, noise, alpha_t, sigma_t, fake_x0, real_x0, dist, weight)
+        term = term / dmd2_normalizer(x0, real)
+    return apply_weight(term, weight)
+
+
+def dmd2_normalizer(x0: Tensor, real_x0: Tensor) -> Tensor:
+    """DMD2's per-sample normaliser mean|x0 − x̂0_ref| over sample dimensions, shape (B,), detached."""
+    return (x0 - real_x0).detach().abs().flatten(1).mean(dim=1).clamp_min(1e-12)
 
 
 def cfg_reward_loss(
     x_t: Tensor,
+    *,
     alpha_t: Tensor,
     sigma_t: Tensor,
     cond_x0: Tensor,
@@ -103,3 +108,152 @@ def cfg_reward_loss(
 def reward_loss(reward: Tensor, reward_scale: float) -> Tensor:
     """The reward term of Eq. (3.1)/(3.4): −α r(x0, c), per sample (B,)."""
     return -reward_scale * reward
+
+
+def score_divergence_loss(
+    x0: Tensor,
+    noise: Tensor,
+    *,
+    alpha_t: Tensor,
+    sigma_t: Tensor,
+    fake_x0: X0Fn,
+    real_x0: X0Fn,
+    divergence: ScoreDivergence,
+    weight: Tensor | float | None = None,
+) -> Tensor:
+    """:func:`score_divergence_term` at x_t = α_t x0 + σ_t ε, with the networks as callables."""
+    x_t = alpha_t * x0 + sigma_t * noise
+    return score_divergence_term(
+        x_t, noise, alpha_t=alpha_t, sigma_t=sigma_t, fake=fake_x0(x_t), real=real_x0(x_t),
+        divergence=divergence, weight=weight,
+    )
+
+
+def ikl_loss(
+    x0: Tensor,
+    noise: Tensor,
+    *,
+    alpha_t: Tensor,
+    sigma_t: Tensor,
+    fake_x0: X0Fn,
+    real_x0: X0Fn,
+    weight: Tensor | float | None = None,
+    normalize: bool = False,
+) -> Tensor:
+    """:func:`ikl_term` at x_t = α_t x0 + σ_t ε; the networks run without a graph (sg)."""
+    x_t = alpha_t * x0 + sigma_t * noise
+    with torch.no_grad():
+        real = real_x0(x_t.detach())
+        fake = fake_x0(x_t.detach())
+    return ikl_term(
+        x_t, x0, alpha_t=alpha_t, sigma_t=sigma_t, fake=fake, real=real, normalize=normalize, weight=weight
+    )
+
+
+def generator_loss(
+    x0: Tensor,
+    noise: Tensor,
+    *,
+    alpha_t: Tensor,
+    sigma_t: Tensor,
+    fake_x0: X0Fn,
+    real_x0: X0Fn,
+    divergence: DivergenceName = "pseudo_huber",
+    huber_c: Tensor | float = 1.0,
+    weight: Tensor | float | None = None,
+    normalize: bool = False,
+) -> Tensor:
+    """The divergence part of the generator loss, per sample (B,).
+
+    ``"l2"``/``"pseudo_huber"``: Theorem 3.1, loss (3.4) without the reward term, d(y) = ‖y‖² or
+    sqrt(‖y‖² + c²) − c with c = ``huber_c`` in score units. ``"ikl"``: the Integral-KL loss of §6.
+    ``alpha_t``/``sigma_t`` must broadcast against ``x0``; ``weight`` is w(t), scalar or (B,);
+    ``normalize`` (IKL only) applies DMD2's per-sample normalisation.
+    """
+    dist = make_divergence(divergence, huber_c=huber_c, normalize=normalize)
+    nets = dict(alpha_t=alpha_t, sigma_t=sigma_t, fake_x0=fake_x0, real_x0=real_x0, weight=weight)
+    if isinstance(dist, IKL):
+        return ikl_loss(x0, noise, normalize=normalize, **nets)
+    return score_divergence_loss(x0, noise, divergence=dist, **nets)
+
+
+class DIStarLoss:
+    """Per-sample terms of the generator loss of an :class:`ObjectiveConfig`; build once per run.
+
+    The divergence term (3.4) takes the reference CFG-enhanced inside y_t (inner, 3.5) or plain
+    (outer); then minus α times the reward (3.1), plus α_cfg times the implicit CFG-reward loss
+    (3.6-3.7) in outer mode. It only sees tensors and callables, never a network.
+    """
+
+    def __init__(self, config: ObjectiveConfig) -> None:
+        self.config = config
+        self.divergence = make_divergence(
+            config.divergence, huber_c=config.huber_c, huber_units=config.huber_c_units, normalize=config.normalize
+        )
+        self.uses_reward = config.reward_scale != 0.0
+        self.outer_cfg = config.cfg_mode == "outer"
+        self.cfg_form = IKL()  # (3.6-3.7) has the form of IKL, sg(score difference)ᵀ x_t, and takes its w(t)
+
+    def reference(self, x_t: Tensor, ref_x0: X0Fn, ref_x0_pair: X0PairFn) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """x̂0_ref at x_t for y_t, and the (conditional, unconditional) pair when outer CFG needs it.
+
+        Inner: the guided reference (3.5), one plain call when ω = 1. Outer: one paired call serves
+        both (3.4), through its conditional half, and (3.6)."""
+        cfg = self.config
+        if self.outer_cfg:
+            pair = ref_x0_pair(x_t)
+            return pair[0], pair
+        if cfg.guidance_scale == 1.0:
+            return ref_x0(x_t), None
+        return cfg_combine(*ref_x0_pair(x_t), cfg.guidance_scale), None
+
+    def __call__(
+        self,
+        x0: Tensor,
+        noise: Tensor,
+        *,
+        alpha_t: Tensor,
+        sigma_t: Tensor,
+        fake_x0: X0Fn,
+        ref_x0: X0Fn,
+        ref_x0_pair: X0PairFn,
+        reward: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Terms for ``x0`` (generator output, with graph), ε, per-sample ``alpha_t``/``sigma_t`` (B,),
+        the assistant ``fake_x0``, the conditional reference ``ref_x0``, the (conditional, unconditional)
+        reference ``ref_x0_pair``, and the per-sample reward r(x0, c) or None.
+
+        Returns ``{"loss", "divergence"}`` plus ``"cfg"`` (outer CFG with α_cfg ≠ 0) and ``"reward"``
+        (when given), each of shape (B,); "loss" is what the generator minimises.
+        """
+        cfg, dist = self.config, self.divergence
+        a, s = expand_like(alpha_t, x0).to(x0.dtype), expand_like(sigma_t, x0).to(x0.dtype)
+        weight = dist.weight(cfg.weighting, alpha_t, sigma_t).to(x0.dtype)
+        x_t = a * x0 + s * noise
+        if isinstance(dist, ScoreDivergence):  # Theorem 3.1: the graph runs through x_t into both networks
+            fake = fake_x0(x_t)
+            real, pair = self.reference(x_t, ref_x0, ref_x0_pair)
+            dist_t = dist.at(alpha_t, sigma_t, x0[0].numel())
+            divergence = score_divergence_term(
+                x_t, noise, alpha_t=a, sigma_t=s, fake=fake, real=real, divergence=dist_t, weight=weight
+            )
+        else:  # IKL: stop-gradient through the networks
+            with torch.no_grad():
+                real, pair = self.reference(x_t.detach(), ref_x0, ref_x0_pair)
+                fake = fake_x0(x_t.detach())
+            divergence = ikl_term(
+                x_t, x0, alpha_t=a, sigma_t=s, fake=fake, real=real, normalize=dist.normalize, weight=weight
+            )
+        terms = {"divergence": divergence, "loss": divergence}
+        if pair is not None and cfg.cfg_reward_scale != 0.0:
+            cfg_weight = self.cfg_form.weight(cfg.weighting, alpha_t, sigma_t)
+            cond, uncond = pair
+            terms["cfg"] = cfg_reward_loss(
+                x_t, alpha_t=a, sigma_t=s, cond_x0=cond, uncond_x0=uncond, weight=cfg_weight.to(x0.dtype)
+            )
+            terms["loss"] = terms["loss"] + cfg.cfg_reward_scale * terms["cfg"]
+        if reward is not None:
+            terms["reward"] = reward.detach()
+            if self.uses_reward:
+                terms["loss"] = terms["loss"] + reward_loss(reward, cfg.reward_scale)
+        return terms

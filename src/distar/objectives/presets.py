@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from distar.config import ConfigError, field, from_dict
-from distar.objectives.weighting import HuberUnits, Weighting
+from distar.objectives.divergences import HuberUnits, Weighting
 
 PRESETS: dict[str, dict[str, Any]] = {
     "diff_instruct": {"divergence": "ikl", "reward_scale": 0.0, "cfg_mode": "inner"},
@@ -49,7 +49,9 @@ class ObjectiveConfig:
     divergence: Literal["pseudo_huber", "l2", "ikl"] = field(
         "pseudo_huber", help="score divergence d (3.2): pseudo_huber (3.8), l2, or ikl (§6 baselines)"
     )
-    huber_c: float = field(0.1, help="pseudo-Huber constant c (3.8), in huber_c_units")
+    huber_c: float = field(
+        0.1, help="pseudo-Huber constant c (3.8) in huber_c_units, converted by PseudoHuber.at (divergences.py)"
+    )
     huber_c_units: HuberUnits = field(
         "x0_per_sqrt_dim", help="units of huber_c: x0_per_sqrt_dim (scale-free) or score"
     )

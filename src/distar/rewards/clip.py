@@ -54,7 +54,12 @@ def processor_source(spec: RewardSpec, path: str, default: str | None) -> str:
 
 
 class PromptCache:
-    """A bounded LRU map prompt → per-prompt tensor, filled in batches by ``compute``; no gradient."""
+    """A bounded LRU map prompt → per-prompt tensor computed by ``compute``; no gradient.
+
+    Each new prompt is computed alone (a batch of one), so its entry has the same bits whatever it
+    was asked for beside: a padded batch changes the last bits of an embedding with its partners,
+    and a resumed run, which refills the cache with other partners, would otherwise drift.
+    """
 
     def __init__(self, compute: Callable[[list[str]], Tensor], capacity: int = 4096) -> None:
         self.compute = compute
@@ -68,8 +73,8 @@ class PromptCache:
     def __call__(self, prompts: Sequence[str]) -> Tensor:
         missing = list(dict.fromkeys(p for p in prompts if p not in self.entries))
         if missing:
-            for prompt, value in zip(missing, self.compute(missing)):
-                self.entries[prompt] = value.detach()
+            for prompt in missing:
+                self.entries[prompt] = self.compute([prompt])[0].detach()
         out = []
         for prompt in prompts:
             self.entries.move_to_end(prompt)

@@ -12,8 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from distar.objectives.di_star import DIStarLoss
 from distar.objectives.dsm import dsm_loss, native_dsm_weight
-from distar.objectives.objective import DIStarLoss
 from distar.objectives.presets import ObjectiveConfig
 from distar.protocols import Backend, Conditioning
 from distar.rewards.base import Reward
@@ -47,16 +47,16 @@ def generator_losses(
     prompts: Sequence[str],
     z: Tensor,
     reward: Reward | None,
-    objective: ObjectiveConfig,
+    loss: DIStarLoss,
 ) -> dict[str, Tensor]:
     """Generator step: Eq. (3.4) (+ (3.6) in outer-CFG mode) at x0 = g_θ(z, c).
 
-    The graph runs from θ through x0 and x_t into the assistant's and the reference's inputs
-    (Theorem 3.1); their parameters are not the caller's to update here.
+    ``loss`` is the run's objective, built once from its :class:`ObjectiveConfig`. The graph runs
+    from θ through x0 and x_t into the assistant's and the reference's inputs (Theorem 3.1); their
+    parameters are not the caller's to update here.
     """
     x0 = backend.generate(z, cond)
-    t, noise = _noise_and_time(backend, x0, objective)
-    loss = DIStarLoss(objective)
+    t, noise = _noise_and_time(backend, x0, loss.config)
     reward_values = None
     if reward is not None:
         images = backend.decode(x0)
@@ -64,8 +64,8 @@ def generator_losses(
     return loss(
         x0,
         noise,
-        backend.schedule.alpha(t),
-        backend.schedule.sigma(t),
+        alpha_t=backend.schedule.alpha(t),
+        sigma_t=backend.schedule.sigma(t),
         fake_x0=lambda x_t: backend.assistant_x0(x_t, t, cond),
         ref_x0=lambda x_t: backend.reference_x0(x_t, t, cond),
         ref_x0_pair=lambda x_t: backend.reference_x0_cond_uncond(x_t, t, cond),

@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
+import warnings
+
 from accelerate import Accelerator
 
 from distar.config import ConfigError
-from distar.prompts import read_prompts
+from distar.prompts import PromptWarning, read_prompts
 from distar.train.config import DataConfig, TrainConfig
 from distar.train.loop import Trainer, make_accelerator
 
 
 def load_prompts(data: DataConfig) -> list[str]:
     """The training prompts: ``data.source`` (file or datasets id) if set, else ``data.prompts``."""
+    skipped: list[warnings.WarningMessage] = []
     if data.source is not None:
-        prompts = read_prompts(data.source, data.column, split=data.split)
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always", PromptWarning)
+            prompts = read_prompts(data.source, data.column, split=data.split)
     else:
         prompts = list(data.prompts)
     if not prompts:
+        if skipped:  # the warning says why, in the one error line
+            raise ConfigError(f"no prompts: {skipped[0].message}")
         where = f"data.source '{data.source}' holds" if data.source is not None else "data.prompts has"
         raise ConfigError(f"{where} no prompts (set data.source to a prompt file or give data.prompts)")
+    for warning in skipped:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return prompts
 
 
-def build_trainer(config: TrainConfig, accelerator: Accelerator | None = None) -> Trainer:
-    """Backend (``config.model``), reward (``config.rewards``) and prompts (``config.data``) on the
-    accelerator's device, wrapped in a Trainer. The reward is skipped when no reward terms are set."""
+def build_trainer(
+    config: TrainConfig, accelerator: Accelerator | None = None, *, prompts: list[str] | None = None
+) -> Trainer:
+    """Backend (``config.model``), reward (``config.rewards``) and prompts (``config.data``, unless
+    already read into ``prompts``) on the accelerator's device, wrapped in a Trainer. The reward is
+    skipped when no reward terms are set."""
     if config.model is None:
         raise ConfigError("model: the training config needs a `model` section")
     if config.objective.reward_scale != 0.0 and not config.rewards:
@@ -32,7 +44,7 @@ def build_trainer(config: TrainConfig, accelerator: Accelerator | None = None) -
     from distar.backends import build_backend
     from distar.rewards import build_reward
 
-    prompts = load_prompts(config.data)
+    prompts = load_prompts(config.data) if prompts is None else prompts
     accelerator = accelerator or make_accelerator(config)
     with accelerator.main_process_first():  # downloads and tiny-model builds happen once
         backend = build_backend(config.model, device=accelerator.device)

@@ -1,4 +1,4 @@
-"""Checkpoint folder layout, RNG state and the file-level helpers the trainer uses.
+"""Checkpoint folder layout, manifests, RNG state and the file-level helpers the trainer uses.
 
 A run folder holds ``checkpoint-<step>/`` folders, each with
 
@@ -10,24 +10,37 @@ A run folder holds ``checkpoint-<step>/`` folders, each with
   format, for ``pipe.load_lora_weights(folder[, weight_name=...])``;
 - accelerate's state (``optimizer*.bin``, ``scheduler*.bin``, ``random_states_<rank>.pkl``);
 - ``rng_state_<rank>.json``: python, numpy, torch and CUDA generator states of every process;
-- ``trainer_state.json``: step, data position and EMA counters.
+- ``trainer_state.json``: step, data position, EMA and bad-step counters;
+- ``manifest.json``, written last: every other file's name, size and SHA-256.
 
-Folders are written under a temporary name and renamed when complete, so a crash mid-save never
-leaves a half-written ``checkpoint-<step>``; ``latest`` resolves to the highest complete step.
+Nothing incomplete is ever named ``checkpoint-<step>``: a folder is written as
+``.checkpoint-<step>.tmp``, synced, given its manifest and only then renamed; a folder to delete is
+first renamed to ``.trash-checkpoint-<step>``. Loading verifies the manifest, and ``latest`` is the
+newest checkpoint that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import random
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from distar.config import ConfigError
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CONFIG_FILE = "config.yaml"
@@ -35,59 +48,245 @@ GENERATOR_FILE = "generator.safetensors"
 GENERATOR_EMA_FILE = "generator_ema.safetensors"
 ASSISTANT_FILE = "assistant.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+LOG_FILE = "log.jsonl"
+TRASH_PREFIX = ".trash-"
+
+#: What a run folder holds besides its checkpoints; ``--overwrite`` removes exactly these.
+RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, "samples", "tensorboard")
+
+#: Test hook: ``DISTAR_KILL_AT=<point>:<step>`` SIGKILLs the process at that point (see :func:`kill_point`).
+KILL_ENV = "DISTAR_KILL_AT"
 
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+_LEFTOVER_NAME = re.compile(rf"^(\.{CHECKPOINT_PREFIX}\d+\.tmp|{re.escape(TRASH_PREFIX)}.+)$")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used, named with the file at fault."""
+
+
+def kill_point(point: str, step: int) -> None:
+    """SIGKILL this process when ``$DISTAR_KILL_AT`` is ``<point>:<step>``: lets tests stop a real run
+    inside a checkpoint write or a pruning, deterministically. Does nothing otherwise."""
+    if os.environ.get(KILL_ENV) == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rng_state_file(rank: int) -> str:
     return f"rng_state_{rank}.json"
 
 
+# ---------------------------------------------------------------------- listing and verifying
+
+
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete ``checkpoint-<step>`` folders under ``output_dir``, sorted by step."""
+    """Every ``checkpoint-<step>`` folder under ``output_dir``, sorted by step (verified or not)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
         match = _CHECKPOINT_NAME.match(path.name)
-        if match and (path / TRAINER_STATE_FILE).is_file():
+        if match and path.is_dir():
             found.append((int(match.group(1)), path))
     return sorted(found)
 
 
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's contents to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path) -> None:
+    """Sync every file of ``folder`` and record its size and SHA-256 in ``manifest.json`` (written last)."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+        _fsync(path)
+        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    tmp = folder / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    _fsync(tmp)
+    tmp.rename(folder / MANIFEST_FILE)
+    _fsync(folder)
+
+
+#: Folders that verified in this process, with the (name, size, mtime) of their files then: a second
+#: verification of an unchanged folder (the command line checks before building models, the trainer
+#: again when it loads) does not hash gigabytes twice.
+_verified: dict[Path, tuple] = {}
+
+
+def _signature(folder: Path) -> tuple:
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """Why ``folder`` is not a complete, intact checkpoint (naming the file at fault), or None."""
+    key = folder.resolve()
+    if key in _verified and _verified[key] == _signature(folder):
+        return None
+    problem = _check_manifest(folder)
+    if problem is None:
+        _verified[key] = _signature(folder)
+    return problem
+
+
+def _check_manifest(folder: Path) -> str | None:
+    manifest = folder / MANIFEST_FILE
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        entries = [(str(name), int(e["size"]), str(e["sha256"])) for name, e in files.items()]
+    except FileNotFoundError:
+        return f"{manifest}: missing (incomplete, or not written by this version of distar)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{manifest}: unreadable ({type(err).__name__})"
+    if TRAINER_STATE_FILE not in files:
+        return f"{manifest}: lists no {TRAINER_STATE_FILE}"
+    for name, size, sha in entries:
+        path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != size:
+            return f"{path}: {path.stat().st_size} bytes, the manifest says {size}"
+        if _sha256(path) != sha:
+            return f"{path}: SHA-256 does not match the manifest (corrupted)"
+    return None
+
+
 def resolve_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
-    """``"latest"`` → the highest-step checkpoint in ``output_dir`` (None if there is none yet);
-    anything else is a checkpoint folder path, which must exist."""
+    """The checkpoint to resume from, verified.
+
+    ``"latest"`` → the newest checkpoint in ``output_dir`` that verifies (each newer one skipped is
+    logged with its reason), or None when there is no checkpoint at all. Anything else is a
+    checkpoint folder that must verify. Raises :class:`CheckpointError` in one line otherwise.
+    """
     if resume == "latest":
         found = list_checkpoints(output_dir)
-        return found[-1][1] if found else None
+        skipped = []
+        for _, path in reversed(found):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                for reason in skipped:
+                    logger.warning("skipped a checkpoint that does not verify: %s", reason)
+                return path
+            skipped.append(problem)
+        if found:
+            raise CheckpointError(
+                f"none of the {len(found)} checkpoint(s) in {output_dir} verifies (newest: {skipped[0]}); "
+                "pass --overwrite to start a new run there"
+            )
+        return None
     path = Path(resume)
-    if not (path / TRAINER_STATE_FILE).is_file():
-        raise FileNotFoundError(f"not a checkpoint folder (no {TRAINER_STATE_FILE}): {resume}")
+    if not path.is_dir():
+        raise CheckpointError(f"not a checkpoint folder: {resume}")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {resume} does not verify: {problem}")
     return path
 
 
+# ---------------------------------------------------------------------- atomic folder changes
+
+
+def _to_trash(path: Path) -> Path:
+    """Rename ``path`` to its trash name (one atomic rename) and return the new path."""
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    path.rename(trash)
+    return trash
+
+
+def remove_dir(path: Path) -> None:
+    """Delete a folder so that no half-deleted folder keeps its name: rename first, then delete."""
+    shutil.rmtree(_to_trash(path))
+
+
 def prune_checkpoints(output_dir: str | Path, total_limit: int | None) -> list[Path]:
-    """Delete the oldest checkpoints beyond ``total_limit``; returns the removed folders."""
+    """Delete the oldest checkpoints beyond ``total_limit`` (atomically each); returns the removed folders."""
     if total_limit is None:
         return []
-    removed = [path for _, path in list_checkpoints(output_dir)[:-total_limit]]
-    for path in removed:
-        shutil.rmtree(path)
-    return removed
+    removed = list_checkpoints(output_dir)[:-total_limit]
+    for step, path in removed:
+        trash = _to_trash(path)
+        kill_point("prune", step)
+        shutil.rmtree(trash)
+    return [path for _, path in removed]
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a completely written folder ``tmp`` to ``final``, replacing an older ``final``."""
     if final.exists():
-        stale = final.with_name(f".{final.name}.old")
-        shutil.rmtree(stale, ignore_errors=True)
-        final.rename(stale)
+        trash = _to_trash(final)
         tmp.rename(final)
-        shutil.rmtree(stale)
+        shutil.rmtree(trash)
     else:
         tmp.rename(final)
+    _fsync(final.parent)
+
+
+def remove_leftovers(output_dir: str | Path) -> list[Path]:
+    """Delete what an interrupted save or pruning left behind (``.checkpoint-<step>.tmp``, ``.trash-*``)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    leftovers = [p for p in root.iterdir() if _LEFTOVER_NAME.match(p.name)]
+    for path in leftovers:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return leftovers
+
+
+def holds_run(output_dir: str | Path) -> bool:
+    """Whether ``output_dir`` already holds a run (a log, a config or a checkpoint)."""
+    root = Path(output_dir)
+    return any((root / name).exists() for name in RUN_ENTRIES) or bool(list_checkpoints(root))
+
+
+def check_new_run(output_dir: str | Path, *, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds one, unless ``overwrite``."""
+    if not overwrite and holds_run(output_dir):
+        raise ConfigError(
+            f"{output_dir} already holds a run: pass --resume latest to continue it or --overwrite to replace it"
+        )
+
+
+def clear_run(output_dir: str | Path) -> None:
+    """Remove a previous run's files (checkpoints, log, config, samples, tensorboard); other files stay."""
+    root = Path(output_dir)
+    for path in [p for _, p in list_checkpoints(root)] + [root / name for name in RUN_ENTRIES]:
+        if path.is_dir():
+            remove_dir(path)
+        elif path.exists():
+            path.unlink()
+    remove_leftovers(root)
+
+
+# ---------------------------------------------------------------------- file contents
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a checkpoint; a missing or garbled file is a one-line :class:`CheckpointError`."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({type(err).__name__})") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -125,6 +324,12 @@ def parameter_names(module: nn.Module, params: Iterable[nn.Parameter]) -> list[s
     return [names[id(p)] for p in params]
 
 
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every value of every tensor is finite (one device synchronisation)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     """Write named tensors as safetensors (detached, contiguous, on the CPU)."""
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
@@ -132,8 +337,11 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
 
 def load_tensors(path: str | Path, names: list[str]) -> list[torch.Tensor]:
     """Tensors of a safetensors file in the order of ``names``; the key sets must match exactly."""
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
     if set(tensors) != set(names):
         extra, missing = sorted(set(tensors) - set(names)), sorted(set(names) - set(tensors))
-        raise ValueError(f"{path}: keys do not match the model (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise CheckpointError(f"{path}: keys do not match the model (missing {missing[:3]}, unexpected {extra[:3]})")
     return [tensors[name] for name in names]

@@ -16,6 +16,12 @@ from distar.config import field
 from distar.objectives.presets import ObjectiveConfig
 from distar.rewards.spec import RewardSpec
 
+#: Sanity bounds: values past them are typos (``1e12``), not runs anyone can finish.
+MAX_BATCH_SIZE = 65_536
+MAX_STEPS = 10**9
+MAX_ASSISTANT_STEPS = 1000
+MAX_SEED = 2**32 - 1 - 1024  # process r seeds with seed + r
+
 #: Learning-rate schedules of ``diffusers.optimization.get_scheduler`` offered here.
 LRSchedule = Literal[
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
@@ -36,8 +42,8 @@ class DataConfig:
     shuffle: bool = field(True, help="reshuffle every epoch with seed + epoch (same order on every process)")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}]")
 
 
 @dataclass
@@ -103,12 +109,19 @@ class LoopConfig:
     assistant_steps: int = field(1, help="assistant (DSM) updates per generator update (DMD2: 5)")
     mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="accelerate autocast mode")
     cpu: bool = field(False, help="run on CPU even when a GPU is present")
+    max_bad_steps: int = field(
+        5,
+        help="stop (exit code 1) after this many consecutive steps with a non-finite loss or gradient "
+        "norm; each such update is skipped",
+    )
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1")
-        if self.assistant_steps < 1:
-            raise ValueError("assistant_steps must be >= 1")
+        if not 1 <= self.max_steps <= MAX_STEPS:
+            raise ValueError(f"max_steps must be in [1, {MAX_STEPS:.0e}]")
+        if not 1 <= self.assistant_steps <= MAX_ASSISTANT_STEPS:
+            raise ValueError(f"assistant_steps must be in [1, {MAX_ASSISTANT_STEPS}]")
+        if self.max_bad_steps < 1:
+            raise ValueError("max_bad_steps must be >= 1")
 
 
 @dataclass
@@ -173,3 +186,7 @@ class TrainConfig:
     sampling: SamplingConfig = field(SamplingConfig(), help="sample grids")
     output_dir: str = field("runs/distar", help="run folder: config, logs, samples, checkpoints")
     seed: int = field(0, help="global seed (process r uses seed + r for its own draws)")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**32 - 1 - 1024] (one seed per process), got {self.seed}")

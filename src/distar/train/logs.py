@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import resource
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -18,28 +22,56 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _json_value(value: object) -> object:
+    """A record value as strict JSON allows it: non-finite floats become null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 class JsonlLog:
-    """Append-only ``log.jsonl``: one JSON object per training step."""
+    """Append-only ``log.jsonl``: one strict-JSON object per training step (non-finite values are null).
+
+    A torn last line (the process was killed while writing it) is ignored when reading and dropped by
+    :meth:`truncate_after`; so is any other line that does not parse, with a warning.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    def _lines(self) -> list[tuple[str, dict]]:
+        """(raw line, record) for every line that parses as a JSON object with an integer step."""
+        if not self.path.exists():
+            return []
+        kept, bad = [], 0
+        for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                if isinstance(record, dict) and isinstance(record.get("step"), int):
+                    kept.append((line, record))
+                    continue
+            except json.JSONDecodeError:
+                pass
+            bad += 1
+        if bad:
+            logger.warning("%s: ignored %d line(s) that are not step records (torn or corrupted)", self.path, bad)
+        return kept
+
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (written by a run that died after its last checkpoint)."""
+        """Keep only the records up to ``step``; later ones were written by a run that died after its
+        last checkpoint. The file is replaced atomically."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = "".join(line + "\n" for line, record in self._lines() if record["step"] <= step)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(kept)
+        tmp.replace(self.path)
 
     def write(self, records: Iterable[dict[str, float]]) -> None:
         with self.path.open("a") as f:
             for record in records:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps({k: _json_value(v) for k, v in record.items()}, allow_nan=False) + "\n")
 
     def read(self) -> list[dict[str, float]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines()]
+        return [record for _, record in self._lines()]
 
 
 def image_grid(images: Tensor, rows: int) -> Tensor:

@@ -11,6 +11,10 @@ Accelerate provides devices, DDP/FSDP (``accelerate launch`` / ``torchrun``), au
 optimiser/scheduler state of checkpoints. All random draws (prompt order aside) come from the
 global generators seeded with ``seed + rank``; checkpoints store them so a resumed run continues the
 exact loss sequence of an uninterrupted one.
+
+An update whose loss or gradient norm is not finite is skipped (no optimiser or EMA step) and
+counted; ``loop.max_bad_steps`` consecutive steps with a skipped update stop the run. The check is
+one scalar per update, fused from the loss and the norm.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import contextlib
 import importlib.util
 import json
 import logging
+import math
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +41,8 @@ from tqdm.auto import tqdm
 
 from distar.backends.lora import save_checkpoint_lora
 from distar.config import ConfigError, save_config, to_dict
+from distar.errors import RunError, first_line
+from distar.objectives.di_star import DIStarLoss
 from distar.protocols import Backend
 from distar.rewards.base import Reward
 from distar.train import checkpoint as ckpt
@@ -108,6 +116,7 @@ class Trainer:
         self.config = config
         self.backend = backend
         self.reward = reward
+        self.loss = DIStarLoss(config.objective)
         self.accelerator = acc = accelerator or make_accelerator(config)
         self.output_dir = Path(config.output_dir)
         set_seed(config.seed + acc.process_index)
@@ -169,7 +178,10 @@ class Trainer:
             else None
         )
         self.step = 0
-        self.log = JsonlLog(self.output_dir / "log.jsonl")
+        self.bad_steps = 0  # steps with a skipped (non-finite) update, in total ...
+        self.consecutive_bad_steps = 0  # ... and in a row up to the current step
+        self._skipped: list[str] = []  # the updates skipped in the current step
+        self.log = JsonlLog(self.output_dir / ckpt.LOG_FILE)
         self._sampling = config.sampling.every > 0
 
     # ------------------------------------------------------------------ Algorithm 1
@@ -179,14 +191,32 @@ class Trainer:
         prompts = self.data.next_batch()
         return prompts, self.backend.encode_prompts(prompts), self.backend.sample_latents(len(prompts))
 
-    def _clip(self, module: nn.Module, config: OptimizerConfig) -> Tensor | None:
-        """Clip the (possibly wrapped) module's gradients; returns their norm before clipping.
+    def _update(
+        self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, config: OptimizerConfig, loss: Tensor
+    ) -> tuple[Tensor, bool]:
+        """Clip the gradients of ``module`` (after backward) and step ``optimizer`` unless the loss or
+        the gradient norm is not finite. Returns the norm before clipping and whether the step was made.
 
-        The wrapped module's own parameters are passed so accelerate can use FSDP's sharded clipping;
-        frozen parameters have no gradient and do not count."""
-        if config.max_grad_norm is None:
-            return None
-        return self.accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm)
+        The check is one fused scalar (all-reduced over processes, so every rank decides alike). The
+        wrapped module's own parameters are passed so accelerate can use FSDP's sharded clipping; with
+        ``max_grad_norm: null`` the norm is measured but nothing is clipped. Under fp16 a gradient
+        overflow with a finite loss is the grad scaler's to skip: not a bad update.
+        """
+        acc = self.accelerator
+        norm = acc.clip_grad_norm_(module.parameters(), config.max_grad_norm or math.inf).detach().float()
+        scaler = getattr(acc, "scaler", None)
+        probe = loss.detach().float() if scaler is not None else loss.detach().float() + norm
+        bad = (~torch.isfinite(probe)).float()
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, "sum")
+        if bool(bad > 0):
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.update()  # the scaler already unscaled these gradients; reset it for the next step
+            self._skipped.append(name)
+            return norm, False
+        optimizer.step()
+        return norm, not (scaler is not None and optimizer.step_was_skipped)
 
     def _assistant_unsynced(self) -> contextlib.AbstractContextManager:
         """The generator update also leaves ∇ψ on the assistant (its graph runs through x_t, Theorem 3.1);
@@ -198,18 +228,19 @@ class Trainer:
         """One iteration of Algorithm 1; returns the batch mean of every loss term (0-dim tensors)."""
         acc, cfg = self.accelerator, self.config
         # 1. Assistant: k DSM steps on x0 = sg(g_θ(z, c)); ψ ← ψ − η_ψ ∇_ψ DSM(ψ).
+        self._skipped = []
         assistant_logs: list[dict[str, Tensor]] = []
         for _ in range(cfg.loop.assistant_steps):
             _, cond, z = self._batch()
             with acc.autocast():
                 terms = assistant_losses(self.backend, cond, z, cfg.objective)
             self.assistant_optimizer.zero_grad(set_to_none=True)
-            acc.backward(terms["loss"].float().mean())
+            loss = terms["loss"].float().mean()
+            acc.backward(loss)
             logs = _means(terms, "assistant")
-            norm = self._clip(self.backend.assistant, cfg.optim.assistant)
-            if norm is not None:
-                logs["assistant/grad_norm"] = norm.detach().float()
-            self.assistant_optimizer.step()
+            logs["assistant/grad_norm"], _ = self._update(
+                "assistant", self.backend.assistant, self.assistant_optimizer, cfg.optim.assistant, loss
+            )
             assistant_logs.append(logs)
         self.assistant_scheduler.step()
 
@@ -217,48 +248,84 @@ class Trainer:
         prompts, cond, z = self._batch()
         with self._assistant_unsynced():
             with acc.autocast():
-                terms = generator_losses(self.backend, cond, prompts, z, self.reward, cfg.objective)
+                terms = generator_losses(self.backend, cond, prompts, z, self.reward, self.loss)
             self.generator_optimizer.zero_grad(set_to_none=True)
-            acc.backward(terms["loss"].float().mean())
+            loss = terms["loss"].float().mean()
+            acc.backward(loss)
         self.assistant_optimizer.zero_grad(set_to_none=True)  # drop (and free) the stray ∇ψ at once
         logs = {k: torch.stack([d[k] for d in assistant_logs]).mean() for k in assistant_logs[0]}
         logs.update(_means(terms, "generator"))
-        norm = self._clip(self.backend.generator, cfg.optim.generator)
-        if norm is not None:
-            logs["generator/grad_norm"] = norm.detach().float()
-        self.generator_optimizer.step()
+        logs["generator/grad_norm"], stepped = self._update(
+            "generator", self.backend.generator, self.generator_optimizer, cfg.optim.generator, loss
+        )
         self.generator_scheduler.step()
-        if self.ema is not None:
+        if self.ema is not None and stepped:
             self.ema.step(self.generator_params)
         self.step += 1
+        self._count_bad_step(logs)
         return logs
+
+    def _count_bad_step(self, logs: dict[str, Tensor]) -> None:
+        """Count the step as bad if an update was skipped (logging its terms); reset the run of bad steps otherwise."""
+        if not self._skipped:
+            self.consecutive_bad_steps = 0
+            return
+        self.bad_steps += 1
+        self.consecutive_bad_steps += 1
+        terms = ", ".join(f"{k} {v.item():.4g}" for k, v in logs.items())
+        logger.warning(
+            "step %d: skipped %d non-finite update(s) (%s): %s [%d in a row, %d in total]",
+            self.step, len(self._skipped), ", ".join(self._skipped), terms,
+            self.consecutive_bad_steps, self.bad_steps,
+        )
 
     # ------------------------------------------------------------------ the run
 
-    def train(self, resume: str | None = None) -> list[dict[str, float]]:
+    def train(self, resume: str | None = None, *, overwrite: bool = False) -> list[dict[str, float]]:
         """Run (or, with ``resume`` = ``"latest"`` or a checkpoint path, continue) to ``loop.max_steps``.
 
-        Returns the records of the steps run by this call (also appended to ``log.jsonl``).
+        A folder that already holds a run is refused unless ``resume`` is given or ``overwrite`` (which
+        removes the old run's checkpoints, log, samples and tensorboard files). Returns the records of
+        the steps run by this call (also appended to ``log.jsonl``, including every step up to each
+        checkpoint). Raises :class:`~distar.errors.RunError` when ``loop.max_bad_steps`` steps in a row
+        are non-finite or a checkpoint cannot be written.
         """
         acc, cfg = self.accelerator, self.config
-        if resume is not None:
-            path = ckpt.resolve_checkpoint(resume, self.output_dir)
-            if path is None:
-                logger.info("no checkpoint in %s: starting a new run", self.output_dir)
-            else:
-                self.load_checkpoint(path)
+        self._prepare_folder(resume, overwrite)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
             self.log.truncate_after(self.step)
         init_kwargs = {"wandb": {"config": to_dict(cfg)}} if cfg.logging.wandb else {}
         acc.init_trackers(cfg.logging.wandb_project, init_kwargs=init_kwargs)
+        try:
+            return self._run()
+        finally:
+            acc.end_training()
 
+    def _prepare_folder(self, resume: str | None, overwrite: bool) -> None:
+        """Load the checkpoint to resume from, or make sure a new run does not mix with an old one."""
+        if resume is not None and overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+        if resume is None:
+            ckpt.check_new_run(self.output_dir, overwrite=overwrite)
+            if overwrite and self.accelerator.is_main_process:
+                ckpt.clear_run(self.output_dir)
+        elif (path := ckpt.resolve_checkpoint(resume, self.output_dir)) is None:
+            logger.info("no checkpoint in %s yet: starting a new run", self.output_dir)
+        else:
+            self.load_checkpoint(path)
+        if self.accelerator.is_main_process:
+            ckpt.remove_leftovers(self.output_dir)
+        self.accelerator.wait_for_everyone()
+
+    def _run(self) -> list[dict[str, float]]:
+        acc, cfg = self.accelerator, self.config
         every = cfg.sampling.every
         if self._sampling and self.step == 0:
             self.sample()
         records: list[dict[str, float]] = []
-        window: list[tuple[dict[str, Tensor], float, float]] = []
+        window: list[tuple[dict[str, Tensor], float, float, int]] = []
         bar = tqdm(
             total=cfg.loop.max_steps,
             initial=self.step,
@@ -270,33 +337,45 @@ class Trainer:
         while self.step < cfg.loop.max_steps:
             lrs = (self.generator_scheduler.get_last_lr()[0], self.assistant_scheduler.get_last_lr()[0])
             start = time.perf_counter()
-            window.append((self.train_step(), *lrs))
+            window.append((self.train_step(), *lrs, len(self._skipped)))
             busy += time.perf_counter() - start
+            ckpt.kill_point("step", self.step)
             bar.update(1)
             last = self.step == cfg.loop.max_steps
-            if self.step % cfg.logging.every == 0 or last:
+            saving = cfg.checkpointing
+            save = (saving.every and self.step % saving.every == 0) or (last and saving.save_final)
+            stop = self.consecutive_bad_steps >= cfg.loop.max_bad_steps
+            # A checkpoint's step must be in log.jsonl before the checkpoint exists: flush first.
+            if self.step % cfg.logging.every == 0 or last or save or stop:
                 flushed = self._flush(window, busy / len(window))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in flushed[-1].items() if k.endswith("/loss")})
                 records += flushed
                 window, busy = [], 0.0
+            if stop:
+                bar.close()
+                raise RunError(
+                    f"stopped at step {self.step}: {self.consecutive_bad_steps} steps in a row with a non-finite "
+                    f"loss or gradient norm (loop.max_bad_steps = {cfg.loop.max_bad_steps}); {self._last_checkpoint()}"
+                )
             if self._sampling and self.step % every == 0:
                 self.sample()
-            saving = cfg.checkpointing
-            if (saving.every and self.step % saving.every == 0) or (last and saving.save_final):
+            if save:
                 self.save_checkpoint()
         bar.close()
-        acc.end_training()
         return records
 
-    def _flush(self, window: list[tuple[dict[str, Tensor], float, float]], step_seconds: float) -> list[dict]:
-        """Average the window's per-step terms over processes, write records, log window means."""
+    def _flush(self, window: list[tuple[dict[str, Tensor], float, float, int]], step_seconds: float) -> list[dict]:
+        """Average the window's per-step terms over processes, write records, log window means.
+
+        A step with skipped updates has ``skipped_updates`` in its record."""
         acc = self.accelerator
         keys = list(window[0][0])
-        values = acc.reduce(torch.stack([torch.stack([logs[k] for k in keys]) for logs, _, _ in window]), "mean")
+        values = acc.reduce(torch.stack([torch.stack([entry[0][k] for k in keys]) for entry in window]), "mean")
         first = self.step - len(window) + 1
         records = [
             {"step": first + i, **dict(zip(keys, row)), "lr/generator": lr_g, "lr/assistant": lr_a}
-            for i, (row, (_, lr_g, lr_a)) in enumerate(zip(values.tolist(), window))
+            | ({"skipped_updates": skipped} if skipped else {})
+            for i, (row, (_, lr_g, lr_a, skipped)) in enumerate(zip(values.tolist(), window))
         ]
         records[-1].update({"time/step_s": step_seconds, "mem/peak_mib": peak_memory_mib(acc.device)})
         if acc.is_main_process:
@@ -354,49 +433,84 @@ class Trainer:
         return {name: state[name] for name in names} if state else {}
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<step>/`` atomically (temporary folder, then rename); prune old ones."""
+        """Write ``checkpoint-<step>/`` atomically and prune old ones (see :mod:`distar.train.checkpoint`).
+
+        Non-finite weights are never written, and a failed write (a full disk) leaves the earlier
+        checkpoints as they were; both raise :class:`~distar.errors.RunError`.
+        """
         acc, cfg = self.accelerator, self.config
         final = self.output_dir / f"{ckpt.CHECKPOINT_PREFIX}{self.step}"
         tmp = self.output_dir / f".{final.name}.tmp"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        (tmp / ckpt.rng_state_file(acc.process_index)).write_text(json.dumps(ckpt.rng_state()))
         generator = self._trainable_state(self.backend.generator, self.generator_names)
         assistant = self._trainable_state(self.backend.assistant, self.assistant_names)
+        tensors = {ckpt.GENERATOR_FILE: generator, ckpt.ASSISTANT_FILE: assistant}
+        state = {
+            "step": self.step,
+            "world_size": acc.num_processes,
+            "data": self.data.state_dict(),
+            "bad_steps": self.bad_steps,
+            "consecutive_bad_steps": self.consecutive_bad_steps,
+        }
+        if self.ema is not None:
+            ema_state = self.ema.state_dict()
+            tensors[ckpt.GENERATOR_EMA_FILE] = dict(zip(self.generator_names, ema_state.pop("shadow_params")))
+            state["ema"] = ema_state
+        if not ckpt.all_finite(t for group in tensors.values() for t in group.values()):
+            bad = [name for name, group in tensors.items() if not ckpt.all_finite(group.values())]
+            raise RunError(
+                f"step {self.step}: non-finite weights in {', '.join(bad)}: {final.name} not written; "
+                f"{self._last_checkpoint()}"
+            )
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            acc.wait_for_everyone()
+            acc.save_state(str(tmp))
+            (tmp / ckpt.rng_state_file(acc.process_index)).write_text(json.dumps(ckpt.rng_state()))
+            if acc.is_main_process:
+                for name, group in tensors.items():
+                    ckpt.save_tensors(group, tmp / name)
+                    ckpt.kill_point("checkpoint-write", self.step)
+                save_checkpoint_lora(self.backend.generator, tmp, generator, tensors.get(ckpt.GENERATOR_EMA_FILE))
+                save_config(cfg, tmp / ckpt.CONFIG_FILE)
+                (tmp / ckpt.TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                ckpt.write_manifest(tmp)
+                ckpt.replace_dir(tmp, final)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RunError(f"could not write {final} ({err.strerror or err}); {self._last_checkpoint()}") from None
         if acc.is_main_process:
-            ckpt.save_tensors(generator, tmp / ckpt.GENERATOR_FILE)
-            ckpt.save_tensors(assistant, tmp / ckpt.ASSISTANT_FILE)
-            state = {"step": self.step, "world_size": acc.num_processes, "data": self.data.state_dict()}
-            shadow = None
-            if self.ema is not None:
-                ema_state = self.ema.state_dict()
-                shadow = dict(zip(self.generator_names, ema_state.pop("shadow_params")))
-                ckpt.save_tensors(shadow, tmp / ckpt.GENERATOR_EMA_FILE)
-                state["ema"] = ema_state
-            save_checkpoint_lora(self.backend.generator, tmp, generator, shadow)
-            save_config(cfg, tmp / ckpt.CONFIG_FILE)
-            (tmp / ckpt.TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.replace_dir(tmp, final)
             ckpt.prune_checkpoints(self.output_dir, cfg.checkpointing.total_limit)
         acc.wait_for_everyone()
         return final
 
+    def _last_checkpoint(self) -> str:
+        """Which checkpoint a stopped run leaves to resume from, for its error message."""
+        found = ckpt.list_checkpoints(self.output_dir)
+        return f"last checkpoint: {found[-1][1]}" if found else "no checkpoint was written"
+
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore weights, optimisers, schedulers, EMA, data position and RNG from ``path``."""
+        """Restore weights, optimisers, schedulers, EMA, data position, counters and RNG from ``path``.
+
+        The folder should have passed :func:`~distar.train.checkpoint.verify_checkpoint`; anything
+        in it that cannot be used raises a one-line :class:`~distar.train.checkpoint.CheckpointError`.
+        """
         acc, path = self.accelerator, Path(path)
-        state = json.loads((path / ckpt.TRAINER_STATE_FILE).read_text())
+        state = _trainer_state(path, self.config.loop.max_steps)
         if state["world_size"] != acc.num_processes:
             logger.warning(
                 "checkpoint was written by %d processes, resuming with %d: prompt order changes",
                 state["world_size"],
                 acc.num_processes,
             )
-        acc.load_state(str(path))
+        try:
+            acc.load_state(str(path))
+        except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError, OSError, EOFError) as err:
+            reason = first_line(err)[:200]
+            raise ckpt.CheckpointError(f"{path}: optimizer/scheduler state cannot be loaded ({reason})") from None
         if not self.fsdp:
             for params, names, file in (
                 (self.generator_params, self.generator_names, ckpt.GENERATOR_FILE),
@@ -407,15 +521,38 @@ class Trainer:
                         p.copy_(value)
         if self.ema is not None:
             if "ema" not in state:
-                raise ConfigError(f"ema.decay is set but {path} has no EMA weights")
+                raise ckpt.CheckpointError(f"ema.decay is set but {path} has no EMA weights")
             shadow = ckpt.load_tensors(path / ckpt.GENERATOR_EMA_FILE, self.generator_names)
             self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
             self.ema.to(acc.device)
         self.data.load_state_dict(state["data"])
-        self.step = int(state["step"])
+        self.step = state["step"]
+        self.bad_steps = state.get("bad_steps", 0)
+        self.consecutive_bad_steps = state.get("consecutive_bad_steps", 0)
         rng_file = path / ckpt.rng_state_file(acc.process_index)
         if rng_file.is_file():
-            ckpt.set_rng_state(json.loads(rng_file.read_text()))
+            try:
+                ckpt.set_rng_state(ckpt.read_json(rng_file))
+            except (KeyError, ValueError, TypeError, RuntimeError):
+                raise ckpt.CheckpointError(f"{rng_file}: not an RNG state") from None
         else:
             logger.warning("%s missing: random draws will differ from an uninterrupted run", rng_file.name)
         logger.info("resumed from %s at step %d", path, self.step)
+        if self.step == self.config.loop.max_steps:
+            logger.info("%s is at loop.max_steps = %d: nothing left to train", path.name, self.step)
+
+
+def _trainer_state(path: Path, max_steps: int) -> dict:
+    """``trainer_state.json`` of checkpoint ``path``, with its fields checked."""
+    file = path / ckpt.TRAINER_STATE_FILE
+    state = ckpt.read_json(file)
+    fields = ("step", "world_size")
+    if not isinstance(state, dict) or not all(type(state.get(k)) is int and state[k] >= 0 for k in fields):
+        raise ckpt.CheckpointError(f"{file}: needs non-negative integers 'step' and 'world_size'")
+    if not isinstance(state.get("data"), dict) or type(state["data"].get("position")) is not int:
+        raise ckpt.CheckpointError(f"{file}: needs 'data': {{'position': <int>}}")
+    if state["step"] > max_steps:
+        raise ckpt.CheckpointError(
+            f"{file}: step {state['step']} is past loop.max_steps = {max_steps} (raise loop.max_steps to go on)"
+        )
+    return state

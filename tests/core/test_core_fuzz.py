@@ -1,0 +1,199 @@
+"""Seeded fuzzing of `distar train` inputs: every bad config file, override, prompt file, output folder
+or resume argument gives exit code 2 and one line on stderr, without a traceback and before any
+model is built. The case generator lives here so it can grow."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from distar.cli import main
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_sd.yaml"
+SEED = 12
+
+#: Values each key can never take (wrong type, out of range, non-finite, absurd size).
+INVALID: dict[str, list] = {
+    "loop.max_steps": ["ten", 1.5, 0, 10**12, True, [], {}, None, 1e40],
+    "loop.assistant_steps": [0, 10**9, "x", -1],
+    "loop.max_bad_steps": [0, "many"],
+    "loop.mixed_precision": ["fp8", 16],
+    "data.batch_size": [0, 10**12, "2", 2.5, -3],
+    "data.prompts": ["a cat", [1, 2], {"a": 1}],
+    "optim.generator.lr": [math.nan, math.inf, -math.inf, 0, -1, "fast", [1]],
+    "optim.assistant.betas": [[0.9], [1.0, 0.9], "0.9", [math.nan, 0.9]],
+    "optim.assistant.max_grad_norm": [0, math.inf, "big"],
+    "objective.reward_scale": [math.inf, math.nan, "big"],
+    "objective.guidance_scale": [math.inf, math.nan],
+    "objective.preset": ["nope", {"a": 1}, [1], 3],
+    "seed": [-1, 2**32, "zero", 1.5, 10**30],
+    "ema.decay": [1.0, -0.1, math.nan],
+    "checkpointing.total_limit": [0, "two"],
+    "checkpointing.every": [-1, "often"],
+    "logging.every": [0, "x"],
+    "rewards": ["pickscore", [1], {"name": "x"}, [{"name": "pickscore", "weight": math.nan}]],
+    "output_dir": [["a"], 3, "x" * 300, "/proc/distar-no-such/x", str(CONFIG / "inside-a-file")],
+    "model": ["sd", [1]],
+    "model.family": ["gan"],
+    "unknown_key": [1],
+    "loop.unknown": [1],
+}
+
+#: Whole config files that are not configs.
+TEXTS: list[bytes] = [
+    b"- a\n- b\n",  # top level a list
+    b"42\n",
+    b"just a string\n",
+    b"1: a\n",  # integer key
+    b"? [1, 2]\n: a\n",  # unhashable key
+    b"loop: {max_steps: 2}\nloop: {max_steps: 3}\n",  # duplicate keys
+    b"loop:\n  max_steps: 2\n  max_steps: 3\n",
+    b"seed: 1\nseed: 2\n",
+    b"a: &a [*a]\n",  # self-referential alias
+    b"loop: {max_steps: [1\n",  # syntax error
+    b"loop:\n\tmax_steps: 2\n",  # tab indentation
+    b"\xff\xfe\x00b\x00a\x00d\x00",  # UTF-16, not UTF-8
+    bytes(range(256)),  # binary
+    b"[" * 5000 + b"]" * 5000,  # deep nesting
+    b"a:" + b" {a:" * 40 + b" 1" + b"}" * 40 + b"\n",
+    # alias bombs: 9 levels of 9 references expand to 9**9 values
+    b'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    + b"".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n".encode() for i in range(8)
+    )
+    + b"loop: {max_steps: *i}\n",
+    b"x: &x {a: 1}\nobjective: {preset: *x}\n",
+]
+
+#: Overrides that are not overrides.
+OVERRIDES: list[str] = [
+    "noequals",
+    "=1",
+    "loop..max_steps=1",
+    ".seed=1",
+    "loop.max_steps=[1",
+    "loop.max_steps={",
+    "loop.max_steps=*alias",
+    "seed.deeper=1",
+    "loop.max_steps.x=1",
+    "optim.generator.lr=.nan",
+    "optim.generator.lr=-.inf",
+    "loop.max_steps=1e40",
+    "data.batch_size=1000000000000",
+]
+
+#: Prompt files that hold no usable prompt (name, bytes).
+PROMPT_FILES: list[tuple[str, bytes]] = [
+    ("empty.txt", b""),
+    ("blank.txt", b"   \n\t\n  \n"),
+    ("crlf-blank.txt", b"\r\n\r\n \r\n"),
+    ("binary.txt", bytes(range(256)) * 4),
+    ("latin1.txt", "caf\u00e9 au lait\n".encode("latin-1")),
+    ("huge.txt", b"a" * 20_000 + b"\n"),
+    ("nul.txt", b"a cat\x00\n"),
+    ("missing-columns.tsv", b"id\tprompt\n1\n2\n"),
+    ("no-prompt-column.tsv", b"id\tscore\n1\t2\n"),
+    ("header-only.csv", b"prompt\n"),
+    ("garbage.jsonl", b"{not json\n[1, 2]\n"),
+    ("object.json", b'{"prompt": "a cat"}'),
+    ("broken.json", b'["a cat",'),
+    ("unknown.bin", b"a cat\n"),
+    ("utf16.txt", "a cat\n".encode("utf-16")),
+]
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = value
+
+
+def cases(tmp: Path) -> Iterator[tuple[str, list[str]]]:
+    """(label, `distar train` arguments) for every generated bad input."""
+    rng = random.Random(SEED)
+    keys = sorted(INVALID)
+    for i in range(70):  # 1-3 bad values at random keys, in the file or as overrides
+        data = yaml.safe_load(CONFIG.read_text())
+        overrides = []
+        for key in rng.sample(keys, rng.randint(1, 3)):
+            value = rng.choice(INVALID[key])
+            if rng.random() < 0.5:
+                _set(data, key, value)
+            else:
+                overrides.append(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+        path = tmp / f"fuzz-{i}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        yield f"mutated-{i}", ["--config", str(path), *overrides]
+    for i, text in enumerate(TEXTS):
+        path = tmp / f"text-{i}.yaml"
+        path.write_bytes(text)
+        yield f"text-{i}", ["--config", str(path)]
+    for item in OVERRIDES:
+        yield f"override {item}", ["--config", str(CONFIG), item]
+    for i in range(15):  # random printable garbage as an integer value
+        junk = rng.choice("ghijklmnpqrstuvwxyz[{") + "".join(rng.choice("abc[]{}:,&*!|>'\" 019") for _ in range(8))
+        yield f"junk-{i}", ["--config", str(CONFIG), f"loop.max_steps={junk}"]
+    for name, content in PROMPT_FILES:
+        path = tmp / "prompts" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+        yield f"prompts {name}", ["--config", str(CONFIG), f"data.source={path}"]
+    yield "prompts missing", ["--config", str(CONFIG), f"data.source={tmp / 'nope.txt'}"]
+    run = tmp / "old-run"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"step": 1}\n')
+    yield "existing run", ["--config", str(CONFIG), f"output_dir={run}"]
+    yield "resume nothing", ["--config", str(CONFIG), f"output_dir={tmp / 'r1'}", "--resume", str(tmp / "nope")]
+    bad = tmp / "bad-run" / "checkpoint-2"
+    bad.mkdir(parents=True)
+    (bad / "manifest.json").write_bytes(b"\xff" * 10)
+    yield "resume bad latest", ["--config", str(CONFIG), f"output_dir={bad.parent}", "--resume", "latest"]
+    yield "resume bad path", ["--config", str(CONFIG), f"output_dir={tmp / 'r2'}", "--resume", str(bad)]
+
+
+def test_every_bad_input_is_one_line_before_any_model(tmp_path, monkeypatch, capsys):
+    import distar.train.build as build
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was built for a bad input")
+
+    monkeypatch.setattr(build, "build_trainer", no_models)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(CONFIG), "--dry-run"]) == 0  # imports (and their one-time warnings)
+    capsys.readouterr()
+    results = []
+    for label, argv in cases(tmp_path):
+        given = any(a.startswith("output_dir=") for a in argv)
+        code = main(["train", *argv] if given else ["train", *argv, f"output_dir={tmp_path / 'out'}"])
+        err = capsys.readouterr().err.strip()
+        lines = err.splitlines()
+        ok = code == 2 and len(lines) == 1 and lines[0].startswith("distar train: error: ")
+        results.append((label, ok, code, err[-300:]))
+    failed = [r for r in results if not r[1]]
+    assert len(results) >= 100
+    assert not failed, f"{len(failed)} of {len(results)} not a one-line error: {failed[:5]}"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--model", "runs/x::name=..", "--out", "o"], "name: '..' is not a usable name"),
+        (["eval", "--model", "runs/x::steps=[1", "--out", "o"], "invalid YAML"),
+        (["export", "/no/such/run", "--out", "o"], "/no/such/run"),
+        (["generate", "--model", "/no/such/model", "--prompt", "a"], "no such folder"),
+    ],
+)
+def test_other_commands_refuse_bad_arguments_in_one_line(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
