@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from distar.backends import ModelConfig, build_backend
 from distar.card import hub_id, portable_name, validate_export
 from distar.cli import main
 from distar.config import ConfigError
-from distar.export import METADATA_FILE, export_checkpoint
+from distar.export import export_checkpoint
 from export_helpers import PROMPT, write_checkpoint
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"

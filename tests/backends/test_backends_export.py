@@ -13,7 +13,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from distar.backends import ModelConfig, build_backend
-from distar.backends.weights import load_trainable_state_dict, trainable_state_dict
 from distar.cli import main
 from distar.config import ConfigError, to_dict
 from distar.export import METADATA_FILE, export_checkpoint, pipeline_from_checkpoint

@@ -36,7 +36,7 @@ def test_tiny_build_writes_loadable_models(tiny_world):
     record = json.loads((tiny_world / "build_record.json").read_text())
     stages = {"clip", "judge", "reward", "reference", "one_step", "one_step_refine", "quality", "total"}
     assert set(record["timings_seconds"]) >= stages
-    assert record["config"]["reference"]["steps"] == 2 and record["versions"]["torch"] == torch.__version__
+    assert record["config"]["reference"]["steps"] == 2 and record["environment"]["torch"] == torch.__version__
     for key in ("reference", "one_step_warm_start", "one_step", "renders"):
         assert {"fid", "alignment", "alignment_per_attribute", "true_utility", "learned_reward"} <= set(record["figures"][key])
     assert len(record["figures"]["one_step_refine_log"]) == 2

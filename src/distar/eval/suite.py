@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import tempfile
 import warnings
 from collections import defaultdict
@@ -41,6 +40,7 @@ from distar.eval.metrics import LazyMetric, SetMetric, as_lazy, evaluation_input
 from distar.eval.report import ModelResult, Summary, save_grid
 from distar.protocols import ImageModel
 from distar.rewards import Reward
+from distar.runtime import environment
 
 Key = tuple[int, int]  # (prompt index, seed)
 
@@ -340,21 +340,6 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _environment() -> dict[str, str]:
-    import diffusers
-    import torchmetrics
-    import transformers
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    return {
-        "device": device,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "torchmetrics": torchmetrics.__version__,
-    }
-
-
 def evaluate(
     models: Sequence[ImageModel],
     benchmark: Benchmark,
@@ -407,7 +392,7 @@ def evaluate(
         models=[run.result(model, lazy) for model in models],
         group_kind=benchmark.group_kind,
         group_titles=list(benchmark.group_titles),
-        environment=_environment(),
+        environment=environment(),
     )
     summary.write(out)
     run.grids(models, grid_prompts, list(seeds))

@@ -47,7 +47,7 @@ class GenerateRequest:
     """One request: ``n`` images of one prompt at seeds ``seed, seed + 1, …``."""
 
     prompt: str = field("", help=f"text prompt, 1 to {MAX_PROMPT_CHARS} characters")
-    seed: int = field(0, help=f"seed of the first image, 0 to 2^53 - 1")
+    seed: int = field(0, help="seed of the first image, 0 to 2^53 - 1")
     n: int = field(1, help=f"number of images, 1 to {MAX_IMAGES}")
     one_step: bool = field(True, help="sample the one-step model")
     reference: bool = field(False, help="also sample the reference (when the server has one)")

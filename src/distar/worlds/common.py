@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
-import platform
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -54,25 +52,6 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
-
-
-def environment() -> dict[str, Any]:
-    """Library versions, CPU count, torch threads and load: what a reported timing depends on."""
-    import diffusers
-    import transformers
-
-    import distar
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "distar": distar.__version__,
-        "cpus": os.cpu_count(),
-        "torch_threads_per_process": torch.get_num_threads(),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
 
 
 def _one_thread_init() -> None:

@@ -30,7 +30,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import platform
 import shutil
 import sys
 import time
@@ -61,6 +60,7 @@ from distar.worlds.shapes.clip import (
 from distar.worlds.shapes.data import render_prompts
 from distar.worlds.shapes.grammar import sample_prompts, vocabulary
 from distar.rewards import RewardSpec, load_reward
+from distar.runtime import environment
 from distar.worlds.shapes.one_step import DistillLoop, OneStepSampler, RefineLoop, distill_one_step, refine_one_step
 from distar.worlds.shapes.metrics import (
     AlignmentScore,
@@ -137,24 +137,6 @@ def _files(directory: Path) -> dict[str, dict[str, object]]:
         str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         for p in sorted(directory.rglob("*"))
         if p.is_file()
-    }
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-    import numpy
-    import transformers
-
-    import distar
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "distar": distar.__version__,
-        "platform": platform.platform(),
     }
 
 
@@ -322,8 +304,7 @@ def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None
         "config": settings,
         "timings_seconds": timings,
         "figures": stages.figures,
-        "versions": _versions(),
-        "torch_threads": torch.get_num_threads(),
+        "environment": environment(),
         "command": " ".join(sys.argv),
         "files": _files(tmp),
     }

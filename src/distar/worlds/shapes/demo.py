@@ -40,10 +40,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from distar.config import ConfigError, field, load_config, save_config, to_dict
+from distar.config import field, load_config, save_config, to_dict
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.train import TrainConfig
-from distar.worlds.common import Progress, environment, format_ci, markdown_table, mean_ci95, run_parallel
+from distar.runtime import environment
+from distar.worlds.common import Progress, format_ci, markdown_table, mean_ci95, run_parallel
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
 from distar.worlds.shapes.one_step import OneStepLoop
 
@@ -387,7 +388,7 @@ def write_report(
         f"`grid.png`: rows are models (trained methods: training seed 0), columns are prompts, evaluation seed "
         f"{cfg.seeds[0]} — the same noise for every one-step model.",
         "",
-        f"![one prompt across 8 seeds](diversity.png)",
+        "![one prompt across 8 seeds](diversity.png)",
         "",
         f"`diversity.png`: \"{cfg.diversity_prompt}\" across 8 seeds per model: what the prompt leaves open "
         "(colour, size, position, background) should vary.",

@@ -17,7 +17,6 @@ from typing import Callable, Sequence
 
 import diffusers
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch import Tensor
