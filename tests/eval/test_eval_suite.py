@@ -13,7 +13,8 @@ from distar.config import ConfigError
 from distar.eval import Diversity, evaluate
 from distar.eval.benchmarks import PromptItem
 from distar.eval.cost import measure_cost
-from distar.eval.suite import EvalWarning, ModelFiles, load_image
+from distar.eval.suite import EvalWarning, ModelFiles
+from distar.io import load_image
 
 
 def flat(images: torch.Tensor) -> torch.Tensor:

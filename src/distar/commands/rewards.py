@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -75,17 +71,6 @@ def _pairs(images_dir: Path, prompts: str) -> list[tuple[Path, str]]:
     return [(f, r[column]) for f, r in zip(files, records)]
 
 
-def _load_image(path: Path) -> torch.Tensor:
-    """(3, H, W) float image in [0, 1]."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
-
-
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -93,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from distar.errors import UserError
+    from distar.io import load_image
     from distar.rewards import REWARD_NAMES, RewardSpec, load_reward
 
     names = [n.strip() for n in args.rewards.split(",") if n.strip()]
@@ -121,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         values: list[float] = []
         for start in tqdm(range(0, len(pairs), args.batch_size), desc=name, disable=len(pairs) <= args.batch_size):
             batch = pairs[start : start + args.batch_size]
-            images = [_load_image(path) for path, _ in batch]
+            images = [load_image(path) for path, _ in batch]
             prompts = [prompt for _, prompt in batch]
             with torch.no_grad():
                 if all(img.shape == images[0].shape for img in images):

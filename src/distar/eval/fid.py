@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from distar.config import ConfigError
 from distar.cache import cache_dir
 from distar.eval.benchmarks import fetch
+from distar.io import to_uint8
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -83,7 +84,7 @@ class InceptionV3Features(nn.Module):
 def prepare_uint8(images: Tensor, resolution: int | None) -> Tensor:
     """Images in [0, 1] (B, 3, H, W) → uint8, centre-cropped to a square and PIL-LANCZOS-resized to
     ``resolution`` (unchanged size when None)."""
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pixels = to_uint8(images)
     out = [_crop_resize(Image.fromarray(p), resolution) for p in pixels]
     return torch.from_numpy(np.stack([np.asarray(o) for o in out])).permute(0, 3, 1, 2)
 

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from distar.config import ConfigError
+from distar.io import to_uint8
 from distar.rewards import REWARD_NAMES, TINY, Reward
 from distar.rewards.preprocess import ImageTransform
 
@@ -76,7 +77,7 @@ def evaluation_inputs(images: Tensor, reward: Reward) -> Tensor:
     if transform.resize not in (None, transform.size):
         return images
     short = size = transform.size
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pixels = to_uint8(images)
     out = []
     for array in pixels:
         image = Image.fromarray(array)

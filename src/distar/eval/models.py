@@ -20,10 +20,8 @@ from torch import Tensor
 
 from distar.config import ConfigError, field, from_dict, parse_yaml
 from distar.errors import first_line
+from distar.io import DTYPES
 from distar.paths import safe_name
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 @dataclass
 class ModelSpec:
@@ -143,7 +141,7 @@ class DiffusersModel:
     @property
     def dtype(self) -> torch.dtype:
         if self.spec.dtype is not None:
-            return _DTYPES[self.spec.dtype]
+            return DTYPES[self.spec.dtype]
         return torch.float16 if self.device.type == "cuda" else torch.float32
 
     @property

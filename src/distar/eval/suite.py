@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import io
 import json
 import os
-import tempfile
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +37,7 @@ from distar.eval.cost import measure_cost
 from distar.eval.metrics import LazyMetric, SetMetric, as_lazy, evaluation_inputs
 from distar.eval.report import ModelResult, Summary, save_grid
 from distar.protocols import ImageModel
+from distar.io import load_image, png_bytes, write_atomic
 from distar.rewards import Reward
 from distar.runtime import environment
 
@@ -49,21 +48,8 @@ class EvalWarning(UserWarning):
     """An image, prompt or score was skipped; the summary lists it too."""
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def load_image(path: Path) -> Tensor:
-    """A PNG/JPEG file → (3, H, W) float32 in [0, 1]."""
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 class ModelFiles:
@@ -201,10 +187,7 @@ class _Run:
                 self.fail(model.name, f"prompt {item.index} seed {seed}: non-finite pixels, skipped")
                 failed += 1
                 continue
-            pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, format="PNG")
-            _write_atomic(files.image((item.index, seed)), buffer.getvalue())
+            write_atomic(files.image((item.index, seed)), png_bytes(image))
             rows.append(self.record(files, item, seed) | {"new": True})
         files.append(rows)
         return failed

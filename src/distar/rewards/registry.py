@@ -13,11 +13,9 @@ from typing import Callable, Sequence
 import torch
 
 from distar.config import ConfigError
+from distar.io import resolve_dtype
 from distar.rewards.base import Reward, WeightedReward
 from distar.rewards.spec import TINY, RewardSpec
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def _loaders() -> dict[str, Callable[[RewardSpec], Reward]]:
     # Imported here: the model modules pull in transformers.
@@ -33,15 +31,6 @@ def _loaders() -> dict[str, Callable[[RewardSpec], Reward]]:
         "imagereward": ImageReward.from_spec,
         "aesthetic": AestheticReward.from_spec,
     }
-
-
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """``"bfloat16"`` → ``torch.bfloat16``; dtypes and None pass through."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ConfigError(f"unknown dtype '{dtype}' (choose from {', '.join(_DTYPES)})")
-    return _DTYPES[dtype]
 
 
 def load_reward(

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import time
@@ -22,7 +21,6 @@ from importlib import resources
 from typing import Any, AsyncIterator, Literal
 
 import torch
-from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -30,6 +28,7 @@ from starlette.routing import Route
 from torch import Tensor
 
 from distar.config import ConfigError, field, from_dict
+from distar.io import png_bytes
 from distar.serve.models import ServedModels
 from distar.serve.queue import LatestPerClient, QueueFull, Superseded
 from distar.train.logs import image_grid
@@ -88,14 +87,6 @@ class Generated:
     reference: Tensor | None
     reference_ms: float | None
     guidance: float | None
-
-
-def png_bytes(image: Tensor) -> bytes:
-    """A (3, H, W) image in [0, 1] as PNG."""
-    pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _timed(fn: Any, *args: Any) -> tuple[Tensor, float]:

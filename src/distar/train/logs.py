@@ -85,5 +85,6 @@ def save_png(image: Tensor, path: str | Path) -> None:
     """Write a (3, H, W) image in [0, 1] as PNG."""
     from PIL import Image
 
-    array = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(array).save(path)
+    from distar.io import to_uint8
+
+    Image.fromarray(to_uint8(image)).save(path)

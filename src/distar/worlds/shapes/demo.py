@@ -41,6 +41,7 @@ from PIL import Image
 from torch import Tensor
 
 from distar.config import field, load_config, save_config, to_dict
+from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.train import TrainConfig
 from distar.runtime import environment
@@ -215,18 +216,13 @@ def _gather(batches: Iterable[tuple[Tensor, Sequence[dict]]]) -> tuple[Tensor, l
     return torch.cat(images), prompts
 
 
-def _to_uint8(images: Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] → (B, H, W, 3) uint8."""
-    return (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-
-
 def _save_renders(prompts: Sequence[str], seeds: Iterable[int], folder: Path) -> None:
     from distar.worlds.shapes.data import render_prompts
 
     folder.mkdir(parents=True, exist_ok=True)
     pairs = [(i, s) for i in range(len(prompts)) for s in seeds]
     images, _ = render_prompts([prompts[i] for i, _ in pairs], [10**7 + 1000 * i + s for i, s in pairs])
-    for (i, s), array in zip(pairs, _to_uint8(images)):
+    for (i, s), array in zip(pairs, to_uint8(images)):
         Image.fromarray(array).save(folder / f"{i:04d}_{s}.png")
 
 
@@ -551,7 +547,7 @@ def evaluate_stage(
     )
     with torch.no_grad():
         image_grid(
-            {label: list(_to_uint8(m.generate_images([cfg.diversity_prompt] * 8, range(8)))) for label, m in shown.items()},
+            {label: list(to_uint8(m.generate_images([cfg.diversity_prompt] * 8, range(8)))) for label, m in shown.items()},
             [f"seed {s}" for s in range(8)], out / "diversity.png",
         )
     return rows, groups, eval_dir
