@@ -102,5 +102,6 @@ class Progress:
     def __call__(self, label: str) -> None:
         self.done += 1
         elapsed = time.perf_counter() - self.start
-        left = elapsed / self.done * (self.total - self.done)
+        # Jobs run in rounds of `workers`: time per finished round × rounds still to run.
+        left = elapsed / math.ceil(self.done / self.workers) * math.ceil((self.total - self.done) / self.workers)
         self.echo(f"[run {self.done} of {self.total}] {label} done ({elapsed:.0f}s in all, about {left:.0f}s left)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import CLIPModel, CLIPTokenizer
 
 from distar.config import ConfigError
+from distar.rewards.hub import quiet_transformers
 
 #: Package folder holding ``clip/``, ``judge/``, ``reward/``, ``reference/``, ``one_step/``, ``build_record.json``.
 ASSETS_DIR = Path(__file__).resolve().parent / "models"
@@ -24,7 +25,8 @@ def asset(name: str, root: str | Path | None = None) -> Path:
 def load_clip(name: str = "clip", root: str | Path | None = None) -> tuple[CLIPModel, CLIPTokenizer]:
     """A shipped CLIP-like model (``clip`` or ``reward``) and its tokenizer, in eval mode."""
     path = asset(name, root)
-    return CLIPModel.from_pretrained(path).eval(), CLIPTokenizer.from_pretrained(path)
+    with quiet_transformers():
+        return CLIPModel.from_pretrained(path).eval(), CLIPTokenizer.from_pretrained(path)
 
 
 def build_record(root: str | Path | None = None) -> dict:

@@ -24,6 +24,7 @@ from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from distar.config import field
 from distar.diffusion import cfg_combine
+from distar.rewards.hub import quiet_transformers
 from distar.worlds.shapes.clip import Log, TrainLoop, fit
 from distar.worlds.shapes.data import SceneSampler
 from distar.worlds.shapes.grammar import IMAGE_SIZE
@@ -211,9 +212,11 @@ class ReferenceSampler:
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs) -> "ReferenceSampler":
         directory = Path(directory)
+        with quiet_transformers():
+            text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder")
         return cls(
             UNet2DConditionModel.from_pretrained(directory / "unet"),
-            CLIPTextModel.from_pretrained(directory / "text_encoder"),
+            text_encoder,
             CLIPTokenizer.from_pretrained(directory / "tokenizer"),
             **kwargs,
         )

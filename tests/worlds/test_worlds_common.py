@@ -1,0 +1,37 @@
+"""Seed statistics and progress lines shared by the worlds' demos."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from distar.worlds.common import Progress, format_ci, mean_ci95
+
+
+def test_mean_ci95_is_the_student_t_interval():
+    mean, half = mean_ci95([1.0, 2.0, 3.0])  # s = 1, n = 3, t_{0.975, 2} = 4.303
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3))
+    mean, half = mean_ci95([5.0, None, float("nan"), 7.0])  # missing and non-finite values are left out
+    assert mean == 6.0 and half == pytest.approx(12.706)  # s = √2, n = 2
+    assert math.isnan(mean_ci95([4.0])[1]) and math.isnan(mean_ci95([])[0])
+    assert mean_ci95([2.0] * 40)[1] == 0.0
+
+
+def test_format_ci():
+    assert format_ci(0.5, 0.0123) == "0.500 ± 0.012"
+    assert format_ci(0.5, math.nan, digits=1) == "0.5"
+    assert format_ci(math.nan, 1.0) == "–"
+
+
+def test_progress_counts_parallel_rounds(monkeypatch):
+    clock = iter([0.0, 100.0, 101.0, 200.0])
+    monkeypatch.setattr("distar.worlds.common.time.perf_counter", lambda: next(clock))
+    lines: list[str] = []
+    progress = Progress(total=5, workers=2, echo=lines.append)
+    progress("a")  # round 1 of 3 is still running: 100 s a round, two rounds to go after it
+    progress("b")
+    progress("c")
+    assert lines[0] == "[run 1 of 5] a done (100s in all, about 200s left)"
+    assert lines[1] == "[run 2 of 5] b done (101s in all, about 202s left)"
+    assert lines[2] == "[run 3 of 5] c done (200s in all, about 100s left)"
