@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.protocols",),
     ("distar.objectives",),
     ("distar.diffusion",),
-    ("distar", "distar.cache", "distar.config", "distar.errors", "distar.io", "distar.prompts", "distar.runtime", "distar.tiny"),
+    ("distar", "distar.cache", "distar.config", "distar.errors", "distar.io", "distar.paths", "distar.prompts", "distar.runtime", "distar.tiny"),
 ]
 FOUNDATION = LAYERS[-1]
 
