@@ -91,5 +91,5 @@ def test_verdicts_name_reward_hacking():
         "B": {"pickscore": (0.3, 0.01), "true_utility": (-4.0, 0.1), "alignment": (0.81, 0.05), "open_diversity": (0.6, 0.05)},
     }
     a, b = verdicts(stats, ["A", "B"], START)
-    assert "reward hacking" in a and "open-attribute diversity fell" in a
+    assert "reward hacking" in a and "; but open-attribute diversity fell. " in a
     assert "a real gain" in b and "kept" in b

@@ -299,7 +299,7 @@ def verdicts(stats: dict[str, dict[str, tuple[float, float]]], groups: Sequence[
         parts = []
         for key, label in (("pickscore", "learned reward"), ("true_utility", "true utility"), ("alignment", "alignment"), ("open_diversity", "open-attribute diversity")):
             delta, h, word = change(group, key)
-            parts.append((key, word, f"{label} {word} ({delta:+.3f} ± {h:.3f})"))
+            parts.append((label, word, f"{label} {word} ({delta:+.3f} ± {h:.3f})"))
         reward_word, utility_word = parts[0][1], parts[1][1]
         if reward_word == "rose" and utility_word == "rose":
             story = "a real gain: the hidden human agrees with the learned reward"
@@ -311,8 +311,8 @@ def verdicts(stats: dict[str, dict[str, tuple[float, float]]], groups: Sequence[
             story = "the hidden human's utility fell"
         else:
             story = "no significant change in either reward"
-        kept = [label for key, word, label in parts[2:] if word == "fell"]
-        tail = f"; but {' and '.join(k.split(' (')[0] for k in kept)} fell" if kept else "; alignment and open-attribute diversity kept"
+        fell = [label for label, word, _ in parts[2:] if word == "fell"]
+        tail = f"; but {' and '.join(fell)} fell" if fell else "; alignment and open-attribute diversity kept"
         lines.append(f"- **{group}**: {story}{tail}. " + "; ".join(p[2] for p in parts) + " (from the one-step start).")
     return lines
 
