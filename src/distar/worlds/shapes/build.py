@@ -262,8 +262,12 @@ def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None
     one_step_settings = reference_settings | {k: settings[k] for k in ("one_step", "quality")}
     if not stages.done("one_step", one_step_settings):
         with stages.run("one_step", one_step_settings) as figures:
+            teacher = ReferenceSampler(
+                unet, text_encoder, tokenizer, config.quality.sample_steps, config.quality.guidance_scale,
+                clip_sample=config.one_step.clip_teacher,
+            )
             generator, figures["one_step_training"] = distill_one_step(
-                sampler, config.one_step, _progress("one_step", config.one_step.steps, every, echo)
+                teacher, config.one_step, _progress("one_step", config.one_step.steps, every, echo)
             )
             generator.save_pretrained(tmp / "one_step.warm")
 

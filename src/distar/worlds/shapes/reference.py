@@ -189,8 +189,11 @@ class ReferenceSampler:
 
     Each step evaluates the UNet on the conditional and the empty prompt in one batch and combines
     the two v-predictions by Eq. (3.5) with ``guidance_scale`` (the combination is linear, so it is
-    the guided score's v-form); the implied x̂0 is clipped to [−1, 1] as DDPM does in pixel space.
-    z comes from the per-image seed (DDIM with η = 0 is deterministic).
+    the guided score's v-form). z comes from the per-image seed (DDIM with η = 0 is deterministic).
+
+    ``clip_sample`` clips the implied x̂0 to [−1, 1] as diffusers' DDIM does, which keeps ε̂ from the
+    unclipped prediction; under CFG the guided x̂0 overshoots dark backgrounds, the clipped steps are
+    inconsistent and backgrounds drift to grey (docs/shapes.md measures it), so it is off by default.
     """
 
     def __init__(
@@ -201,10 +204,12 @@ class ReferenceSampler:
         steps: int = 25,
         guidance_scale: float = 3.0,
         name: str | None = None,
+        *,
+        clip_sample: bool = False,
     ) -> None:
         self.unet, self.text_encoder, self.tokenizer = unet.eval(), text_encoder.eval(), tokenizer
         self.scheduler = DDIMScheduler.from_config(
-            dict(SCHEDULER_CONFIG, clip_sample=True, set_alpha_to_one=False)
+            dict(SCHEDULER_CONFIG, clip_sample=clip_sample, set_alpha_to_one=False)
         )
         self.steps, self.guidance_scale = steps, guidance_scale
         self.name = name or f"reference ({steps} steps, CFG {guidance_scale:g})"
