@@ -341,7 +341,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cells(stats: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    return [format_ci(*(math.nan if v is None else v for v in stats[k])) for k in keys]
+    """``mean ± half`` per key: 3 decimals, seconds with 1."""
+    return [format_ci(*(math.nan if v is None else v for v in stats[k]), digits=1 if k == "train_seconds" else 3) for k in keys]
 
 
 def _markdown(report: dict[str, Any]) -> str:
