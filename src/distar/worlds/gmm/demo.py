@@ -467,7 +467,8 @@ def run(args: argparse.Namespace) -> int:
     plot_samples(GMMWorld(cfg.world), samples, out / "samples.png")
     series = {m: [p for p in sweep if p["method"] == m] for m in cfg.sweep_methods}
     for c in cfg.huber_c_sweep:
-        series[f"{cfg.huber_c_method} (c = {c:g})"] = [p for p in huber if p["huber_c"] == c]
+        if c != preset(cfg.huber_c_method).huber_c:  # the preset's c is the method's own α sweep line
+            series[f"{cfg.huber_c_method} (c = {c:g})"] = [p for p in huber if p["huber_c"] == c]
     plot_pareto(series, models["reference"], out / "pareto.png")
     plot_training({r.method: results[r.key(cfg)][0]["reward_curve"] for r in table_runs(cfg)}, out / "training.png")
 
