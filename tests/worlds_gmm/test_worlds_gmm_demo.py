@@ -1,4 +1,4 @@
-"""``distar demo --world gmm`` end to end on a tiny budget: files, report keys, reproducibility."""
+"""``distar demo --world gmm`` end to end on a tiny budget: intervals over seeds, the c sweep, reproducibility."""
 
 from __future__ import annotations
 
@@ -10,50 +10,82 @@ import pytest
 from distar.cli import UserError, main
 from distar.commands import demo as demo_command
 from distar.config import ConfigError
+from distar.worlds.common import mean_ci95
+from distar.worlds.gmm import demo as gmm_demo
 from distar.worlds.gmm.demo import METHODS, GMMDemoConfig, method_objective
 
 TINY = [
     "--steps", "4",
-    "distill_steps=20", "batch_size=32", "eval_samples=60", "tilted_pool=600",
-    "sweep_reward_scales=[0,3]", "net.hidden=16",
+    "distill_steps=20", "batch_size=32", "eval_samples=60", "tilted_pool=600", "net.hidden=16",
+    "sweep_reward_scales=[0,3]", "huber_c_sweep=[0.1,1]", "huber_c_reward_scales=[3]", "training_seeds=3",
 ]  # fmt: skip
 
-METRICS = {"reward", "mode_coverage", "mode_entropy", "energy_distance_ref", "energy_distance_tilted", "train_seconds"}
+COLUMNS = {"reward", "mode_coverage", "mode_entropy", "off_mode_mass", "energy_distance_ref", "energy_distance_tilted"}
 
 
 def _numbers(report: dict) -> dict:
-    """Everything but timings and machine load."""
-    methods = {m: {k: v for k, v in row.items() if k != "train_seconds"} for m, row in report["methods"].items()}
-    return {"methods": methods, "sweep": report["sweep"]}
+    """Every figure but timings and machine load."""
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]
+
+    models = {m: strip(s["per_seed"]) for m, s in report["models"].items()}
+    return {"models": models, "sweeps": [strip(p["per_seed"]) for p in report["sweep"] + report["huber_c_sweep"]]}
 
 
-def test_demo_writes_report_and_is_reproducible(tmp_path) -> None:
-    reports = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        assert main(["demo", "--world", "gmm", "--out", str(out), "--seed", "3", *TINY]) == 0
-        for file in ("report.json", "report.md", "samples.png", "pareto.png", "training.png", "config.yaml"):
-            assert (out / file).is_file(), file
-        reports.append(json.loads((out / "report.json").read_text()))
-    report = reports[0]
-    assert set(report["methods"]) == {"reference", *METHODS}
-    assert report["tilted_target"]["alpha"] == 3.0 and report["tilted_target"]["mode_coverage"] > 0
-    for name, row in report["methods"].items():
-        assert METRICS <= set(row), name
-        assert 0.0 <= row["mode_coverage"] <= 1.0
-    assert report["methods"]["reference"]["train_seconds"] is None
-    assert report["methods"]["di_star"]["train_seconds"] > 0
+def test_demo_reports_intervals_over_seeds_and_the_c_sweep(tmp_path, monkeypatch) -> None:
+    aggregated: list[int] = []
+
+    def spy(values):
+        aggregated.append(len(values))
+        return mean_ci95(values)
+
+    monkeypatch.setattr(gmm_demo, "mean_ci95", spy)
+    out = tmp_path / "a"
+    assert main(["demo", "--world", "gmm", "--out", str(out), "--seed", "3", *TINY, "jobs=1"]) == 0
+    for file in ("report.json", "report.md", "samples.png", "pareto.png", "training.png", "config.yaml"):
+        assert (out / file).is_file(), file
+    report = json.loads((out / "report.json").read_text())
+    assert aggregated and set(aggregated) == {3}  # every figure is aggregated over the 3 seeds
+    assert set(report["models"]) == {"reference", "p* (α=3)", *METHODS, "init (distill)"}
+    for name, stats in report["models"].items():
+        assert stats["seeds"] == 3 and len(stats["per_seed"]) == 3, name
+        for key in COLUMNS:
+            values = [row[key] for row in stats["per_seed"]]
+            assert stats[key] == list(mean_ci95(values)), (name, key)
+            assert 0.0 <= stats["mode_coverage"][0] <= 1.0
+    # The seeds differ: in the evaluation draws and in training.
+    for name in ("reference", "di_star"):
+        assert len({row["energy_distance_ref"] for row in report["models"][name]["per_seed"]}) == 3, name
+    assert report["models"]["reference"]["train_seconds"] == [None, None]
+    assert report["models"]["di_star"]["train_seconds"][0] > 0
     assert {(p["method"], p["alpha"]) for p in report["sweep"]} == {
         ("di_star", 0.0), ("di_star", 3.0), ("di_pp", 0.0), ("di_pp", 3.0)
     }  # fmt: skip
-    assert all({"reward", "mode_coverage"} <= set(p) for p in report["sweep"])
-    # α = 0 sweep points are the SIM / Diff-Instruct runs themselves.
+    # Equal objectives are one training: α = 0 points are SIM / Diff-Instruct, c = 0.1 is the preset's c.
     sweep = {(p["method"], p["alpha"]): p for p in report["sweep"]}
-    assert sweep[("di_star", 0.0)]["reward"] == report["methods"]["sim"]["reward"]
-    assert sweep[("di_pp", 3.0)]["reward"] == report["methods"]["di_pp"]["reward"]
+    huber = {p["huber_c"]: p for p in report["huber_c_sweep"]}
+    assert set(huber) == {0.1, 1.0} and all(p["alpha"] == 3.0 for p in huber.values())
+    assert sweep[("di_star", 0.0)]["reward"] == report["models"]["sim"]["reward"]
+    assert sweep[("di_pp", 3.0)]["reward"] == report["models"]["di_pp"]["reward"]
+    assert huber[0.1]["per_seed"] == report["models"]["di_star"]["per_seed"]
+    assert huber[1.0]["reward"] != huber[0.1]["reward"]
     assert report["config"]["seed"] == 3 and report["config"]["steps"] == 4
+    text = (out / "report.md").read_text()
+    assert "| di_star |" in text and " ± " in text
+    assert "## Pseudo-Huber c sweep" in text and "| 3 | 1 |" in text
+
+
+@pytest.mark.slow  # spawns worker processes, each importing torch and distar
+def test_demo_numbers_do_not_depend_on_parallel_jobs(tmp_path) -> None:
+    reports = []
+    for jobs in (1, 2):
+        out = tmp_path / str(jobs)
+        args = [*TINY[:-1], "training_seeds=2", "methods=[sim,di_star]", "sweep_methods=[]"]
+        assert main(["demo", "--world", "gmm", "--out", str(out), *args, f"jobs={jobs}"]) == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert reports[0]["run"]["jobs"] == 1 and reports[1]["run"]["jobs"] == 2
     assert _numbers(reports[0]) == _numbers(reports[1])
-    assert "| di_star |" in (tmp_path / "a" / "report.md").read_text()
 
 
 def test_demo_config_errors_and_presets() -> None:
@@ -61,9 +93,16 @@ def test_demo_config_errors_and_presets() -> None:
         GMMDemoConfig(methods=["dpo"])
     with pytest.raises(ConfigError):
         GMMDemoConfig(steps=0)
+    with pytest.raises(ConfigError, match="training_seeds"):
+        GMMDemoConfig(training_seeds=0)
+    with pytest.raises(ConfigError, match="pseudo-Huber"):
+        GMMDemoConfig(huber_c_method="di_pp")
+    with pytest.raises(ConfigError, match="huber_c_sweep"):
+        GMMDemoConfig(huber_c_sweep=[0.0])
     cfg = GMMDemoConfig(reward_scale=2.0, guidance_scale=1.5, cfg_reward_scale=0.5)
     assert method_objective(cfg, "di_star").reward_scale == 2.0
     assert method_objective(cfg, "di_star").guidance_scale == 1.5
+    assert method_objective(cfg, "di_star", huber_c=1.0).huber_c == 1.0
     assert method_objective(cfg, "di_pp", reward_scale=7.0).divergence == "ikl"
     assert method_objective(cfg, "di_pp", reward_scale=7.0).reward_scale == 7.0
     assert method_objective(cfg, "sim").reward_scale == 0.0

@@ -1,35 +1,41 @@
 """``distar demo --world gmm``: every method of Table 2 trained with one budget, measured exactly.
 
-1. Build the world, its reward and a :class:`GMMBackend` (seeded).
-2. Initialise the generator and assistant without reward: regression onto the exact reference
-   (``init: distill``, :mod:`distar.worlds.gmm.distill`) or random (``init: scratch``), optionally
-   followed by SIM (α = 0) steps through the Trainer; every run below starts from this same state.
-3. Train each method, and each point of the reward-scale sweep, with :class:`distar.train.Trainer`
-   and the same steps, batch and learning rates.
-4. Evaluate every model on the same latents against exact reference draws and exact draws of the
-   KL-optimal tilted target; write ``report.json``, ``report.md`` and the figures ``samples.png``,
-   ``pareto.png`` and ``training.png``.
+Stages of :func:`run`, repeated for each of ``training_seeds`` seeds (seed i seeds the networks,
+the training draws and the evaluation draws with ``seed + 1000 i``):
+
+1. **initialise**: build the world, its reward and a :class:`GMMBackend`; fit the generator and
+   assistant without reward, by regression onto the exact reference (``init: distill``,
+   :mod:`distar.worlds.gmm.distill`) or not at all (``init: scratch``), optionally followed by SIM
+   (α = 0) steps through the Trainer. Every training of the seed starts from this state.
+2. **train** each method, each point of the reward-scale sweep and each point of the pseudo-Huber c
+   sweep with :class:`distar.train.Trainer`, the same steps, batch and learning rates; the trainings
+   run as parallel one-thread processes (:func:`~distar.worlds.common.run_parallel`), so a seed gives
+   the same numbers whatever ``jobs`` is.
+3. **evaluate** every model on fixed latents against exact reference draws and exact draws of the
+   KL-optimal tilted target.
+4. **report** every figure as mean ± 95 % interval over the seeds (``report.md``, ``report.json``,
+   the figures ``samples.png`` and ``training.png`` of seed 0 and ``pareto.png`` with intervals).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
+import math
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, Sequence
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from distar.config import ConfigError, field, load_config, save_config, to_dict
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
+from distar.runtime import environment
 from distar.train import (
     CheckpointConfig,
     DataConfig,
@@ -40,6 +46,8 @@ from distar.train import (
     TrainConfig,
     Trainer,
 )
+from distar.train.checkpoint import save_tensors
+from distar.worlds.common import Progress, format_ci, markdown_table, mean_ci95, run_parallel
 from distar.worlds.gmm.backend import GMMBackend
 from distar.worlds.gmm.distill import distill_assistant, distill_generator
 from distar.worlds.gmm.metrics import SampleMetrics, evaluate_samples, tilted_samples
@@ -51,10 +59,13 @@ from distar.worlds.gmm.world import GMMWorld, GMMWorldConfig
 #: report.json's method keys, in table order (the reference is not trained).
 METHODS = ("di_star", "di_star_out", "di_pp", "sim", "diff_instruct")
 
+#: seed i of the demo uses ``seed + SEED_STRIDE * i`` (the evaluation streams use seed + 1..3)
+SEED_STRIDE = 1000
+
 
 @dataclass
 class GMMDemoConfig:
-    """The gmm demo: world, networks, shared training budget, sweep and evaluation sizes."""
+    """The gmm demo: world, networks, shared training budget, sweeps, seeds and evaluation sizes."""
 
     world: GMMWorldConfig = field(GMMWorldConfig(), help="reference mixtures and reward")
     net: GMMNetConfig = field(GMMNetConfig(), help="generator and assistant MLP sizes")
@@ -77,24 +88,38 @@ class GMMDemoConfig:
     cfg_reward_scale: float = field(1.0, help="α_cfg of the implicit CFG reward (di_star_out, 3.6-3.7)")
     sweep_methods: list[str] = field(["di_star", "di_pp"], help="presets swept over reward scales")
     sweep_reward_scales: list[float] = field([0.0, 1.0, 2.0, 3.0, 10.0], help="reward scales α of the sweep")
+    huber_c_method: str = field("di_star", help="pseudo-Huber preset of the c sweep")
+    huber_c_sweep: list[float] = field(
+        [0.01, 0.1, 1.0], help="pseudo-Huber constants c (3.8; objective.huber_c, x0 units per √d) of the c sweep"
+    )
+    huber_c_reward_scales: list[float] = field([2.0, 3.0], help="reward scales α at which c is swept")
+    training_seeds: int = field(3, help="seeds of the whole demo (the intervals are over these)")
     eval_samples: int = field(1000, help="evaluation samples per prompt (per model and per target)")
     tilted_pool: int = field(100_000, help="reference draws per prompt resampled into the tilted target")
     coverage_threshold: float = field(0.1, help="mode k counts as covered when its mass is ≥ this × π_k")
-    seed: int = field(0, help="seed for network initialisation, training draws and evaluation")
-    threads: int = field(1, help="torch CPU threads (these small networks run fastest on one)")
+    seed: int = field(0, help="seed of seed index 0 (networks, training draws and evaluation)")
+    jobs: int | None = field(None, help="parallel one-thread processes (default: one per CPU core)")
 
     def __post_init__(self) -> None:
-        for name in [*self.methods, *self.sweep_methods]:
+        for name in [*self.methods, *self.sweep_methods, self.huber_c_method]:
             if name not in PRESETS:
                 raise ConfigError(f"unknown method {name!r} (choose from {', '.join(PRESETS)})")
-        if min(self.steps, self.batch_size, self.eval_samples, self.tilted_pool, self.threads) < 1:
-            raise ConfigError("steps, batch_size, eval_samples, tilted_pool and threads must be >= 1")
+        if self.huber_c_sweep and PRESETS[self.huber_c_method].get("divergence") != "pseudo_huber":
+            raise ConfigError(f"huber_c_method: {self.huber_c_method!r} does not use the pseudo-Huber divergence")
+        if any(c <= 0 for c in self.huber_c_sweep):
+            raise ConfigError("huber_c_sweep: every c must be > 0")
+        if min(self.steps, self.batch_size, self.eval_samples, self.tilted_pool, self.training_seeds) < 1:
+            raise ConfigError("steps, batch_size, eval_samples, tilted_pool and training_seeds must be >= 1")
         if min(self.distill_steps, self.init_sim_steps) < 0:
             raise ConfigError("distill_steps and init_sim_steps must be >= 0")
+        if self.jobs is not None and self.jobs < 1:
+            raise ConfigError("jobs must be >= 1")
 
 
-def method_objective(cfg: GMMDemoConfig, method: str, reward_scale: float | None = None) -> ObjectiveConfig:
-    """The preset ``method`` with the demo's α (or ``reward_scale``), inner ω or outer α_cfg."""
+def method_objective(
+    cfg: GMMDemoConfig, method: str, reward_scale: float | None = None, huber_c: float | None = None
+) -> ObjectiveConfig:
+    """The preset ``method`` with the demo's α (or ``reward_scale``), inner ω or outer α_cfg, and ``huber_c``."""
     base = PRESETS[method]
     overrides: dict[str, Any] = {}
     if base.get("reward_scale", 0.0) != 0.0:
@@ -103,33 +128,73 @@ def method_objective(cfg: GMMDemoConfig, method: str, reward_scale: float | None
         overrides["guidance_scale"] = cfg.guidance_scale
     else:
         overrides["cfg_reward_scale"] = cfg.cfg_reward_scale
+    if huber_c is not None:
+        overrides["huber_c"] = huber_c
     return preset(method, **overrides)
 
 
-class Run(NamedTuple):
-    """A trained method: samples per prompt (n, d), wall seconds, batch-mean reward per step."""
+@dataclass(frozen=True)
+class Run:
+    """One training of a seed: a preset at α (None: the demo's) and pseudo-Huber c (None: the preset's)."""
 
-    samples: list[Tensor]
-    seconds: float
-    reward_curve: list[float]
+    method: str
+    reward_scale: float | None = None
+    huber_c: float | None = None
+
+    def objective(self, cfg: GMMDemoConfig) -> ObjectiveConfig:
+        return method_objective(cfg, self.method, self.reward_scale, self.huber_c)
+
+    def key(self, cfg: GMMDemoConfig) -> str:
+        """The resolved objective: runs with equal keys are one training (SIM = DI* at α = 0)."""
+        return json.dumps({k: v for k, v in to_dict(self.objective(cfg)).items() if k != "preset"}, sort_keys=True)
+
+    @property
+    def name(self) -> str:
+        """Folder name of the run."""
+        alpha = "" if self.reward_scale is None else f"_alpha{self.reward_scale:g}"
+        return f"{self.method}{alpha}" + ("" if self.huber_c is None else f"_c{self.huber_c:g}")
+
+
+def table_runs(cfg: GMMDemoConfig) -> list[Run]:
+    """The method table: every method at the demo's α."""
+    return [Run(m) for m in cfg.methods]
+
+
+def sweep_runs(cfg: GMMDemoConfig) -> list[Run]:
+    """The reward-scale sweep: each swept method at each α."""
+    return [Run(m, a) for m in cfg.sweep_methods for a in cfg.sweep_reward_scales]
+
+
+def huber_runs(cfg: GMMDemoConfig) -> list[Run]:
+    """The pseudo-Huber c sweep: ``huber_c_method`` at each (α, c)."""
+    return [Run(cfg.huber_c_method, a, c) for a in cfg.huber_c_reward_scales for c in cfg.huber_c_sweep]
+
+
+def plan_trainings(cfg: GMMDemoConfig) -> dict[str, tuple[Run, list[float]]]:
+    """Every distinct training of one seed, by objective key, with the α values of p* to evaluate it at."""
+    trainings: dict[str, tuple[Run, list[float]]] = {}
+    for run in [*table_runs(cfg), *sweep_runs(cfg), *huber_runs(cfg)]:
+        _, alphas = trainings.setdefault(run.key(cfg), (run, []))
+        alpha = cfg.reward_scale if run.reward_scale is None else run.reward_scale
+        if alpha not in alphas:
+            alphas.append(alpha)
+    return trainings
 
 
 class GMMDemo:
-    """Runs of the method family from one shared initial state, and their evaluation."""
+    """One seed of the demo: world, reward, backend, fixed evaluation draws and the shared start."""
 
     def __init__(self, cfg: GMMDemoConfig, out: Path, device: str = "cpu") -> None:
         self.cfg, self.out, self.device = cfg, out, device
         self.world = GMMWorld(cfg.world, device=device)
         self.reward = GMMBumpReward(self.world).to(device)
         self.backend = GMMBackend(self.world, cfg.net, seed=cfg.seed)
-        self._runs: dict[str, Run] = {}
         self._tilted: dict[tuple[float, int], tuple[list[Tensor], list[float]]] = {}
         g = torch.Generator().manual_seed(cfg.seed + 1)
         n, C = cfg.eval_samples, self.world.num_prompts
         self.latents = [self.backend.sample_latents(n, generator=g) for _ in range(C)]
         self.reference = [self.world.sample(c, n, g) for c in range(C)]  # target of energy_distance_ref
         self.reference_rows = [self.world.sample(c, n, g) for c in range(C)]  # the "reference" row
-        self.init_state: dict[str, dict[str, Tensor]] = {}
 
     # -- training ---------------------------------------------------------------------------------
     def train(self, name: str, objective: ObjectiveConfig, steps: int) -> tuple[float, list[dict[str, float]]]:
@@ -148,17 +213,16 @@ class GMMDemo:
             optim=OptimConfig(generator=optimizer(cfg.generator_lr), assistant=optimizer(cfg.assistant_lr)),
             loop=LoopConfig(max_steps=steps, assistant_steps=cfg.assistant_steps, cpu=self.device == "cpu"),
             checkpointing=CheckpointConfig(save_final=True),
-            logging=LoggingConfig(every=max(1, steps // 20), tensorboard=False),
-            output_dir=str(self.out / "runs" / name),
+            logging=LoggingConfig(every=max(1, steps // 20), tensorboard=False, progress_bar=False),
+            output_dir=str(self.out / name),
             seed=cfg.seed,
         )
-        tqdm.write(f"gmm demo: training {name} ({steps} steps)")
         start = time.perf_counter()
         records = Trainer(config, self.backend, self.reward, prompts).train()
         return time.perf_counter() - start, records
 
     def initialise(self) -> float:
-        """Step 2: the shared initial generator and assistant; returns wall seconds."""
+        """Stage 1: the shared initial generator and assistant; returns wall seconds."""
         cfg, start = self.cfg, time.perf_counter()
         if cfg.init == "distill":
             torch.manual_seed(cfg.seed)
@@ -166,24 +230,17 @@ class GMMDemo:
             distill_assistant(self.backend, cfg.distill_steps, cfg.batch_size, cfg.distill_lr)
         if cfg.init_sim_steps > 0:
             self.train("init_sim", method_objective(cfg, "sim"), cfg.init_sim_steps)
-        self.init_state = {
-            "generator": copy.deepcopy(self.backend.generator.state_dict()),
-            "assistant": copy.deepcopy(self.backend.assistant.state_dict()),
-        }
         return time.perf_counter() - start
 
-    def run(self, method: str, reward_scale: float | None = None) -> Run:
-        """One method trained from the initial state (cached by resolved objective)."""
-        objective = method_objective(self.cfg, method, reward_scale)
-        key = json.dumps({k: v for k, v in to_dict(objective).items() if k != "preset"}, sort_keys=True)
-        if key not in self._runs:
-            self.backend.generator.load_state_dict(self.init_state["generator"])
-            self.backend.assistant.load_state_dict(self.init_state["assistant"])
-            alpha = "" if reward_scale is None else f"_alpha{reward_scale:g}"
-            seconds, records = self.train(f"{method}{alpha}", objective, self.cfg.steps)
-            curve = [r.get("generator/reward", float("nan")) for r in records]
-            self._runs[key] = Run(self.samples(), seconds, curve)
-        return self._runs[key]
+    def save_start(self, path: Path) -> None:
+        """The initial generator and assistant as one safetensors file."""
+        modules = {"generator": self.backend.generator, "assistant": self.backend.assistant}
+        save_tensors({f"{m}.{k}": v for m, module in modules.items() for k, v in module.state_dict().items()}, path)
+
+    def load_start(self, path: Path) -> None:
+        tensors = load_file(str(path), device=str(self.world.device))
+        for m, module in (("generator", self.backend.generator), ("assistant", self.backend.assistant)):
+            module.load_state_dict({k[len(m) + 1 :]: v for k, v in tensors.items() if k.startswith(m + ".")})
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -214,68 +271,120 @@ class GMMDemo:
             self._tilted[key] = ([d for d, _ in draws], [ess for _, ess in draws])
         return self._tilted[key]
 
-    def evaluate(self, samples: list[Tensor], reward_scale: float | None = None) -> SampleMetrics:
+    def evaluate(self, samples: list[Tensor], reward_scale: float | None = None) -> dict[str, Any]:
+        """A report row: the metrics (per-prompt mode masses included), p* at ``reward_scale`` or the demo's α."""
         alpha = self.cfg.reward_scale if reward_scale is None else reward_scale
-        return evaluate_samples(
+        metrics: SampleMetrics = evaluate_samples(
             self.world, self.reward, samples, self.reference, self.tilted(alpha)[0], self.cfg.coverage_threshold
         )
+        return dataclasses.asdict(metrics)
 
 
-#: report columns of every evaluated model
-COLUMNS = (
-    "reward",
-    "mode_coverage",
-    "mode_entropy",
-    "off_mode_mass",
-    "energy_distance_ref",
-    "energy_distance_tilted",
-)
+def seeded(cfg: GMMDemoConfig, seed_index: int) -> GMMDemoConfig:
+    """The config of seed ``seed_index``."""
+    return dataclasses.replace(cfg, seed=cfg.seed + SEED_STRIDE * seed_index)
 
 
-def _row(m: SampleMetrics, **extra: Any) -> dict[str, Any]:
-    """A report row: the metrics, per-prompt mode masses included, plus ``extra``."""
-    return {**dataclasses.asdict(m), **extra}
+def seed_dir(out: Path, seed_index: int) -> Path:
+    return out / "runs" / f"seed{seed_index}"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    """A markdown table; numbers with 4 significant digits, None as a dash."""
+def initialise_seed(cfg: GMMDemoConfig, seed_index: int, out: Path, device: str) -> dict[str, Any]:
+    """Stage 1 of a seed, in a worker: the start (saved to ``start.safetensors``) and the fixed rows."""
+    demo = GMMDemo(seeded(cfg, seed_index), seed_dir(out, seed_index), device)
+    seconds = demo.initialise()
+    demo.out.mkdir(parents=True, exist_ok=True)
+    demo.save_start(demo.out / "start.safetensors")
+    tilted_draws = demo.tilted(cfg.reward_scale, copy=1)[0]
+    return {
+        "init": {**demo.evaluate(demo.samples()), "train_seconds": seconds},
+        "reference": demo.evaluate(demo.reference_rows),
+        "p*": demo.evaluate(tilted_draws),
+        "tilted_effective_sample_size": [round(v, 1) for v in demo.tilted(cfg.reward_scale)[1]],
+        "samples": {"reference": demo.reference_rows, "p*": tilted_draws} if seed_index == 0 else None,
+    }
 
-    def cell(v: Any) -> str:
-        return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+def train_seed(
+    cfg: GMMDemoConfig, run: Run, alphas: Sequence[float], seed_index: int, out: Path, device: str
+) -> dict[str, Any]:
+    """Stage 2-3 of one training of a seed, in a worker: train from the start, evaluate at each α of p*."""
+    demo = GMMDemo(seeded(cfg, seed_index), seed_dir(out, seed_index), device)
+    demo.load_start(demo.out / "start.safetensors")
+    seconds, records = demo.train(run.name, run.objective(cfg), cfg.steps)
+    samples = demo.samples()
+    return {
+        "rows": {alpha: {**demo.evaluate(samples, alpha), "train_seconds": seconds} for alpha in alphas},
+        "reward_curve": [r.get("generator/reward", math.nan) for r in records],
+        "samples": samples if seed_index == 0 else None,
+    }
+
+
+#: report columns: key → (heading with direction, definition)
+COLUMNS = {
+    "reward": ("reward ↑", "mean r(x, c), the bump on each prompt's lightest mode (in (0, 1])"),
+    "mode_coverage": ("coverage ↑", "fraction of (prompt, mode) pairs holding ≥ 0.1 × the mode's weight"),
+    "mode_entropy": ("entropy ↑", "entropy (nats) of the on-mode histogram; the reference's is 0.898"),
+    "off_mode_mass": ("off-mode ↓", "share of samples on no reference mode (bridges, strays)"),
+    "energy_distance_ref": ("ED to ref ↓", "energy distance to exact reference draws"),
+    "energy_distance_tilted": ("ED to p* ↓", "energy distance to exact draws of p* ∝ p_ref exp(α r)"),
+}
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and 95 % half-width (None where undefined) over seeds of every column, and the per-seed rows."""
+
+    def stat(key: str) -> list[float | None]:
+        return [None if not math.isfinite(v) else v for v in mean_ci95([row.get(key) for row in rows])]
+
+    return {**{k: stat(k) for k in [*COLUMNS, "train_seconds"]}, "seeds": len(rows), "per_seed": list(rows)}
+
+
+def _cells(stats: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    """``mean ± half`` per key: 3 decimals, seconds with 1."""
+    return [format_ci(*(math.nan if v is None else v for v in stats[k]), digits=1 if k == "train_seconds" else 3) for k in keys]
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    """report.md: settings, the method table, the sweep, the figures and what to look at."""
+    """report.md: settings, the method table, the two sweeps, the figures and what to look at."""
     cfg, world, env = report["config"], report["config"]["world"], report["environment"]
-    cols = [*COLUMNS, "train_seconds"]
-    init = report["init"]
-    rows = [[name, *(row[c] for c in cols)] for name, row in report["methods"].items()]
-    tilted = report["tilted_target"]
-    rows.insert(1, [f"p* (α={tilted['alpha']:g})", *(tilted[c] for c in COLUMNS), None])
-    rows.append([f"init ({init['kind']})", *(init[c] for c in COLUMNS), init["seconds"]])
-    sweep = [[p["method"], p["alpha"], *(p[c] for c in COLUMNS)] for p in report["sweep"]]
+    headings = [h for h, _ in COLUMNS.values()]
+    n = cfg["training_seeds"]
     lines = [
         "# distar demo: gmm world",
         "",
         f"{world['num_prompts']} prompts in d = {world['dim']}, each a mixture with mode weights "
         f"{world['mode_weights']}; reward: a bump of width {world['reward_width']} on each prompt's mode "
         f"#{world['reward_mode']}. Every method trains {cfg['steps']} steps at batch {cfg['batch_size']} from the "
-        f"same '{init['kind']}' initialisation (last row). α = {cfg['reward_scale']:g}, inner ω = "
-        f"{cfg['guidance_scale']:g}, outer α_cfg = {cfg['cfg_reward_scale']:g}; energy_distance_tilted is to "
-        f"p* ∝ p_ref exp(α r) at α = {cfg['reward_scale']:g}. Seed {cfg['seed']}.",
+        f"same '{cfg['init']}' initialisation (last row). α = {cfg['reward_scale']:g}, inner ω = "
+        f"{cfg['guidance_scale']:g}, outer α_cfg = {cfg['cfg_reward_scale']:g}; ED to p* is to "
+        f"p* ∝ p_ref exp(α r) at α = {cfg['reward_scale']:g}. What the world is: docs/gmm.md in the distar repository.",
         "",
-        *_table(["method", *cols], rows),
+        f"Every figure is the mean ± 95 % interval (Student t) over {n} seeds; seed i seeds the networks, the "
+        f"start, the training and the evaluation draws with {cfg['seed']} + {SEED_STRIDE}·i.",
         "",
-        "The reference and p* rows are independent exact draws of the reference and of the KL-optimal tilted",
-        f"target: their distances to their own kind are the noise floor at {cfg['eval_samples']} samples per prompt.",
-        "Mode masses per prompt are in report.json.",
+        *markdown_table(
+            ["model", *headings, "train s"],
+            [[name, *_cells(s, [*COLUMNS, "train_seconds"])] for name, s in report["models"].items()],
+        ),
         "",
-        "## Reward-scale sweep (energy_distance_tilted: to p* at the row's own α)",
+        *[f"- **{h}**: {d}." for h, d in COLUMNS.values()],
+        f"- The reference and p* rows are independent exact draws: their distances to their own kind are the noise "
+        f"floor at {cfg['eval_samples']} samples per prompt. Mode masses per prompt and per seed are in report.json.",
         "",
-        *_table(["method", "α", *COLUMNS], sweep),
+        "## Reward-scale sweep (ED to p*: to p* at the row's own α)",
+        "",
+        *markdown_table(
+            ["method", "α", *headings], [[p["method"], f"{p['alpha']:g}", *_cells(p, COLUMNS)] for p in report["sweep"]]
+        ),
+        "",
+        f"## Pseudo-Huber c sweep ({cfg['huber_c_method']}; c of Eq. 3.8 in x0 units per √d, the preset's is "
+        f"{preset(cfg['huber_c_method']).huber_c:g})",
+        "",
+        *markdown_table(
+            ["α", "c", *headings],
+            [[f"{p['alpha']:g}", f"{p['huber_c']:g}", *_cells(p, COLUMNS)] for p in report["huber_c_sweep"]],
+        ),
         "",
         "![samples](samples.png)",
         "",
@@ -285,79 +394,95 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         "## What to look at",
         "",
-        "- `mode_coverage`, `mode_entropy`: the diversity kept; the reference row is the target.",
-        "- `off_mode_mass`: samples on no reference mode (bridges between modes, strays): not realistic.",
-        "- `reward` beside them: reward gained by dropping modes is collapse.",
-        "- `energy_distance_tilted`: closeness to the KL-regularised optimum p*. DI++ minimises an integral KL,",
+        "- coverage, entropy: the diversity kept; the reference row is the target.",
+        "- off-mode: samples on no reference mode (bridges between modes, strays): not realistic.",
+        "- reward beside them: reward gained by dropping modes is collapse.",
+        "- ED to p*: closeness to the KL-regularised optimum p*. DI++ minimises an integral KL,",
         "  DI* a score divergence: their optima need not coincide.",
-        "- pareto.png: at equal reward, the curve further right kept more modes.",
-        "- training.png: whether the budget reached a plateau; a curve still climbing is not converged.",
+        f"- Where two rows' intervals overlap, these {n} seeds do not tell them apart.",
+        "- pareto.png (mean ± 95 % interval): at equal reward, the curve further right kept more modes.",
+        "- samples.png and training.png show seed 0; a training curve still climbing is not converged.",
         "",
-        f"Run: {env['total_seconds']:.0f} s in total, {env['torch_threads']} torch thread(s), load average "
-        f"{env['load_average_start']} at start and {env['load_average_end']} at the end.",
+        f"Run: {report['run']['total_seconds']:.0f} s in total, {report['run']['jobs']} parallel one-thread "
+        f"processes, load average {report['run']['load_average_start']} at start and {env['load_average']} at the end.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _load_average() -> list[float] | None:
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``distar demo --world gmm`` (flags: see :mod:`distar.commands.demo`)."""
-    start, load_start = time.perf_counter(), _load_average()
+    start, load_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     cfg = load_config(GMMDemoConfig, args.config, args.overrides)
     # --seed offsets the config's seed (0 unless a config file or override sets it).
     cfg = dataclasses.replace(cfg, seed=cfg.seed + args.seed, **({} if args.steps is None else {"steps": args.steps}))
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
-    demo = GMMDemo(cfg, out, device=args.device)
-    init_seconds = demo.initialise()
-    init = _row(demo.evaluate(demo.samples()), kind=cfg.init, seconds=round(init_seconds, 2))
+    seeds = range(cfg.training_seeds)
+    trainings = plan_trainings(cfg)
+    jobs = max(1, min(cfg.jobs or os.cpu_count() or 1, len(trainings) * len(seeds)))
+    print(
+        f"gmm demo: {len(seeds)} seeds × ({len(trainings)} trainings + the start), {jobs} in parallel, "
+        "1 torch thread per process"
+    )
+    progress = Progress(len(seeds) * (1 + len(trainings)), jobs)
+    starts = run_parallel(
+        initialise_seed,
+        [{"cfg": cfg, "seed_index": i, "out": out, "device": args.device} for i in seeds],
+        jobs,
+        on_done=lambda i, _: progress(f"start ({cfg.init}), seed {i}"),
+    )
+    grid = [(key, i) for key in trainings for i in seeds]
+    trained = run_parallel(
+        train_seed,
+        [
+            {"cfg": cfg, "run": trainings[key][0], "alphas": trainings[key][1], "seed_index": i, "out": out, "device": args.device}
+            for key, i in grid
+        ],
+        jobs,
+        on_done=lambda j, _: progress(f"{trainings[grid[j][0]][0].name}, seed {grid[j][1]}"),
+    )
+    results = {key: [trained[j] for j, (k, _) in enumerate(grid) if k == key] for key in trainings}
 
-    samples: dict[str, list[Tensor]] = {"reference": demo.reference_rows}
-    methods = {"reference": _row(demo.evaluate(demo.reference_rows), train_seconds=None)}
-    tilted_draws = demo.tilted(cfg.reward_scale, copy=1)[0]
-    tilted = _row(demo.evaluate(tilted_draws), alpha=cfg.reward_scale)
-    curves: dict[str, list[float]] = {}
-    for method in cfg.methods:
-        trained = demo.run(method)
-        samples[method], curves[method] = trained.samples, trained.reward_curve
-        methods[method] = _row(demo.evaluate(trained.samples), train_seconds=round(trained.seconds, 2))
+    def rows(run: Run) -> list[dict[str, Any]]:
+        alpha = cfg.reward_scale if run.reward_scale is None else run.reward_scale
+        return [r["rows"][alpha] for r in results[run.key(cfg)]]
 
-    sweep = [
-        {"method": method, "alpha": alpha, **demo.evaluate(demo.run(method, alpha).samples, alpha).scalars()}
-        for method in cfg.sweep_methods
-        for alpha in cfg.sweep_reward_scales
+    models = {
+        "reference": summarise([s["reference"] for s in starts]),
+        f"p* (α={cfg.reward_scale:g})": summarise([s["p*"] for s in starts]),
+        **{r.method: summarise(rows(r)) for r in table_runs(cfg)},
+        f"init ({cfg.init})": summarise([s["init"] for s in starts]),
+    }
+    sweep = [{"method": r.method, "alpha": r.reward_scale, **summarise(rows(r))} for r in sweep_runs(cfg)]
+    huber = [
+        {"method": r.method, "alpha": r.reward_scale, "huber_c": r.huber_c, **summarise(rows(r))} for r in huber_runs(cfg)
     ]
 
-    samples[f"p* (α={cfg.reward_scale:g})"] = tilted_draws
-    plot_samples(demo.world, samples, out / "samples.png")
-    plot_pareto(sweep, methods["reference"], out / "pareto.png")
-    plot_training(curves, out / "training.png")
+    samples = {"reference": starts[0]["samples"]["reference"]}
+    samples.update({r.method: results[r.key(cfg)][0]["samples"] for r in table_runs(cfg)})
+    samples[f"p* (α={cfg.reward_scale:g})"] = starts[0]["samples"]["p*"]
+    plot_samples(GMMWorld(cfg.world), samples, out / "samples.png")
+    series = {m: [p for p in sweep if p["method"] == m] for m in cfg.sweep_methods}
+    for c in cfg.huber_c_sweep:
+        if c != preset(cfg.huber_c_method).huber_c:  # the preset's c is the method's own α sweep line
+            series[f"{cfg.huber_c_method} (c = {c:g})"] = [p for p in huber if p["huber_c"] == c]
+    plot_pareto(series, models["reference"], out / "pareto.png")
+    plot_training({r.method: results[r.key(cfg)][0]["reward_curve"] for r in table_runs(cfg)}, out / "training.png")
 
     report = {
         "world": "gmm",
         "config": to_dict(cfg),
-        "init": init,
-        "methods": methods,
-        "tilted_target": tilted,
+        "models": models,
         "sweep": sweep,
-        "tilted_effective_sample_size": [round(v, 1) for v in demo.tilted(cfg.reward_scale)[1]],
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": args.device,
-            "torch_threads": torch.get_num_threads(),
-            "load_average_start": load_start,
-            "load_average_end": _load_average(),
-            "total_seconds": round(time.perf_counter() - start, 1),
-        },
+        "huber_c_sweep": huber,
+        "tilted_effective_sample_size": [s["tilted_effective_sample_size"] for s in starts],
+        "run": {"jobs": jobs, "load_average_start": load_start, "total_seconds": round(time.perf_counter() - start, 1)},
+        "environment": environment(),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
-    print(f"wrote {out / 'report.md'}")
+    print(f"report: {(out / 'report.md').resolve()}")
     return 0
