@@ -86,7 +86,7 @@ class ShapesDemoConfig:
     sweep: list[float] = field([], help="extra reward scales α: each method with a reward is also trained at each")
     guidance_scale: float = field(3.0, help="CFG ω: inner CFG of the divergence and the reference row's sampler")
     train: OneStepLoop = field(
-        OneStepLoop(steps=150, train_prompts=2000, seed=5), help="training of each run (steps: --steps)"
+        OneStepLoop(steps=120, train_prompts=2000, seed=5), help="training of each run (steps: --steps)"
     )
     training_seeds: int = field(3, help="training seeds per method (the intervals are over these)")
     eval_prompts: int = field(32, help="evaluation prompts drawn from the grammar")
