@@ -16,6 +16,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from distar.runtime import add_threads_argument
+
 
 def _seeds(text: str) -> list[int]:
     try:
@@ -54,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-files-only", action="store_true", default=None, help="never download metric models")
     parser.add_argument("--config", help="YAML EvalConfig; flags override it")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
 
 
@@ -109,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
     from distar.config import from_dict, save_config, to_dict
     from distar.eval.config import EvalConfig, run_eval
+    from distar.eval.models import default_device
+    from distar.runtime import configure_threads, report_threads, stored_parameters
 
     config = from_dict(EvalConfig, _config_data(args))
     if args.dry_run:
@@ -116,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from diffusers.utils import logging as diffusers_logging
 
+    sizes = [stored_parameters(model.path) for model in config.models]
+    parameters = None if None in sizes else max(sizes, default=None)
+    threads = configure_threads(args.threads, parameters=parameters, device=config.device or default_device())
+    report_threads(threads, "eval")
     diffusers_logging.set_verbosity_error()  # per-call scheduler notices would drown the progress bars
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     save_config(config, Path(config.out_dir) / "eval_config.yaml")

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from distar.config import ConfigError, field, load_config, save_config, to_dict
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
+from distar.runtime import configure_threads, count_parameters, report_threads
 from distar.train import (
     CheckpointConfig,
     DataConfig,
@@ -81,13 +82,15 @@ class GMMDemoConfig:
     tilted_pool: int = field(100_000, help="reference draws per prompt resampled into the tilted target")
     coverage_threshold: float = field(0.1, help="mode k counts as covered when its mass is ≥ this × π_k")
     seed: int = field(0, help="seed for network initialisation, training draws and evaluation")
-    threads: int = field(1, help="torch CPU threads (these small networks run fastest on one)")
+    threads: int | None = field(
+        None, help="torch CPU threads; null = --threads, $OMP_NUM_THREADS, else by model size (1 for these networks)"
+    )
 
     def __post_init__(self) -> None:
         for name in [*self.methods, *self.sweep_methods]:
             if name not in PRESETS:
                 raise ConfigError(f"unknown method {name!r} (choose from {', '.join(PRESETS)})")
-        if min(self.steps, self.batch_size, self.eval_samples, self.tilted_pool, self.threads) < 1:
+        if min(self.steps, self.batch_size, self.eval_samples, self.tilted_pool, self.threads or 1) < 1:
             raise ConfigError("steps, batch_size, eval_samples, tilted_pool and threads must be >= 1")
         if min(self.distill_steps, self.init_sim_steps) < 0:
             raise ConfigError("distill_steps and init_sim_steps must be >= 0")
@@ -309,12 +312,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(GMMDemoConfig, args.config, args.overrides)
     # --seed offsets the config's seed (0 unless a config file or override sets it).
     cfg = dataclasses.replace(cfg, seed=cfg.seed + args.seed, **({} if args.steps is None else {"steps": args.steps}))
-    torch.set_num_threads(cfg.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
     demo = GMMDemo(cfg, out, device=args.device)
+    networks = count_parameters(demo.backend.generator, demo.backend.assistant, getattr(demo.backend, "reference", None))
+    requested = args.threads if args.threads is not None else cfg.threads
+    report_threads(configure_threads(requested, parameters=networks, device=args.device), "demo")
     init_seconds = demo.initialise()
     init = _row(demo.evaluate(demo.samples()), kind=cfg.init, seconds=round(init_seconds, 2))
 
