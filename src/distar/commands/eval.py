@@ -112,8 +112,6 @@ def run(args: argparse.Namespace) -> int:
 
     from distar.config import from_dict, save_config, to_dict
     from distar.eval.config import EvalConfig, run_eval
-    from distar.eval.models import default_device
-    from distar.runtime import configure_threads, report_threads, stored_parameters
 
     config = from_dict(EvalConfig, _config_data(args))
     if args.dry_run:
@@ -121,14 +119,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from diffusers.utils import logging as diffusers_logging
 
-    sizes = [stored_parameters(model.path) for model in config.models]
-    parameters = None if None in sizes else max(sizes, default=None)
-    threads = configure_threads(args.threads, parameters=parameters, device=config.device or default_device())
-    report_threads(threads, "eval")
     diffusers_logging.set_verbosity_error()  # per-call scheduler notices would drown the progress bars
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     save_config(config, Path(config.out_dir) / "eval_config.yaml")
-    summary = run_eval(config)
+    summary = run_eval(config, threads=args.threads)
     print(f"{summary.benchmark}: {summary.prompts} prompts from {summary.source}")
     print(Path(config.out_dir, "summary.md").read_text(), end="")
     return 0

@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from distar.worlds.shapes.assets import ASSETS_DIR
 
     device = torch.device(args.device or default_device())
+    print(f"loading {args.model or 'the shapes world models'} on {device} ...", flush=True)
+    models = load_models(args.model, args.reference, device)
     sizes = [stored_parameters(path) for path in (args.model or ASSETS_DIR, args.reference) if path is not None]
     parameters = None if None in sizes else sum(sizes)
     report_threads(configure_threads(args.threads, parameters=parameters, device=device), "serve")
-    print(f"loading {args.model or 'the shapes world models'} on {device} ...", flush=True)
-    models = load_models(args.model, args.reference, device)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {models.one_step_name} at http://{host}:{args.port}/ (Ctrl+C to stop)", flush=True)
     uvicorn.run(create_app(models), host=args.host, port=args.port, log_level="warning")
