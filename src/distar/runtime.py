@@ -43,9 +43,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-#: Model size (parameters) from which several CPU threads beat one, measured with
-#: ``bench/bench_threads.py`` (see docs/training.md, "CPU threads"). Below it extra threads only
-#: contend: tiny convolutions and matmuls run far slower split across cores.
+#: Model size (parameters) from which several CPU threads may beat one: with ``bench/bench_threads.py``
+#: one thread was faster at every UNet size measured, up to 98 M parameters (docs/training.md, "CPU
+#: threads"). Below it extra threads only contend: small convolutions run far slower split across cores.
 MULTI_THREAD_PARAMETERS = 100_000_000
 
 
