@@ -1,18 +1,28 @@
-"""The process distar runs in: the facts a reported timing or figure depends on."""
+"""The process distar runs in: its CPU threads, and the facts a reported timing or figure depends on.
+
+Imports nothing heavy at module level: commands add :func:`add_threads_argument` to their parsers.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
 import platform
-from typing import Any
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def environment() -> dict[str, Any]:
     """Device, library versions, CPU count, torch threads and load average of this process."""
     import diffusers
     import numpy
+    import torch
     import transformers
 
     import distar
@@ -31,3 +41,85 @@ def environment() -> dict[str, Any]:
         "torch_threads_per_process": torch.get_num_threads(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
+
+
+#: Model size (parameters) from which several CPU threads may beat one: with ``bench/bench_threads.py``
+#: one thread was faster at every UNet size measured, up to 98 M parameters (docs/training.md, "CPU
+#: threads"). Below it extra threads only contend: small convolutions run far slower split across cores.
+MULTI_THREAD_PARAMETERS = 100_000_000
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def free_cores() -> int:
+    """Available cores not already busy: the cores less the one-minute load average (at least 1)."""
+    cores = available_cores()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, cores - round(load)))
+
+
+def configure_threads(requested: int | None = None, *, parameters: int | None = None, device: Any = "cpu") -> int:
+    """Set torch's intra-op thread count and return it.
+
+    In order: ``requested`` (a ``--threads`` flag or config key), then ``OMP_NUM_THREADS`` when set,
+    else a count fast for the model: one thread below :data:`MULTI_THREAD_PARAMETERS` parameters,
+    from there (and when ``parameters`` is unknown) the :func:`free_cores`. On an accelerator the CPU
+    only feeds it: one thread. Floating-point results depend on the count (reductions split
+    differently), so runs are bit-identical only at the same count.
+    """
+    import torch
+
+    from distar.errors import UserError
+
+    if requested is not None and requested < 1:
+        raise UserError(f"--threads must be at least 1, got {requested}")
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if requested is None and env:
+        if not env.isdigit() or int(env) < 1:
+            raise UserError(f"OMP_NUM_THREADS must be a positive integer, got {env!r}")
+        requested = int(env)
+    if requested is None:
+        small = parameters is not None and parameters < MULTI_THREAD_PARAMETERS
+        requested = 1 if small or torch.device(device).type != "cpu" else free_cores()
+    torch.set_num_threads(requested)
+    return requested
+
+
+def count_parameters(*modules: torch.nn.Module | None) -> int:
+    """Parameters of ``modules`` (None skipped), each tensor counted once however often it is shared."""
+    unique = {id(p): p.numel() for m in modules if m is not None for p in m.parameters()}
+    return sum(unique.values())
+
+
+def stored_parameters(path: str | Path) -> int | None:
+    """Parameters in the ``.safetensors`` files under a local folder (or one file), read from their
+    headers without loading a weight; None for anything else (e.g. a hub id) or a folder without any."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.rglob("*.safetensors")) if path.is_dir() else []
+    total = 0
+    for file in files:
+        with open(file, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total or None
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch CPU threads (default: ``OMP_NUM_THREADS``, else chosen by model size)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: $OMP_NUM_THREADS, else 1 for small models and every core for large ones)",
+    )
+
+
+def report_threads(threads: int, command: str) -> None:
+    """The one stderr line a command prints about the thread count it runs with."""
+    print(f"distar {command}: {threads} torch thread(s)", file=sys.stderr, flush=True)

@@ -87,4 +87,5 @@ def build_backend(
         resolution=cfg.resolution,
         device=device,
         offload_text_encoders=cfg.offload_text_encoders,
+        prompt_cache_size=cfg.prompt_cache_size,
     )

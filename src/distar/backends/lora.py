@@ -15,6 +15,7 @@ the loader then drops those layers from the mixed-format file without an error.)
 from __future__ import annotations
 
 import copy
+import weakref
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -41,6 +42,7 @@ def add_lora(unet: UNet2DConditionModel, rank: int, alpha: float | None, target_
         LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=target_modules, init_lora_weights=True)
     )
     cast_training_params(unet, dtype=torch.float32)
+    _ADAPTER_LAYERS.clear()
 
 
 def cast_(module: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -54,19 +56,35 @@ def lora_layers(module: nn.Module) -> list[BaseTunerLayer]:
     return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
 
 
+#: module -> its adapter layers and their parameters, walked once: adapter switches and checkpointed
+#: blocks run many times per step, and a UNet has thousands of modules. :func:`add_lora` resets it.
+_ADAPTER_LAYERS: weakref.WeakKeyDictionary[nn.Module, list[tuple[BaseTunerLayer, list[nn.Parameter]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _adapter_layers(module: nn.Module) -> list[tuple[BaseTunerLayer, list[nn.Parameter]]]:
+    found = _ADAPTER_LAYERS.get(module)
+    if found is None:
+        found = _ADAPTER_LAYERS[module] = [(layer, list(layer.parameters())) for layer in lora_layers(module)]
+    return found
+
+
 @contextmanager
 def adapter_state(module: nn.Module, enabled: bool) -> Iterator[None]:
-    """Enable or disable every adapter inside ``module`` for the block; restore states and requires_grad after."""
-    layers = lora_layers(module)
-    saved = [(layer, layer.disable_adapters, [(p, p.requires_grad) for p in layer.parameters()]) for layer in layers]
-    for layer in layers:
+    """Enable or disable every adapter inside ``module`` for the block; restore states and requires_grad after.
+
+    Only layers not already in that state are switched (peft's switch also sets requires_grad)."""
+    switched = [(layer, params) for layer, params in _adapter_layers(module) if layer.disable_adapters == enabled]
+    saved = [(layer, [p.requires_grad for p in params]) for layer, params in switched]
+    for layer, _ in switched:
         layer.enable_adapters(enabled)
     try:
         yield
     finally:
-        for layer, was_disabled, grads in saved:
-            layer.enable_adapters(not was_disabled)
-            for p, requires_grad in grads:
+        for (layer, params), (_, grads) in zip(switched, saved):
+            layer.enable_adapters(not enabled)
+            for p, requires_grad in zip(params, grads):
                 p.requires_grad_(requires_grad)
 
 
@@ -77,9 +95,9 @@ def adapters_disabled(module: nn.Module) -> Any:
 
 def checkpoint_keeping_adapter_state(block: nn.Module, *args: Any) -> Any:
     """Gradient checkpointing for diffusers blocks that recomputes in the forward's adapter state."""
-    layers = lora_layers(block)
+    layers = _adapter_layers(block)
     recompute = (
-        (lambda: (nullcontext(), adapter_state(block, enabled=not layers[0].disable_adapters)))
+        (lambda: (nullcontext(), adapter_state(block, enabled=not layers[0][0].disable_adapters)))
         if layers
         else (lambda: (nullcontext(), nullcontext()))
     )

@@ -7,6 +7,7 @@ Every UNet output is converted to an x0-prediction with the backbone's predictio
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ContextManager, Iterable, Iterator, Sequence
@@ -32,6 +33,12 @@ class TextConditioning:
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
+    @classmethod
+    def stack(cls, rows: Sequence["TextConditioning"]) -> "TextConditioning":
+        """Batch-1 conditionings joined into one batch, in order."""
+        embeds, pooled = zip(*(row._values() for row in rows))
+        return cls(torch.cat(embeds), None if pooled[0] is None else torch.cat(pooled))
+
     def repeat(self, batch_size: int) -> "TextConditioning":
         """A batch-1 conditioning (e.g. the empty prompt) repeated ``batch_size`` times."""
         return TextConditioning(*(None if v is None else v.expand(batch_size, *v.shape[1:]) for v in self._values()))
@@ -52,7 +59,13 @@ class StableDiffusionBackend:
     ``pipe`` holds the frozen text encoders, tokenizers, VAE (None in pixel space) and scheduler.
     ``reference`` is a separate frozen UNet, or None in the shared-LoRA layout where the reference is
     ``assistant`` with its adapters disabled. ``generator``/``assistant`` may be replaced by wrapped
-    (DDP/FSDP) modules; calls go through these attributes.
+    (DDP/FSDP) modules; calls go through these attributes. Each UNet's dtype is looked up on its first
+    call and kept (weights are not cast once training runs).
+
+    Prompts are encoded one at a time and the last ``prompt_cache_size`` distinct ones are kept on the
+    device (least recently used dropped first; 0 keeps none): a fixed prompt set is encoded once, and a
+    prompt's conditioning never depends on the batch it came in or on what the cache held, so an
+    exact resume with an empty cache reproduces it.
     """
 
     def __init__(
@@ -67,6 +80,7 @@ class StableDiffusionBackend:
         resolution: int | None = None,
         device: torch.device | str = "cpu",
         offload_text_encoders: bool = False,
+        prompt_cache_size: int = 256,
     ) -> None:
         self.pipe = pipe
         self.generator = generator
@@ -90,13 +104,29 @@ class StableDiffusionBackend:
         self._generator_params = [p for p in generator.parameters() if p.requires_grad]
         self._assistant_params = [p for p in assistant.parameters() if p.requires_grad]
         self._uncond: TextConditioning | None = None
+        self.prompt_cache_size = prompt_cache_size
+        self._prompt_cache: OrderedDict[str, TextConditioning] = OrderedDict()
+        self._dtypes: dict[nn.Module, torch.dtype] = {}
 
     # -- prompts -------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> TextConditioning:
-        """Text conditioning for a batch of prompts, exactly as the diffusers pipeline encodes them."""
-        with self._text_encoders_on_device():
-            return self._encode(list(prompts))
+        """Text conditioning for a batch of prompts, each encoded as the diffusers pipeline encodes it
+        (alone; cached, see the class)."""
+        cache, distinct = self._prompt_cache, list(dict.fromkeys(prompts))
+        fresh: dict[str, TextConditioning] = {}
+        if any(p not in cache for p in distinct):
+            with self._text_encoders_on_device():
+                fresh = {p: self._encode([p]) for p in distinct if p not in cache}
+        rows = [fresh[p] if p in fresh else cache[p] for p in prompts]
+        for p in distinct:  # most recently used last
+            if p in fresh:
+                cache[p] = fresh[p]
+            else:
+                cache.move_to_end(p)
+        while len(cache) > self.prompt_cache_size:
+            cache.popitem(last=False)
+        return TextConditioning.stack(rows)
 
     @property
     @torch.no_grad()
@@ -185,7 +215,9 @@ class StableDiffusionBackend:
 
     def _x0(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
         """Evaluate ``unet`` in its own dtype and convert its output to x̂0 in ``x_t``'s dtype (§1)."""
-        dtype = extract_model_from_parallel(unet).dtype
+        dtype = self._dtypes.get(unet)
+        if dtype is None:
+            dtype = self._dtypes[unet] = extract_model_from_parallel(unet).dtype
         out = unet(x_t.to(dtype), t, return_dict=False, **self._unet_kwargs(cond, dtype))[0]
         alpha_t = expand_like(self.schedule.alpha(t), x_t).to(x_t.dtype)
         sigma_t = expand_like(self.schedule.sigma(t), x_t).to(x_t.dtype)

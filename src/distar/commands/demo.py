@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from distar.runtime import add_threads_argument
+
 #: worlds with a ``demo`` module; the first is the default.
 WORLDS = ("shapes", "gmm")
 
@@ -20,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed offset for data, initialisation and evaluation")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--config", default=None, help="YAML file with the world's demo config")
+    add_threads_argument(parser)
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides of the world's demo config, after the flags"
     )

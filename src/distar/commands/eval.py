@@ -16,6 +16,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from distar.runtime import add_threads_argument
+
 
 def _seeds(text: str) -> list[int]:
     try:
@@ -54,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-files-only", action="store_true", default=None, help="never download metric models")
     parser.add_argument("--config", help="YAML EvalConfig; flags override it")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
 
 
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     diffusers_logging.set_verbosity_error()  # per-call scheduler notices would drown the progress bars
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     save_config(config, Path(config.out_dir) / "eval_config.yaml")
-    summary = run_eval(config)
+    summary = run_eval(config, threads=args.threads)
     print(f"{summary.benchmark}: {summary.prompts} prompts from {summary.source}")
     print(Path(config.out_dir, "summary.md").read_text(), end="")
     return 0

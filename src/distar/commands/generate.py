@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from distar.runtime import add_threads_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["float32", "float16", "bfloat16"],
         help="weights dtype (default: float16 on cuda, else float32)",
     )
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from distar.errors import UserError
     from distar.export import load_one_step, one_step_images
+    from distar.runtime import configure_threads, count_parameters, report_threads
     from distar.train.logs import save_png
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -41,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--model: no such folder: {args.model}")
     pipe, t_init = load_one_step(args.model, use_ema=not args.no_ema, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    report_threads(configure_threads(args.threads, parameters=count_parameters(*modules), device=device), "generate")
     pipe.to(device)
     image = one_step_images(pipe, [args.prompt], [args.seed], t_init, args.height, args.width)[0]
     out = Path(args.out)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from distar.runtime import add_threads_argument
+
 #: Hosts that only this machine can reach; any other needs ``--allow-remote``.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-remote", action="store_true", help="allow a --host other than localhost (anyone who can reach it can generate)"
     )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s; the models are small)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,19 +42,21 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--host {args.host} serves to other machines; pass --allow-remote to confirm")
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {args.port}")
-    if args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
 
     import torch
 
     from distar.eval.models import default_device
+    from distar.runtime import configure_threads, report_threads, stored_parameters
     from distar.serve.app import create_app
     from distar.serve.models import load_models
+    from distar.worlds.shapes.assets import ASSETS_DIR
 
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device or default_device())
     print(f"loading {args.model or 'the shapes world models'} on {device} ...", flush=True)
     models = load_models(args.model, args.reference, device)
+    sizes = [stored_parameters(path) for path in (args.model or ASSETS_DIR, args.reference) if path is not None]
+    parameters = None if None in sizes else sum(sizes)
+    report_threads(configure_threads(args.threads, parameters=parameters, device=device), "serve")
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {models.one_step_name} at http://{host}:{args.port}/ (Ctrl+C to stop)", flush=True)
     uvicorn.run(create_app(models), host=args.host, port=args.port, log_level="warning")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from distar.runtime import add_threads_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="training config YAML (see configs/)")
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace the run already in output_dir (its checkpoints and log)"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from distar.config import load_config, to_dict
     from distar.train.config import TrainConfig
 
-    config = load_config(TrainConfig, args.config, args.overrides)
+    overrides = [*args.overrides, *([f"loop.threads={args.threads}"] if args.threads is not None else [])]
+    config = load_config(TrainConfig, args.config, overrides)
     if args.dry_run:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
@@ -53,7 +57,16 @@ def run(args: argparse.Namespace) -> int:
         ckpt.resolve_checkpoint(args.resume, config.output_dir)  # verified again (from a cache) on load
     from distar.train.build import build_trainer
 
+    from distar.runtime import configure_threads, count_parameters, report_threads
+
     trainer = build_trainer(config, prompts=prompts)
+    backend = trainer.backend
+    modules = (backend.generator, backend.assistant, getattr(backend, "reference", None), trainer.reward)
+    threads = configure_threads(
+        config.loop.threads, parameters=count_parameters(*modules), device=trainer.accelerator.device
+    )
+    if trainer.accelerator.is_main_process:
+        report_threads(threads, "train")
     records = trainer.train(resume=args.resume, overwrite=args.overwrite)
     if trainer.accelerator.is_main_process and records:
         last = records[-1]

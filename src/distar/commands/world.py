@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from distar.runtime import add_threads_argument
+
 WORLDS = ("shapes",)
 
 
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--resume", action="store_true", help="keep the completed stages of an interrupted build of the same settings"
     )
+    add_threads_argument(build)
     build.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. reference.steps=200")
 
 
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from distar.config import load_config, to_dict
+    from distar.runtime import configure_threads, report_threads, stored_parameters
     from distar.worlds.shapes.assets import ASSETS_DIR
     from distar.worlds.shapes.build import BuildConfig, build_world
 
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
     out = args.out or ASSETS_DIR
+    requested = args.threads if args.threads is not None else config.threads
+    report_threads(configure_threads(requested, parameters=stored_parameters(ASSETS_DIR)), "world build")
     record = build_world(out, config, resume=args.resume)
     print(f"wrote {out} in {record['timings_seconds']['total']:.0f}s (record: {out / 'build_record.json'})")
     return 0

@@ -70,6 +70,7 @@ class DiscreteSchedule(Schedule):
         if ac.dim() != 1 or not bool(((ac > 0) & (ac < 1)).all()):
             raise ValueError("alphas_cumprod must be a 1-D table with values in (0, 1)")
         self.alphas_cumprod = ac
+        self._on_device: dict[torch.device, Tensor] = {}  # the table's copy on each device used
         self.t_lo = 0.0
         self.t_hi = float(len(ac) - 1)
 
@@ -79,7 +80,10 @@ class DiscreteSchedule(Schedule):
 
     def _table(self, t: Tensor) -> Tensor:
         index = t.long().clamp(0, self.num_train_timesteps - 1)
-        return self.alphas_cumprod.to(t.device)[index]
+        table = self._on_device.get(t.device)
+        if table is None:
+            table = self._on_device[t.device] = self.alphas_cumprod.to(t.device)
+        return table[index]
 
     def alpha(self, t: Tensor) -> Tensor:
         return self._table(t).sqrt().float()

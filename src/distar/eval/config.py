@@ -53,12 +53,16 @@ class EvalConfig:
             raise ConfigError(f"timing_images must be ≥ 0, got {self.timing_images}")
 
 
-def run_eval(config: EvalConfig) -> Summary:
-    """Load the benchmark, models and metrics of ``config`` and :func:`~distar.eval.suite.evaluate`."""
+def run_eval(config: EvalConfig, *, threads: int | None = None) -> Summary:
+    """Load the benchmark, models and metrics of ``config`` and :func:`~distar.eval.suite.evaluate`.
+
+    Once the inputs are checked, the torch thread count is chosen (``threads``, else by the largest
+    model's stored size: :func:`~distar.runtime.configure_threads`) and printed on stderr."""
     from distar.eval.benchmarks import load_benchmark
     from distar.eval.metrics import metric_loaders
     from distar.eval.models import DiffusersModel, default_device
     from distar.eval.suite import evaluate
+    from distar.runtime import configure_threads, report_threads, stored_parameters
 
     if not config.models:
         raise ConfigError("no models given (--model PATH)")
@@ -74,6 +78,9 @@ def run_eval(config: EvalConfig) -> Summary:
         local_files_only=config.local_files_only,
     )
     models = [DiffusersModel(replace(spec, device=spec.device or device)) for spec in config.models]
+    sizes = [stored_parameters(spec.path) for spec in config.models]
+    parameters = None if None in sizes else max(sizes)
+    report_threads(configure_threads(threads, parameters=parameters, device=device), "eval")
     return evaluate(
         models,
         benchmark,

@@ -109,6 +109,9 @@ class LoopConfig:
     assistant_steps: int = field(1, help="assistant (DSM) updates per generator update (DMD2: 5)")
     mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="accelerate autocast mode")
     cpu: bool = field(False, help="run on CPU even when a GPU is present")
+    threads: int | None = field(
+        None, help="torch CPU threads; null = $OMP_NUM_THREADS, else chosen by model size (see docs/training.md)"
+    )
     max_bad_steps: int = field(
         5,
         help="stop (exit code 1) after this many consecutive steps with a non-finite loss or gradient "
@@ -122,6 +125,8 @@ class LoopConfig:
             raise ValueError(f"assistant_steps must be in [1, {MAX_ASSISTANT_STEPS}]")
         if self.max_bad_steps < 1:
             raise ValueError("max_bad_steps must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be >= 1 (or null)")
 
 
 @dataclass

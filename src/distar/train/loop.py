@@ -7,6 +7,10 @@ separate AdamW optimisers and LR schedules. The losses themselves are
 this module averages their per-sample ``"loss"``, back-propagates, clips, steps, keeps the EMA and
 logs the batch mean of every term.
 
+Each backward computes weight gradients only for the network being updated (``inputs=``): the
+generator loss's graph runs through the assistant and the reference (Theorem 3.1), but their weights
+get no gradient. Gradients are freed as soon as their optimiser has stepped.
+
 Accelerate provides devices, DDP/FSDP (``accelerate launch`` / ``torchrun``), autocast and the
 optimiser/scheduler state of checkpoints. All random draws (prompt order aside) come from the
 global generators seeded with ``seed + rank``; checkpoints store them so a resumed run continues the
@@ -158,6 +162,9 @@ class Trainer:
             self.generator_scheduler,
             self.assistant_scheduler,
         ) = acc.prepare(backend.generator, backend.assistant, *optimizers, *schedulers)
+        # What each backward differentiates: the wrapped modules' trainable parameters (FSDP flattens them).
+        self._generator_inputs = [p for p in backend.generator.parameters() if p.requires_grad]
+        self._assistant_inputs = [p for p in backend.assistant.parameters() if p.requires_grad]
         # Trainable weights are written by `save_checkpoint` as safetensors, not by accelerate.
         if not self.fsdp:
             acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
@@ -195,7 +202,8 @@ class Trainer:
         self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, config: OptimizerConfig, loss: Tensor
     ) -> tuple[Tensor, bool]:
         """Clip the gradients of ``module`` (after backward) and step ``optimizer`` unless the loss or
-        the gradient norm is not finite. Returns the norm before clipping and whether the step was made.
+        the gradient norm is not finite, then free the gradients. Returns the norm before clipping and
+        whether the step was made.
 
         The check is one fused scalar (all-reduced over processes, so every rank decides alike). The
         wrapped module's own parameters are passed so accelerate can use FSDP's sharded clipping; with
@@ -216,11 +224,12 @@ class Trainer:
             self._skipped.append(name)
             return norm, False
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         return norm, not (scaler is not None and optimizer.step_was_skipped)
 
     def _assistant_unsynced(self) -> contextlib.AbstractContextManager:
-        """The generator update also leaves ∇ψ on the assistant (its graph runs through x_t, Theorem 3.1);
-        under DDP keep that gradient local instead of all-reducing it, since it is zeroed unused."""
+        """The generator loss runs through the assistant (Theorem 3.1) but its backward leaves no ∇ψ;
+        under DDP the assistant's forward must then not arm a gradient all-reduce."""
         assistant = self.backend.assistant
         return assistant.no_sync() if isinstance(assistant, DistributedDataParallel) else contextlib.nullcontext()
 
@@ -234,9 +243,8 @@ class Trainer:
             _, cond, z = self._batch()
             with acc.autocast():
                 terms = assistant_losses(self.backend, cond, z, cfg.objective)
-            self.assistant_optimizer.zero_grad(set_to_none=True)
             loss = terms["loss"].float().mean()
-            acc.backward(loss)
+            acc.backward(loss, inputs=self._assistant_inputs)
             logs = _means(terms, "assistant")
             logs["assistant/grad_norm"], _ = self._update(
                 "assistant", self.backend.assistant, self.assistant_optimizer, cfg.optim.assistant, loss
@@ -249,10 +257,8 @@ class Trainer:
         with self._assistant_unsynced():
             with acc.autocast():
                 terms = generator_losses(self.backend, cond, prompts, z, self.reward, self.loss)
-            self.generator_optimizer.zero_grad(set_to_none=True)
             loss = terms["loss"].float().mean()
-            acc.backward(loss)
-        self.assistant_optimizer.zero_grad(set_to_none=True)  # drop (and free) the stray ∇ψ at once
+            acc.backward(loss, inputs=self._generator_inputs)  # ∇θ only: no weight gradients for ψ or the reference
         logs = {k: torch.stack([d[k] for d in assistant_logs]).mean() for k in assistant_logs[0]}
         logs.update(_means(terms, "generator"))
         logs["generator/grad_norm"], stepped = self._update(

@@ -54,8 +54,8 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list
     return lines
 
 
-def _one_thread_init() -> None:
-    torch.set_num_threads(1)
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
 
 
 def run_parallel(
@@ -63,26 +63,27 @@ def run_parallel(
     jobs: Sequence[Mapping[str, Any]],
     workers: int,
     on_done: Callable[[int, Any], None] | None = None,
+    threads: int = 1,
 ) -> list[Any]:
-    """``[fn(**job) for job in jobs]``, run in ``workers`` spawned processes of one torch thread each.
+    """``[fn(**job) for job in jobs]``, run in ``workers`` spawned processes of ``threads`` torch threads each.
 
     ``fn`` must be importable (a module-level function). ``on_done(i, result)`` is called in the
-    parent as each job finishes. With ``workers`` = 1 the jobs run in this process (one thread).
+    parent as each job finishes. With ``workers`` = 1 the jobs run in this process (at ``threads``).
     """
     results: list[Any] = [None] * len(jobs)
     if workers <= 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
         try:
             for i, job in enumerate(jobs):
                 results[i] = fn(**job)
                 if on_done:
                     on_done(i, results[i])
         finally:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(before)
         return results
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(fn, **job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             i = futures[future]

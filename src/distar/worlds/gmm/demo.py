@@ -35,7 +35,7 @@ from torch import Tensor
 
 from distar.config import ConfigError, field, load_config, save_config, to_dict
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
-from distar.runtime import environment
+from distar.runtime import configure_threads, environment, report_threads
 from distar.train import (
     CheckpointConfig,
     DataConfig,
@@ -415,7 +415,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(GMMDemoConfig, args.config, args.overrides)
     # --seed offsets the config's seed (0 unless a config file or override sets it).
     cfg = dataclasses.replace(cfg, seed=cfg.seed + args.seed, **({} if args.steps is None else {"steps": args.steps}))
-    torch.set_num_threads(1)
+    # The gmm networks are small MLPs: one thread per process unless --threads or OMP_NUM_THREADS says otherwise.
+    threads = configure_threads(args.threads, parameters=0, device=args.device)
+    report_threads(threads, "demo")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -425,13 +427,14 @@ def run(args: argparse.Namespace) -> int:
     jobs = max(1, min(cfg.jobs or os.cpu_count() or 1, len(trainings) * len(seeds)))
     print(
         f"gmm demo: {len(seeds)} seeds × ({len(trainings)} trainings + the start), {jobs} in parallel, "
-        "1 torch thread per process"
+        f"{threads} torch thread(s) per process"
     )
     progress = Progress(len(seeds) * (1 + len(trainings)), jobs)
     starts = run_parallel(
         initialise_seed,
         [{"cfg": cfg, "seed_index": i, "out": out, "device": args.device} for i in seeds],
         jobs,
+        threads=threads,
         on_done=lambda i, _: progress(f"start ({cfg.init}), seed {i}"),
     )
     grid = [(key, i) for key in trainings for i in seeds]
@@ -442,6 +445,7 @@ def run(args: argparse.Namespace) -> int:
             for key, i in grid
         ],
         jobs,
+        threads=threads,
         on_done=lambda j, _: progress(f"{trainings[grid[j][0]][0].name}, seed {grid[j][1]}"),
     )
     results = {key: [trained[j] for j, (k, _) in enumerate(grid) if k == key] for key in trainings}

@@ -110,7 +110,9 @@ class BuildConfig:
     one_step: DistillLoop = field(DistillLoop(), help="regression warm start of the one-step generator")
     one_step_refine: RefineLoop = field(RefineLoop(), help="distribution-matching distillation of the one-step generator")
     quality: QualityConfig = field(QualityConfig(), help="quality measurements")
-    threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
+    threads: int | None = field(
+        None, help="torch CPU threads; null = --threads, $OMP_NUM_THREADS, else by model size (1 for these models)"
+    )
 
 
 def _progress(stage: str, total: int, every: int, echo: Callable[[str], None]) -> Callable[[int, dict[str, float]], None]:
@@ -202,8 +204,6 @@ def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None
     out = Path(out)
     tmp = out.with_name(out.name + ".building")
     stages = _Stages(tmp, resume, echo)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     every = 50
     settings = to_dict(config)
     total_start = time.perf_counter()

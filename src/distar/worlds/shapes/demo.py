@@ -44,7 +44,7 @@ from distar.config import field, load_config, save_config, to_dict
 from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.train import TrainConfig
-from distar.runtime import environment
+from distar.runtime import configure_threads, environment, report_threads, stored_parameters
 from distar.worlds.common import Progress, format_ci, markdown_table, mean_ci95, run_parallel
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
 from distar.worlds.shapes.one_step import OneStepLoop
@@ -403,10 +403,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    torch.set_num_threads(1)
+    from distar.worlds.shapes.assets import ASSETS_DIR
+
+    threads = configure_threads(args.threads, parameters=stored_parameters(Path(cfg.models) if cfg.models else ASSETS_DIR))
+    report_threads(threads, "demo")
     runs = plan_runs(cfg)
     jobs = max(1, min(cfg.jobs or os.cpu_count() or 1, len(runs)))
-    print(f"shapes demo: {len(runs)} training runs, {jobs} in parallel, 1 torch thread per process")
+    print(f"shapes demo: {len(runs)} training runs, {jobs} in parallel, {threads} torch thread(s) per process")
     trained_rows = train_stage(cfg, runs, out, jobs, args)
     rows, groups, eval_dir = evaluate_stage(cfg, runs, trained_rows, out, args)
     stats = aggregate(rows, groups, eval_dir)
@@ -423,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         "methods": ", ".join(PAPER_NAMES.get(m, m) for m in cfg.methods),
         "runs": f"{len(runs)} ({cfg.training_seeds} training seeds each), {cfg.train.steps} steps × {cfg.train.batch_size} prompts",
         "evaluation": f"{cfg.eval_prompts} prompts × {len(cfg.seeds)} seeds; reference: {cfg.reference_steps}-step DDIM, CFG ω = {cfg.guidance_scale:g}",
-        "torch threads per process": 1,
+        "torch threads per process": threads,
         "parallel runs": jobs,
         "load average at end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         "total seconds": round(time.perf_counter() - start, 1),
@@ -441,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_stage(cfg: ShapesDemoConfig, runs: Sequence[Run], out: Path, jobs: int, args: argparse.Namespace) -> list[dict]:
-    """Stage 2: every run's :class:`TrainConfig`, trained in parallel one-thread processes."""
+    """Stage 2: every run's :class:`TrainConfig`, trained in parallel processes at this process's thread count."""
     from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record
     from distar.worlds.shapes.one_step import train_config
 
@@ -459,7 +462,7 @@ def train_stage(cfg: ShapesDemoConfig, runs: Sequence[Run], out: Path, jobs: int
         configs.append({"config": dataclasses.replace(config, loop=dataclasses.replace(config.loop, cpu=args.device == "cpu"))})
     progress = Progress(len(runs), jobs)
     return run_parallel(
-        train_run, configs, jobs, on_done=lambda i, res: progress(f"{runs[i].group}, training seed {runs[i].seed_index} ({res['train_seconds']:.0f}s)")
+        train_run, configs, jobs, threads=torch.get_num_threads(), on_done=lambda i, res: progress(f"{runs[i].group}, training seed {runs[i].seed_index} ({res['train_seconds']:.0f}s)")
     )
 
 
