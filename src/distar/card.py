@@ -128,11 +128,23 @@ def _eval_section(eval_dir: str | Path) -> list[str]:
     return ["## Evaluation", "", *[("#" + line if line.startswith("##") else line) for line in body]]
 
 
+def _flow(metadata: Mapping[str, Any]) -> bool:
+    from distar.backends.config import FLOW_FAMILIES
+
+    return metadata.get("family") in FLOW_FAMILIES
+
+
+def _schedule_argument(metadata: Mapping[str, Any]) -> str:
+    """The one-step call's schedule: ``timesteps=[t_init]`` (UNets) or ``sigmas=[t_init/1000]`` (flow)."""
+    t_init = metadata["t_init"]
+    return f"sigmas=[{t_init / 1000:g}]" if _flow(metadata) else f"timesteps=[{t_init}]"
+
+
 def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> list[str]:
-    t_init, side = metadata["t_init"], metadata.get("resolution")
+    side = metadata.get("resolution")
     call = (
         f'image = pipe("a photo of a corgi in a field of flowers", num_inference_steps=1, guidance_scale=0.0,\n'
-        f"             timesteps=[{t_init}], height={side}, width={side}).images[0]"
+        f"             {_schedule_argument(metadata)}, height={side}, width={side}).images[0]"
     )
     if metadata.get("format") != "lora":
         return [
@@ -147,14 +159,18 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
     prediction = metadata.get("prediction_type")
     extra = f', prediction_type="{prediction}"' if prediction else ""
     base = metadata.get("pretrained")
+    scheduler, options = (
+        ("FlowMatchEulerDiscreteScheduler", "shift=1.0, use_dynamic_shifting=False")
+        if _flow(metadata)
+        else ("LCMScheduler", f"clip_sample=False, thresholding=False{extra}")
+    )
     return [
         "```python",
         "import torch",
-        f"from diffusers import LCMScheduler, {pipeline_class}",
+        f"from diffusers import {scheduler}, {pipeline_class}",
         "",
         f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
-        "pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, clip_sample=False, "
-        f"thresholding=False{extra})",
+        f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, {options})",
         f'pipe.load_lora_weights("{where}")',
         call,
         "```",
@@ -198,9 +214,15 @@ def model_card(
         + (f", generator initialised from `{init}`" if init else "")
         + f" ({'EMA' if metadata.get('ema') else 'raw'} weights).",
         "",
-        f"The generator is the UNet evaluated once on pure noise at the fixed timestep t_init = {metadata['t_init']};",
-        "its output, read with the scheduler's prediction type, is the clean latent. `LCMScheduler` does exactly",
-        f"that with one step at `timesteps=[{metadata['t_init']}]` and no classifier-free guidance. It was trained "
+        f"The generator is the {'transformer' if _flow(metadata) else 'UNet'} evaluated once on pure noise at the "
+        f"fixed timestep t_init = {metadata['t_init']};",
+        "its output, read with the scheduler's prediction type, is the clean latent. "
+        + (
+            "An unshifted `FlowMatchEulerDiscreteScheduler` does exactly"
+            if _flow(metadata)
+            else "`LCMScheduler` does exactly"
+        ),
+        f"that with one step at `{_schedule_argument(metadata)}` and no classifier-free guidance. It was trained "
         f"at {metadata.get('resolution')}×{metadata.get('resolution')} pixels.",
         "",
         *_snippet(metadata, pipeline_class, repo_id or "path/to/this/folder"),

@@ -1,8 +1,10 @@
 """Training checkpoint → standard diffusers one-step pipeline (and one-step sampling from either).
 
-An exported folder is a plain ``StableDiffusionPipeline``/``StableDiffusionXLPipeline``: the generator
-UNet (EMA weights by default, LoRA merged, ``sample_size`` = the training resolution), the reference's
-VAE, text encoders and tokenizers, and an ``LCMScheduler``; ``distar.json`` records ``t_init`` and the
+An exported folder is a plain ``StableDiffusionPipeline``/``StableDiffusionXLPipeline``/
+``StableDiffusion3Pipeline``: the generator UNet or transformer (EMA weights by default, LoRA merged,
+``sample_size`` = the training resolution), the reference's VAE, text encoders and tokenizers, and a
+one-step scheduler (an ``LCMScheduler``; for SD3 an unshifted ``FlowMatchEulerDiscreteScheduler``,
+called with ``sigmas=[t_init/1000]`` instead of ``timesteps``); ``distar.json`` records ``t_init`` and the
 resolution, and ``README.md`` is a Hub model card (:mod:`distar.card`). With ``lora`` the folder holds
 the generator's LoRA in diffusers' format instead. Then
 
@@ -66,13 +68,13 @@ def _generator_from_checkpoint(
     from safetensors.torch import load_file
 
     from distar.backends.build import build_generator
-    from distar.backends.loading import load_pipeline
+    from distar.backends.loading import denoiser, load_pipeline
     from distar.backends.weights import load_trainable_state_dict
 
     cfg = checkpoint_model_config(ckpt)
     weights = ckpt / GENERATOR_EMA_FILE if use_ema and (ckpt / GENERATOR_EMA_FILE).is_file() else ckpt / GENERATOR_FILE
     pipe = load_pipeline(cfg, dtype)
-    generator = build_generator(cfg, pipe.unet, dtype)
+    generator = build_generator(cfg, denoiser(pipe), dtype)
     state = load_file(weights)
     if not all_finite(state.values()):
         raise ConfigError(f"{weights}: holds non-finite weights")
@@ -85,29 +87,36 @@ def _generator_from_checkpoint(
 
 def training_resolution(cfg: ModelConfig, pipe: Any) -> int:
     """The image side the generator was trained at (``model.resolution`` or the reference's default)."""
+    from distar.backends.loading import denoiser
+
     scale = pipe.vae_scale_factor if pipe.vae is not None else 1
-    return cfg.resolution or pipe.unet.config.sample_size * scale
+    return cfg.resolution or denoiser(pipe).config.sample_size * scale
 
 
 def pipeline_from_checkpoint(
     checkpoint_dir: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
 ) -> Any:
-    """The checkpoint's generator as a CPU diffusers pipeline with an ``LCMScheduler`` (one step at t_init).
+    """The checkpoint's generator as a CPU diffusers pipeline with a one-step scheduler: an
+    ``LCMScheduler`` (UNets, ``timesteps=[t_init]``) or an unshifted ``FlowMatchEulerDiscreteScheduler``
+    (flow transformers, ``sigmas=[t_init/1000]``).
 
     ``checkpoint_dir`` is a ``checkpoint-<step>/`` folder or a run folder (latest checkpoint). The
     generator weights (``generator_ema.safetensors`` when ``use_ema`` and present, else
     ``generator.safetensors``) must hold exactly the trainable keys of the configured generator. For
     pixel-space models ``vae`` is None: sample with :func:`one_step_images`. All weights are loaded in
     ``dtype`` (float32 by default, whatever the training ``model.dtype``), and LoRA is merged in it.
-    The UNet's ``sample_size`` is the training resolution, so the pipeline's default size is it.
+    The denoiser's ``sample_size`` is the training resolution, so the pipeline's default size is it.
     """
+    from distar.backends.loading import denoiser_name, one_step_flow_scheduler
     from distar.backends.lora import cast_, merged_unet
 
     pipe, generator, cfg = _generator_from_checkpoint(find_checkpoint(checkpoint_dir), use_ema, dtype)
     resolution = training_resolution(cfg, pipe)
     unet = cast_(merged_unet(generator), dtype).eval()
     unet.register_to_config(sample_size=resolution // (pipe.vae_scale_factor if pipe.vae is not None else 1))
-    pipe.register_modules(unet=unet)
+    pipe.register_modules(**{denoiser_name(pipe): unet})
+    if cfg.flow:
+        pipe.register_modules(scheduler=one_step_flow_scheduler(pipe.scheduler.config))
     return pipe
 
 
@@ -211,6 +220,16 @@ def load_one_step(path: str | Path, use_ema: bool = True, dtype: torch.dtype = t
     return pipeline_from_checkpoint(ckpt, use_ema, dtype), checkpoint_model_config(ckpt).t_init
 
 
+def one_step_schedule(pipe: Any, t_init: int) -> dict[str, list[float]]:
+    """The pipeline call's schedule argument for one step at t_init: ``timesteps=[t_init]`` for UNet
+    pipelines, ``sigmas=[t_init/1000]`` for flow transformers (SD3)."""
+    from distar.backends.config import FLOW_TIMESTEPS
+
+    if getattr(pipe, "transformer", None) is not None:
+        return {"sigmas": [t_init / FLOW_TIMESTEPS]}
+    return {"timesteps": [t_init]}
+
+
 @torch.no_grad()
 def one_step_images(
     pipe: Any,
@@ -235,7 +254,7 @@ def one_step_images(
         prompt=list(prompts),
         num_inference_steps=1,
         guidance_scale=0.0,
-        timesteps=[t_init],
+        **one_step_schedule(pipe, t_init),
         generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
         height=height,
         width=width,

@@ -14,14 +14,26 @@ TINY_MODELS: dict[str, dict[str, object]] = {
     "sd-pixel": dict(family="sd", prediction_type="epsilon", latent=False),
     "sdxl": dict(family="sdxl", prediction_type="epsilon"),
     "sdxl-v": dict(family="sdxl", prediction_type="v_prediction"),
+    "sd3": dict(family="sd3"),
+    "sd3-no-t5": dict(family="sd3", t5=False),
 }
 
-#: LoRA targets: attention projections, feed-forwards and resnet convolutions of a diffusers UNet.
+#: Families whose denoiser is a flow-matching transformer (velocity prediction, t = σ ∈ (0, 1]).
+FLOW_FAMILIES = ("sd3",)
+#: Number of timesteps a flow transformer's time input is scaled to (fed 1000·σ).
+FLOW_TIMESTEPS = 1000
+
+#: LoRA targets: attention projections, feed-forwards and resnet convolutions of a diffusers UNet, and
+#: the text-stream attention projections of an MMDiT (SD3).
 DEFAULT_LORA_TARGETS = [
     "to_q",
     "to_k",
     "to_v",
     "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
     "proj_in",
     "proj_out",
     "ff.net.0.proj",
@@ -34,16 +46,18 @@ DEFAULT_LORA_TARGETS = [
 
 @dataclass
 class ModelConfig:
-    """A diffusers UNet2DConditionModel backbone (SD 1.5/2.x or SDXL) and the three DI* models on it."""
+    """A diffusers backbone (SD 1.5/2.x or SDXL UNet, SD3/SD3.5 transformer) and the three DI* models on it."""
 
-    family: Literal["sd", "sdxl"] = field(
-        "sd", help="'sd' (SD 1.5/2.x: one CLIP text encoder) or 'sdxl' (two encoders, pooled embeds, time ids)."
+    family: Literal["sd", "sdxl", "sd3"] = field(
+        "sd",
+        help="'sd' (SD 1.5/2.x: one CLIP text encoder), 'sdxl' (two encoders, pooled embeds, time ids) or "
+        "'sd3' (SD3/SD3.5 flow-matching transformer: CLIP-L, CLIP-G, optional T5, pooled projections).",
     )
     pretrained: str = field(
         "tiny:sd",
         help="Reference model: hub id or local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, "
-        "scheduler/; no vae/ = pixel space), or a tiny random model: tiny:sd, tiny:sd-v, tiny:sd-pixel, "
-        "tiny:sdxl, tiny:sdxl-v.",
+        "scheduler/; no vae/ = pixel space; transformer/ for sd3), or a tiny random model: tiny:sd, tiny:sd-v, "
+        "tiny:sd-pixel, tiny:sdxl, tiny:sdxl-v, tiny:sd3, tiny:sd3-no-t5.",
     )
     revision: str | None = field(None, help="Hub revision (branch, tag or commit) of `pretrained`.")
     variant: str | None = field(None, help="Weight file variant of `pretrained`, e.g. 'fp16'.")
@@ -53,12 +67,16 @@ class ModelConfig:
         "UNet folder (or pipeline folder with unet/), a local state-dict file (.safetensors, .bin, .pt), or a "
         "hub file 'owner/repo/file' (e.g. tianweiy/DMD2/dmd2_sdxl_1step_unet_fp16.bin).",
     )
-    t_init: int = field(399, help="Conditioning timestep at which the generator UNet is evaluated on z.")
+    t_init: int | None = field(
+        None,
+        help="Conditioning timestep at which the generator is evaluated on z (null = 399 for UNets; 1000, "
+        "i.e. σ = 1, for flow transformers, which are fed σ = t_init/1000).",
+    )
     resolution: int | None = field(
         None, help="Image side in pixels; null = the UNet's sample_size times the VAE's downscale factor."
     )
     prediction_type: Literal["epsilon", "v_prediction", "sample"] | None = field(
-        None, help="Override the scheduler config's prediction type (null = use it)."
+        None, help="Override the scheduler config's prediction type (null = use it; UNet families only)."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = field(
         "float32",
@@ -80,6 +98,12 @@ class ModelConfig:
     offload_text_encoders: bool = field(
         False, help="Keep text encoders on the CPU, moving them to the device only while encoding prompts."
     )
+    t5: bool = field(
+        True,
+        help="sd3: load the T5 text encoder (false: zeros in its place, as diffusers' SD3 pipeline without "
+        "text_encoder_3; saves ~9 GB).",
+    )
+    max_sequence_length: int = field(256, help="sd3: T5 prompt tokens (the diffusers pipeline's default).")
 
     def __post_init__(self) -> None:
         if not self.pretrained:
@@ -91,10 +115,23 @@ class ModelConfig:
                 raise ConfigError(f"model.pretrained: unknown tiny model '{name}' (choose from {choices})")
             if TINY_MODELS[name]["family"] != self.family:
                 raise ConfigError(f"model.family: '{self.family}' does not match pretrained '{self.pretrained}'")
+        if self.t_init is None:
+            self.t_init = FLOW_TIMESTEPS if self.flow else 399
         if self.t_init < 0:
             raise ConfigError(f"model.t_init: must be >= 0, got {self.t_init}")
+        if self.flow and not 0 < self.t_init <= FLOW_TIMESTEPS:
+            raise ConfigError(f"model.t_init: flow models take 1..{FLOW_TIMESTEPS} (σ = t_init/1000), got {self.t_init}")
+        if self.flow and self.prediction_type is not None:
+            raise ConfigError(f"model.prediction_type: family '{self.family}' predicts the flow velocity; leave it null")
+        if not 0 < self.max_sequence_length <= 512:
+            raise ConfigError(f"model.max_sequence_length: must be in 1..512, got {self.max_sequence_length}")
         for name in ("generator_lora_rank", "assistant_lora_rank"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"model.{name}: must be >= 0, got {getattr(self, name)}")
         if self.resolution is not None and self.resolution <= 0:
             raise ConfigError(f"model.resolution: must be positive, got {self.resolution}")
+
+    @property
+    def flow(self) -> bool:
+        """Whether the family is a flow-matching transformer (:data:`FLOW_FAMILIES`)."""
+        return self.family in FLOW_FAMILIES

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from distar.backends.loading import TextToImagePipeline
 from distar.backends.lora import adapters_disabled
 from distar.config import ConfigError
-from distar.diffusion import DiscreteSchedule, PredictionType, expand_like, to_x0
+from distar.diffusion import DiscreteSchedule, PredictionType, Schedule, expand_like, to_x0
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class TextConditioning:
     """Prompt conditioning: per-token text embeddings and (SDXL) the pooled text embedding."""
 
     embeds: Tensor  # (B, L, D)
-    pooled: Tensor | None = None  # (B, P), SDXL only
+    pooled: Tensor | None = None  # (B, P), SDXL and SD3
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -72,15 +72,13 @@ class StableDiffusionBackend:
         self.generator = generator
         self.assistant = assistant
         self.reference = reference
-        self.schedule = DiscreteSchedule.from_scheduler_config(pipe.scheduler.config)
-        last = self.schedule.num_train_timesteps - 1
-        if not 0 <= t_init <= last:
-            raise ConfigError(f"model.t_init: {t_init} is outside the schedule's 0..{last}")
+        self.schedule = self._make_schedule(pipe.scheduler.config)
         self.t_init = t_init
+        self.generator_time = self._generator_time(t_init)
         self.prediction_type = prediction_type
         self.device = torch.device(device)
         self.offload_text_encoders = offload_text_encoders
-        unet_config = extract_model_from_parallel(assistant).config
+        unet_config = extract_model_from_parallel(assistant).config  # a UNet's or a transformer's
         self.vae_scale_factor = pipe.vae_scale_factor if pipe.vae is not None else 1
         self.resolution = resolution or unet_config.sample_size * self.vae_scale_factor
         if self.resolution % self.vae_scale_factor:
@@ -107,6 +105,16 @@ class StableDiffusionBackend:
                 self._uncond = self._encode_uncond()
         return self._uncond
 
+    def _make_schedule(self, scheduler_config: Any) -> Schedule:
+        return DiscreteSchedule.from_scheduler_config(scheduler_config)
+
+    def _generator_time(self, t_init: int) -> float:
+        """The schedule time at which the generator is evaluated on z: t_init itself for UNets."""
+        last = self.schedule.num_train_timesteps - 1
+        if not 0 <= t_init <= last:
+            raise ConfigError(f"model.t_init: {t_init} is outside the schedule's 0..{last}")
+        return t_init
+
     def _encode(self, prompts: list[str]) -> TextConditioning:
         embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
         return TextConditioning(embeds)
@@ -124,8 +132,8 @@ class StableDiffusionBackend:
         return randn_tensor((batch_size, *self.latent_shape), generator=generator, device=self.device)
 
     def generate(self, z: Tensor, cond: TextConditioning) -> Tensor:
-        """x0 = g_θ(z, c): the generator UNet fed z at timestep t_init, its output read as x̂0 (§2)."""
-        t = torch.full((z.shape[0],), self.t_init, device=z.device, dtype=torch.long)
+        """x0 = g_θ(z, c): the generator network fed z at timestep t_init, its output read as x̂0 (§2)."""
+        t = torch.full((z.shape[0],), self.generator_time, device=z.device)
         return self._x0(self.generator, z, t, cond)
 
     def reference_x0(self, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
@@ -156,8 +164,8 @@ class StableDiffusionBackend:
                 mean = torch.tensor(config.latents_mean, device=x0.device).view(1, -1, 1, 1)
                 std = torch.tensor(config.latents_std, device=x0.device).view(1, -1, 1, 1)
                 latents = x0 * std / config.scaling_factor + mean
-            else:
-                latents = x0 / config.scaling_factor
+            else:  # SD3's VAE also shifts its latents
+                latents = x0 / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
             images = vae.decode(latents.to(vae.dtype), return_dict=False)[0].to(x0.dtype)
         return ((images + 1) / 2).clamp(0, 1)
 
@@ -183,10 +191,14 @@ class StableDiffusionBackend:
     def _unet_kwargs(self, cond: TextConditioning, dtype: torch.dtype) -> dict[str, Any]:
         return {"encoder_hidden_states": cond.embeds.to(dtype)}
 
+    def _forward(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
+        """The network's raw output on ``x_t`` (already in ``dtype``) at schedule times ``t``."""
+        return unet(x_t, t, return_dict=False, **self._unet_kwargs(cond, dtype))[0]
+
     def _x0(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
         """Evaluate ``unet`` in its own dtype and convert its output to x̂0 in ``x_t``'s dtype (§1)."""
         dtype = extract_model_from_parallel(unet).dtype
-        out = unet(x_t.to(dtype), t, return_dict=False, **self._unet_kwargs(cond, dtype))[0]
+        out = self._forward(unet, x_t.to(dtype), t, cond, dtype)
         alpha_t = expand_like(self.schedule.alpha(t), x_t).to(x_t.dtype)
         sigma_t = expand_like(self.schedule.sigma(t), x_t).to(x_t.dtype)
         return to_x0(out.to(x_t.dtype), x_t, alpha_t, sigma_t, self.prediction_type)
