@@ -146,13 +146,14 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
         f'image = pipe("a photo of a corgi in a field of flowers", num_inference_steps=1, guidance_scale=0.0,\n'
         f"             {_schedule_argument(metadata)}, height={side}, width={side}).images[0]"
     )
+    no_t5 = ", text_encoder_3=None, tokenizer_3=None" if metadata.get("t5") is False else ""
     if metadata.get("format") != "lora":
         return [
             "```python",
             "import torch",
             "from diffusers import DiffusionPipeline",
             "",
-            f'pipe = DiffusionPipeline.from_pretrained("{where}", torch_dtype=torch.float16).to("cuda")',
+            f'pipe = DiffusionPipeline.from_pretrained("{where}", torch_dtype=torch.float16{no_t5}).to("cuda")',
             call,
             "```",
         ]
@@ -169,7 +170,7 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
         "import torch",
         f"from diffusers import {scheduler}, {pipeline_class}",
         "",
-        f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
+        f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.float16{no_t5}).to("cuda")',
         f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, {options})",
         f'pipe.load_lora_weights("{where}")',
         call,

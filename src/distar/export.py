@@ -134,6 +134,7 @@ def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[st
         "t_init": cfg.t_init,
         "family": cfg.family,
         "prediction_type": cfg.prediction_type,
+        **({"t5": cfg.t5} if cfg.family == "sd3" else {}),
         "pretrained": portable_name(cfg.pretrained),
         "generator_init": portable_name(cfg.generator_init),
         "checkpoint": ckpt.name,
@@ -214,8 +215,10 @@ def load_one_step(path: str | Path, use_ema: bool = True, dtype: torch.dtype = t
         meta_file = path / METADATA_FILE
         if not meta_file.is_file():
             raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a distar export")
+        from distar.backends.loading import absent_components
+
         t_init = int(json.loads(meta_file.read_text())["t_init"])
-        return DiffusionPipeline.from_pretrained(path, dtype=dtype), t_init
+        return DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent_components(path)), t_init
     ckpt = find_checkpoint(path)
     return pipeline_from_checkpoint(ckpt, use_ema, dtype), checkpoint_model_config(ckpt).t_init
 

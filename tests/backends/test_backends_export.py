@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import DiffusionPipeline
-from PIL import Image
 from safetensors.torch import load_file
 
 from distar.backends import ModelConfig, build_backend
@@ -17,25 +14,7 @@ from distar.cli import main
 from distar.config import ConfigError, to_dict
 from distar.export import METADATA_FILE, export_checkpoint, pipeline_from_checkpoint
 from distar.train.checkpoint import write_manifest
-from export_helpers import PROMPT, write_checkpoint
-
-
-def backend_image(backend, seed):
-    z = backend.sample_latents(1, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return backend.decode(backend.generate(z, backend.encode_prompts([PROMPT])))
-
-
-def diffusers_image(folder, t_init, seed):
-    """The exported folder run by plain diffusers: one step at t_init, no CFG."""
-    pipe = DiffusionPipeline.from_pretrained(folder)
-    generator = torch.Generator().manual_seed(seed)
-    kwargs = dict(num_inference_steps=1, guidance_scale=0.0, timesteps=[t_init], generator=generator, output_type="pt")
-    return pipe(PROMPT, **kwargs).images
-
-
-def read_png(path):
-    return torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1).float() / 255
+from export_helpers import PROMPT, backend_image, diffusers_image, read_png, write_checkpoint
 
 
 def test_export_reload_and_generate_reproduce_the_generator(family, tiny_dir, tmp_path, perturb):

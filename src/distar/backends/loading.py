@@ -68,6 +68,13 @@ def _model_index(path: str, revision: str | None) -> dict[str, Any]:
         return {}
 
 
+def absent_components(folder: str | Path) -> dict[str, None]:
+    """``{name: None}`` for every component a pipeline folder records as null (SD3 without T5):
+    diffusers loads such a folder only when these are passed to ``from_pretrained``."""
+    index = _model_index(str(folder), None)
+    return {k: None for k, v in index.items() if isinstance(v, (list, tuple)) and v and v[0] is None}
+
+
 def _has_component(path: str, name: str, index: Mapping[str, Any]) -> bool:
     if Path(path).is_dir():
         return (Path(path) / name).is_dir()
