@@ -134,18 +134,26 @@ def _flow(metadata: Mapping[str, Any]) -> bool:
     return metadata.get("family") in FLOW_FAMILIES
 
 
+def _timesteps(metadata: Mapping[str, Any]) -> list[int]:
+    return list(metadata.get("timesteps") or [metadata["t_init"]])
+
+
 def _schedule_argument(metadata: Mapping[str, Any]) -> str:
-    """The one-step call's schedule: ``timesteps=[t_init]`` (UNets) or ``sigmas=[t_init/1000]`` (flow)."""
-    t_init = metadata["t_init"]
-    return f"sigmas=[{t_init / 1000:g}]" if _flow(metadata) else f"timesteps=[{t_init}]"
+    """The call's schedule: ``timesteps=[t_init, ...]`` (UNets) or ``sigmas=[t_init/1000, ...]`` (flow)."""
+    timesteps = _timesteps(metadata)
+    if _flow(metadata):
+        return "sigmas=[" + ", ".join(f"{t / 1000:g}" for t in timesteps) + "]"
+    return f"timesteps={timesteps}"
 
 
 def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> list[str]:
-    side = metadata.get("resolution")
+    side, steps = metadata.get("resolution"), len(_timesteps(metadata))
     call = (
-        f'image = pipe("a photo of a corgi in a field of flowers", num_inference_steps=1, guidance_scale=0.0,\n'
+        f'image = pipe("a photo of a corgi in a field of flowers", num_inference_steps={steps}, guidance_scale=0.0,\n'
         f"             {_schedule_argument(metadata)}, height={side}, width={side}).images[0]"
     )
+    if _flow(metadata) and steps > 1:  # SD3's pipeline re-noises from the global RNG
+        call = "torch.manual_seed(0)\n" + call
     no_t5 = ", text_encoder_3=None, tokenizer_3=None" if metadata.get("t5") is False else ""
     if metadata.get("format") != "lora":
         return [
@@ -161,7 +169,7 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
     extra = f', prediction_type="{prediction}"' if prediction else ""
     base = metadata.get("pretrained")
     scheduler, options = (
-        ("FlowMatchEulerDiscreteScheduler", "shift=1.0, use_dynamic_shifting=False")
+        ("FlowMatchEulerDiscreteScheduler", f"shift=1.0, use_dynamic_shifting=False, stochastic_sampling={steps > 1}")
         if _flow(metadata)
         else ("LCMScheduler", f"clip_sample=False, thresholding=False{extra}")
     )
@@ -207,30 +215,42 @@ def model_card(
         if lora and init
         else ""
     )
+    steps = len(_timesteps(metadata))
+    network = "transformer" if _flow(metadata) else "UNet"
+    scheduler = "An unshifted `FlowMatchEulerDiscreteScheduler`" if _flow(metadata) else "`LCMScheduler`"
+    how = (
+        [
+            f"The generator is the {network} evaluated once on pure noise at the fixed timestep t_init = "
+            f"{metadata['t_init']};",
+            f"its output, read with the scheduler's prediction type, is the clean latent. {scheduler} does exactly",
+            f"that with one step at `{_schedule_argument(metadata)}` and no classifier-free guidance.",
+        ]
+        if steps == 1
+        else [
+            f"The generator is the {network} applied {steps} times, at `{_schedule_argument(metadata)}`: each "
+            "output, read with the",
+            "scheduler's prediction type, is a clean latent, re-noised with fresh noise to the next timestep "
+            f"(DMD2's multi-step sampling). {scheduler}",
+            f"does exactly that with `num_inference_steps={steps}` and no classifier-free guidance.",
+        ]
+    )
     body = [
-        "# One-step text-to-image generator (Diff-Instruct*)",
+        f"# {'One' if steps == 1 else steps}-step text-to-image generator (Diff-Instruct*)",
         "",
         f"{what} trained with Diff-Instruct* (distar {metadata.get('distar_version')}) for {trained}, with "
         f"reference model `{metadata.get('pretrained')}`"
         + (f", generator initialised from `{init}`" if init else "")
         + f" ({'EMA' if metadata.get('ema') else 'raw'} weights).",
         "",
-        f"The generator is the {'transformer' if _flow(metadata) else 'UNet'} evaluated once on pure noise at the "
-        f"fixed timestep t_init = {metadata['t_init']};",
-        "its output, read with the scheduler's prediction type, is the clean latent. "
-        + (
-            "An unshifted `FlowMatchEulerDiscreteScheduler` does exactly"
-            if _flow(metadata)
-            else "`LCMScheduler` does exactly"
-        ),
-        f"that with one step at `{_schedule_argument(metadata)}` and no classifier-free guidance. It was trained "
-        f"at {metadata.get('resolution')}×{metadata.get('resolution')} pixels.",
+        *how,
+        f"It was trained at {metadata.get('resolution')}×{metadata.get('resolution')} pixels.",
         "",
         *_snippet(metadata, pipeline_class, repo_id or "path/to/this/folder"),
         "",
         *([base_note, ""] if base_note else []),
         "diffusers may warn that the first timestep is not 999; that is expected for a one-step generator.",
-        "`distar.json` records t_init, the resolution and the training run this folder was exported from.",
+        "`distar.json` records t_init, the timesteps, the resolution and the training run this folder was "
+        "exported from.",
     ]
     if config:
         body += ["", "## Training", "", *_summary_lines(config, step)]

@@ -1,16 +1,18 @@
-"""Training checkpoint → standard diffusers one-step pipeline (and one-step sampling from either).
+"""Training checkpoint → standard diffusers one/few-step pipeline (and sampling from either).
 
 An exported folder is a plain ``StableDiffusionPipeline``/``StableDiffusionXLPipeline``/
 ``StableDiffusion3Pipeline``: the generator UNet or transformer (EMA weights by default, LoRA merged,
-``sample_size`` = the training resolution), the reference's VAE, text encoders and tokenizers, and a
-one-step scheduler (an ``LCMScheduler``; for SD3 an unshifted ``FlowMatchEulerDiscreteScheduler``,
-called with ``sigmas=[t_init/1000]`` instead of ``timesteps``); ``distar.json`` records ``t_init`` and the
-resolution, and ``README.md`` is a Hub model card (:mod:`distar.card`). With ``lora`` the folder holds
-the generator's LoRA in diffusers' format instead. Then
+``sample_size`` = the training resolution), the reference's VAE, text encoders and tokenizers, and the
+generator's scheduler (an ``LCMScheduler``; for SD3 an unshifted ``FlowMatchEulerDiscreteScheduler``,
+called with ``sigmas=[t/1000, ...]`` instead of ``timesteps``, stochastic for several steps);
+``distar.json`` records ``t_init``, ``num_inference_steps``, ``timesteps`` and the resolution, and
+``README.md`` is a Hub model card (:mod:`distar.card`). With ``lora`` the folder holds the generator's
+LoRA in diffusers' format instead. Then
 
-    DiffusionPipeline.from_pretrained(DIR)(prompt, num_inference_steps=1, guidance_scale=0, timesteps=[t_init])
+    DiffusionPipeline.from_pretrained(DIR)(prompt, num_inference_steps=k, guidance_scale=0, timesteps=[...])
 
-evaluates the generator UNet once on z at t_init and decodes its x0 (di-star-math.md §2).
+evaluates the generator k times, re-noising its x0 between steps, and decodes the last x0
+(di-star-math.md §2; one step: the network once on z at t_init).
 """
 
 from __future__ import annotations
@@ -96,14 +98,14 @@ def training_resolution(cfg: ModelConfig, pipe: Any) -> int:
 def pipeline_from_checkpoint(
     checkpoint_dir: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
 ) -> Any:
-    """The checkpoint's generator as a CPU diffusers pipeline with a one-step scheduler: an
-    ``LCMScheduler`` (UNets, ``timesteps=[t_init]``) or an unshifted ``FlowMatchEulerDiscreteScheduler``
-    (flow transformers, ``sigmas=[t_init/1000]``).
+    """The checkpoint's generator as a CPU diffusers pipeline with its k-step scheduler: an
+    ``LCMScheduler`` (UNets, ``timesteps=[...]``) or an unshifted ``FlowMatchEulerDiscreteScheduler``
+    (flow transformers, ``sigmas=[t/1000, ...]``; stochastic, i.e. re-noising, for k > 1).
 
     ``checkpoint_dir`` is a ``checkpoint-<step>/`` folder or a run folder (latest checkpoint). The
     generator weights (``generator_ema.safetensors`` when ``use_ema`` and present, else
     ``generator.safetensors``) must hold exactly the trainable keys of the configured generator. For
-    pixel-space models ``vae`` is None: sample with :func:`one_step_images`. All weights are loaded in
+    pixel-space models ``vae`` is None: sample with :func:`generator_images`. All weights are loaded in
     ``dtype`` (float32 by default, whatever the training ``model.dtype``), and LoRA is merged in it.
     The denoiser's ``sample_size`` is the training resolution, so the pipeline's default size is it.
     """
@@ -116,7 +118,7 @@ def pipeline_from_checkpoint(
     unet.register_to_config(sample_size=resolution // (pipe.vae_scale_factor if pipe.vae is not None else 1))
     pipe.register_modules(**{denoiser_name(pipe): unet})
     if cfg.flow:
-        pipe.register_modules(scheduler=one_step_flow_scheduler(pipe.scheduler.config))
+        pipe.register_modules(scheduler=one_step_flow_scheduler(pipe.scheduler.config, stochastic=cfg.steps > 1))
     return pipe
 
 
@@ -132,6 +134,8 @@ def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[st
     return {
         "format": "pipeline",
         "t_init": cfg.t_init,
+        "num_inference_steps": cfg.steps,
+        "timesteps": cfg.generator_timesteps,
         "family": cfg.family,
         "prediction_type": cfg.prediction_type,
         **({"t5": cfg.t5} if cfg.family == "sd3" else {}),
@@ -205,47 +209,57 @@ def export_checkpoint(
     return out
 
 
-def load_one_step(path: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32) -> tuple[Any, int]:
-    """(CPU pipeline in ``dtype``, t_init) from an exported folder (``distar.json``) or a training
-    checkpoint/run folder."""
+def load_generator(
+    path: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
+) -> tuple[Any, list[int]]:
+    """(CPU pipeline in ``dtype``, the generator's timesteps) from an exported folder (``distar.json``)
+    or a training checkpoint/run folder."""
     path = Path(path)
     if (path / "model_index.json").is_file():
         from diffusers import DiffusionPipeline
 
+        from distar.backends.loading import absent_components
+
         meta_file = path / METADATA_FILE
         if not meta_file.is_file():
             raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a distar export")
-        from distar.backends.loading import absent_components
-
-        t_init = int(json.loads(meta_file.read_text())["t_init"])
-        return DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent_components(path)), t_init
+        metadata = json.loads(meta_file.read_text())
+        timesteps = [int(t) for t in metadata.get("timesteps") or [metadata["t_init"]]]
+        return DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent_components(path)), timesteps
     ckpt = find_checkpoint(path)
-    return pipeline_from_checkpoint(ckpt, use_ema, dtype), checkpoint_model_config(ckpt).t_init
+    return pipeline_from_checkpoint(ckpt, use_ema, dtype), checkpoint_model_config(ckpt).generator_timesteps
 
 
-def one_step_schedule(pipe: Any, t_init: int) -> dict[str, list[float]]:
-    """The pipeline call's schedule argument for one step at t_init: ``timesteps=[t_init]`` for UNet
-    pipelines, ``sigmas=[t_init/1000]`` for flow transformers (SD3)."""
+def schedule_arguments(timesteps: Sequence[int], flow: bool) -> dict[str, Any]:
+    """The pipeline call's schedule for the generator's k steps: ``timesteps=[...]`` for UNet
+    pipelines (LCM), ``sigmas=[t/1000, ...]`` for flow transformers (SD3), with ``num_inference_steps=k``."""
     from distar.backends.config import FLOW_TIMESTEPS
 
-    if getattr(pipe, "transformer", None) is not None:
-        return {"sigmas": [t_init / FLOW_TIMESTEPS]}
-    return {"timesteps": [t_init]}
+    if flow:
+        return {"num_inference_steps": len(timesteps), "sigmas": [t / FLOW_TIMESTEPS for t in timesteps]}
+    return {"num_inference_steps": len(timesteps), "timesteps": list(timesteps)}
+
+
+def is_flow_pipeline(pipe: Any) -> bool:
+    """Whether a pipeline's denoiser is a flow transformer (SD3) rather than a UNet."""
+    return getattr(pipe, "transformer", None) is not None
 
 
 @torch.no_grad()
-def one_step_images(
+def generator_images(
     pipe: Any,
     prompts: Sequence[str],
     seeds: Sequence[int],
-    t_init: int,
+    timesteps: Sequence[int],
     height: int | None = None,
     width: int | None = None,
 ) -> Tensor:
-    """Images (B, 3, H, W) in [0, 1], one network evaluation each; z from a CPU generator per seed.
+    """Images (B, 3, H, W) in [0, 1], one network evaluation per timestep; z from a CPU generator per seed.
 
-    Pixel-space pipelines (``vae`` None) return their latents, which are the image in [-1, 1]; their
-    size argument counts in units of the pipeline's nominal ``vae_scale_factor``.
+    Re-noising between steps draws from the same generators (LCM); SD3's pipeline draws it from
+    torch's global RNG, which is seeded with the first seed here (and restored after). Pixel-space
+    pipelines (``vae`` None) return their latents, which are the image in [-1, 1]; their size
+    argument counts in units of the pipeline's nominal ``vae_scale_factor``.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
@@ -253,14 +267,15 @@ def one_step_images(
     if pixel:
         side = pipe.unet.config.sample_size
         height, width = ((s or side) * pipe.vae_scale_factor for s in (height, width))
-    out = pipe(
-        prompt=list(prompts),
-        num_inference_steps=1,
-        guidance_scale=0.0,
-        **one_step_schedule(pipe, t_init),
-        generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
-        height=height,
-        width=width,
-        output_type="latent" if pixel else "pt",
-    ).images
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seeds[0]))
+        out = pipe(
+            prompt=list(prompts),
+            guidance_scale=0.0,
+            **schedule_arguments(timesteps, is_flow_pipeline(pipe)),
+            generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+            height=height,
+            width=width,
+            output_type="latent" if pixel else "pt",
+        ).images
     return ((out + 1) / 2).clamp(0, 1) if pixel else out

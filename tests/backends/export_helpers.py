@@ -14,29 +14,36 @@ from distar.backends.loading import absent_components
 from distar.backends.lora import save_checkpoint_lora
 from distar.backends.weights import trainable_state_dict
 from distar.config import to_dict
-from distar.export import one_step_schedule
+from distar.export import is_flow_pipeline, schedule_arguments
 from distar.train.checkpoint import save_tensors, write_manifest
 
 PROMPT = "a small red house"
 
 
 def backend_image(backend, seed):
-    """decode(g(z, c)) for the seed's z and :data:`PROMPT`."""
-    z = backend.sample_latents(1, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return backend.decode(backend.generate(z, backend.encode_prompts([PROMPT])))
-
-
-def one_step(pipe, t_init, seed=0):
-    """The pipeline's image of :data:`PROMPT`: one step at t_init, no CFG."""
+    """decode(x0) after the generator's k steps from the seed's z, for :data:`PROMPT` (re-noising
+    drawn as the pipelines draw it)."""
     generator = torch.Generator().manual_seed(seed)
-    kwargs = dict(num_inference_steps=1, guidance_scale=0.0, generator=generator, output_type="pt")
-    return pipe(PROMPT, **one_step_schedule(pipe, t_init), **kwargs).images
+    z = backend.sample_latents(1, generator)
+    torch.manual_seed(seed)
+    noise = None if is_flow_pipeline(backend.pipe) else [generator]
+    with torch.no_grad():
+        return backend.decode(backend.sample(z, backend.encode_prompts([PROMPT]), noise))
 
 
-def diffusers_image(folder, t_init, seed):
-    """The exported folder run by plain diffusers: one step at t_init, no CFG."""
-    return one_step(DiffusionPipeline.from_pretrained(folder, **absent_components(folder)), t_init, seed)
+def one_step(pipe, timesteps, seed=0):
+    """The pipeline's image of :data:`PROMPT` at the generator's timesteps (an int: one step), no CFG;
+    torch's global RNG (SD3's re-noising) seeded with the seed too."""
+    timesteps = [timesteps] if isinstance(timesteps, int) else timesteps
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    kwargs = dict(guidance_scale=0.0, generator=generator, output_type="pt")
+    return pipe(PROMPT, **schedule_arguments(timesteps, is_flow_pipeline(pipe)), **kwargs).images
+
+
+def diffusers_image(folder, timesteps, seed):
+    """The exported folder run by plain diffusers at the generator's timesteps, no CFG."""
+    return one_step(DiffusionPipeline.from_pretrained(folder, **absent_components(folder)), timesteps, seed)
 
 
 def read_png(path):

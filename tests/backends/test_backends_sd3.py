@@ -38,7 +38,7 @@ def noised(backend, seed=0):
 def test_is_a_backend_on_the_shifted_flow_schedule(case):
     _, backend = case
     assert isinstance(backend, Backend) and isinstance(backend.schedule, FlowMatchSchedule)
-    assert backend.schedule.shift == TINY_SD3_SHIFT and backend.t_init == 1000 and backend.generator_time == 1.0
+    assert backend.schedule.shift == TINY_SD3_SHIFT and backend.t_init == 1000 and backend.generator_times == [1.0]
     assert backend.latent_shape == (4, 8, 8) and backend.resolution == 16
 
 

@@ -95,6 +95,7 @@ def build_backend(
         assistant,
         None if assistant is reference else reference,
         t_init=cfg.t_init,
+        timesteps=cfg.generator_timesteps,
         resolution=cfg.resolution,
         device=device,
         offload_text_encoders=cfg.offload_text_encoders,

@@ -70,7 +70,19 @@ class ModelConfig:
     t_init: int | None = field(
         None,
         help="Conditioning timestep at which the generator is evaluated on z (null = 399 for UNets; 1000, "
-        "i.e. σ = 1, for flow transformers, which are fed σ = t_init/1000).",
+        "i.e. σ = 1, for flow transformers, which are fed σ = t_init/1000); with several steps, the first "
+        "of `timesteps`.",
+    )
+    steps: int = field(
+        1,
+        help="Generator steps k (DMD2's multi-step scheme): g_θ is applied at each of `timesteps` in turn, "
+        "its x0 re-noised to the next one; training draws one step per update and builds its input by "
+        "running the generator's own earlier steps (backward simulation).",
+    )
+    timesteps: list[int] | None = field(
+        None,
+        help="The k generator timesteps, decreasing, in t_init's units (null = [t_init] for one step, else "
+        "evenly spaced from the top: UNets 999, 749, 499, 249; flow 1000, 750, 500, 250 for k = 4).",
     )
     resolution: int | None = field(
         None, help="Image side in pixels; null = the UNet's sample_size times the VAE's downscale factor."
@@ -115,12 +127,26 @@ class ModelConfig:
                 raise ConfigError(f"model.pretrained: unknown tiny model '{name}' (choose from {choices})")
             if TINY_MODELS[name]["family"] != self.family:
                 raise ConfigError(f"model.family: '{self.family}' does not match pretrained '{self.pretrained}'")
+        if not 1 <= self.steps <= 16:
+            raise ConfigError(f"model.steps: must be in 1..16, got {self.steps}")
+        if self.timesteps is None and self.steps > 1:
+            top = FLOW_TIMESTEPS if self.flow else 999
+            self.timesteps = [top - i * (1000 // self.steps) for i in range(self.steps)]
+        if self.timesteps is not None:
+            if len(self.timesteps) != self.steps:
+                raise ConfigError(f"model.timesteps: {len(self.timesteps)} given for model.steps = {self.steps}")
+            if any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
+                raise ConfigError(f"model.timesteps: must be strictly decreasing, got {self.timesteps}")
+            if self.t_init not in (None, self.timesteps[0]):
+                raise ConfigError(f"model.t_init: {self.t_init} is not the first of model.timesteps {self.timesteps}")
+            self.t_init = self.timesteps[0]
         if self.t_init is None:
             self.t_init = FLOW_TIMESTEPS if self.flow else 399
-        if self.t_init < 0:
-            raise ConfigError(f"model.t_init: must be >= 0, got {self.t_init}")
-        if self.flow and not 0 < self.t_init <= FLOW_TIMESTEPS:
-            raise ConfigError(f"model.t_init: flow models take 1..{FLOW_TIMESTEPS} (σ = t_init/1000), got {self.t_init}")
+        for t in self.generator_timesteps:
+            if t < 0:
+                raise ConfigError(f"model.t_init: must be >= 0, got {t}")
+            if self.flow and not 0 < t <= FLOW_TIMESTEPS:
+                raise ConfigError(f"model.t_init: flow models take 1..{FLOW_TIMESTEPS} (σ = t_init/1000), got {t}")
         if self.flow and self.prediction_type is not None:
             raise ConfigError(f"model.prediction_type: family '{self.family}' predicts the flow velocity; leave it null")
         if not 0 < self.max_sequence_length <= 512:
@@ -130,6 +156,11 @@ class ModelConfig:
                 raise ConfigError(f"model.{name}: must be >= 0, got {getattr(self, name)}")
         if self.resolution is not None and self.resolution <= 0:
             raise ConfigError(f"model.resolution: must be positive, got {self.resolution}")
+
+    @property
+    def generator_timesteps(self) -> list[int]:
+        """The timesteps the generator is applied at: ``timesteps``, or ``[t_init]`` for one step."""
+        return list(self.timesteps) if self.timesteps is not None else [int(self.t_init or 0)]
 
     @property
     def flow(self) -> bool:

@@ -185,10 +185,15 @@ def _load_sd3_pipeline(
     return StableDiffusion3Pipeline(transformer=transformer, **parts)
 
 
-def one_step_flow_scheduler(scheduler_config: Mapping[str, Any]) -> FlowMatchEulerDiscreteScheduler:
+def one_step_flow_scheduler(
+    scheduler_config: Mapping[str, Any], stochastic: bool = False
+) -> FlowMatchEulerDiscreteScheduler:
     """A ``FlowMatchEulerDiscreteScheduler`` that uses ``sigmas`` as given (no shift): with
-    ``sigmas=[t_init/1000]`` one step returns x_t − σ û, the generator's x0 (§1)."""
-    return FlowMatchEulerDiscreteScheduler.from_config(scheduler_config, shift=1.0, use_dynamic_shifting=False)
+    ``sigmas=[t_init/1000]`` one step returns x_t − σ û, the generator's x0 (§1). ``stochastic``
+    (few-step generators): each step re-noises that x0 to the next σ with fresh noise, as DMD2 does."""
+    return FlowMatchEulerDiscreteScheduler.from_config(
+        scheduler_config, shift=1.0, use_dynamic_shifting=False, stochastic_sampling=stochastic
+    )
 
 
 def one_step_scheduler(scheduler_config: Mapping[str, Any], prediction_type: str | None = None) -> LCMScheduler:

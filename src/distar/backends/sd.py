@@ -63,6 +63,7 @@ class StableDiffusionBackend:
         reference: nn.Module | None,
         *,
         t_init: int = 399,
+        timesteps: Sequence[int] | None = None,
         prediction_type: PredictionType = "epsilon",
         resolution: int | None = None,
         device: torch.device | str = "cpu",
@@ -73,8 +74,9 @@ class StableDiffusionBackend:
         self.assistant = assistant
         self.reference = reference
         self.schedule = self._make_schedule(pipe.scheduler.config)
-        self.t_init = t_init
-        self.generator_time = self._generator_time(t_init)
+        self.timesteps = list(timesteps) if timesteps is not None else [t_init]
+        self.t_init = self.timesteps[0]
+        self.generator_times = [self._generator_time(t) for t in self.timesteps]
         self.prediction_type = prediction_type
         self.device = torch.device(device)
         self.offload_text_encoders = offload_text_encoders
@@ -109,7 +111,7 @@ class StableDiffusionBackend:
         return DiscreteSchedule.from_scheduler_config(scheduler_config)
 
     def _generator_time(self, t_init: int) -> float:
-        """The schedule time at which the generator is evaluated on z: t_init itself for UNets."""
+        """The schedule time of a generator timestep: the timestep itself for UNets."""
         last = self.schedule.num_train_timesteps - 1
         if not 0 <= t_init <= last:
             raise ConfigError(f"model.t_init: {t_init} is outside the schedule's 0..{last}")
@@ -131,10 +133,36 @@ class StableDiffusionBackend:
         """z ~ N(0, I) of shape (B, C, h, w), drawn like the diffusers pipelines draw their latents."""
         return randn_tensor((batch_size, *self.latent_shape), generator=generator, device=self.device)
 
-    def generate(self, z: Tensor, cond: TextConditioning) -> Tensor:
-        """x0 = g_θ(z, c): the generator network fed z at timestep t_init, its output read as x̂0 (§2)."""
-        t = torch.full((z.shape[0],), self.generator_time, device=z.device)
+    @property
+    def num_steps(self) -> int:
+        """k, the number of generator steps."""
+        return len(self.timesteps)
+
+    def generate(self, z: Tensor, cond: TextConditioning, step: int = 0) -> Tensor:
+        """x0 = g_θ(x, c): the generator network fed x at ``timesteps[step]`` (t_init for the first,
+        where x = z), its output read as x̂0 (§2)."""
+        t = torch.full((z.shape[0],), self.generator_times[step], device=z.device)
         return self._x0(self.generator, z, t, cond)
+
+    def renoise(self, x0: Tensor, step: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """x_t = α_t x0 + σ_t ε (2.1) at ``timesteps[step]`` with fresh ε (from ``generator``, one per
+        sample for a list, else torch's global RNG): the next step's input in DMD2's multi-step scheme."""
+        noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t = torch.full((x0.shape[0],), self.generator_times[step], device=x0.device)
+        return self.schedule.add_noise(x0, noise, t)
+
+    @torch.no_grad()
+    def sample(
+        self, z: Tensor, cond: TextConditioning, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> Tensor:
+        """x0 after all k generator steps from z: generate, re-noise to the next timestep, repeat (the
+        pipeline's LCM / stochastic flow sampling with the same ``generator``)."""
+        x = z
+        for step in range(self.num_steps):
+            x0 = self.generate(x, cond, step)
+            if step + 1 < self.num_steps:
+                x = self.renoise(x0, step + 1, generator)
+        return x0
 
     def reference_x0(self, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
         """x̂0_ref(x_t | c), frozen weights, graph kept through x_t."""
