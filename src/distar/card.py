@@ -128,6 +128,24 @@ def _eval_section(eval_dir: str | Path) -> list[str]:
     return ["## Evaluation", "", *[("#" + line if line.startswith("##") else line) for line in body]]
 
 
+def generator_call(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline keyword arguments that run a distar generator, from its ``distar.json``: its k steps
+    (``timesteps=[...]`` for UNet pipelines, ``sigmas=[t/1000, ...]`` for flow transformers), no CFG
+    (FLUX: ``guidance_scale`` = its guidance input, and the training size, FLUX's pipeline defaults to 1024)."""
+    from distar.backends.config import FLOW_FAMILIES, FLOW_TIMESTEPS
+
+    timesteps = [int(t) for t in metadata.get("timesteps") or [metadata["t_init"]]]
+    call: dict[str, Any] = {"num_inference_steps": len(timesteps), "guidance_scale": 0.0}
+    if metadata.get("family") in FLOW_FAMILIES:
+        call["sigmas"] = [t / FLOW_TIMESTEPS for t in timesteps]
+    else:
+        call["timesteps"] = timesteps
+    if metadata.get("family") == "flux":
+        side = metadata.get("resolution")
+        call.update(guidance_scale=float(metadata["guidance"]), height=side, width=side)
+    return call
+
+
 def _flow(metadata: Mapping[str, Any]) -> bool:
     from distar.backends.config import FLOW_FAMILIES
 
@@ -138,22 +156,26 @@ def _timesteps(metadata: Mapping[str, Any]) -> list[int]:
     return list(metadata.get("timesteps") or [metadata["t_init"]])
 
 
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _schedule_argument(metadata: Mapping[str, Any]) -> str:
     """The call's schedule: ``timesteps=[t_init, ...]`` (UNets) or ``sigmas=[t_init/1000, ...]`` (flow)."""
-    timesteps = _timesteps(metadata)
-    if _flow(metadata):
-        return "sigmas=[" + ", ".join(f"{t / 1000:g}" for t in timesteps) + "]"
-    return f"timesteps={timesteps}"
+    key = "sigmas" if _flow(metadata) else "timesteps"
+    return f"{key}={_value(generator_call(metadata)[key])}"
 
 
 def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> list[str]:
     side, steps = metadata.get("resolution"), len(_timesteps(metadata))
-    call = (
-        f'image = pipe("a photo of a corgi in a field of flowers", num_inference_steps={steps}, guidance_scale=0.0,\n'
-        f"             {_schedule_argument(metadata)}, height={side}, width={side}).images[0]"
-    )
-    if _flow(metadata) and steps > 1:  # SD3's pipeline re-noises from the global RNG
-        call = "torch.manual_seed(0)\n" + call
+    call = {**generator_call(metadata), "height": side, "width": side}
+    arguments = ", ".join(f"{k}={_value(call[k])}" for k in ("num_inference_steps", "guidance_scale"))
+    rest = ", ".join(f"{k}={_value(v)}" for k, v in call.items() if k not in ("num_inference_steps", "guidance_scale"))
+    call_line = f'image = pipe("a photo of a corgi in a field of flowers", {arguments},\n             {rest}).images[0]'
+    if _flow(metadata) and steps > 1:  # SD3's and FLUX's pipelines re-noise from the global RNG
+        call_line = "torch.manual_seed(0)\n" + call_line
     no_t5 = ", text_encoder_3=None, tokenizer_3=None" if metadata.get("t5") is False else ""
     if metadata.get("format") != "lora":
         return [
@@ -162,7 +184,7 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
             "from diffusers import DiffusionPipeline",
             "",
             f'pipe = DiffusionPipeline.from_pretrained("{where}", torch_dtype=torch.float16{no_t5}).to("cuda")',
-            call,
+            call_line,
             "```",
         ]
     prediction = metadata.get("prediction_type")
@@ -181,7 +203,7 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
         f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.float16{no_t5}).to("cuda")',
         f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, {options})",
         f'pipe.load_lora_weights("{where}")',
-        call,
+        call_line,
         "```",
     ]
 

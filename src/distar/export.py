@@ -21,7 +21,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from distar import __version__
 from distar.backends.config import ModelConfig
-from distar.card import METADATA_FILE
+from distar.card import METADATA_FILE, generator_call
 from distar.config import ConfigError, from_dict
 from distar.train.checkpoint import (
     CONFIG_FILE,
@@ -139,6 +139,7 @@ def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[st
         "family": cfg.family,
         "prediction_type": cfg.prediction_type,
         **({"t5": cfg.t5} if cfg.family == "sd3" else {}),
+        **({"guidance": cfg.guidance} if cfg.family == "flux" else {}),
         "pretrained": portable_name(cfg.pretrained),
         "generator_init": portable_name(cfg.generator_init),
         "checkpoint": ckpt.name,
@@ -211,9 +212,9 @@ def export_checkpoint(
 
 def load_generator(
     path: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
-) -> tuple[Any, list[int]]:
-    """(CPU pipeline in ``dtype``, the generator's timesteps) from an exported folder (``distar.json``)
-    or a training checkpoint/run folder."""
+) -> tuple[Any, dict[str, Any]]:
+    """(CPU pipeline in ``dtype``, :func:`generator_call` keyword arguments) from an exported folder
+    (``distar.json``) or a training checkpoint/run folder."""
     path = Path(path)
     if (path / "model_index.json").is_file():
         from diffusers import DiffusionPipeline
@@ -223,26 +224,12 @@ def load_generator(
         meta_file = path / METADATA_FILE
         if not meta_file.is_file():
             raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a distar export")
-        metadata = json.loads(meta_file.read_text())
-        timesteps = [int(t) for t in metadata.get("timesteps") or [metadata["t_init"]]]
-        return DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent_components(path)), timesteps
+        pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent_components(path))
+        return pipe, generator_call(json.loads(meta_file.read_text()))
     ckpt = find_checkpoint(path)
-    return pipeline_from_checkpoint(ckpt, use_ema, dtype), checkpoint_model_config(ckpt).generator_timesteps
-
-
-def schedule_arguments(timesteps: Sequence[int], flow: bool) -> dict[str, Any]:
-    """The pipeline call's schedule for the generator's k steps: ``timesteps=[...]`` for UNet
-    pipelines (LCM), ``sigmas=[t/1000, ...]`` for flow transformers (SD3), with ``num_inference_steps=k``."""
-    from distar.backends.config import FLOW_TIMESTEPS
-
-    if flow:
-        return {"num_inference_steps": len(timesteps), "sigmas": [t / FLOW_TIMESTEPS for t in timesteps]}
-    return {"num_inference_steps": len(timesteps), "timesteps": list(timesteps)}
-
-
-def is_flow_pipeline(pipe: Any) -> bool:
-    """Whether a pipeline's denoiser is a flow transformer (SD3) rather than a UNet."""
-    return getattr(pipe, "transformer", None) is not None
+    pipe = pipeline_from_checkpoint(ckpt, use_ema, dtype)
+    metadata = {**export_metadata(ckpt, use_ema), "resolution": training_resolution(checkpoint_model_config(ckpt), pipe)}
+    return pipe, generator_call(metadata)
 
 
 @torch.no_grad()
@@ -250,32 +237,32 @@ def generator_images(
     pipe: Any,
     prompts: Sequence[str],
     seeds: Sequence[int],
-    timesteps: Sequence[int],
+    call: Mapping[str, Any],
     height: int | None = None,
     width: int | None = None,
 ) -> Tensor:
-    """Images (B, 3, H, W) in [0, 1], one network evaluation per timestep; z from a CPU generator per seed.
+    """Images (B, 3, H, W) in [0, 1]: ``pipe`` run with ``call`` (:func:`generator_call`), one network
+    evaluation per step; z from a CPU generator per seed.
 
-    Re-noising between steps draws from the same generators (LCM); SD3's pipeline draws it from
-    torch's global RNG, which is seeded with the first seed here (and restored after). Pixel-space
-    pipelines (``vae`` None) return their latents, which are the image in [-1, 1]; their size
-    argument counts in units of the pipeline's nominal ``vae_scale_factor``.
+    Re-noising between steps draws from the same generators (LCM); the SD3 and FLUX pipelines draw it
+    from torch's global RNG, which is seeded with the first seed here (and restored after).
+    Pixel-space pipelines (``vae`` None) return their latents, which are the image in [-1, 1]; their
+    size argument counts in units of the pipeline's nominal ``vae_scale_factor``.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    call = dict(call)
     pixel = pipe.vae is None
     if pixel:
         side = pipe.unet.config.sample_size
         height, width = ((s or side) * pipe.vae_scale_factor for s in (height, width))
+    call.update({k: v for k, v in dict(height=height, width=width).items() if v is not None})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seeds[0]))
         out = pipe(
             prompt=list(prompts),
-            guidance_scale=0.0,
-            **schedule_arguments(timesteps, is_flow_pipeline(pipe)),
             generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
-            height=height,
-            width=width,
             output_type="latent" if pixel else "pt",
+            **call,
         ).images
     return ((out + 1) / 2).clamp(0, 1) if pixel else out

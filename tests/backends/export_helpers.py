@@ -14,7 +14,7 @@ from distar.backends.loading import absent_components
 from distar.backends.lora import save_checkpoint_lora
 from distar.backends.weights import trainable_state_dict
 from distar.config import to_dict
-from distar.export import is_flow_pipeline, schedule_arguments
+from distar.export import generator_call
 from distar.train.checkpoint import save_tensors, write_manifest
 
 PROMPT = "a small red house"
@@ -26,24 +26,24 @@ def backend_image(backend, seed):
     generator = torch.Generator().manual_seed(seed)
     z = backend.sample_latents(1, generator)
     torch.manual_seed(seed)
-    noise = None if is_flow_pipeline(backend.pipe) else [generator]
+    noise = None if getattr(backend.pipe, "transformer", None) is not None else [generator]  # LCM: the generator
     with torch.no_grad():
         return backend.decode(backend.sample(z, backend.encode_prompts([PROMPT]), noise))
 
 
-def one_step(pipe, timesteps, seed=0):
-    """The pipeline's image of :data:`PROMPT` at the generator's timesteps (an int: one step), no CFG;
-    torch's global RNG (SD3's re-noising) seeded with the seed too."""
-    timesteps = [timesteps] if isinstance(timesteps, int) else timesteps
+def one_step(pipe, call, seed=0):
+    """The pipeline's image of :data:`PROMPT` run with ``call`` (a ``distar.json``'s
+    ``generator_call``, or an int: one UNet step at that t_init); torch's global RNG (SD3's and FLUX's
+    re-noising) seeded with the seed too."""
+    call = generator_call({"t_init": call}) if isinstance(call, int) else call
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    kwargs = dict(guidance_scale=0.0, generator=generator, output_type="pt")
-    return pipe(PROMPT, **schedule_arguments(timesteps, is_flow_pipeline(pipe)), **kwargs).images
+    return pipe(PROMPT, generator=torch.Generator().manual_seed(seed), output_type="pt", **call).images
 
 
-def diffusers_image(folder, timesteps, seed):
-    """The exported folder run by plain diffusers at the generator's timesteps, no CFG."""
-    return one_step(DiffusionPipeline.from_pretrained(folder, **absent_components(folder)), timesteps, seed)
+def diffusers_image(folder, seed):
+    """The exported folder run by plain diffusers with the call its ``distar.json`` records."""
+    call = generator_call(json.loads((folder / "distar.json").read_text()))
+    return one_step(DiffusionPipeline.from_pretrained(folder, **absent_components(folder)), call, seed)
 
 
 def read_png(path):

@@ -16,7 +16,7 @@ from distar.backends import ModelConfig, build_backend
 from distar.backends.loading import denoiser, denoiser_name, one_step_flow_scheduler, resolve_pretrained
 from distar.backends.lora import LORA_EMA_WEIGHTS_FILE, LORA_WEIGHTS_FILE, lora_layers, save_diffusers_lora
 from distar.cli import main
-from distar.export import METADATA_FILE, export_checkpoint
+from distar.export import METADATA_FILE, export_checkpoint, generator_call
 from export_helpers import PROMPT, one_step, write_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -41,7 +41,6 @@ def base_pipeline(folder) -> DiffusionPipeline:
 def test_lora_export_loads_completely_and_equals_the_merged_export(family, tiny_dir, tmp_path, perturb):
     base = tiny_dir(family)
     cfg = ModelConfig(family=family, pretrained=str(base), generator_lora_rank=4, lora_alpha=8.0)
-    t_init = cfg.t_init
     backend = build_backend(cfg)
     folder, _ = write_checkpoint(tmp_path / "run", cfg, backend, perturb)
     merged = export_checkpoint(folder, tmp_path / "merged")
@@ -52,15 +51,16 @@ def test_lora_export_loads_completely_and_equals_the_merged_export(family, tiny_
     pipe = base_pipeline(base)
     pipe.load_lora_weights(lora)
     assert lora_modules(denoiser(pipe)) == lora_modules(backend.generator)  # every trained layer, no more
-    expected = one_step(DiffusionPipeline.from_pretrained(merged), t_init)
-    torch.testing.assert_close(one_step(pipe, t_init), expected, rtol=0, atol=2e-5)
+    call = generator_call(json.loads((merged / METADATA_FILE).read_text()))
+    expected = one_step(DiffusionPipeline.from_pretrained(merged), call)
+    torch.testing.assert_close(one_step(pipe, call), expected, rtol=0, atol=2e-5)
 
     # The checkpoint folder itself loads too: raw weights by default, EMA by weight name.
     raw, ema = base_pipeline(base), base_pipeline(base)
     raw.load_lora_weights(folder)
     ema.load_lora_weights(folder, weight_name=LORA_EMA_WEIGHTS_FILE)
-    torch.testing.assert_close(one_step(ema, t_init), expected, rtol=0, atol=2e-5)
-    assert not torch.allclose(one_step(raw, t_init), expected, rtol=0, atol=2e-5)
+    torch.testing.assert_close(one_step(ema, call), expected, rtol=0, atol=2e-5)
+    assert not torch.allclose(one_step(raw, call), expected, rtol=0, atol=2e-5)
 
 
 @pytest.mark.filterwarnings("ignore:While injecting the PEFT adapters")

@@ -64,8 +64,8 @@ def test_training_checkpoint_is_evaluated_through_export(tmp_path):
     model = DiffusersModel(ModelSpec(str(tmp_path), device="cpu"))  # a run folder: its latest checkpoint
     assert model.t_init == 399 and model.sampling_options()["timesteps"] == [399]
     images = model.generate_images(["a cat", "a dog"], [0, 1])
-    pipe, timesteps = load_generator(tmp_path / "checkpoint-1")
-    torch.testing.assert_close(images, generator_images(pipe, ["a cat", "a dog"], [0, 1], timesteps), atol=1e-6, rtol=0)
+    pipe, call = load_generator(tmp_path / "checkpoint-1")
+    torch.testing.assert_close(images, generator_images(pipe, ["a cat", "a dog"], [0, 1], call), atol=1e-6, rtol=0)
 
 
 def test_swapped_unet_and_scheduler(tiny_pipelines):

@@ -1,4 +1,4 @@
-"""End to end on the tiny SD / SDXL / SD3 configs: every preset through `distar train`, checkpoints,
+"""End to end on the tiny SD / SDXL / SD3 / FLUX configs: every preset through `distar train`, checkpoints,
 resume `latest`, frozen parts untouched, LoRA layouts, mixed precision, export and `distar generate`."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def log(out: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_trains_and_checkpoints(family, preset, tmp_path):
     overrides = [f"objective.preset={preset}", "loop.max_steps=2", "loop.assistant_steps=1", "checkpointing.every=1"]
@@ -82,13 +82,13 @@ def test_sd3_resumes_exactly_and_its_export_reproduces_generate(tmp_path):
     assert (written - torch.from_numpy(image)).abs().max() <= 1 / 255 + 1e-6
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
 def test_four_step_generator_trains_and_its_export_reproduces_generate(family, tmp_path):
     """model.steps=4: training (backward simulation) and 4-step sample grids run; the 4-step export,
     loaded by plain diffusers at its recorded timesteps, gives the image `distar generate` writes."""
     from diffusers import DiffusionPipeline
 
-    from distar.export import is_flow_pipeline, schedule_arguments
+    from distar.export import generator_call
 
     run, export, png = tmp_path / "run", tmp_path / "export", tmp_path / "image.png"
     overrides = ["model.steps=4", "loop.max_steps=2", "loop.assistant_steps=1", "sampling.every=2"]
@@ -100,13 +100,8 @@ def test_four_step_generator_trains_and_its_export_reproduces_generate(family, t
     pipe = DiffusionPipeline.from_pretrained(export)
     assert metadata["num_inference_steps"] == 4
     torch.manual_seed(3)  # SD3's pipeline re-noises from the global RNG
-    image = pipe(
-        "a cat",
-        guidance_scale=0.0,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-        **schedule_arguments(metadata["timesteps"], is_flow_pipeline(pipe)),
-    ).images[0]
+    call = generator_call(metadata)
+    image = pipe("a cat", generator=torch.Generator().manual_seed(3), output_type="np", **call).images[0]
     written = torch.tensor(list(Image.open(png).getdata())).float().view(image.shape) / 255
     assert (written - torch.from_numpy(image)).abs().max() <= 1 / 255 + 1e-6
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from diffusers.models.modeling_utils import ModelMixin
 
 from distar.backends.config import ModelConfig
+from distar.backends.flux import FluxBackend
 from distar.backends.loading import TEXT_ENCODERS, denoiser, load_pipeline, load_unet_init
 from distar.backends.lora import add_lora, cast_, checkpoint_keeping_adapter_state
 from distar.backends.sd import StableDiffusionBackend
@@ -19,6 +21,7 @@ BACKENDS: dict[str, type[StableDiffusionBackend]] = {
     "sd": StableDiffusionBackend,
     "sdxl": StableDiffusionXLBackend,
     "sd3": StableDiffusion3Backend,
+    "flux": FluxBackend,
 }
 
 
@@ -84,11 +87,13 @@ def build_backend(
         for name in TEXT_ENCODERS:
             if getattr(pipe, name, None) is not None:
                 getattr(pipe, name).to(device)
-    options = (
+    options: dict[str, Any] = (
         dict(prediction_type="flow_prediction", max_sequence_length=cfg.max_sequence_length)
         if cfg.flow
         else dict(prediction_type=cfg.prediction_type or pipe.scheduler.config.prediction_type)
     )
+    if cfg.family == "flux":
+        options["guidance"] = cfg.guidance
     return BACKENDS[cfg.family](
         pipe,
         generator,

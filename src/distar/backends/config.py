@@ -16,10 +16,11 @@ TINY_MODELS: dict[str, dict[str, object]] = {
     "sdxl-v": dict(family="sdxl", prediction_type="v_prediction"),
     "sd3": dict(family="sd3"),
     "sd3-no-t5": dict(family="sd3", t5=False),
+    "flux": dict(family="flux"),
 }
 
 #: Families whose denoiser is a flow-matching transformer (velocity prediction, t = σ ∈ (0, 1]).
-FLOW_FAMILIES = ("sd3",)
+FLOW_FAMILIES = ("sd3", "flux")
 #: Number of timesteps a flow transformer's time input is scaled to (fed 1000·σ).
 FLOW_TIMESTEPS = 1000
 
@@ -48,16 +49,17 @@ DEFAULT_LORA_TARGETS = [
 class ModelConfig:
     """A diffusers backbone (SD 1.5/2.x or SDXL UNet, SD3/SD3.5 transformer) and the three DI* models on it."""
 
-    family: Literal["sd", "sdxl", "sd3"] = field(
+    family: Literal["sd", "sdxl", "sd3", "flux"] = field(
         "sd",
-        help="'sd' (SD 1.5/2.x: one CLIP text encoder), 'sdxl' (two encoders, pooled embeds, time ids) or "
-        "'sd3' (SD3/SD3.5 flow-matching transformer: CLIP-L, CLIP-G, optional T5, pooled projections).",
+        help="'sd' (SD 1.5/2.x: one CLIP text encoder), 'sdxl' (two encoders, pooled embeds, time ids), "
+        "'sd3' (SD3/SD3.5 flow-matching transformer: CLIP-L, CLIP-G, optional T5, pooled projections) or "
+        "'flux' (FLUX.1: T5 tokens, CLIP pooled, packed latents, guidance embedding).",
     )
     pretrained: str = field(
         "tiny:sd",
         help="Reference model: hub id or local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, "
         "scheduler/; no vae/ = pixel space; transformer/ for sd3), or a tiny random model: tiny:sd, tiny:sd-v, "
-        "tiny:sd-pixel, tiny:sdxl, tiny:sdxl-v, tiny:sd3, tiny:sd3-no-t5.",
+        "tiny:sd-pixel, tiny:sdxl, tiny:sdxl-v, tiny:sd3, tiny:sd3-no-t5, tiny:flux.",
     )
     revision: str | None = field(None, help="Hub revision (branch, tag or commit) of `pretrained`.")
     variant: str | None = field(None, help="Weight file variant of `pretrained`, e.g. 'fp16'.")
@@ -115,7 +117,14 @@ class ModelConfig:
         help="sd3: load the T5 text encoder (false: zeros in its place, as diffusers' SD3 pipeline without "
         "text_encoder_3; saves ~9 GB).",
     )
-    max_sequence_length: int = field(256, help="sd3: T5 prompt tokens (the diffusers pipeline's default).")
+    max_sequence_length: int | None = field(
+        None, help="sd3, flux: T5 prompt tokens (null = the diffusers pipeline's default: sd3 256, flux 512)."
+    )
+    guidance: float = field(
+        3.5,
+        help="flux with a guidance embedding (FLUX.1-dev): the guidance input of all three transformers, i.e. "
+        "the reference's built-in ('inner') CFG; the pipeline's guidance_scale.",
+    )
 
     def __post_init__(self) -> None:
         if not self.pretrained:
@@ -149,8 +158,12 @@ class ModelConfig:
                 raise ConfigError(f"model.t_init: flow models take 1..{FLOW_TIMESTEPS} (σ = t_init/1000), got {t}")
         if self.flow and self.prediction_type is not None:
             raise ConfigError(f"model.prediction_type: family '{self.family}' predicts the flow velocity; leave it null")
+        if self.max_sequence_length is None:
+            self.max_sequence_length = 512 if self.family == "flux" else 256
         if not 0 < self.max_sequence_length <= 512:
             raise ConfigError(f"model.max_sequence_length: must be in 1..512, got {self.max_sequence_length}")
+        if self.guidance < 0:
+            raise ConfigError(f"model.guidance: must be >= 0, got {self.guidance}")
         for name in ("generator_lora_rank", "assistant_lora_rank"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"model.{name}: must be >= 0, got {getattr(self, name)}")

@@ -17,6 +17,8 @@ from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     LCMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
@@ -36,7 +38,7 @@ from distar.cache import build_once, cache_dir
 from distar.config import ConfigError
 from distar.errors import first_line
 
-TextToImagePipeline = StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline
+TextToImagePipeline = StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline
 
 #: Names of the frozen text encoders a pipeline may hold.
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -104,6 +106,8 @@ def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextT
     hub = dict(revision=cfg.revision, variant=cfg.variant)
     if cfg.family == "sd3":
         return _load_sd3_pipeline(cfg, path, index, dtype)
+    if cfg.family == "flux":
+        return _load_flux_pipeline(cfg, path, index, dtype)
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32, **hub)
         if (unet.config.addition_embed_type == "text_time") != (cfg.family == "sdxl"):
@@ -183,6 +187,26 @@ def _load_sd3_pipeline(
     except OSError as err:
         raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {first_line(err)}") from None
     return StableDiffusion3Pipeline(transformer=transformer, **parts)
+
+
+def _load_flux_pipeline(cfg: ModelConfig, path: str, index: Mapping[str, Any], dtype: torch.dtype) -> FluxPipeline:
+    """FLUX.1: float32 transformer; VAE, CLIP (pooled) and T5 in ``dtype``; the reference's own
+    (dynamically shifted) ``FlowMatchEulerDiscreteScheduler``."""
+    hub = dict(revision=cfg.revision, variant=cfg.variant)
+    if not _has_component(path, "transformer", index):
+        raise ConfigError(f"model.family: '{cfg.family}' needs a transformer/ in '{cfg.pretrained}'")
+    try:
+        return FluxPipeline(
+            transformer=FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", dtype=torch.float32, **hub),
+            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **hub),
+            text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **hub),
+            text_encoder_2=T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", dtype=dtype, **hub),
+            tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=cfg.revision),
+            tokenizer_2=T5TokenizerFast.from_pretrained(path, subfolder="tokenizer_2", revision=cfg.revision),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", revision=cfg.revision),
+        )
+    except OSError as err:
+        raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {first_line(err)}") from None
 
 
 def one_step_flow_scheduler(

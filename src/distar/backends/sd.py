@@ -73,20 +73,19 @@ class StableDiffusionBackend:
         self.generator = generator
         self.assistant = assistant
         self.reference = reference
-        self.schedule = self._make_schedule(pipe.scheduler.config)
-        self.timesteps = list(timesteps) if timesteps is not None else [t_init]
-        self.t_init = self.timesteps[0]
-        self.generator_times = [self._generator_time(t) for t in self.timesteps]
         self.prediction_type = prediction_type
         self.device = torch.device(device)
         self.offload_text_encoders = offload_text_encoders
         unet_config = extract_model_from_parallel(assistant).config  # a UNet's or a transformer's
         self.vae_scale_factor = pipe.vae_scale_factor if pipe.vae is not None else 1
-        self.resolution = resolution or unet_config.sample_size * self.vae_scale_factor
+        self.resolution = resolution or self._default_resolution(unet_config)
         if self.resolution % self.vae_scale_factor:
             raise ConfigError(f"model.resolution: {self.resolution} is not a multiple of {self.vae_scale_factor}")
-        side = self.resolution // self.vae_scale_factor
-        self.latent_shape = (unet_config.in_channels, side, side)
+        self.latent_shape = self._latent_shape(unet_config)
+        self.schedule = self._make_schedule(pipe.scheduler.config)
+        self.timesteps = list(timesteps) if timesteps is not None else [t_init]
+        self.t_init = self.timesteps[0]
+        self.generator_times = [self._generator_time(t) for t in self.timesteps]
         self._generator_params = [p for p in generator.parameters() if p.requires_grad]
         self._assistant_params = [p for p in assistant.parameters() if p.requires_grad]
         self._uncond: TextConditioning | None = None
@@ -106,6 +105,13 @@ class StableDiffusionBackend:
             with self._text_encoders_on_device():
                 self._uncond = self._encode_uncond()
         return self._uncond
+
+    def _default_resolution(self, denoiser_config: Any) -> int:
+        return denoiser_config.sample_size * self.vae_scale_factor
+
+    def _latent_shape(self, denoiser_config: Any) -> tuple[int, int, int]:
+        side = self.resolution // self.vae_scale_factor
+        return (denoiser_config.in_channels, side, side)
 
     def _make_schedule(self, scheduler_config: Any) -> Schedule:
         return DiscreteSchedule.from_scheduler_config(scheduler_config)
@@ -147,7 +153,7 @@ class StableDiffusionBackend:
     def renoise(self, x0: Tensor, step: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
         """x_t = α_t x0 + σ_t ε (2.1) at ``timesteps[step]`` with fresh ε (from ``generator``, one per
         sample for a list, else torch's global RNG): the next step's input in DMD2's multi-step scheme."""
-        noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = self._noise_like(x0, generator)
         t = torch.full((x0.shape[0],), self.generator_times[step], device=x0.device)
         return self.schedule.add_noise(x0, noise, t)
 
@@ -206,6 +212,10 @@ class StableDiffusionBackend:
         return self._assistant_params
 
     # -- internals ----------------------------------------------------------------------------------
+    def _noise_like(self, x0: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+        """ε ~ N(0, I) shaped like ``x0``, drawn as the pipeline's scheduler draws it."""
+        return randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+
     @contextmanager
     def _reference_mode(self) -> Iterator[nn.Module]:
         """The reference UNet to call: the separate frozen one, or the shared one with adapters off."""

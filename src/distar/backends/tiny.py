@@ -20,6 +20,8 @@ from diffusers import (
     DDIMScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -30,7 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from distar.tiny import TINY_CLIP_VOCAB_SIZE, TINY_T5_VOCAB_SIZE, save_tiny_clip_tokenizer, save_tiny_t5_tokenizer
 
-Family = Literal["sd", "sdxl", "sd3"]
+Family = Literal["sd", "sdxl", "sd3", "flux"]
 
 #: Latent (UNet sample) side length of the tiny models; images are twice as large (2-level VAE).
 TINY_SAMPLE_SIZE = 8
@@ -121,6 +123,23 @@ def tiny_sd3_transformer(sample_size: int = TINY_SAMPLE_SIZE) -> SD3Transformer2
     )
 
 
+def tiny_flux_transformer() -> FluxTransformer2DModel:
+    """A FLUX.1-dev-style transformer (one double- and one single-stream block, guidance embedding) on
+    4-channel latents packed into 2 × 2 patches (16 channels per token)."""
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=TINY_T5_DIM,
+        pooled_projection_dim=TINY_TEXT_DIM,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+
+
 def tiny_t5() -> T5EncoderModel:
     """A two-layer T5 encoder on the tiny T5 vocabulary."""
     config = T5Config(
@@ -169,9 +188,11 @@ def save_tiny_pipeline(
     SD3 ignores ``prediction_type`` (its transformer predicts the flow velocity), has a
     ``FlowMatchEulerDiscreteScheduler`` with shift :data:`TINY_SD3_SHIFT`, a VAE with SD3's
     ``shift_factor`` and, with ``t5=False``, no T5 encoder (as SD3 without ``text_encoder_3``).
+    FLUX has FLUX.1-dev's dynamically shifted flow scheduler, CLIP (pooled) + T5 and a guidance
+    embedding; its pipeline defaults to 1024 px, so give tiny FLUX runs ``resolution: 16``.
     """
-    if family not in ("sd", "sdxl", "sd3"):
-        raise ValueError(f"unknown family {family!r}; expected 'sd', 'sdxl' or 'sd3'")
+    if family not in ("sd", "sdxl", "sd3", "flux"):
+        raise ValueError(f"unknown family {family!r}; expected 'sd', 'sdxl', 'sd3' or 'flux'")
     if not latent and family != "sd":
         raise ValueError("pixel-space tiny models exist for family 'sd' only")
     directory = Path(directory)
@@ -192,6 +213,22 @@ def save_tiny_pipeline(
                 tokenizer=tokenizer,
                 tokenizer_2=tokenizer,
                 tokenizer_3=save_tiny_t5_tokenizer(directory / "tokenizer_3") if t5 else None,
+            )
+            pipe.save_pretrained(directory)
+            return directory
+        if family == "flux":
+            pipe = FluxPipeline(
+                transformer=tiny_flux_transformer(),
+                scheduler=FlowMatchEulerDiscreteScheduler(
+                    shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
+                ),
+                vae=tiny_vae(
+                    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False
+                ),
+                text_encoder=CLIPTextModel(_text_config()),
+                text_encoder_2=tiny_t5(),
+                tokenizer=tokenizer,
+                tokenizer_2=save_tiny_t5_tokenizer(directory / "tokenizer_2"),
             )
             pipe.save_pretrained(directory)
             return directory

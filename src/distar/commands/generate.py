@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     if not Path(args.model).exists():
         raise UserError(f"--model: no such folder: {args.model}")
-    pipe, timesteps = load_generator(args.model, use_ema=not args.no_ema, dtype=dtype)
+    pipe, call = load_generator(args.model, use_ema=not args.no_ema, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    image = generator_images(pipe, [args.prompt], [args.seed], timesteps, args.height, args.width)[0]
+    image = generator_images(pipe, [args.prompt], [args.seed], call, args.height, args.width)[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_png(image, out)
-    print(f"wrote {out} ({image.shape[-1]}x{image.shape[-2]}, timesteps {timesteps}, seed {args.seed})")
+    steps = call.get("timesteps") or call.get("sigmas")
+    print(f"wrote {out} ({image.shape[-1]}x{image.shape[-2]}, steps at {steps}, seed {args.seed})")
     return 0

@@ -106,21 +106,17 @@ def is_training_checkpoint(path: str | Path) -> bool:
     return bool(list_checkpoints(folder))
 
 
-def distar_timesteps(path: str | Path) -> tuple[list[int], bool] | None:
-    """(the generator's timesteps, whether it is a flow model) of a distar export (``distar.json``) or
-    training checkpoint; None for any other model."""
+def distar_metadata(path: str | Path) -> dict[str, Any] | None:
+    """What a distar export's ``distar.json`` records (t_init, timesteps, family, resolution, …), or
+    the same for a training checkpoint; None for any other model."""
     folder = Path(path)
     if (folder / "distar.json").is_file():
-        from distar.backends.config import FLOW_FAMILIES
-
-        metadata = json.loads((folder / "distar.json").read_text())
-        timesteps = [int(t) for t in metadata.get("timesteps") or [metadata["t_init"]]]
-        return timesteps, metadata.get("family") in FLOW_FAMILIES
+        return dict(json.loads((folder / "distar.json").read_text()))
     if is_training_checkpoint(folder):
-        from distar.export import checkpoint_model_config, find_checkpoint
+        from distar.export import checkpoint_model_config, export_metadata, find_checkpoint
 
         cfg = checkpoint_model_config(find_checkpoint(folder))
-        return cfg.generator_timesteps, cfg.flow
+        return {**export_metadata(folder), "resolution": cfg.resolution}
     return None
 
 
@@ -143,9 +139,8 @@ class DiffusersModel:
         self.spec = spec
         self.name = spec.label
         self.device = torch.device(spec.device or default_device())
-        generator = distar_timesteps(spec.path)
-        self.timesteps, self.flow = generator if generator is not None else (None, False)
-        self.t_init = self.timesteps[0] if self.timesteps else None
+        self.metadata = distar_metadata(spec.path)
+        self.t_init = self.metadata["t_init"] if self.metadata else None
         self._pipeline = pipeline
 
     @property
@@ -193,12 +188,12 @@ class DiffusersModel:
         """The keyword arguments given to the pipeline besides prompts and generators."""
         spec = self.spec
         options: dict[str, Any] = {}
-        if self.timesteps is not None:
-            from distar.export import schedule_arguments
+        if self.metadata is not None:
+            from distar.export import generator_call
 
-            options = {"num_inference_steps": len(self.timesteps), "guidance_scale": 0.0}
-            if spec.steps in (None, len(self.timesteps)):
-                options |= schedule_arguments(self.timesteps, self.flow)
+            options = {k: v for k, v in generator_call(self.metadata).items() if v is not None}
+            if spec.steps not in (None, options["num_inference_steps"]):  # other steps: the scheduler's own
+                options = {k: v for k, v in options.items() if k not in ("timesteps", "sigmas")}
         given = {
             "num_inference_steps": spec.steps,
             "guidance_scale": spec.guidance,
@@ -218,8 +213,8 @@ class DiffusersModel:
             # Pixel-space distar generator: no standard pipeline output; its own steps.
             from distar.export import generator_images
 
-            size = {k: options.get(k) for k in ("height", "width")}
-            images = generator_images(self.pipeline, prompts, seeds, self.timesteps or [], **size)
+            size = {k: options.pop(k, None) for k in ("height", "width")}
+            images = generator_images(self.pipeline, prompts, seeds, options, **size)
         else:
             generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
             images = self.pipeline(prompt=list(prompts), generator=generators, output_type="pt", **options).images
