@@ -239,7 +239,7 @@ def main() -> None:
         for _ in range(args.reps):
             one.append(seconds(lambda: pipe(prompts, num_inference_steps=1, guidance_scale=0.0, output_type="latent")))
             many.append(seconds(lambda: pipe(prompts, num_inference_steps=args.steps, guidance_scale=7.5, output_type="latent")))
-        print(f"\nsampling 4 latents with the same UNet (diffusers pipeline, text encoding included, no VAE)")
+        print("\nsampling 4 latents with the same UNet (diffusers pipeline, text encoding included, no VAE)")
         print(f"{'one step, no CFG':<34} {spread(one):>28}")
         print(f"{f'{args.steps} steps, CFG 7.5':<34} {spread(many):>28}   one-step / {args.steps}-step "
               f"{statistics.median(one) / statistics.median(many):.4f}")

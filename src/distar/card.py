@@ -128,35 +128,82 @@ def _eval_section(eval_dir: str | Path) -> list[str]:
     return ["## Evaluation", "", *[("#" + line if line.startswith("##") else line) for line in body]]
 
 
+def generator_call(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline keyword arguments that run a distar generator, from its ``distar.json``: its k steps
+    (``timesteps=[...]`` for UNet pipelines, ``sigmas=[t/1000, ...]`` for flow transformers), no CFG
+    (FLUX: ``guidance_scale`` = its guidance input, and the training size, FLUX's pipeline defaults to 1024)."""
+    from distar.backends.config import FLOW_FAMILIES, FLOW_TIMESTEPS
+
+    timesteps = [int(t) for t in metadata.get("timesteps") or [metadata["t_init"]]]
+    call: dict[str, Any] = {"num_inference_steps": len(timesteps), "guidance_scale": 0.0}
+    if metadata.get("family") in FLOW_FAMILIES:
+        call["sigmas"] = [t / FLOW_TIMESTEPS for t in timesteps]
+    else:
+        call["timesteps"] = timesteps
+    if metadata.get("family") == "flux":
+        side = metadata.get("resolution")
+        call.update(guidance_scale=float(metadata["guidance"]), height=side, width=side)
+    return call
+
+
+def _flow(metadata: Mapping[str, Any]) -> bool:
+    from distar.backends.config import FLOW_FAMILIES
+
+    return metadata.get("family") in FLOW_FAMILIES
+
+
+def _timesteps(metadata: Mapping[str, Any]) -> list[int]:
+    return list(metadata.get("timesteps") or [metadata["t_init"]])
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _schedule_argument(metadata: Mapping[str, Any]) -> str:
+    """The call's schedule: ``timesteps=[t_init, ...]`` (UNets) or ``sigmas=[t_init/1000, ...]`` (flow)."""
+    key = "sigmas" if _flow(metadata) else "timesteps"
+    return f"{key}={_value(generator_call(metadata)[key])}"
+
+
 def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> list[str]:
-    t_init, side = metadata["t_init"], metadata.get("resolution")
-    call = (
-        f'image = pipe("a photo of a corgi in a field of flowers", num_inference_steps=1, guidance_scale=0.0,\n'
-        f"             timesteps=[{t_init}], height={side}, width={side}).images[0]"
-    )
+    side, steps = metadata.get("resolution"), len(_timesteps(metadata))
+    call = {**generator_call(metadata), "height": side, "width": side}
+    arguments = ", ".join(f"{k}={_value(call[k])}" for k in ("num_inference_steps", "guidance_scale"))
+    rest = ", ".join(f"{k}={_value(v)}" for k, v in call.items() if k not in ("num_inference_steps", "guidance_scale"))
+    call_line = f'image = pipe("a photo of a corgi in a field of flowers", {arguments},\n             {rest}).images[0]'
+    if _flow(metadata) and steps > 1:  # SD3's and FLUX's pipelines re-noise from the global RNG
+        call_line = "torch.manual_seed(0)\n" + call_line
+    no_t5 = ", text_encoder_3=None, tokenizer_3=None" if metadata.get("t5") is False else ""
     if metadata.get("format") != "lora":
         return [
             "```python",
             "import torch",
             "from diffusers import DiffusionPipeline",
             "",
-            f'pipe = DiffusionPipeline.from_pretrained("{where}", torch_dtype=torch.float16).to("cuda")',
-            call,
+            f'pipe = DiffusionPipeline.from_pretrained("{where}", torch_dtype=torch.float16{no_t5}).to("cuda")',
+            call_line,
             "```",
         ]
     prediction = metadata.get("prediction_type")
     extra = f', prediction_type="{prediction}"' if prediction else ""
     base = metadata.get("pretrained")
+    scheduler, options = (
+        ("FlowMatchEulerDiscreteScheduler", f"shift=1.0, use_dynamic_shifting=False, stochastic_sampling={steps > 1}")
+        if _flow(metadata)
+        else ("LCMScheduler", f"clip_sample=False, thresholding=False{extra}")
+    )
     return [
         "```python",
         "import torch",
-        f"from diffusers import LCMScheduler, {pipeline_class}",
+        f"from diffusers import {scheduler}, {pipeline_class}",
         "",
-        f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
-        "pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, clip_sample=False, "
-        f"thresholding=False{extra})",
+        f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.float16{no_t5}).to("cuda")',
+        f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, {options})",
         f'pipe.load_lora_weights("{where}")',
-        call,
+        call_line,
         "```",
     ]
 
@@ -190,24 +237,42 @@ def model_card(
         if lora and init
         else ""
     )
+    steps = len(_timesteps(metadata))
+    network = "transformer" if _flow(metadata) else "UNet"
+    scheduler = "An unshifted `FlowMatchEulerDiscreteScheduler`" if _flow(metadata) else "`LCMScheduler`"
+    how = (
+        [
+            f"The generator is the {network} evaluated once on pure noise at the fixed timestep t_init = "
+            f"{metadata['t_init']};",
+            f"its output, read with the scheduler's prediction type, is the clean latent. {scheduler} does exactly",
+            f"that with one step at `{_schedule_argument(metadata)}` and no classifier-free guidance.",
+        ]
+        if steps == 1
+        else [
+            f"The generator is the {network} applied {steps} times, at `{_schedule_argument(metadata)}`: each "
+            "output, read with the",
+            "scheduler's prediction type, is a clean latent, re-noised with fresh noise to the next timestep "
+            f"(DMD2's multi-step sampling). {scheduler}",
+            f"does exactly that with `num_inference_steps={steps}` and no classifier-free guidance.",
+        ]
+    )
     body = [
-        "# One-step text-to-image generator (Diff-Instruct*)",
+        f"# {'One' if steps == 1 else steps}-step text-to-image generator (Diff-Instruct*)",
         "",
         f"{what} trained with Diff-Instruct* (distar {metadata.get('distar_version')}) for {trained}, with "
         f"reference model `{metadata.get('pretrained')}`"
         + (f", generator initialised from `{init}`" if init else "")
         + f" ({'EMA' if metadata.get('ema') else 'raw'} weights).",
         "",
-        f"The generator is the UNet evaluated once on pure noise at the fixed timestep t_init = {metadata['t_init']};",
-        "its output, read with the scheduler's prediction type, is the clean latent. `LCMScheduler` does exactly",
-        f"that with one step at `timesteps=[{metadata['t_init']}]` and no classifier-free guidance. It was trained "
-        f"at {metadata.get('resolution')}×{metadata.get('resolution')} pixels.",
+        *how,
+        f"It was trained at {metadata.get('resolution')}×{metadata.get('resolution')} pixels.",
         "",
         *_snippet(metadata, pipeline_class, repo_id or "path/to/this/folder"),
         "",
         *([base_note, ""] if base_note else []),
         "diffusers may warn that the first timestep is not 999; that is expected for a one-step generator.",
-        "`distar.json` records t_init, the resolution and the training run this folder was exported from.",
+        "`distar.json` records t_init, the timesteps, the resolution and the training run this folder was "
+        "exported from.",
     ]
     if config:
         body += ["", "## Training", "", *_summary_lines(config, step)]

@@ -1,14 +1,18 @@
-"""Training checkpoint → standard diffusers one-step pipeline (and one-step sampling from either).
+"""Training checkpoint → standard diffusers one/few-step pipeline (and sampling from either).
 
-An exported folder is a plain ``StableDiffusionPipeline``/``StableDiffusionXLPipeline``: the generator
-UNet (EMA weights by default, LoRA merged, ``sample_size`` = the training resolution), the reference's
-VAE, text encoders and tokenizers, and an ``LCMScheduler``; ``distar.json`` records ``t_init`` and the
-resolution, and ``README.md`` is a Hub model card (:mod:`distar.card`). With ``lora`` the folder holds
-the generator's LoRA in diffusers' format instead. Then
+An exported folder is a plain ``StableDiffusionPipeline``/``StableDiffusionXLPipeline``/
+``StableDiffusion3Pipeline``: the generator UNet or transformer (EMA weights by default, LoRA merged,
+``sample_size`` = the training resolution), the reference's VAE, text encoders and tokenizers, and the
+generator's scheduler (an ``LCMScheduler``; for SD3 an unshifted ``FlowMatchEulerDiscreteScheduler``,
+called with ``sigmas=[t/1000, ...]`` instead of ``timesteps``, stochastic for several steps);
+``distar.json`` records ``t_init``, ``num_inference_steps``, ``timesteps`` and the resolution, and
+``README.md`` is a Hub model card (:mod:`distar.card`). With ``lora`` the folder holds the generator's
+LoRA in diffusers' format instead. Then
 
-    DiffusionPipeline.from_pretrained(DIR)(prompt, num_inference_steps=1, guidance_scale=0, timesteps=[t_init])
+    DiffusionPipeline.from_pretrained(DIR)(prompt, num_inference_steps=k, guidance_scale=0, timesteps=[...])
 
-evaluates the generator UNet once on z at t_init and decodes its x0 (di-star-math.md §2).
+evaluates the generator k times, re-noising its x0 between steps, and decodes the last x0
+(di-star-math.md §2; one step: the network once on z at t_init).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
@@ -25,7 +29,7 @@ from torch import Tensor
 
 from distar import __version__
 from distar.backends.config import ModelConfig
-from distar.card import METADATA_FILE
+from distar.card import METADATA_FILE, generator_call
 from distar.config import ConfigError, from_dict
 from distar.train.checkpoint import (
     CONFIG_FILE,
@@ -66,13 +70,13 @@ def _generator_from_checkpoint(
     from safetensors.torch import load_file
 
     from distar.backends.build import build_generator
-    from distar.backends.loading import load_pipeline
+    from distar.backends.loading import denoiser, load_pipeline
     from distar.backends.weights import load_trainable_state_dict
 
     cfg = checkpoint_model_config(ckpt)
     weights = ckpt / GENERATOR_EMA_FILE if use_ema and (ckpt / GENERATOR_EMA_FILE).is_file() else ckpt / GENERATOR_FILE
     pipe = load_pipeline(cfg, dtype)
-    generator = build_generator(cfg, pipe.unet, dtype)
+    generator = build_generator(cfg, denoiser(pipe), dtype)
     state = load_file(weights)
     if not all_finite(state.values()):
         raise ConfigError(f"{weights}: holds non-finite weights")
@@ -85,29 +89,36 @@ def _generator_from_checkpoint(
 
 def training_resolution(cfg: ModelConfig, pipe: Any) -> int:
     """The image side the generator was trained at (``model.resolution`` or the reference's default)."""
+    from distar.backends.loading import denoiser
+
     scale = pipe.vae_scale_factor if pipe.vae is not None else 1
-    return cfg.resolution or pipe.unet.config.sample_size * scale
+    return cfg.resolution or denoiser(pipe).config.sample_size * scale
 
 
 def pipeline_from_checkpoint(
     checkpoint_dir: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
 ) -> Any:
-    """The checkpoint's generator as a CPU diffusers pipeline with an ``LCMScheduler`` (one step at t_init).
+    """The checkpoint's generator as a CPU diffusers pipeline with its k-step scheduler: an
+    ``LCMScheduler`` (UNets, ``timesteps=[...]``) or an unshifted ``FlowMatchEulerDiscreteScheduler``
+    (flow transformers, ``sigmas=[t/1000, ...]``; stochastic, i.e. re-noising, for k > 1).
 
     ``checkpoint_dir`` is a ``checkpoint-<step>/`` folder or a run folder (latest checkpoint). The
     generator weights (``generator_ema.safetensors`` when ``use_ema`` and present, else
     ``generator.safetensors``) must hold exactly the trainable keys of the configured generator. For
-    pixel-space models ``vae`` is None: sample with :func:`one_step_images`. All weights are loaded in
+    pixel-space models ``vae`` is None: sample with :func:`generator_images`. All weights are loaded in
     ``dtype`` (float32 by default, whatever the training ``model.dtype``), and LoRA is merged in it.
-    The UNet's ``sample_size`` is the training resolution, so the pipeline's default size is it.
+    The denoiser's ``sample_size`` is the training resolution, so the pipeline's default size is it.
     """
+    from distar.backends.loading import denoiser_name, one_step_flow_scheduler
     from distar.backends.lora import cast_, merged_unet
 
     pipe, generator, cfg = _generator_from_checkpoint(find_checkpoint(checkpoint_dir), use_ema, dtype)
     resolution = training_resolution(cfg, pipe)
     unet = cast_(merged_unet(generator), dtype).eval()
     unet.register_to_config(sample_size=resolution // (pipe.vae_scale_factor if pipe.vae is not None else 1))
-    pipe.register_modules(unet=unet)
+    pipe.register_modules(**{denoiser_name(pipe): unet})
+    if cfg.flow:
+        pipe.register_modules(scheduler=one_step_flow_scheduler(pipe.scheduler.config, stochastic=cfg.steps > 1))
     return pipe
 
 
@@ -123,8 +134,12 @@ def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[st
     return {
         "format": "pipeline",
         "t_init": cfg.t_init,
+        "num_inference_steps": cfg.steps,
+        "timesteps": cfg.generator_timesteps,
         "family": cfg.family,
         "prediction_type": cfg.prediction_type,
+        **({"t5": cfg.t5} if cfg.family == "sd3" else {}),
+        **({"guidance": cfg.guidance} if cfg.family == "flux" else {}),
         "pretrained": portable_name(cfg.pretrained),
         "generator_init": portable_name(cfg.generator_init),
         "checkpoint": ckpt.name,
@@ -195,50 +210,59 @@ def export_checkpoint(
     return out
 
 
-def load_one_step(path: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32) -> tuple[Any, int]:
-    """(CPU pipeline in ``dtype``, t_init) from an exported folder (``distar.json``) or a training
-    checkpoint/run folder."""
+def load_generator(
+    path: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32
+) -> tuple[Any, dict[str, Any]]:
+    """(CPU pipeline in ``dtype``, :func:`generator_call` keyword arguments) from an exported folder
+    (``distar.json``) or a training checkpoint/run folder."""
     path = Path(path)
     if (path / "model_index.json").is_file():
         from diffusers import DiffusionPipeline
 
+        from distar.backends.loading import absent_components
+
         meta_file = path / METADATA_FILE
         if not meta_file.is_file():
             raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a distar export")
-        t_init = int(json.loads(meta_file.read_text())["t_init"])
-        return DiffusionPipeline.from_pretrained(path, dtype=dtype), t_init
+        pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent_components(path))
+        return pipe, generator_call(json.loads(meta_file.read_text()))
     ckpt = find_checkpoint(path)
-    return pipeline_from_checkpoint(ckpt, use_ema, dtype), checkpoint_model_config(ckpt).t_init
+    pipe = pipeline_from_checkpoint(ckpt, use_ema, dtype)
+    metadata = {**export_metadata(ckpt, use_ema), "resolution": training_resolution(checkpoint_model_config(ckpt), pipe)}
+    return pipe, generator_call(metadata)
 
 
 @torch.no_grad()
-def one_step_images(
+def generator_images(
     pipe: Any,
     prompts: Sequence[str],
     seeds: Sequence[int],
-    t_init: int,
+    call: Mapping[str, Any],
     height: int | None = None,
     width: int | None = None,
 ) -> Tensor:
-    """Images (B, 3, H, W) in [0, 1], one network evaluation each; z from a CPU generator per seed.
+    """Images (B, 3, H, W) in [0, 1]: ``pipe`` run with ``call`` (:func:`generator_call`), one network
+    evaluation per step; z from a CPU generator per seed.
 
+    Re-noising between steps draws from the same generators (LCM); the SD3 and FLUX pipelines draw it
+    from torch's global RNG, which is seeded with the first seed here (and restored after).
     Pixel-space pipelines (``vae`` None) return their latents, which are the image in [-1, 1]; their
     size argument counts in units of the pipeline's nominal ``vae_scale_factor``.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    call = dict(call)
     pixel = pipe.vae is None
     if pixel:
         side = pipe.unet.config.sample_size
         height, width = ((s or side) * pipe.vae_scale_factor for s in (height, width))
-    out = pipe(
-        prompt=list(prompts),
-        num_inference_steps=1,
-        guidance_scale=0.0,
-        timesteps=[t_init],
-        generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
-        height=height,
-        width=width,
-        output_type="latent" if pixel else "pt",
-    ).images
+    call.update({k: v for k, v in dict(height=height, width=width).items() if v is not None})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seeds[0]))
+        out = pipe(
+            prompt=list(prompts),
+            generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+            output_type="latent" if pixel else "pt",
+            **call,
+        ).images
     return ((out + 1) / 2).clamp(0, 1) if pixel else out

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from tokenizers import pre_tokenizers
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizer, T5TokenizerFast
 
 
 def save_tiny_clip_tokenizer(directory: str | Path, model_max_length: int = 77) -> CLIPTokenizer:
@@ -32,3 +32,22 @@ def save_tiny_clip_tokenizer(directory: str | Path, model_max_length: int = 77) 
 #: vocabulary size of :func:`save_tiny_clip_tokenizer`; eos = vocab - 1, bos = vocab - 2.
 TINY_CLIP_VOCAB_SIZE = 514
 
+
+
+def save_tiny_t5_tokenizer(directory: str | Path, model_max_length: int = 512) -> T5TokenizerFast:
+    """Write a real :class:`T5TokenizerFast` with a character-level unigram vocabulary.
+
+    Ids: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, then "▁" and the printable ASCII characters:
+    :data:`TINY_T5_VOCAB_SIZE` entries.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pieces = ["▁", *(chr(c) for c in range(33, 127))]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *((p, -1.0) for p in pieces)]
+    tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+#: vocabulary size of :func:`save_tiny_t5_tokenizer`.
+TINY_T5_VOCAB_SIZE = 98

@@ -1,4 +1,4 @@
-"""Tiny random SD/SDXL pipeline folders (built once per session) and backends on them."""
+"""Tiny random SD/SDXL/SD3 pipeline folders (built once per session) and backends on them."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ def family(request: pytest.FixtureRequest) -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``tiny_dir(family, prediction_type, latent=True)`` → a saved tiny pipeline folder (cached)."""
-    built: dict[tuple[str, str, bool], Path] = {}
+    """``tiny_dir(family, prediction_type, latent=True, t5=True)`` → a saved tiny pipeline folder (cached)."""
+    built: dict[tuple[str, str, bool, bool], Path] = {}
 
-    def get(family: str = "sd", prediction_type: str = "epsilon", latent: bool = True) -> Path:
-        key = (family, prediction_type, latent)
+    def get(family: str = "sd", prediction_type: str = "epsilon", latent: bool = True, t5: bool = True) -> Path:
+        key = (family, prediction_type, latent, t5)
         if key not in built:
-            folder = tmp_path_factory.mktemp(f"{family}-{prediction_type}-{'latent' if latent else 'pixel'}")
-            built[key] = save_tiny_pipeline(folder, family, prediction_type, latent=latent)  # type: ignore[arg-type]
+            name = f"{family}-{prediction_type}-{'latent' if latent else 'pixel'}{'' if t5 else '-no-t5'}"
+            built[key] = save_tiny_pipeline(tmp_path_factory.mktemp(name), family, prediction_type, latent=latent, t5=t5)  # type: ignore[arg-type]
         return built[key]
 
     return get
@@ -41,7 +41,8 @@ def make_backend(tiny_dir: Callable[..., Path]) -> Callable[..., Any]:
     """``make_backend(family, prediction_type, **model_config_overrides)`` on a local tiny folder."""
 
     def make(family: str = "sd", prediction_type: str = "epsilon", latent: bool = True, **overrides: Any) -> Any:
-        cfg = ModelConfig(family=family, pretrained=str(tiny_dir(family, prediction_type, latent)), **overrides)
+        folder = tiny_dir(family, prediction_type, latent, overrides.get("t5", True))
+        cfg = ModelConfig(family=family, pretrained=str(folder), **overrides)
         return build_backend(cfg)
 
     return make

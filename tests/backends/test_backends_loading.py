@@ -100,7 +100,7 @@ def test_config_validation(tiny_dir, tmp_path):
     with pytest.raises(ConfigError, match="does not match"):
         ModelConfig(family="sd", pretrained="tiny:sdxl")
     with pytest.raises(ConfigError, match="unknown tiny model"):
-        ModelConfig(pretrained="tiny:flux")
+        ModelConfig(pretrained="tiny:nope")
     with pytest.raises(ConfigError, match="does not match the UNet"):
         build_backend(ModelConfig(family="sdxl", pretrained=str(tiny_dir("sd"))))
     with pytest.raises(ValueError, match="t_init"):

@@ -13,11 +13,11 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict
 
 from distar.backends import ModelConfig, build_backend
-from distar.backends.loading import resolve_pretrained
+from distar.backends.loading import denoiser, denoiser_name, one_step_flow_scheduler, resolve_pretrained
 from distar.backends.lora import LORA_EMA_WEIGHTS_FILE, LORA_WEIGHTS_FILE, lora_layers, save_diffusers_lora
 from distar.cli import main
-from distar.export import METADATA_FILE, export_checkpoint
-from export_helpers import PROMPT, write_checkpoint
+from distar.export import METADATA_FILE, export_checkpoint, generator_call
+from export_helpers import one_step, write_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -27,20 +27,17 @@ def lora_modules(unet) -> set[str]:
     return {name for name, module in unet.named_modules() if module in set(lora_layers(unet))}
 
 
-def one_step(pipe, t_init: int = 399, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    kwargs = dict(num_inference_steps=1, guidance_scale=0.0, timesteps=[t_init], generator=generator, output_type="pt")
-    return pipe(PROMPT, **kwargs).images
-
-
 def base_pipeline(folder) -> DiffusionPipeline:
     """The reference folder as plain diffusers loads it, with the one-step scheduler of the card."""
     pipe = DiffusionPipeline.from_pretrained(folder)
-    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)
+    if denoiser_name(pipe) == "transformer":
+        pipe.scheduler = one_step_flow_scheduler(pipe.scheduler.config)
+    else:
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)
     return pipe
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_lora_export_loads_completely_and_equals_the_merged_export(family, tiny_dir, tmp_path, perturb):
     base = tiny_dir(family)
     cfg = ModelConfig(family=family, pretrained=str(base), generator_lora_rank=4, lora_alpha=8.0)
@@ -53,16 +50,17 @@ def test_lora_export_loads_completely_and_equals_the_merged_export(family, tiny_
 
     pipe = base_pipeline(base)
     pipe.load_lora_weights(lora)
-    assert lora_modules(pipe.unet) == lora_modules(backend.generator)  # every trained layer, no more
-    expected = one_step(DiffusionPipeline.from_pretrained(merged))
-    torch.testing.assert_close(one_step(pipe), expected, rtol=0, atol=2e-5)
+    assert lora_modules(denoiser(pipe)) == lora_modules(backend.generator)  # every trained layer, no more
+    call = generator_call(json.loads((merged / METADATA_FILE).read_text()))
+    expected = one_step(DiffusionPipeline.from_pretrained(merged), call)
+    torch.testing.assert_close(one_step(pipe, call), expected, rtol=0, atol=2e-5)
 
     # The checkpoint folder itself loads too: raw weights by default, EMA by weight name.
     raw, ema = base_pipeline(base), base_pipeline(base)
     raw.load_lora_weights(folder)
     ema.load_lora_weights(folder, weight_name=LORA_EMA_WEIGHTS_FILE)
-    torch.testing.assert_close(one_step(ema), expected, rtol=0, atol=2e-5)
-    assert not torch.allclose(one_step(raw), expected, rtol=0, atol=2e-5)
+    torch.testing.assert_close(one_step(ema, call), expected, rtol=0, atol=2e-5)
+    assert not torch.allclose(one_step(raw, call), expected, rtol=0, atol=2e-5)
 
 
 @pytest.mark.filterwarnings("ignore:While injecting the PEFT adapters")
@@ -97,10 +95,10 @@ def test_trained_lora_loads_in_plain_diffusers_and_matches_the_export(tmp_path):
     assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0
     pipe = base_pipeline(resolve_pretrained("tiny:sd"))
     pipe.load_lora_weights(run / "checkpoint-2", weight_name=LORA_EMA_WEIGHTS_FILE)
-    plain = one_step(base_pipeline(resolve_pretrained("tiny:sd")))
-    expected = one_step(DiffusionPipeline.from_pretrained(tmp_path / "merged"))
+    plain = one_step(base_pipeline(resolve_pretrained("tiny:sd")), 399)
+    expected = one_step(DiffusionPipeline.from_pretrained(tmp_path / "merged"), 399)
     assert not torch.allclose(plain, expected, rtol=0, atol=1e-4)  # training moved the generator
-    torch.testing.assert_close(one_step(pipe), expected, rtol=0, atol=2e-5)
+    torch.testing.assert_close(one_step(pipe, 399), expected, rtol=0, atol=2e-5)
 
 
 def test_lora_export_of_a_full_generator_is_refused(tiny_dir, tmp_path, perturb):

@@ -1,4 +1,4 @@
-"""Diffusers backends: SD 1.5/2.x and SDXL latent (or pixel-space) UNets behind :class:`distar.protocols.Backend`.
+"""Diffusers backends: SD 1.5/2.x and SDXL latent (or pixel-space) UNets, SD3/SD3.5 and FLUX.1 transformers behind :class:`distar.protocols.Backend`.
 
 ``ModelConfig`` is importable without diffusers; the rest loads diffusers on first use.
 """
@@ -15,6 +15,8 @@ _LAZY = {
     "build_generator": "distar.backends.build",
     "StableDiffusionBackend": "distar.backends.sd",
     "StableDiffusionXLBackend": "distar.backends.sdxl",
+    "StableDiffusion3Backend": "distar.backends.sd3",
+    "FluxBackend": "distar.backends.flux",
     "TextConditioning": "distar.backends.sd",
     "save_tiny_pipeline": "distar.backends.tiny",
     "trainable_state_dict": "distar.backends.weights",

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers.models.modeling_utils import ModelMixin
 
 from distar.backends.config import ModelConfig
-from distar.backends.loading import load_pipeline, load_unet_init
+from distar.backends.flux import FluxBackend
+from distar.backends.loading import TEXT_ENCODERS, denoiser, load_pipeline, load_unet_init
 from distar.backends.lora import add_lora, cast_, checkpoint_keeping_adapter_state
 from distar.backends.sd import StableDiffusionBackend
+from distar.backends.sd3 import StableDiffusion3Backend
 from distar.backends.sdxl import StableDiffusionXLBackend
+
+#: The backend class of each ``model.family``.
+BACKENDS: dict[str, type[StableDiffusionBackend]] = {
+    "sd": StableDiffusionBackend,
+    "sdxl": StableDiffusionXLBackend,
+    "sd3": StableDiffusion3Backend,
+    "flux": FluxBackend,
+}
 
 
 def frozen_dtype(cfg: ModelConfig, dtype: torch.dtype | None = None) -> torch.dtype:
@@ -19,14 +30,14 @@ def frozen_dtype(cfg: ModelConfig, dtype: torch.dtype | None = None) -> torch.dt
     return dtype or getattr(torch, cfg.dtype)
 
 
-def build_generator(cfg: ModelConfig, reference_unet: UNet2DConditionModel, dtype: torch.dtype) -> UNet2DConditionModel:
-    """g_θ's UNet: a float32 copy of the reference or of ``cfg.generator_init``.
+def build_generator(cfg: ModelConfig, reference_unet: ModelMixin, dtype: torch.dtype) -> ModelMixin:
+    """g_θ's network (UNet or transformer): a float32 copy of the reference or of ``cfg.generator_init``.
 
     With ``generator_lora_rank > 0`` its base weights are frozen in ``dtype`` and a LoRA adapter is
     the trainable part.
     """
     if cfg.generator_init:
-        unet = load_unet_init(cfg.generator_init, reference_unet.config)
+        unet = load_unet_init(cfg.generator_init, reference_unet.config, cls=type(reference_unet))
     else:
         unet = copy.deepcopy(reference_unet)
     if cfg.generator_lora_rank:
@@ -41,17 +52,17 @@ def build_backend(
     """Load the reference and build generator, assistant and reference on ``device``.
 
     ``dtype`` (default: ``cfg.dtype``) is the dtype of frozen weights; trainable weights are float32.
-    Layouts: separate reference + trainable assistant copy (default); assistant LoRA on a copy
+    Layouts (every family): separate reference + trainable assistant copy (default); assistant LoRA on a copy
     (``assistant_lora_rank > 0, assistant_lora_shared: false``); or the shared layout where the
     assistant is a LoRA adapter on the reference's own UNet (``backend.reference`` is None).
     """
     dtype = frozen_dtype(cfg, dtype)
     pipe = load_pipeline(cfg, dtype)
-    for name in ("vae", "text_encoder", "text_encoder_2"):
+    for name in ("vae", *TEXT_ENCODERS):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False).eval()
-    unet = pipe.unet
+    unet = denoiser(pipe)
     generator = build_generator(cfg, unet, dtype)
     rank = cfg.assistant_lora_rank
     shared = rank > 0 and cfg.assistant_lora_shared
@@ -73,19 +84,26 @@ def build_backend(
         if cfg.gradient_checkpointing:
             pipe.vae.enable_gradient_checkpointing()
     if not cfg.offload_text_encoders:
-        for name in ("text_encoder", "text_encoder_2"):
+        for name in TEXT_ENCODERS:
             if getattr(pipe, name, None) is not None:
                 getattr(pipe, name).to(device)
-    cls = StableDiffusionXLBackend if cfg.family == "sdxl" else StableDiffusionBackend
-    return cls(
+    options: dict[str, Any] = (
+        dict(prediction_type="flow_prediction", max_sequence_length=cfg.max_sequence_length)
+        if cfg.flow
+        else dict(prediction_type=cfg.prediction_type or pipe.scheduler.config.prediction_type)
+    )
+    if cfg.family == "flux":
+        options["guidance"] = cfg.guidance
+    return BACKENDS[cfg.family](
         pipe,
         generator,
         assistant,
         None if assistant is reference else reference,
         t_init=cfg.t_init,
-        prediction_type=cfg.prediction_type or pipe.scheduler.config.prediction_type,
+        timesteps=cfg.generator_timesteps,
         resolution=cfg.resolution,
         device=device,
         offload_text_encoders=cfg.offload_text_encoders,
         prompt_cache_size=cfg.prompt_cache_size,
+        **options,
     )

@@ -14,14 +14,27 @@ TINY_MODELS: dict[str, dict[str, object]] = {
     "sd-pixel": dict(family="sd", prediction_type="epsilon", latent=False),
     "sdxl": dict(family="sdxl", prediction_type="epsilon"),
     "sdxl-v": dict(family="sdxl", prediction_type="v_prediction"),
+    "sd3": dict(family="sd3"),
+    "sd3-no-t5": dict(family="sd3", t5=False),
+    "flux": dict(family="flux"),
 }
 
-#: LoRA targets: attention projections, feed-forwards and resnet convolutions of a diffusers UNet.
+#: Families whose denoiser is a flow-matching transformer (velocity prediction, t = σ ∈ (0, 1]).
+FLOW_FAMILIES = ("sd3", "flux")
+#: Number of timesteps a flow transformer's time input is scaled to (fed 1000·σ).
+FLOW_TIMESTEPS = 1000
+
+#: LoRA targets: attention projections, feed-forwards and resnet convolutions of a diffusers UNet, and
+#: the text-stream attention projections of an MMDiT (SD3).
 DEFAULT_LORA_TARGETS = [
     "to_q",
     "to_k",
     "to_v",
     "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
     "proj_in",
     "proj_out",
     "ff.net.0.proj",
@@ -34,16 +47,19 @@ DEFAULT_LORA_TARGETS = [
 
 @dataclass
 class ModelConfig:
-    """A diffusers UNet2DConditionModel backbone (SD 1.5/2.x or SDXL) and the three DI* models on it."""
+    """A diffusers backbone (SD 1.5/2.x or SDXL UNet, SD3/SD3.5 transformer) and the three DI* models on it."""
 
-    family: Literal["sd", "sdxl"] = field(
-        "sd", help="'sd' (SD 1.5/2.x: one CLIP text encoder) or 'sdxl' (two encoders, pooled embeds, time ids)."
+    family: Literal["sd", "sdxl", "sd3", "flux"] = field(
+        "sd",
+        help="'sd' (SD 1.5/2.x: one CLIP text encoder), 'sdxl' (two encoders, pooled embeds, time ids), "
+        "'sd3' (SD3/SD3.5 flow-matching transformer: CLIP-L, CLIP-G, optional T5, pooled projections) or "
+        "'flux' (FLUX.1: T5 tokens, CLIP pooled, packed latents, guidance embedding).",
     )
     pretrained: str = field(
         "tiny:sd",
         help="Reference model: hub id or local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, "
-        "scheduler/; no vae/ = pixel space), or a tiny random model: tiny:sd, tiny:sd-v, tiny:sd-pixel, "
-        "tiny:sdxl, tiny:sdxl-v.",
+        "scheduler/; no vae/ = pixel space; transformer/ for sd3), or a tiny random model: tiny:sd, tiny:sd-v, "
+        "tiny:sd-pixel, tiny:sdxl, tiny:sdxl-v, tiny:sd3, tiny:sd3-no-t5, tiny:flux.",
     )
     revision: str | None = field(None, help="Hub revision (branch, tag or commit) of `pretrained`.")
     variant: str | None = field(None, help="Weight file variant of `pretrained`, e.g. 'fp16'.")
@@ -53,12 +69,28 @@ class ModelConfig:
         "UNet folder (or pipeline folder with unet/), a local state-dict file (.safetensors, .bin, .pt), or a "
         "hub file 'owner/repo/file' (e.g. tianweiy/DMD2/dmd2_sdxl_1step_unet_fp16.bin).",
     )
-    t_init: int = field(399, help="Conditioning timestep at which the generator UNet is evaluated on z.")
+    t_init: int | None = field(
+        None,
+        help="Conditioning timestep at which the generator is evaluated on z (null = 399 for UNets; 1000, "
+        "i.e. σ = 1, for flow transformers, which are fed σ = t_init/1000); with several steps, the first "
+        "of `timesteps`.",
+    )
+    steps: int = field(
+        1,
+        help="Generator steps k (DMD2's multi-step scheme): g_θ is applied at each of `timesteps` in turn, "
+        "its x0 re-noised to the next one; training draws one step per update and builds its input by "
+        "running the generator's own earlier steps (backward simulation).",
+    )
+    timesteps: list[int] | None = field(
+        None,
+        help="The k generator timesteps, decreasing, in t_init's units (null = [t_init] for one step, else "
+        "evenly spaced from the top: UNets 999, 749, 499, 249; flow 1000, 750, 500, 250 for k = 4).",
+    )
     resolution: int | None = field(
         None, help="Image side in pixels; null = the UNet's sample_size times the VAE's downscale factor."
     )
     prediction_type: Literal["epsilon", "v_prediction", "sample"] | None = field(
-        None, help="Override the scheduler config's prediction type (null = use it)."
+        None, help="Override the scheduler config's prediction type (null = use it; UNet families only)."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = field(
         "float32",
@@ -80,6 +112,19 @@ class ModelConfig:
     offload_text_encoders: bool = field(
         False, help="Keep text encoders on the CPU, moving them to the device only while encoding prompts."
     )
+    t5: bool = field(
+        True,
+        help="sd3: load the T5 text encoder (false: zeros in its place, as diffusers' SD3 pipeline without "
+        "text_encoder_3; saves ~9 GB).",
+    )
+    max_sequence_length: int | None = field(
+        None, help="sd3, flux: T5 prompt tokens (null = the diffusers pipeline's default: sd3 256, flux 512)."
+    )
+    guidance: float = field(
+        3.5,
+        help="flux with a guidance embedding (FLUX.1-dev): the guidance input of all three transformers, i.e. "
+        "the reference's built-in ('inner') CFG; the pipeline's guidance_scale.",
+    )
 
     prompt_cache_size: int = field(
         256,
@@ -97,8 +142,34 @@ class ModelConfig:
                 raise ConfigError(f"model.pretrained: unknown tiny model '{name}' (choose from {choices})")
             if TINY_MODELS[name]["family"] != self.family:
                 raise ConfigError(f"model.family: '{self.family}' does not match pretrained '{self.pretrained}'")
-        if self.t_init < 0:
-            raise ConfigError(f"model.t_init: must be >= 0, got {self.t_init}")
+        if not 1 <= self.steps <= 16:
+            raise ConfigError(f"model.steps: must be in 1..16, got {self.steps}")
+        if self.timesteps is None and self.steps > 1:
+            top = FLOW_TIMESTEPS if self.flow else 999
+            self.timesteps = [top - i * (1000 // self.steps) for i in range(self.steps)]
+        if self.timesteps is not None:
+            if len(self.timesteps) != self.steps:
+                raise ConfigError(f"model.timesteps: {len(self.timesteps)} given for model.steps = {self.steps}")
+            if any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
+                raise ConfigError(f"model.timesteps: must be strictly decreasing, got {self.timesteps}")
+            if self.t_init not in (None, self.timesteps[0]):
+                raise ConfigError(f"model.t_init: {self.t_init} is not the first of model.timesteps {self.timesteps}")
+            self.t_init = self.timesteps[0]
+        if self.t_init is None:
+            self.t_init = FLOW_TIMESTEPS if self.flow else 399
+        for t in self.generator_timesteps:
+            if t < 0:
+                raise ConfigError(f"model.t_init: must be >= 0, got {t}")
+            if self.flow and not 0 < t <= FLOW_TIMESTEPS:
+                raise ConfigError(f"model.t_init: flow models take 1..{FLOW_TIMESTEPS} (σ = t_init/1000), got {t}")
+        if self.flow and self.prediction_type is not None:
+            raise ConfigError(f"model.prediction_type: family '{self.family}' predicts the flow velocity; leave it null")
+        if self.max_sequence_length is None:
+            self.max_sequence_length = 512 if self.family == "flux" else 256
+        if not 0 < self.max_sequence_length <= 512:
+            raise ConfigError(f"model.max_sequence_length: must be in 1..512, got {self.max_sequence_length}")
+        if self.guidance < 0:
+            raise ConfigError(f"model.guidance: must be >= 0, got {self.guidance}")
         for name in ("generator_lora_rank", "assistant_lora_rank"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"model.{name}: must be >= 0, got {getattr(self, name)}")
@@ -106,3 +177,13 @@ class ModelConfig:
             raise ConfigError(f"model.prompt_cache_size: must be >= 0, got {self.prompt_cache_size}")
         if self.resolution is not None and self.resolution <= 0:
             raise ConfigError(f"model.resolution: must be positive, got {self.resolution}")
+
+    @property
+    def generator_timesteps(self) -> list[int]:
+        """The timesteps the generator is applied at: ``timesteps``, or ``[t_init]`` for one step."""
+        return list(self.timesteps) if self.timesteps is not None else [int(self.t_init or 0)]
+
+    @property
+    def flow(self) -> bool:
+        """Whether the family is a flow-matching transformer (:data:`FLOW_FAMILIES`)."""
+        return self.family in FLOW_FAMILIES

@@ -1,7 +1,8 @@
 """Loading diffusers components: the reference pipeline's parts and one-step generator inits.
 
-A model is read component by component (``unet/``, ``vae/``, ``text_encoder[_2]/``, ``tokenizer[_2]/``,
-``scheduler/``) from a hub id or local folder, so folders without a VAE (pixel-space models) load too.
+A model is read component by component (``unet/`` or ``transformer/``, ``vae/``, ``text_encoder[_2,_3]/``,
+``tokenizer[_2,_3]/``, ``scheduler/``) from a hub id or local folder, so folders without a VAE
+(pixel-space models) or without T5 (SD3) load too.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     LCMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from diffusers.models.modeling_utils import ModelMixin
 from safetensors.torch import load_file
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from distar.backends.config import TINY_MODELS, ModelConfig
 from distar.backends.lora import cast_
@@ -31,7 +38,10 @@ from distar.cache import build_once, cache_dir
 from distar.config import ConfigError
 from distar.errors import first_line
 
-TextToImagePipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
+TextToImagePipeline = StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline
+
+#: Names of the frozen text encoders a pipeline may hold.
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 #: Formats of state-dict files accepted by ``generator_init``.
 STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -60,6 +70,13 @@ def _model_index(path: str, revision: str | None) -> dict[str, Any]:
         return {}
 
 
+def absent_components(folder: str | Path) -> dict[str, None]:
+    """``{name: None}`` for every component a pipeline folder records as null (SD3 without T5):
+    diffusers loads such a folder only when these are passed to ``from_pretrained``."""
+    index = _model_index(str(folder), None)
+    return {k: None for k, v in index.items() if isinstance(v, (list, tuple)) and v and v[0] is None}
+
+
 def _has_component(path: str, name: str, index: Mapping[str, Any]) -> bool:
     if Path(path).is_dir():
         return (Path(path) / name).is_dir()
@@ -67,8 +84,18 @@ def _has_component(path: str, name: str, index: Mapping[str, Any]) -> bool:
     return isinstance(entry, (list, tuple)) and entry[0] is not None
 
 
+def denoiser_name(pipe: Any) -> str:
+    """``"transformer"`` for DiT pipelines (SD3), ``"unet"`` for UNet ones."""
+    return "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+
+
+def denoiser(pipe: Any) -> ModelMixin:
+    """The pipeline's denoising network: its transformer or its UNet."""
+    return getattr(pipe, denoiser_name(pipe))
+
+
 def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextToImagePipeline:
-    """The reference model as a (CPU) SD or SDXL pipeline with an ``LCMScheduler``.
+    """The reference model as a (CPU) SD, SDXL or SD3 pipeline (UNets: with an ``LCMScheduler``).
 
     The UNet is loaded in float32 (trainable copies are made from it); the VAE and text encoders in
     ``dtype``. ``vae`` is None for pixel-space models. The scheduler keeps the reference's training
@@ -77,6 +104,10 @@ def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextT
     path = resolve_pretrained(cfg.pretrained)
     index = _model_index(path, cfg.revision)
     hub = dict(revision=cfg.revision, variant=cfg.variant)
+    if cfg.family == "sd3":
+        return _load_sd3_pipeline(cfg, path, index, dtype)
+    if cfg.family == "flux":
+        return _load_flux_pipeline(cfg, path, index, dtype)
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32, **hub)
         if (unet.config.addition_embed_type == "text_time") != (cfg.family == "sdxl"):
@@ -126,6 +157,69 @@ def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextT
     )
 
 
+def _load_sd3_pipeline(
+    cfg: ModelConfig, path: str, index: Mapping[str, Any], dtype: torch.dtype
+) -> StableDiffusion3Pipeline:
+    """SD3/SD3.5: float32 transformer; VAE, CLIP-L, CLIP-G and (``cfg.t5`` and present) T5 in ``dtype``;
+    the reference's own ``FlowMatchEulerDiscreteScheduler`` (its shift is the training schedule's)."""
+    hub = dict(revision=cfg.revision, variant=cfg.variant)
+    if not _has_component(path, "transformer", index):
+        raise ConfigError(f"model.family: '{cfg.family}' needs a transformer/ in '{cfg.pretrained}'")
+    try:
+        transformer = SD3Transformer2DModel.from_pretrained(path, subfolder="transformer", dtype=torch.float32, **hub)
+        t5 = cfg.t5 and _has_component(path, "text_encoder_3", index)
+        parts = dict(
+            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **hub),
+            text_encoder=CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **hub),
+            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
+                path, subfolder="text_encoder_2", dtype=dtype, **hub
+            ),
+            text_encoder_3=T5EncoderModel.from_pretrained(path, subfolder="text_encoder_3", dtype=dtype, **hub)
+            if t5
+            else None,
+            tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=cfg.revision),
+            tokenizer_2=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", revision=cfg.revision),
+            tokenizer_3=T5TokenizerFast.from_pretrained(path, subfolder="tokenizer_3", revision=cfg.revision)
+            if t5
+            else None,
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", revision=cfg.revision),
+        )
+    except OSError as err:
+        raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {first_line(err)}") from None
+    return StableDiffusion3Pipeline(transformer=transformer, **parts)
+
+
+def _load_flux_pipeline(cfg: ModelConfig, path: str, index: Mapping[str, Any], dtype: torch.dtype) -> FluxPipeline:
+    """FLUX.1: float32 transformer; VAE, CLIP (pooled) and T5 in ``dtype``; the reference's own
+    (dynamically shifted) ``FlowMatchEulerDiscreteScheduler``."""
+    hub = dict(revision=cfg.revision, variant=cfg.variant)
+    if not _has_component(path, "transformer", index):
+        raise ConfigError(f"model.family: '{cfg.family}' needs a transformer/ in '{cfg.pretrained}'")
+    try:
+        return FluxPipeline(
+            transformer=FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", dtype=torch.float32, **hub),
+            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **hub),
+            text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **hub),
+            text_encoder_2=T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", dtype=dtype, **hub),
+            tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=cfg.revision),
+            tokenizer_2=T5TokenizerFast.from_pretrained(path, subfolder="tokenizer_2", revision=cfg.revision),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", revision=cfg.revision),
+        )
+    except OSError as err:
+        raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {first_line(err)}") from None
+
+
+def one_step_flow_scheduler(
+    scheduler_config: Mapping[str, Any], stochastic: bool = False
+) -> FlowMatchEulerDiscreteScheduler:
+    """A ``FlowMatchEulerDiscreteScheduler`` that uses ``sigmas`` as given (no shift): with
+    ``sigmas=[t_init/1000]`` one step returns x_t − σ û, the generator's x0 (§1). ``stochastic``
+    (few-step generators): each step re-noises that x0 to the next σ with fresh noise, as DMD2 does."""
+    return FlowMatchEulerDiscreteScheduler.from_config(
+        scheduler_config, shift=1.0, use_dynamic_shifting=False, stochastic_sampling=stochastic
+    )
+
+
 def one_step_scheduler(scheduler_config: Mapping[str, Any], prediction_type: str | None = None) -> LCMScheduler:
     """An ``LCMScheduler`` on the reference's training schedule for ``timesteps=[t_init]`` sampling.
 
@@ -155,17 +249,24 @@ def read_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_unet_init(spec: str, unet_config: Mapping[str, Any], revision: str | None = None) -> UNet2DConditionModel:
-    """A float32 UNet with weights from ``spec`` (see ``ModelConfig.generator_init``).
+def load_unet_init(
+    spec: str,
+    unet_config: Mapping[str, Any],
+    revision: str | None = None,
+    cls: type[ModelMixin] = UNet2DConditionModel,
+) -> ModelMixin:
+    """A float32 denoiser of class ``cls`` (default: a UNet) with weights from ``spec`` (see
+    ``ModelConfig.generator_init``).
 
     State-dict files (e.g. DMD2's ``dmd2_sdxl_1step_unet_fp16.bin``, a diffusers-keyed fp16 state
-    dict) are loaded strictly into a UNet built from ``unet_config`` (the reference's).
+    dict) are loaded strictly into a network built from ``unet_config`` (the reference's).
     """
     local = Path(spec)
+    folder = "transformer" if cls is not UNet2DConditionModel else "unet"
     try:
         if local.is_dir():
-            sub = "unet" if (local / "unet" / "config.json").is_file() else None
-            return UNet2DConditionModel.from_pretrained(local, subfolder=sub, dtype=torch.float32)
+            sub = folder if (local / folder / "config.json").is_file() else None
+            return cls.from_pretrained(local, subfolder=sub, dtype=torch.float32)
         if not local.is_file():
             parts = spec.split("/")
             if len(parts) < 2 or local.suffix in STATE_DICT_SUFFIXES and len(parts) < 3:
@@ -173,14 +274,14 @@ def load_unet_init(spec: str, unet_config: Mapping[str, Any], revision: str | No
             if len(parts) == 2:  # a hub repo holding a diffusers UNet (at its root or in unet/)
                 from huggingface_hub import file_exists
 
-                sub = "unet" if file_exists(spec, "unet/config.json", revision=revision) else None
-                return UNet2DConditionModel.from_pretrained(spec, subfolder=sub, revision=revision, dtype=torch.float32)
+                sub = folder if file_exists(spec, f"{folder}/config.json", revision=revision) else None
+                return cls.from_pretrained(spec, subfolder=sub, revision=revision, dtype=torch.float32)
             from huggingface_hub import hf_hub_download
 
             local = Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision))
     except OSError as err:
         raise ConfigError(f"model.generator_init: cannot load '{spec}': {first_line(err)}") from None
-    unet = UNet2DConditionModel.from_config(unet_config)
+    unet = cls.from_config(unet_config)
     state = read_state_dict(local)
     missing, unexpected = key_mismatch(unet.state_dict(), state)
     if missing or unexpected:

@@ -1,4 +1,4 @@
-"""LoRA (peft) on diffusers UNets, and the shared layout: the assistant as an adapter on the reference.
+"""LoRA (peft) on diffusers UNets and transformers, and the shared layout: the assistant as an adapter on the reference.
 
 In the shared layout one UNet holds the reference's frozen weights plus the assistant's adapter:
 adapters off gives s_ref, adapters on gives s_ψ (di-star-math.md §2). Toggling must be visible to
@@ -22,7 +22,8 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from accelerate.utils import extract_model_from_parallel
-from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import StableDiffusion3Pipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -35,7 +36,7 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 LORA_EMA_WEIGHTS_FILE = "pytorch_lora_weights_ema.safetensors"
 
 
-def add_lora(unet: UNet2DConditionModel, rank: int, alpha: float | None, target_modules: list[str]) -> None:
+def add_lora(unet: ModelMixin, rank: int, alpha: float | None, target_modules: list[str]) -> None:
     """Inject a trainable float32 LoRA adapter (B = 0 at start: output unchanged); freeze the rest."""
     unet.requires_grad_(False)
     unet.add_adapter(
@@ -104,8 +105,8 @@ def checkpoint_keeping_adapter_state(block: nn.Module, *args: Any) -> Any:
     return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False, context_fn=recompute)
 
 
-def merged_unet(unet: nn.Module) -> UNet2DConditionModel:
-    """A plain copy of a (possibly wrapped, possibly LoRA-carrying) UNet with adapters merged in."""
+def merged_unet(unet: nn.Module) -> ModelMixin:
+    """A plain copy of a (possibly wrapped, possibly LoRA-carrying) UNet or transformer with adapters merged in."""
     merged = copy.deepcopy(extract_model_from_parallel(unet))
     if lora_layers(merged):
         merged.fuse_lora()
@@ -116,7 +117,7 @@ def merged_unet(unet: nn.Module) -> UNet2DConditionModel:
 
 def diffusers_lora_state_dict(unet: nn.Module, state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The UNet's LoRA weights under diffusers' keys (``<module>.lora_A.weight``: no adapter name; the file
-    adds the ``unet.`` prefix).
+    adds the ``unet.`` or ``transformer.`` prefix).
 
     ``state`` (default: the UNet's own) maps the UNet's parameter names to values, e.g. EMA weights.
     """
@@ -134,13 +135,16 @@ def save_diffusers_lora(
     if not lora_layers(inner):
         raise ValueError("the UNet has no LoRA adapter to save")
     weights = diffusers_lora_state_dict(inner, state)
-    # SD and SDXL pipelines write UNet LoRA files identically; the SDXL class accepts both.
-    StableDiffusionXLPipeline.save_lora_weights(
-        folder,
-        unet_lora_layers=weights,
-        weight_name=weight_name,
-        unet_lora_adapter_metadata=inner.peft_config["default"].to_dict(),
-    )
+    metadata = inner.peft_config["default"].to_dict()
+    if isinstance(inner, UNet2DConditionModel):
+        # SD and SDXL pipelines write UNet LoRA files identically; the SDXL class accepts both.
+        StableDiffusionXLPipeline.save_lora_weights(
+            folder, unet_lora_layers=weights, weight_name=weight_name, unet_lora_adapter_metadata=metadata
+        )
+    else:
+        StableDiffusion3Pipeline.save_lora_weights(
+            folder, transformer_lora_layers=weights, weight_name=weight_name, transformer_lora_adapter_metadata=metadata
+        )
     return Path(folder) / weight_name
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from distar.backends.loading import TextToImagePipeline
 from distar.backends.lora import adapters_disabled
 from distar.config import ConfigError
-from distar.diffusion import DiscreteSchedule, PredictionType, expand_like, to_x0
+from distar.diffusion import DiscreteSchedule, PredictionType, Schedule, expand_like, to_x0
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class TextConditioning:
     """Prompt conditioning: per-token text embeddings and (SDXL) the pooled text embedding."""
 
     embeds: Tensor  # (B, L, D)
-    pooled: Tensor | None = None  # (B, P), SDXL only
+    pooled: Tensor | None = None  # (B, P), SDXL and SD3
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -76,6 +76,7 @@ class StableDiffusionBackend:
         reference: nn.Module | None,
         *,
         t_init: int = 399,
+        timesteps: Sequence[int] | None = None,
         prediction_type: PredictionType = "epsilon",
         resolution: int | None = None,
         device: torch.device | str = "cpu",
@@ -86,21 +87,19 @@ class StableDiffusionBackend:
         self.generator = generator
         self.assistant = assistant
         self.reference = reference
-        self.schedule = DiscreteSchedule.from_scheduler_config(pipe.scheduler.config)
-        last = self.schedule.num_train_timesteps - 1
-        if not 0 <= t_init <= last:
-            raise ConfigError(f"model.t_init: {t_init} is outside the schedule's 0..{last}")
-        self.t_init = t_init
         self.prediction_type = prediction_type
         self.device = torch.device(device)
         self.offload_text_encoders = offload_text_encoders
-        unet_config = extract_model_from_parallel(assistant).config
+        unet_config = extract_model_from_parallel(assistant).config  # a UNet's or a transformer's
         self.vae_scale_factor = pipe.vae_scale_factor if pipe.vae is not None else 1
-        self.resolution = resolution or unet_config.sample_size * self.vae_scale_factor
+        self.resolution = resolution or self._default_resolution(unet_config)
         if self.resolution % self.vae_scale_factor:
             raise ConfigError(f"model.resolution: {self.resolution} is not a multiple of {self.vae_scale_factor}")
-        side = self.resolution // self.vae_scale_factor
-        self.latent_shape = (unet_config.in_channels, side, side)
+        self.latent_shape = self._latent_shape(unet_config)
+        self.schedule = self._make_schedule(pipe.scheduler.config)
+        self.timesteps = list(timesteps) if timesteps is not None else [t_init]
+        self.t_init = self.timesteps[0]
+        self.generator_times = [self._generator_time(t) for t in self.timesteps]
         self._generator_params = [p for p in generator.parameters() if p.requires_grad]
         self._assistant_params = [p for p in assistant.parameters() if p.requires_grad]
         self._uncond: TextConditioning | None = None
@@ -137,6 +136,23 @@ class StableDiffusionBackend:
                 self._uncond = self._encode_uncond()
         return self._uncond
 
+    def _default_resolution(self, denoiser_config: Any) -> int:
+        return denoiser_config.sample_size * self.vae_scale_factor
+
+    def _latent_shape(self, denoiser_config: Any) -> tuple[int, int, int]:
+        side = self.resolution // self.vae_scale_factor
+        return (denoiser_config.in_channels, side, side)
+
+    def _make_schedule(self, scheduler_config: Any) -> Schedule:
+        return DiscreteSchedule.from_scheduler_config(scheduler_config)
+
+    def _generator_time(self, t_init: int) -> float:
+        """The schedule time of a generator timestep: the timestep itself for UNets."""
+        last = self.schedule.num_train_timesteps - 1
+        if not 0 <= t_init <= last:
+            raise ConfigError(f"model.t_init: {t_init} is outside the schedule's 0..{last}")
+        return t_init
+
     def _encode(self, prompts: list[str]) -> TextConditioning:
         embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
         return TextConditioning(embeds)
@@ -153,10 +169,36 @@ class StableDiffusionBackend:
         """z ~ N(0, I) of shape (B, C, h, w), drawn like the diffusers pipelines draw their latents."""
         return randn_tensor((batch_size, *self.latent_shape), generator=generator, device=self.device)
 
-    def generate(self, z: Tensor, cond: TextConditioning) -> Tensor:
-        """x0 = g_θ(z, c): the generator UNet fed z at timestep t_init, its output read as x̂0 (§2)."""
-        t = torch.full((z.shape[0],), self.t_init, device=z.device, dtype=torch.long)
+    @property
+    def num_steps(self) -> int:
+        """k, the number of generator steps."""
+        return len(self.timesteps)
+
+    def generate(self, z: Tensor, cond: TextConditioning, step: int = 0) -> Tensor:
+        """x0 = g_θ(x, c): the generator network fed x at ``timesteps[step]`` (t_init for the first,
+        where x = z), its output read as x̂0 (§2)."""
+        t = torch.full((z.shape[0],), self.generator_times[step], device=z.device)
         return self._x0(self.generator, z, t, cond)
+
+    def renoise(self, x0: Tensor, step: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """x_t = α_t x0 + σ_t ε (2.1) at ``timesteps[step]`` with fresh ε (from ``generator``, one per
+        sample for a list, else torch's global RNG): the next step's input in DMD2's multi-step scheme."""
+        noise = self._noise_like(x0, generator)
+        t = torch.full((x0.shape[0],), self.generator_times[step], device=x0.device)
+        return self.schedule.add_noise(x0, noise, t)
+
+    @torch.no_grad()
+    def sample(
+        self, z: Tensor, cond: TextConditioning, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> Tensor:
+        """x0 after all k generator steps from z: generate, re-noise to the next timestep, repeat (the
+        pipeline's LCM / stochastic flow sampling with the same ``generator``)."""
+        x = z
+        for step in range(self.num_steps):
+            x0 = self.generate(x, cond, step)
+            if step + 1 < self.num_steps:
+                x = self.renoise(x0, step + 1, generator)
+        return x0
 
     def reference_x0(self, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
         """x̂0_ref(x_t | c), frozen weights, graph kept through x_t."""
@@ -186,8 +228,8 @@ class StableDiffusionBackend:
                 mean = torch.tensor(config.latents_mean, device=x0.device).view(1, -1, 1, 1)
                 std = torch.tensor(config.latents_std, device=x0.device).view(1, -1, 1, 1)
                 latents = x0 * std / config.scaling_factor + mean
-            else:
-                latents = x0 / config.scaling_factor
+            else:  # SD3's VAE also shifts its latents
+                latents = x0 / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
             images = vae.decode(latents.to(vae.dtype), return_dict=False)[0].to(x0.dtype)
         return ((images + 1) / 2).clamp(0, 1)
 
@@ -200,6 +242,10 @@ class StableDiffusionBackend:
         return self._assistant_params
 
     # -- internals ----------------------------------------------------------------------------------
+    def _noise_like(self, x0: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+        """ε ~ N(0, I) shaped like ``x0``, drawn as the pipeline's scheduler draws it."""
+        return randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+
     @contextmanager
     def _reference_mode(self) -> Iterator[nn.Module]:
         """The reference UNet to call: the separate frozen one, or the shared one with adapters off."""
@@ -213,12 +259,16 @@ class StableDiffusionBackend:
     def _unet_kwargs(self, cond: TextConditioning, dtype: torch.dtype) -> dict[str, Any]:
         return {"encoder_hidden_states": cond.embeds.to(dtype)}
 
+    def _forward(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
+        """The network's raw output on ``x_t`` (already in ``dtype``) at schedule times ``t``."""
+        return unet(x_t, t, return_dict=False, **self._unet_kwargs(cond, dtype))[0]
+
     def _x0(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
         """Evaluate ``unet`` in its own dtype and convert its output to x̂0 in ``x_t``'s dtype (§1)."""
         dtype = self._dtypes.get(unet)
         if dtype is None:
             dtype = self._dtypes[unet] = extract_model_from_parallel(unet).dtype
-        out = unet(x_t.to(dtype), t, return_dict=False, **self._unet_kwargs(cond, dtype))[0]
+        out = self._forward(unet, x_t.to(dtype), t, cond, dtype)
         alpha_t = expand_like(self.schedule.alpha(t), x_t).to(x_t.dtype)
         sigma_t = expand_like(self.schedule.sigma(t), x_t).to(x_t.dtype)
         return to_x0(out.to(x_t.dtype), x_t, alpha_t, sigma_t, self.prediction_type)

@@ -1,4 +1,4 @@
-"""``distar generate``: one image from a one-step generator, with one network evaluation."""
+"""``distar generate``: one image from a one- or few-step generator, one network evaluation per step."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from distar.errors import UserError
-    from distar.export import load_one_step, one_step_images
+    from distar.export import generator_images, load_generator
     from distar.runtime import configure_threads, count_parameters, report_threads
     from distar.train.logs import save_png
 
@@ -43,14 +43,15 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     if not Path(args.model).exists():
         raise UserError(f"--model: no such folder: {args.model}")
-    pipe, t_init = load_one_step(args.model, use_ema=not args.no_ema, dtype=dtype)
+    pipe, call = load_generator(args.model, use_ema=not args.no_ema, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
     report_threads(configure_threads(args.threads, parameters=count_parameters(*modules), device=device), "generate")
     pipe.to(device)
-    image = one_step_images(pipe, [args.prompt], [args.seed], t_init, args.height, args.width)[0]
+    image = generator_images(pipe, [args.prompt], [args.seed], call, args.height, args.width)[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_png(image, out)
-    print(f"wrote {out} ({image.shape[-1]}x{image.shape[-2]}, t_init {t_init}, seed {args.seed})")
+    steps = call.get("timesteps") or call.get("sigmas")
+    print(f"wrote {out} ({image.shape[-1]}x{image.shape[-2]}, steps at {steps}, seed {args.seed})")
     return 0

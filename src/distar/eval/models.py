@@ -104,16 +104,17 @@ def is_training_checkpoint(path: str | Path) -> bool:
     return bool(list_checkpoints(folder))
 
 
-def distar_t_init(path: str | Path) -> int | None:
-    """The generator timestep t_init of a distar export (``distar.json``) or training checkpoint;
-    None for any other model."""
+def distar_metadata(path: str | Path) -> dict[str, Any] | None:
+    """What a distar export's ``distar.json`` records (t_init, timesteps, family, resolution, …), or
+    the same for a training checkpoint; None for any other model."""
     folder = Path(path)
     if (folder / "distar.json").is_file():
-        return int(json.loads((folder / "distar.json").read_text())["t_init"])
+        return dict(json.loads((folder / "distar.json").read_text()))
     if is_training_checkpoint(folder):
-        from distar.export import checkpoint_model_config, find_checkpoint
+        from distar.export import checkpoint_model_config, export_metadata, find_checkpoint
 
-        return checkpoint_model_config(find_checkpoint(folder)).t_init
+        cfg = checkpoint_model_config(find_checkpoint(folder))
+        return {**export_metadata(folder), "resolution": cfg.resolution}
     return None
 
 
@@ -124,8 +125,9 @@ def default_device() -> str:
 class DiffusersModel:
     """A diffusers text-to-image pipeline as an :class:`~distar.protocols.ImageModel`.
 
-    distar generators (exported folders and training checkpoints) default to one step at
-    ``timesteps=[t_init]`` without CFG; spec options override these defaults. The pipeline is
+    distar generators (exported folders and training checkpoints) default to their own k steps
+    (``timesteps=[t_init]`` for one step; ``sigmas`` for SD3) without CFG; spec options override these
+    defaults. The pipeline is
     loaded on first use and released by :meth:`unload`. Each image's initial noise comes from its
     own CPU ``torch.Generator`` seeded with its seed, so an image depends on its (prompt, seed) only,
     not on the batch it is drawn in or on the device.
@@ -135,7 +137,8 @@ class DiffusersModel:
         self.spec = spec
         self.name = spec.label
         self.device = torch.device(spec.device or default_device())
-        self.t_init = distar_t_init(spec.path)
+        self.metadata = distar_metadata(spec.path)
+        self.t_init = self.metadata["t_init"] if self.metadata else None
         self._pipeline = pipeline
 
     @property
@@ -183,10 +186,12 @@ class DiffusersModel:
         """The keyword arguments given to the pipeline besides prompts and generators."""
         spec = self.spec
         options: dict[str, Any] = {}
-        if self.t_init is not None:
-            options = {"num_inference_steps": 1, "guidance_scale": 0.0}
-            if spec.steps in (None, 1):
-                options["timesteps"] = [self.t_init]
+        if self.metadata is not None:
+            from distar.export import generator_call
+
+            options = {k: v for k, v in generator_call(self.metadata).items() if v is not None}
+            if spec.steps not in (None, options["num_inference_steps"]):  # other steps: the scheduler's own
+                options = {k: v for k, v in options.items() if k not in ("timesteps", "sigmas")}
         given = {
             "num_inference_steps": spec.steps,
             "guidance_scale": spec.guidance,
@@ -203,11 +208,11 @@ class DiffusersModel:
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         options = self.sampling_options()
         if getattr(self.pipeline, "vae", None) is None and self.t_init is not None:
-            # Pixel-space distar generator: no standard pipeline output; one step at t_init.
-            from distar.export import one_step_images
+            # Pixel-space distar generator: no standard pipeline output; its own steps.
+            from distar.export import generator_images
 
-            size = {k: options.get(k) for k in ("height", "width")}
-            images = one_step_images(self.pipeline, prompts, seeds, self.t_init, **size)
+            size = {k: options.pop(k, None) for k in ("height", "width")}
+            images = generator_images(self.pipeline, prompts, seeds, options, **size)
         else:
             generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
             images = self.pipeline(prompt=list(prompts), generator=generators, output_type="pt", **options).images

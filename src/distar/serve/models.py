@@ -2,7 +2,7 @@
 
 - the one-step model: a ``distar export`` folder, a training checkpoint or run folder (latest
   checkpoint, EMA weights when saved), a diffusers pipeline folder or hub id (sampled at one step
-  without CFG, at ``t_init`` when the folder records one), or by default the shapes world's shipped
+  without CFG, at ``t_init`` when the folder records one; a distar export at its recorded steps), or by default the shapes world's shipped
   one-step generator;
 - an optional reference for comparison, sampled at the steps and CFG ω each request asks for: any
   diffusers pipeline (folder or hub id), or a pixel-space folder without a VAE like the shapes
@@ -18,7 +18,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
-from distar.eval.models import DiffusersModel, ModelSpec
+from distar.eval.models import DiffusersModel, ModelSpec, distar_metadata
 from distar.protocols import ImageModel
 
 #: Default CFG ω of the reference: the shapes world's (its demo and sampler use 3) and SD's usual 7.5.
@@ -108,10 +108,14 @@ def is_local(path_or_id: str) -> bool:
 
 def one_step_model(path_or_id: str, device: torch.device) -> DiffusersModel:
     """A one-step model from a folder or hub id (module docstring), loaded now."""
-    t_init = None if is_local(path_or_id) else hub_t_init(path_or_id)
-    spec = ModelSpec(
-        path=path_or_id, steps=1, guidance=0.0, timesteps=[t_init] if t_init is not None else None, device=str(device)
-    )
+    local = is_local(path_or_id)
+    t_init = None if local else hub_t_init(path_or_id)
+    if local and distar_metadata(path_or_id) is not None:  # a distar generator: its recorded steps and guidance
+        spec = ModelSpec(path=path_or_id, device=str(device))
+    else:
+        spec = ModelSpec(
+            path=path_or_id, steps=1, guidance=0.0, timesteps=[t_init] if t_init is not None else None, device=str(device)
+        )
     model = DiffusersModel(spec)
     model.pipeline
     return model

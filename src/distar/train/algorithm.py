@@ -25,12 +25,31 @@ def _noise_and_time(backend: Backend, x0: Tensor, objective: ObjectiveConfig) ->
     return t, torch.randn_like(x0)
 
 
+def generator_x0(backend: Backend, z: Tensor, cond: Conditioning) -> Tensor:
+    """x0 = g_θ(x_{t_i}, c), differentiable in θ through the last evaluation only.
+
+    One step (k = 1): x0 = g_θ(z, c). Few steps (a backend with ``num_steps`` k > 1): DMD2's backward
+    simulation; a step i ~ U{0..k-1} (global RNG) is drawn for the batch, and its input x_{t_i} is
+    made, without gradient, as inference makes it: z for i = 0, else the generator's own x0 after steps
+    0..i-1, re-noised to t_i. The objective then sees the samples that inference produces at step i.
+    """
+    steps = getattr(backend, "num_steps", 1)
+    if steps == 1:
+        return backend.generate(z, cond)
+    last = int(torch.randint(steps, ()))
+    x = z
+    with torch.no_grad():
+        for step in range(last):
+            x = backend.renoise(backend.generate(x, cond, step), step + 1)
+    return backend.generate(x, cond, last)
+
+
 def assistant_losses(
     backend: Backend, cond: Conditioning, z: Tensor, objective: ObjectiveConfig
 ) -> dict[str, Tensor]:
     """Assistant step: DSM (2.2) of s_ψ on detached generator samples x0 = sg(g_θ(z, c))."""
     with torch.no_grad():
-        x0 = backend.generate(z, cond)
+        x0 = generator_x0(backend, z, cond)
     t, noise = _noise_and_time(backend, x0, objective)
     x_t = backend.schedule.add_noise(x0, noise, t)
     x0_hat = backend.assistant_x0(x_t, t, cond)
@@ -49,13 +68,13 @@ def generator_losses(
     reward: Reward | None,
     loss: DIStarLoss,
 ) -> dict[str, Tensor]:
-    """Generator step: Eq. (3.4) (+ (3.6) in outer-CFG mode) at x0 = g_θ(z, c).
+    """Generator step: Eq. (3.4) (+ (3.6) in outer-CFG mode) at x0 = g_θ(z, c) (:func:`generator_x0`).
 
     ``loss`` is the run's objective, built once from its :class:`ObjectiveConfig`. The graph runs
     from θ through x0 and x_t into the assistant's and the reference's inputs (Theorem 3.1); their
     parameters are not the caller's to update here.
     """
-    x0 = backend.generate(z, cond)
+    x0 = generator_x0(backend, z, cond)
     t, noise = _noise_and_time(backend, x0, loss.config)
     reward_values = None
     if reward is not None:

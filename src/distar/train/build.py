@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import torch
 from accelerate import Accelerator
 
 from distar.config import ConfigError
@@ -47,6 +48,7 @@ def build_trainer(
     prompts = load_prompts(config.data) if prompts is None else prompts
     accelerator = accelerator or make_accelerator(config)
     with accelerator.main_process_first():  # downloads and tiny-model builds happen once
+        torch.manual_seed(config.seed)  # LoRA adapters are drawn from the global RNG: same on every process and run
         backend = build_backend(config.model, device=accelerator.device)
         reward = None
         if config.rewards:

@@ -398,8 +398,10 @@ class Trainer:
         prompts = [p for p in self.sample_prompts for _ in self.config.sampling.seeds]
         latents = [self.backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in self.config.sampling.seeds]
         z = torch.cat(latents * len(self.sample_prompts))
+        cond = self.backend.encode_prompts(prompts)
+        sample = getattr(self.backend, "sample", self.backend.generate)  # all k steps of a few-step generator
         with self.accelerator.autocast():
-            return self.backend.decode(self.backend.generate(z, self.backend.encode_prompts(prompts))).float()
+            return self.backend.decode(sample(z, cond)).float()
 
     def sample(self) -> None:
         """Write ``samples/step-<step>.png`` (and ``-ema``) grids: rows = prompts, columns = seeds.
