@@ -33,18 +33,27 @@ def run(args: argparse.Namespace) -> int:
 
     from distar.errors import UserError
     from distar.export import load_one_step, one_step_images
+    from distar.paths import safe_name, writable_dir
+    from distar.runtime import check_image_side, check_seed, torch_device
     from distar.train.logs import save_png
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # Every argument is checked before the model is loaded.
+    device = torch_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     if not Path(args.model).exists():
         raise UserError(f"--model: no such folder: {args.model}")
+    check_seed(args.seed, "--seed")
+    check_image_side(args.height, "--height")
+    check_image_side(args.width, "--width")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out: {args.out[:200]} is not a .png file name")
+    safe_name(out.name, "--out")
+    writable_dir(out.parent, "--out")
     pipe, t_init = load_one_step(args.model, use_ema=not args.no_ema, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     image = one_step_images(pipe, [args.prompt], [args.seed], t_init, args.height, args.width)[0]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_png(image, out)
     print(f"wrote {out} ({image.shape[-1]}x{image.shape[-2]}, t_init {t_init}, seed {args.seed})")
     return 0
