@@ -14,9 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", required=True, help="text prompt")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise z (CPU generator)")
-    parser.add_argument("--out", default="image.png", help="output PNG file (default: image.png)")
-    parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
-    parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
+    parser.add_argument("--out", default="image.png", help="output .png file (default: image.png)")
+    parser.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (default: the model's)")
+    parser.add_argument("--width", type=int, help="image width in pixels, a multiple of 8 (default: the model's)")
     parser.add_argument("--no-ema", action="store_true", help="checkpoints: use the raw, not the EMA, weights")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
