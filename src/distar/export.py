@@ -175,7 +175,7 @@ def export_checkpoint(
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass overwrite to replace it)")
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
     ckpt = find_checkpoint(checkpoint_dir)
     config = yaml.safe_load((ckpt / CONFIG_FILE).read_text()) or {}
     license = resolve_license(config.get("model") or {}, license)
@@ -183,18 +183,22 @@ def export_checkpoint(
         pipe, generator, cfg = _generator_from_checkpoint(ckpt, use_ema, torch.float32)
         if not lora_layers(generator):
             raise ConfigError("--lora: the generator has no LoRA (model.generator_lora_rank is 0)")
+        state = {k: v.to(dtype) for k, v in generator.state_dict().items() if "lora_" in k}
     else:
         pipe = pipeline_from_checkpoint(ckpt, use_ema, dtype)
         cfg = checkpoint_model_config(ckpt)
         if pipe.vae is None:
             raise ConfigError("pixel-space models (no VAE) have no standard diffusers pipeline to export to")
+    written = state if lora else pipe.unet.state_dict()
+    if not all_finite(written.values()):
+        raise ConfigError(f"{ckpt}: the generator's weights are not finite in {str(dtype).removeprefix('torch.')}"
+                          " (they overflow it): export in float32")
     metadata = {**export_metadata(ckpt, use_ema), "format": "lora" if lora else "pipeline"}
     metadata["resolution"] = training_resolution(cfg, pipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         if lora:
-            state = {k: v.to(dtype) for k, v in generator.state_dict().items() if "lora_" in k}
             save_diffusers_lora(generator, tmp, state=state)
         else:
             pipe.save_pretrained(tmp)

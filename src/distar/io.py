@@ -13,6 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from distar.config import ConfigError
+from distar.errors import UserError, first_line
 
 #: Config dtype names → torch dtypes.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -49,7 +50,10 @@ def png_bytes(image: Tensor) -> bytes:
 
 
 def load_image(path: Path | str) -> Tensor:
-    """A PNG/JPEG file → (3, H, W) float32 in [0, 1]."""
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    """A PNG/JPEG file → (3, H, W) float32 in [0, 1]; one-line :class:`UserError` if it is not one."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"{path}: not a readable image ({first_line(err)[:120]})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0

@@ -20,9 +20,11 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from distar.config import ConfigError
+
+T = TypeVar("T")
 
 #: Columns tried, in order, when ``read_prompts`` is not told which column holds the prompt.
 PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text")
@@ -213,3 +215,17 @@ def read_prompts(
             empty.append((number, f"empty '{key}'"))
     _report(source, empty)
     return prompts
+
+
+def read_some(read: Callable[[], list[T]], source: str | Path) -> list[T]:
+    """``read()`` of a prompt source that must give at least one row. When it gives none, the reason
+    (the skipped-rows warning) is the one error line; otherwise its warnings are shown."""
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always", PromptWarning)
+        rows = read()
+    if not rows:
+        reason = f": {skipped[0].message}" if skipped else ""
+        raise PromptSourceError(f"no prompts in {source}{reason}")
+    for warning in skipped:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return rows

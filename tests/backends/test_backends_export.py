@@ -88,6 +88,26 @@ def test_export_protects_existing_folders(tiny_dir, tmp_path, perturb, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no temp folders left
 
 
+def test_weights_that_overflow_the_export_dtype_are_not_written(tiny_dir, tmp_path, perturb, capsys):
+    cfg = ModelConfig(pretrained=str(tiny_dir("sd")))
+
+    def huge(params, seed):  # finite in float32 (as after optim.generator.lr=1e30), inf in float16
+        perturb(params, seed)
+        if seed == 10:  # the raw weights; the "EMA" ones are perturbed from them
+            with torch.no_grad():
+                params[0].mul_(1e30)
+
+    folder, _ = write_checkpoint(tmp_path / "run", cfg, build_backend(cfg), huge)
+    out = tmp_path / "export"
+    assert main(["export", str(folder), "--out", str(out), "--dtype", "float16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("distar export: error: ") and "not finite in float16" in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]
+    assert main(["export", str(folder), "--out", str(out)]) == 0  # float32 holds them
+    saved = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.isfinite(v).all() for v in saved.values())
+
+
 def test_pixel_space_generates_but_does_not_export(tiny_dir, tmp_path, perturb):
     cfg = ModelConfig(pretrained=str(tiny_dir("sd", "epsilon", latent=False)))
     backend = build_backend(cfg)

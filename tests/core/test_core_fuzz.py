@@ -1,6 +1,7 @@
-"""Seeded fuzzing of `distar train` inputs: every bad config file, override, prompt file, output folder
-or resume argument gives exit code 2 and one line on stderr, without a traceback and before any
-model is built. The case generator lives here so it can grow."""
+"""Seeded fuzzing of the command line: every bad `distar train` config file, override, prompt file,
+output folder or resume argument, and every bad argument of `eval`, `generate`, `export` and
+`rewards`, gives exit code 2 and one line on stderr, without a traceback and before any model is
+loaded. The case generators live here so they can grow."""
 
 from __future__ import annotations
 
@@ -160,6 +161,124 @@ def cases(tmp: Path) -> Iterator[tuple[str, list[str]]]:
     yield "resume bad path", ["--config", str(CONFIG), f"output_dir={tmp / 'r2'}", "--resume", str(bad)]
 
 
+#: Values no option of the other commands takes (label → (option, values)).
+BAD_ARGUMENTS: dict[str, tuple[str, list[str]]] = {
+    "seed": ("--seed", ["-1", str(2**64), str(2**63)]),
+    "side": ("--height", ["0", "-8", "7", "100000"]),
+    "width": ("--width", ["12", "16384"]),
+    "device": ("--device", ["nonsense", "cuda:99", "cpu:x", "gpu"]),
+}
+
+
+def command_cases(tmp: Path) -> Iterator[tuple[str, list[str]]]:
+    """(label, arguments) of `distar eval/generate/export/rewards` with one bad input each."""
+    rng = random.Random(SEED)
+    run = tmp / "some-run"  # exists; arguments are checked before it is read
+    run.mkdir()
+    images = tmp / "images"
+    images.mkdir()
+    for i in range(2):
+        (images / f"{i}.png").write_bytes(b"not a png")  # only read once every argument passed
+    good_prompts = tmp / "two.txt"
+    good_prompts.write_text("a cat\na dog\n")
+    prompt_files = []
+    for name, content in PROMPT_FILES:
+        path = tmp / "bench" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+        prompt_files.append(path)
+    blocked = tmp / "a-file"
+    blocked.write_text("x")
+    bad_outs = [str(blocked / "x"), "/proc/distar-no-such/x", "x" * 300]
+
+    generate = ["generate", "--model", str(run), "--prompt", "a cat"]
+    for option, values in BAD_ARGUMENTS.values():
+        for value in values:
+            yield f"generate {option} {value}", [*generate, f"{option}={value}"]
+    for out in [*bad_outs, str(images), str(tmp / "image.jpeg")]:
+        yield f"generate --out {out[:40]}", [*generate, "--out", f"{out}.png" if out in bad_outs else out]
+
+    evaluate = ["eval", "--model", str(run), "--benchmark", str(good_prompts), "--out", str(tmp / "ev")]
+    for path in [p for p in prompt_files if p.name != "huge.txt"]:  # eval takes long prompts (truncated)
+        yield f"eval --benchmark {path.name}", ["eval", "--model", str(run), "--benchmark", str(path), "--out", str(tmp / "ev")]
+    for option, values in (BAD_ARGUMENTS["device"], ("--seeds", ["-1", "0,0", str(2**64)]), ("--batch-size", ["0", "-2"])):
+        for value in values:
+            yield f"eval {option} {value}", [*evaluate, f"{option}={value}"]
+    for spec in ["name=..", "name=.", "steps=0", "height=7", "width=-8", "guidance=.nan", "dtype=int8", "x=1", "steps=[1"]:
+        yield f"eval --model ::{spec}", ["eval", "--model", f"{run}::{spec}", "--benchmark", str(good_prompts), "--out", str(tmp / "ev")]
+    for out in bad_outs:
+        yield f"eval --out {out[:40]}", [*evaluate[:-2], "--out", out]
+    for metrics in ["nope", "pickscore,nope"]:
+        yield f"eval --metrics {metrics}", [*evaluate, "--metrics", metrics]
+    for i, text in enumerate(TEXTS):
+        path = tmp / f"eval-{i}.yaml"
+        path.write_bytes(text)
+        yield f"eval --config text-{i}", [*evaluate, "--config", str(path)]
+    for item in rng.sample(OVERRIDES[:9], 5):
+        yield f"eval override {item}", [*evaluate, item]
+
+    rewards = ["rewards", "--images", str(images), "--prompts", "a cat"]
+    for path in prompt_files:
+        yield f"rewards --prompts {path.name}", ["rewards", "--images", str(images), "--prompts", str(path)]
+    for folder in [tmp / "no-such", blocked, run]:
+        yield f"rewards --images {folder.name}", ["rewards", "--images", str(folder), "--prompts", "a cat"]
+    for option, values in (
+        BAD_ARGUMENTS["device"],
+        ("--rewards", ["nope", "", "pickscore,nope"]),
+        ("--model-path", ["noequals", "nope=tiny", "=tiny"]),
+        ("--batch-size", ["0", "-1"]),
+        ("--json", [f"{out}.json" for out in bad_outs]),
+    ):
+        for value in values:
+            yield f"rewards {option} {value[:40]}", [*rewards, f"{option}={value}"]
+
+    for out in [*bad_outs, str(blocked)]:
+        yield f"export --out {out[:40]}", ["export", str(run), "--out", out]
+    yield "export no checkpoint", ["export", str(run), "--out", str(tmp / "exported")]
+    yield "export missing", ["export", str(tmp / "no-such"), "--out", str(tmp / "exported")]
+
+
+class ModelLoaded(Exception):
+    """A model was loaded for a bad input."""
+
+
+def one_line_error(argv: list[str], capsys) -> tuple[bool, int | str, str]:
+    """Run ``distar argv``: (exit code 2 with one `distar <command>: error:` line, code, stderr)."""
+    try:
+        code = main(argv)
+    except ModelLoaded:
+        return False, "a model was loaded", capsys.readouterr().err[-300:]
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    return code == 2 and len(lines) == 1 and lines[0].startswith(f"distar {argv[0]}: error: "), code, err[-300:]
+
+
+def no_models(*args, **kwargs):
+    raise ModelLoaded
+
+
+def test_every_bad_argument_of_the_other_commands_is_one_line_before_any_model(tmp_path, monkeypatch, capsys):
+    import distar.eval.suite
+    import distar.export
+    import distar.rewards
+
+    for module, name in [
+        (distar.export, "load_one_step"),
+        (distar.export, "_generator_from_checkpoint"),
+        (distar.rewards, "load_reward"),
+        (distar.eval.suite, "evaluate"),
+    ]:
+        monkeypatch.setattr(module, name, no_models)
+    import distar.backends.lora  # noqa: F401 - its one-time import warnings, before the cases
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    results = [(label, *one_line_error(argv, capsys)) for label, argv in command_cases(tmp_path)]
+    failed = [r for r in results if not r[1]]
+    assert len(results) >= 100
+    assert not failed, f"{len(failed)} of {len(results)} not a one-line error: {failed}"
+
+
 def test_every_bad_input_is_one_line_before_any_model(tmp_path, monkeypatch, capsys):
     import distar.train.build as build
 
@@ -173,11 +292,8 @@ def test_every_bad_input_is_one_line_before_any_model(tmp_path, monkeypatch, cap
     results = []
     for label, argv in cases(tmp_path):
         given = any(a.startswith("output_dir=") for a in argv)
-        code = main(["train", *argv] if given else ["train", *argv, f"output_dir={tmp_path / 'out'}"])
-        err = capsys.readouterr().err.strip()
-        lines = err.splitlines()
-        ok = code == 2 and len(lines) == 1 and lines[0].startswith("distar train: error: ")
-        results.append((label, ok, code, err[-300:]))
+        argv = ["train", *argv] if given else ["train", *argv, f"output_dir={tmp_path / 'out'}"]
+        results.append((label, *one_line_error(argv, capsys)))
     failed = [r for r in results if not r[1]]
     assert len(results) >= 100
     assert not failed, f"{len(failed)} of {len(results)} not a one-line error: {failed[:5]}"

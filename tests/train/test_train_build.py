@@ -21,7 +21,7 @@ def test_inline_prompts_and_empty_sources(tmp_path):
         load_prompts(DataConfig())
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    with pytest.raises(ConfigError, match="holds no prompts"):
+    with pytest.raises(ConfigError, match="no prompts in data.source"):
         load_prompts(DataConfig(source=str(empty)))
     with pytest.raises(FileNotFoundError):
         load_prompts(DataConfig(source=str(tmp_path / "missing.txt")))

@@ -77,21 +77,12 @@ _FLAGS = {
 
 
 def _config_data(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
+    from distar.config import apply_overrides, read_config_file, to_dict
     from distar.errors import UserError
-    from distar.config import ConfigError, apply_overrides, to_dict
     from distar.eval.metrics import parse_metric_names
     from distar.eval.models import parse_model_spec
 
-    data: dict[str, Any] = {}
-    if args.config:
-        try:
-            data = yaml.safe_load(Path(args.config).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {args.config}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{args.config}: top level must be a mapping")
+    data = read_config_file(args.config) if args.config else {}
     data.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
     if args.seeds:
         data["seeds"] = [seed for group in args.seeds for seed in group]
@@ -120,7 +111,13 @@ def run(args: argparse.Namespace) -> int:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # per-call scheduler notices would drown the progress bars
-    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    from distar.paths import writable_dir
+    from distar.runtime import torch_device
+
+    for where in [config.device, *(spec.device for spec in config.models)]:
+        if where is not None:
+            torch_device(where, "device")
+    writable_dir(config.out_dir, "--out")
     save_config(config, Path(config.out_dir) / "eval_config.yaml")
     summary = run_eval(config, threads=args.threads)
     print(f"{summary.benchmark}: {summary.prompts} prompts from {summary.source}")

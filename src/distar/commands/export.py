@@ -32,7 +32,14 @@ def run(args: argparse.Namespace) -> int:
     from distar.errors import UserError
     from distar.export import export_checkpoint
 
+    from pathlib import Path
+
+    from distar.paths import safe_name, writable_dir
+
     dtype = getattr(torch, args.dtype)
+    out = Path(args.out)
+    safe_name(out.name, "--out")
+    writable_dir(out.parent, "--out")
     try:
         out = export_checkpoint(
             args.checkpoint,
@@ -45,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
             eval_dir=args.eval,
             repo_id=args.push_to_hub,
         )
-    except FileExistsError as err:
-        raise UserError(str(err)) from None
+    except FileExistsError:
+        raise UserError(f"--out: {args.out} exists and is not empty (pass --overwrite to replace it)") from None
     validate_export(out, require_license=bool(args.push_to_hub))
     print(f"exported {args.checkpoint} to {out}")
     if args.push_to_hub:

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _pairs(images_dir: Path, prompts: str) -> list[tuple[Path, str]]:
     """(image file, prompt) pairs by the module's matching rule."""
     from distar.errors import UserError
-    from distar.prompts import prompt_column, read_records
+    from distar.prompts import prompt_column, read_records, read_some
 
     if not images_dir.is_dir():
         raise UserError(f"--images: not a folder: {images_dir}")
@@ -55,7 +55,7 @@ def _pairs(images_dir: Path, prompts: str) -> list[tuple[Path, str]]:
         if not files:
             raise UserError(f"--images: no {'/'.join(IMAGE_SUFFIXES)} files in {images_dir}")
         return [(f, prompts) for f in files]
-    records = read_records(prompts)
+    records = read_some(lambda: read_records(prompts), prompts)
     column = prompt_column(records)
     if records and all("image" in r for r in records):
         pairs = [(images_dir / r["image"], r[column]) for r in records]
@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
     from distar.errors import UserError
     from distar.io import load_image
+    from distar.paths import safe_name, writable_dir
     from distar.rewards import REWARD_NAMES, RewardSpec, load_reward
+    from distar.runtime import torch_device
 
     names = [n.strip() for n in args.rewards.split(",") if n.strip()]
     unknown = [n for n in names if n not in REWARD_NAMES]
@@ -95,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     pairs = _pairs(Path(args.images), args.prompts)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch_device(args.device)
+    if args.json_out:
+        safe_name(Path(args.json_out).name, "--json")
+        writable_dir(Path(args.json_out).parent, "--json")
 
     scores: dict[str, list[float]] = {}
     for name in names:

@@ -51,13 +51,13 @@ def run(args: argparse.Namespace) -> int:
     # Every input is checked before a model is built.
     writable_dir(config.output_dir, "output_dir")
     prompts = load_prompts(config.data)
-    if args.resume is None:
+    resume = args.resume
+    if resume is None:
         ckpt.check_new_run(config.output_dir, overwrite=args.overwrite)
-    else:
-        ckpt.resolve_checkpoint(args.resume, config.output_dir)  # verified again (from a cache) on load
-    from distar.train.build import build_trainer
-
+    elif (found := ckpt.resolve_checkpoint(resume, config.output_dir)) is not None:
+        resume = str(found)  # the trainer verifies it again (from a cache), without repeating what was skipped
     from distar.runtime import configure_threads, count_parameters, report_threads
+    from distar.train.build import build_trainer
 
     trainer = build_trainer(config, prompts=prompts)
     backend = trainer.backend
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if trainer.accelerator.is_main_process:
         report_threads(threads, "train")
-    records = trainer.train(resume=args.resume, overwrite=args.overwrite)
+    records = trainer.train(resume=resume, overwrite=args.overwrite)
     if trainer.accelerator.is_main_process and records:
         last = records[-1]
         losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.endswith("/loss"))

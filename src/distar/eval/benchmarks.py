@@ -20,7 +20,7 @@ from typing import Callable
 
 from distar.cache import cache_dir
 from distar.config import ConfigError
-from distar.prompts import prompt_column, read_records
+from distar.prompts import prompt_column, read_records, read_some
 
 PARTI_URL = "https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv"
 #: COCO-2014 val, one caption per image, 30,000 lines (the GigaGAN/DMD2 zero-shot FID prompt list).
@@ -163,9 +163,9 @@ def load_hps(path: str | Path | None = None) -> Benchmark:
 
 def load_prompt_file(path: str | Path) -> Benchmark:
     """Any prompt file of :mod:`distar.prompts`; a style/category column becomes the group."""
-    records = read_records(path)
+    records = read_some(lambda: read_records(path), path)
     column = prompt_column(records)
-    keys = records[0].keys() if records else ()
+    keys = records[0].keys()
     group_column = next((c for c in GROUP_COLUMNS if c in keys), None)
     kind = group_column.lower() if group_column else None
     return Benchmark(Path(path).stem, _items(records, column, group_column), str(path), kind)

@@ -8,6 +8,7 @@ from typing import Literal
 from distar.config import ConfigError, field
 from distar.eval.models import ModelSpec
 from distar.eval.report import Summary
+from distar.runtime import check_seed
 
 
 @dataclass
@@ -49,6 +50,8 @@ class EvalConfig:
             raise ConfigError("seeds: at least one seed is needed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: duplicates in {self.seeds}")
+        for seed in self.seeds:
+            check_seed(seed, "seeds")
         if self.timing_images < 0:
             raise ConfigError(f"timing_images must be ≥ 0, got {self.timing_images}")
 

@@ -22,6 +22,7 @@ from distar.config import ConfigError, field, from_dict, parse_yaml
 from distar.errors import first_line
 from distar.io import DTYPES
 from distar.paths import safe_name
+from distar.runtime import check_image_side
 
 @dataclass
 class ModelSpec:
@@ -53,6 +54,8 @@ class ModelSpec:
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"model {self.path}: steps must be ≥ 1, got {self.steps}")
         safe_name(self.label, f"model {self.path}: name")  # results go to <out>/<label>/
+        for side in ("height", "width"):
+            check_image_side(getattr(self, side), f"model {self.path}: {side}")
 
     @property
     def label(self) -> str:

@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from distar.config import ConfigError
+from distar.errors import UserError
 from distar.eval.benchmarks import Benchmark, PromptItem
 from distar.eval.cost import measure_cost
 from distar.eval.metrics import LazyMetric, SetMetric, as_lazy, evaluation_inputs
@@ -201,8 +202,8 @@ class _Run:
                 try:
                     images.append(load_image(self.out_dir / record["image"]))
                     kept.append(record)
-                except OSError as err:
-                    self.fail(model, f"unreadable image {record['image']} ({err.__class__.__name__}), skipped")
+                except UserError:
+                    self.fail(model, f"unreadable image {record['image']}, skipped")
             if kept:
                 yield torch.stack(images), kept
 

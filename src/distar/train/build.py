@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from accelerate import Accelerator
 
 from distar.config import ConfigError
-from distar.prompts import PromptWarning, read_prompts
+from distar.prompts import read_prompts, read_some
 from distar.train.config import DataConfig, TrainConfig
 from distar.train.loop import Trainer, make_accelerator
 
 
 def load_prompts(data: DataConfig) -> list[str]:
     """The training prompts: ``data.source`` (file or datasets id) if set, else ``data.prompts``."""
-    skipped: list[warnings.WarningMessage] = []
     if data.source is not None:
-        with warnings.catch_warnings(record=True) as skipped:
-            warnings.simplefilter("always", PromptWarning)
-            prompts = read_prompts(data.source, data.column, split=data.split)
-    else:
-        prompts = list(data.prompts)
-    if not prompts:
-        if skipped:  # the warning says why, in the one error line
-            raise ConfigError(f"no prompts: {skipped[0].message}")
-        where = f"data.source '{data.source}' holds" if data.source is not None else "data.prompts has"
-        raise ConfigError(f"{where} no prompts (set data.source to a prompt file or give data.prompts)")
-    for warning in skipped:
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return prompts
+        return read_some(lambda: read_prompts(data.source, data.column, split=data.split), f"data.source '{data.source}'")
+    if not data.prompts:
+        raise ConfigError("data.prompts has no prompts (set data.source to a prompt file or give data.prompts)")
+    return list(data.prompts)
 
 
 def build_trainer(
