@@ -170,6 +170,7 @@ def export_checkpoint(
     from the base models' cards; ``eval_dir`` (a ``distar eval --out`` folder) adds its tables to the
     card; ``repo_id`` is where the card's snippet loads from. The folder is written under a temporary name and renamed when complete.
     """
+    from distar.backends.loading import denoiser
     from distar.backends.lora import lora_layers, save_diffusers_lora
     from distar.card import model_card, resolve_license
 
@@ -189,7 +190,7 @@ def export_checkpoint(
         cfg = checkpoint_model_config(ckpt)
         if pipe.vae is None:
             raise ConfigError("pixel-space models (no VAE) have no standard diffusers pipeline to export to")
-    written = state if lora else pipe.unet.state_dict()
+    written = state if lora else denoiser(pipe).state_dict()
     if not all_finite(written.values()):
         raise ConfigError(f"{ckpt}: the generator's weights are not finite in {str(dtype).removeprefix('torch.')}"
                           " (they overflow it): export in float32")
