@@ -72,7 +72,9 @@ class StableDiffusionBackend:
         self.generator = generator
         self.assistant = assistant
         self.reference = reference
-        self.schedule = DiscreteSchedule.from_scheduler_config(pipe.scheduler.config)
+        self.schedule = DiscreteSchedule.from_scheduler(pipe.scheduler)
+        if self.schedule.zero_terminal_snr and prediction_type == "epsilon":
+            raise ConfigError("model.prediction_type: a zero-terminal-SNR scheduler needs v_prediction or sample, not epsilon")
         last = self.schedule.num_train_timesteps - 1
         if not 0 <= t_init <= last:
             raise ConfigError(f"model.t_init: {t_init} is outside the schedule's 0..{last}")
