@@ -17,7 +17,7 @@ from distar.train.config import TrainConfig
 from distar.train.loop import TIMING_KEYS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-QUICK = ["logging.progress_bar=false", "logging.every=1", "sampling.every=0", "logging.tensorboard=false"]
+QUICK = ["logging.progress_bar=false", "logging.every=1", "sampling.every=0", "logging.report_to=none"]
 
 
 def train(family: str, out: Path, *overrides: str, resume: str | None = None) -> int:
