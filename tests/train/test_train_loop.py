@@ -417,3 +417,16 @@ def test_gradient_accumulation_equals_a_larger_batch(tmp_path, monkeypatch):
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
     assert any(not torch.allclose(a, b) for a, b in zip(big_params, small_params))  # the test can fail
+
+
+def test_allow_tf32_switches_tf32_on(tmp_path):
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = False
+        make_accelerator(make_config(tmp_path))
+        assert not matmul.allow_tf32
+        make_accelerator(make_config(tmp_path, loop={"allow_tf32": True}))
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
