@@ -29,7 +29,7 @@ def seconds_per_step(config_path: str, preset: str, steps: int, overrides: list[
             TrainConfig,
             config_path,
             [f"objective.preset={preset}", f"output_dir={out}", "sampling.every=0", "checkpointing.every=0",
-             "checkpointing.save_final=false", "logging.tensorboard=false", "logging.progress_bar=false",
+             "checkpointing.save_final=false", "logging.report_to=none", "logging.progress_bar=false",
              f"loop.max_steps={steps + 2}", *overrides],
         )
         trainer = build_trainer(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -171,3 +172,19 @@ def test_a_malicious_pickle_is_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"unet.bin: not a plain tensor checkpoint \(") as err:
         read_state_dict(file)
     assert "\n" not in str(err.value) and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_backend_schedule_is_the_zero_snr_schedulers_table(family, tmp_path):
+    import diffusers
+
+    folder = save_tiny_pipeline(tmp_path, family, "v_prediction")
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = {**json.loads(config_file.read_text()), "rescale_betas_zero_snr": True}
+    config_file.write_text(json.dumps(config))
+    backend = build_backend(ModelConfig(family=family, pretrained=str(folder)))
+    expected = diffusers.DDPMScheduler.from_config(config).alphas_cumprod
+    torch.testing.assert_close(backend.schedule.alphas_cumprod.float(), expected, rtol=0, atol=1e-7)
+    assert backend.schedule.zero_terminal_snr
+    with pytest.raises(ConfigError, match="zero-terminal-SNR"):
+        build_backend(ModelConfig(family=family, pretrained=str(folder), prediction_type="epsilon"))

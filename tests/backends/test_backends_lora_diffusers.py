@@ -89,7 +89,7 @@ def test_trained_lora_loads_in_plain_diffusers_and_matches_the_export(tmp_path):
     """`distar train` with a LoRA generator → checkpoint LoRA file == `distar export` merged pipeline."""
     run = tmp_path / "run"
     argv = ["train", "--config", str(CONFIGS / "tiny_sd.yaml"), f"output_dir={run}", "logging.progress_bar=false"]
-    argv += ["logging.tensorboard=false", "sampling.every=0", "loop.max_steps=2", "loop.assistant_steps=1"]
+    argv += ["logging.report_to=none", "sampling.every=0", "loop.max_steps=2", "loop.assistant_steps=1"]
     argv += ["checkpointing.every=0", "model.generator_lora_rank=2", "optim.generator.lr=1e-2"]
     assert main(argv) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0

@@ -23,3 +23,17 @@ def test_unknown_command_is_one_line_error():
     out = run("frobnicate")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "invalid choice" in out.stderr
+
+
+def test_rewards_and_eval_help_list_the_names_they_accept(capsys):
+    import pytest
+
+    from distar.cli import main
+    from distar.eval.metrics import METRIC_NAMES
+    from distar.rewards import REWARD_NAMES
+
+    for command, names in (("rewards", REWARD_NAMES), ("eval", METRIC_NAMES)):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split()).replace(" ,", ",").replace(", ", ",")
+        assert all(name in text for name in names), command

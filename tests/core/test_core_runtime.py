@@ -69,7 +69,7 @@ def test_every_compute_command_takes_threads(argv):
 
 
 def test_train_prints_the_count_once_and_takes_it_from_the_flag(tmp_path, capsys):
-    quick = ["logging.progress_bar=false", "sampling.every=0", "logging.tensorboard=false", "checkpointing.save_final=false"]
+    quick = ["logging.progress_bar=false", "sampling.every=0", "logging.report_to=none", "checkpointing.save_final=false"]
     argv = ["train", "--config", str(CONFIGS / "tiny_sd.yaml"), f"output_dir={tmp_path}", *quick, "loop.max_steps=1"]
     assert main([*argv, "--threads", "1"]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "torch thread" in line]

@@ -59,7 +59,7 @@ def test_training_checkpoint_is_evaluated_through_export(tmp_path):
     from distar.export import generator_images, load_generator
 
     configs = Path(__file__).resolve().parents[2] / "configs"
-    quick = ["loop.max_steps=1", "checkpointing.every=1", "logging.progress_bar=false", "sampling.every=0", "logging.tensorboard=false"]
+    quick = ["loop.max_steps=1", "checkpointing.every=1", "logging.progress_bar=false", "sampling.every=0", "logging.report_to=none"]
     assert main(["train", "--config", str(configs / "tiny_sd.yaml"), f"output_dir={tmp_path}", *quick]) == 0
     model = DiffusersModel(ModelSpec(str(tmp_path), device="cpu"))  # a run folder: its latest checkpoint
     assert model.t_init == 399 and model.sampling_options()["timesteps"] == [399]

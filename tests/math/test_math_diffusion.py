@@ -185,3 +185,19 @@ def test_math_modules_import_no_model_libraries():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "LCMScheduler"])
+def test_zero_snr_schedule_is_the_schedulers_own_table(name):
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = getattr(diffusers, name)(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True
+    )
+    schedule = DiscreteSchedule.from_scheduler(scheduler)
+    torch.testing.assert_close(schedule.alphas_cumprod.float(), scheduler.alphas_cumprod, rtol=0, atol=0)
+    t = torch.tensor([0, 500, 999])
+    expected = scheduler.alphas_cumprod[t].sqrt()
+    torch.testing.assert_close(schedule.alpha(t), expected, rtol=1e-6, atol=1e-7)
+    assert schedule.zero_terminal_snr == (name != "EulerDiscreteScheduler")  # Euler keeps 2**-24 at the end
+    with pytest.raises(ValueError, match="from_scheduler"):
+        DiscreteSchedule.from_scheduler_config(scheduler.config)

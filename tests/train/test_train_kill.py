@@ -29,7 +29,7 @@ COMMON = [
     "checkpointing.total_limit=2",
     "logging.every=3",  # windows straddle checkpoints: steps must still be logged exactly once
     "sampling.every=0",
-    "logging.tensorboard=false",
+    "logging.report_to=none",
     "logging.progress_bar=false",
 ]
 

@@ -16,7 +16,7 @@ from distar.train.build import build_trainer
 from distar.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-QUICK = ["logging.progress_bar=false", "sampling.every=0", "logging.tensorboard=false", "ema.decay=0"]
+QUICK = ["logging.progress_bar=false", "sampling.every=0", "logging.report_to=none", "ema.decay=0"]
 LAYOUTS = {
     "full assistant copy": ["model.assistant_lora_rank=0"],
     "LoRA assistant on a copy": ["model.assistant_lora_rank=4", "model.assistant_lora_shared=false"],

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 
 import pytest
 import torch
+from torch import Tensor
 from accelerate.utils import set_seed
 from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config
 from safetensors.torch import load_file
@@ -17,7 +20,7 @@ from distar.objectives import DIStarLoss
 from distar.train import Trainer
 from distar.train.algorithm import assistant_losses, generator_losses
 from distar.train.data import PromptStream
-from distar.train.loop import TIMING_KEYS
+from distar.train.loop import TIMING_KEYS, make_accelerator
 
 
 def losses(records):
@@ -188,19 +191,47 @@ def test_8bit_adam_needs_bitsandbytes(tmp_path, monkeypatch):
 
 
 def test_tensorboard_events_are_written(tmp_path):
-    config = make_config(tmp_path, logging={"tensorboard": True}, sampling={"every": 3})
+    config = make_config(tmp_path, logging={"report_to": "tensorboard"}, sampling={"every": 3})
     Trainer(config, GaussianBackend(image=True), MeanReward(), PROMPTS).train()
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_wandb_needs_its_package(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "wandb", None)
+@pytest.mark.parametrize("tracker, package", [("tensorboard", "distar[tensorboard]"), ("wandb", "distar[wandb]"),
+                                              ("comet_ml", "comet_ml")])
+def test_a_tracker_needs_its_package(tracker, package, tmp_path, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ConfigError, match="logging.wandb: needs the wandb package"):
-        Trainer(make_config(tmp_path, logging={"wandb": True}), GaussianBackend(), MeanReward(), PROMPTS)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a))
+    config = make_config(tmp_path, logging={"report_to": f"none,{tracker}"})
+    with pytest.raises(ConfigError, match=rf"logging.report_to: {tracker} needs .*pip install '{re.escape(package)}'"):
+        Trainer(config, GaussianBackend(), MeanReward(), PROMPTS)
+
+
+def test_report_to_takes_accelerate_tracker_names(tmp_path):
+    assert make_config(tmp_path, logging={"report_to": "tensorboard, wandb"}).logging.trackers == ["tensorboard", "wandb"]
+    assert make_config(tmp_path, logging={"report_to": "all"}).logging.trackers == ["all"]
+    assert make_config(tmp_path, logging={"report_to": "none"}).logging.trackers == []
+    with pytest.raises(ConfigError, match="report_to: unknown tracker 'tensorbord'"):
+        make_config(tmp_path, logging={"report_to": "tensorbord"})
+
+
+def test_deepspeed_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match=r"^DeepSpeed is not supported: .*DDP.*FSDP"):
+        Trainer(make_config(tmp_path), GaussianBackend(), MeanReward(), PROMPTS)
+
+
+def test_mixed_precision_follows_accelerate_unless_set(tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch` sets from its config
+    try:
+        for loop, expected in (({}, "bf16"), ({"mixed_precision": "no"}, "no")):
+            AcceleratorState._reset_state(reset_partial_state=True)
+            assert make_accelerator(make_config(tmp_path, loop=loop)).mixed_precision == expected
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def strict_json_lines(path):
@@ -343,3 +374,59 @@ def test_a_malicious_optimizer_pickle_is_refused_in_one_line(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="optimizer/scheduler state cannot be loaded") as err:
         run(tmp_path, 4, resume="latest")
     assert "\n" not in str(err.value) and not (tmp_path / "pwned").exists()
+
+
+class _Stream:
+    """Draws read in order from one fixed table, so they do not depend on how a batch is split."""
+
+    def __init__(self, seed: int) -> None:
+        self.table, self.position = torch.randn(4096, generator=torch.Generator().manual_seed(seed)), 0
+
+    def take(self, shape) -> Tensor:
+        n = math.prod(shape)
+        values = self.table[self.position : self.position + n].reshape(shape)
+        self.position += n
+        return values
+
+
+def test_gradient_accumulation_equals_a_larger_batch(tmp_path, monkeypatch):
+    """4 micro-batches of 1 make the same updates as one batch of 4 (as TRL's invariant tests check)."""
+    import distar.train.algorithm as algorithm
+
+    def run(folder, batch_size, accumulation):
+        latents, times, noises = _Stream(1), _Stream(2), _Stream(3)
+        monkeypatch.setattr(
+            algorithm, "_noise_and_time", lambda backend, x0, objective: (0.1 + 0.8 * times.take(x0.shape[:1]).sigmoid(),
+                                                                         noises.take(x0.shape))
+        )
+        backend = GaussianBackend(seed=5)
+        backend.sample_latents = lambda n, generator=None: latents.take((n, *backend.shape))
+        config = make_config(folder, data={"batch_size": batch_size, "shuffle": False},
+                             loop={"max_steps": 3, "gradient_accumulation_steps": accumulation},
+                             checkpointing={"save_final": False}, logging={"every": 1})
+        records = Trainer(config, backend, MeanReward(), PROMPTS).train()
+        return records, [p.detach().clone() for p in (*backend.generator.parameters(), *backend.assistant.parameters())]
+
+    big, big_params = run(tmp_path / "big", 4, 1)
+    accumulated, accumulated_params = run(tmp_path / "accumulated", 1, 4)
+    small, small_params = run(tmp_path / "small", 1, 1)
+    for a, b in zip(big_params, accumulated_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(losses(big), losses(accumulated)):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert any(not torch.allclose(a, b) for a, b in zip(big_params, small_params))  # the test can fail
+
+
+def test_allow_tf32_switches_tf32_on(tmp_path):
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = False
+        make_accelerator(make_config(tmp_path))
+        assert not matmul.allow_tf32
+        make_accelerator(make_config(tmp_path, loop={"allow_tf32": True}))
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before

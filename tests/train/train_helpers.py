@@ -108,7 +108,7 @@ def make_config(output_dir, **sections) -> TrainConfig:
         "data": {"prompts": PROMPTS, "batch_size": 4},
         "optim": {"generator": {"lr": 1e-2}, "assistant": {"lr": 1e-2}},
         "loop": {"max_steps": 6, "assistant_steps": 2},
-        "logging": {"every": 2, "tensorboard": False, "progress_bar": False},
+        "logging": {"every": 2, "report_to": "none", "progress_bar": False},
         "output_dir": str(output_dir),
     }
     for key, value in sections.items():

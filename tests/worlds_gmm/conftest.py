@@ -28,7 +28,7 @@ def _train_config(objective: ObjectiveConfig, out: Path, steps: int, lr: float, 
         optim=OptimConfig(generator=opt, assistant=OptimizerConfig(lr=1e-3, weight_decay=0.0, lr_schedule="constant")),
         loop=LoopConfig(max_steps=steps, cpu=True),
         checkpointing=CheckpointConfig(save_final=False),
-        logging=LoggingConfig(every=steps, tensorboard=False, progress_bar=False),
+        logging=LoggingConfig(every=steps, report_to="none", progress_bar=False),
         output_dir=str(out),
         seed=0,
     )

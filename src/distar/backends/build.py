@@ -79,6 +79,8 @@ def build_backend(
         module.to(device)
         if cfg.gradient_checkpointing:
             module.enable_gradient_checkpointing(checkpoint_keeping_adapter_state)
+        if cfg.compile:
+            module.compile()  # in place: parameter and state_dict names stay those of the UNet
     if pipe.vae is not None:
         pipe.vae.to(device)
         if cfg.gradient_checkpointing:

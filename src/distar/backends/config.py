@@ -109,6 +109,7 @@ class ModelConfig:
     lora_target_modules: list[str] = field(
         DEFAULT_LORA_TARGETS, help="Module name suffixes that receive LoRA adapters."
     )
+    compile: bool = field(False, help="torch.compile the generator, assistant and reference UNets (in place).")
     offload_text_encoders: bool = field(
         False, help="Keep text encoders on the CPU, moving them to the device only while encoding prompts."
     )

@@ -41,9 +41,9 @@ class FluxBackend(StableDiffusion3Backend):
         side = 2 * (self.resolution // (self.vae_scale_factor * 2))
         return (denoiser_config.in_channels // 4, side, side)
 
-    def _make_schedule(self, scheduler_config: Any) -> Schedule:
+    def _make_schedule(self, scheduler: Any) -> Schedule:
         tokens = (self.latent_shape[1] // 2) * (self.latent_shape[2] // 2)
-        return FlowMatchSchedule.from_scheduler_config(scheduler_config, image_seq_len=tokens)
+        return FlowMatchSchedule.from_scheduler_config(scheduler.config, image_seq_len=tokens)
 
     def _encode(self, prompts: list[str]) -> TextConditioning:
         embeds, pooled, _ = self.pipe.encode_prompt(

@@ -96,7 +96,7 @@ class StableDiffusionBackend:
         if self.resolution % self.vae_scale_factor:
             raise ConfigError(f"model.resolution: {self.resolution} is not a multiple of {self.vae_scale_factor}")
         self.latent_shape = self._latent_shape(unet_config)
-        self.schedule = self._make_schedule(pipe.scheduler.config)
+        self.schedule = self._make_schedule(pipe.scheduler)
         self.timesteps = list(timesteps) if timesteps is not None else [t_init]
         self.t_init = self.timesteps[0]
         self.generator_times = [self._generator_time(t) for t in self.timesteps]
@@ -143,8 +143,12 @@ class StableDiffusionBackend:
         side = self.resolution // self.vae_scale_factor
         return (denoiser_config.in_channels, side, side)
 
-    def _make_schedule(self, scheduler_config: Any) -> Schedule:
-        return DiscreteSchedule.from_scheduler_config(scheduler_config)
+    def _make_schedule(self, scheduler: Any) -> Schedule:
+        """ᾱ read from the scheduler's own ``alphas_cumprod`` table (zero-terminal-SNR configs included)."""
+        schedule = DiscreteSchedule.from_scheduler(scheduler)
+        if schedule.zero_terminal_snr and self.prediction_type == "epsilon":
+            raise ConfigError("model.prediction_type: a zero-terminal-SNR scheduler needs v_prediction or sample, not epsilon")
+        return schedule
 
     def _generator_time(self, t_init: int) -> float:
         """The schedule time of a generator timestep: the timestep itself for UNets."""

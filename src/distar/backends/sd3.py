@@ -32,8 +32,8 @@ class StableDiffusion3Backend(StableDiffusionBackend):
         super().__init__(*args, **kwargs)
         self.max_sequence_length = max_sequence_length
 
-    def _make_schedule(self, scheduler_config: Any) -> Schedule:
-        return FlowMatchSchedule.from_scheduler_config(scheduler_config)
+    def _make_schedule(self, scheduler: Any) -> Schedule:
+        return FlowMatchSchedule.from_scheduler_config(scheduler.config)
 
     def _generator_time(self, t_init: int) -> float:
         """σ = t_init / 1000."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from distar.rewards.spec import REWARD_NAMES
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -28,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a .txt with one prompt per image (sorted filename order), a .jsonl/.json/.csv/.tsv with "
         "'image' and 'prompt' fields, or one prompt text for every image",
     )
-    parser.add_argument("--rewards", default="pickscore", help="comma-separated reward names (default: pickscore)")
+    parser.add_argument(
+        "--rewards", default="pickscore", help=f"comma list of {','.join(REWARD_NAMES)} (default: pickscore)"
+    )
     parser.add_argument(
         "--model-path", action="append", default=[], metavar="NAME=PATH",
         help="weights for one reward: hub id, folder, checkpoint file, or 'tiny' (repeatable)",

@@ -61,14 +61,18 @@ class Schedule(ABC):
 
 
 class DiscreteSchedule(Schedule):
-    """A table of ᾱ_t over integer t = 0..T-1 (DDPM/SD style): α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t)."""
+    """A table of ᾱ_t over integer t = 0..T-1 (DDPM/SD style): α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t).
+
+    ᾱ_t lies in (0, 1), except that the last entry may be 0 (zero terminal SNR, Lin et al. 2024),
+    where only x0- and v-predictions are defined.
+    """
 
     discrete = True
 
     def __init__(self, alphas_cumprod: Tensor) -> None:
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        if ac.dim() != 1 or not bool(((ac > 0) & (ac < 1)).all()):
-            raise ValueError("alphas_cumprod must be a 1-D table with values in (0, 1)")
+        if ac.dim() != 1 or len(ac) < 2 or not bool((ac[:-1] > 0).all() and ((ac >= 0) & (ac < 1)).all()):
+            raise ValueError("alphas_cumprod must be a 1-D table with values in (0, 1) (the last may be 0)")
         self.alphas_cumprod = ac
         self._on_device: dict[torch.device, Tensor] = {}  # the table's copy on each device used
         self.t_lo = 0.0
@@ -113,11 +117,27 @@ class DiscreteSchedule(Schedule):
         # diffusers computes the cumulative product in float32; do the same so tables match exactly.
         return cls(torch.cumprod(1.0 - betas.float(), dim=0).double())
 
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """Whether the last timestep is pure noise (ᾱ = 0)."""
+        return bool(self.alphas_cumprod[-1] == 0)
+
+    @classmethod
+    def from_scheduler(cls, scheduler: Any) -> "DiscreteSchedule":
+        """The scheduler's own ``alphas_cumprod`` table (diffusers DDPM/DDIM/Euler/... schedulers), so any
+        option that shapes it (``rescale_betas_zero_snr``, ``timestep_spacing`` aside) is honoured."""
+        return cls(torch.as_tensor(scheduler.alphas_cumprod).double())
+
     @classmethod
     def from_scheduler_config(cls, config: Mapping[str, Any] | Any) -> "DiscreteSchedule":
-        """Build from a diffusers scheduler (or its ``config``), e.g. SDXL's ``EulerDiscreteScheduler``."""
+        """Rebuild the table from a scheduler ``config`` alone (beta schedules and ``trained_betas``).
+
+        A config with ``rescale_betas_zero_snr`` is refused: use :meth:`from_scheduler`.
+        """
         cfg = getattr(config, "config", config)
         get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)
+        if get("rescale_betas_zero_snr", False):
+            raise ValueError("rescale_betas_zero_snr: build the schedule from the scheduler's own table (from_scheduler)")
         trained = get("trained_betas", None)
         if trained is not None:
             betas = torch.as_tensor(trained, dtype=torch.float32)

@@ -22,6 +22,9 @@ MAX_STEPS = 10**9
 MAX_ASSISTANT_STEPS = 1000
 MAX_SEED = 2**32 - 1 - 1024  # process r seeds with seed + r
 
+#: accelerate's tracker names (``accelerate.utils.LoggerType``), for ``logging.report_to``.
+TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "aim", "swanlab")
+
 #: Learning-rate schedules of ``diffusers.optimization.get_scheduler`` offered here.
 LRSchedule = Literal[
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
@@ -107,7 +110,13 @@ class LoopConfig:
 
     max_steps: int = field(1000, help="training steps (generator updates)")
     assistant_steps: int = field(1, help="assistant (DSM) updates per generator update (DMD2: 5)")
-    mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="accelerate autocast mode")
+    gradient_accumulation_steps: int = field(
+        1, help="micro-batches of data.batch_size per update (same gradient as one batch that many times larger)"
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        None, help="accelerate autocast mode; null = what `accelerate config` / `accelerate launch` set (else no)"
+    )
+    allow_tf32: bool = field(False, help="allow TF32 matmuls and convolutions on Ampere+ GPUs")
     cpu: bool = field(False, help="run on CPU even when a GPU is present")
     threads: int | None = field(
         None, help="torch CPU threads; null = $OMP_NUM_THREADS, else chosen by model size (see docs/training.md)"
@@ -127,6 +136,8 @@ class LoopConfig:
             raise ValueError("max_bad_steps must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1 (or null)")
+        if not 1 <= self.gradient_accumulation_steps <= MAX_ASSISTANT_STEPS:
+            raise ValueError(f"gradient_accumulation_steps must be in [1, {MAX_ASSISTANT_STEPS}]")
 
 
 @dataclass
@@ -146,17 +157,28 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    """Per-step records (JSONL), TensorBoard / Weights & Biases scalars and the progress bar."""
+    """Per-step records (JSONL, always), accelerate trackers and the progress bar."""
 
     every: int = field(10, help="flush records and log window means every this many steps")
-    tensorboard: bool = field(True, help="log scalars and sample grids to <output_dir>/tensorboard")
-    wandb: bool = field(False, help="also log to Weights & Biases (needs the wandb package)")
-    wandb_project: str = field("distar", help="Weights & Biases project name")
+    report_to: str = field(
+        "none",
+        help="accelerate trackers, comma-separated: " + ", ".join(TRACKERS) + "; 'all' = every installed one, "
+        "'none' = only log.jsonl (tensorboard writes to <output_dir>/tensorboard)",
+    )
+    project: str = field("distar", help="tracker project name (accelerate init_trackers)")
     progress_bar: bool = field(True, help="show a tqdm bar with losses and ETA")
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError("every must be >= 1")
+        for name in self.report_to.split(","):
+            if name.strip() not in (*TRACKERS, "all", "none"):
+                raise ValueError(f"report_to: unknown tracker {name.strip()!r} (choose from {', '.join(TRACKERS)}, all, none)")
+
+    @property
+    def trackers(self) -> list[str]:
+        """The tracker names for ``Accelerator(log_with=...)`` (empty for 'none')."""
+        return [n for n in (name.strip() for name in self.report_to.split(",")) if n != "none"]
 
 
 @dataclass

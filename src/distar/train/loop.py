@@ -32,11 +32,11 @@ import pickle
 import shutil
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator, DistributedType
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import Tensor, nn
@@ -61,16 +61,31 @@ logger = logging.getLogger(__name__)
 TIMING_KEYS = ("time/step_s", "mem/peak_mib")
 
 
+#: The module each accelerate tracker needs, and where to get it.
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "distar[tensorboard]"), "wandb": ("wandb", "distar[wandb]")}
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """The Accelerator for ``config``: precision, trackers, and CPU/gloo when no GPU is used.
 
-    Schedulers step once per training step on every process (``step_scheduler_with_optimizer=False``),
-    so warm-up lengths are in training steps whatever the number of processes.
+    ``loop.mixed_precision: null`` leaves precision to accelerate (``accelerate launch`` and its
+    config file). DeepSpeed is refused: the generator and assistant are trained by separate optimisers
+    in one ``prepare``, which accelerate's DeepSpeed engine does not take. Schedulers step once per
+    training step on every process (``step_scheduler_with_optimizer=False``), so warm-up lengths are in
+    training steps whatever the number of processes.
     """
-    log_cfg = config.logging
-    trackers = [name for name, on in (("tensorboard", log_cfg.tensorboard), ("wandb", log_cfg.wandb)) if on]
-    if config.logging.wandb and importlib.util.find_spec("wandb") is None:
-        raise ConfigError("logging.wandb: needs the wandb package (pip install 'distar[wandb]')")
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        raise ConfigError("DeepSpeed is not supported: launch with DDP (--multi_gpu) or FSDP (--use_fsdp), or one device")
+    trackers = config.logging.trackers
+    for name in trackers:
+        module, package = TRACKER_PACKAGES.get(name, (name, name))
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"logging.report_to: {name} needs the {module} package (pip install '{package}'), "
+                "or set logging.report_to=none"
+            )
+    if config.loop.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return Accelerator(
         mixed_precision=config.loop.mixed_precision,
         cpu=config.loop.cpu or not torch.cuda.is_available(),
@@ -92,10 +107,6 @@ def make_optimizer(params: list[nn.Parameter], config: OptimizerConfig, use_8bit
     except ImportError:
         raise ConfigError("optim.use_8bit_adam: needs bitsandbytes (pip install 'distar[bnb]')") from None
     return bitsandbytes.optim.AdamW8bit(params, **kwargs)
-
-
-def _means(terms: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {f"{prefix}/{k}": v.detach().float().mean() for k, v in terms.items()}
 
 
 class Trainer:
@@ -233,36 +244,62 @@ class Trainer:
         assistant = self.backend.assistant
         return assistant.no_sync() if isinstance(assistant, DistributedDataParallel) else contextlib.nullcontext()
 
+    def _accumulated(
+        self, module: nn.Module, losses: Callable[[], dict[str, Tensor]], inputs: list[nn.Parameter]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Back-propagate ``losses()`` into ``inputs`` (the parameters being updated, so no weight
+        gradients are made for the other networks) over ``loop.gradient_accumulation_steps``
+        micro-batches, each loss divided by their number: the gradient of the mean over all their samples.
+
+        Gradients are all-reduced (DDP) on the last micro-batch only. Returns the mean loss and the
+        mean of every logged term."""
+        acc, k = self.accelerator, self.config.loop.gradient_accumulation_steps
+        total, logs = [], []
+        for i in range(k):
+            with acc.no_sync(module) if i < k - 1 else contextlib.nullcontext():
+                with acc.autocast():
+                    terms = losses()
+                loss = terms["loss"].float().mean()
+                acc.backward(loss / k, inputs=inputs)
+            total.append(loss.detach())
+            logs.append(terms)
+        means = {key: torch.stack([t[key].detach().float().mean() for t in logs]).mean() for key in logs[0]}
+        return torch.stack(total).mean(), means
+
     def train_step(self) -> dict[str, Tensor]:
         """One iteration of Algorithm 1; returns the batch mean of every loss term (0-dim tensors)."""
-        acc, cfg = self.accelerator, self.config
+        cfg, backend = self.config, self.backend
+
+        def assistant_terms() -> dict[str, Tensor]:
+            _, cond, z = self._batch()
+            return assistant_losses(backend, cond, z, cfg.objective)
+
+        def generator_terms() -> dict[str, Tensor]:
+            prompts, cond, z = self._batch()
+            return generator_losses(backend, cond, prompts, z, self.reward, self.loss)
+
         # 1. Assistant: k DSM steps on x0 = sg(g_θ(z, c)); ψ ← ψ − η_ψ ∇_ψ DSM(ψ).
         self._skipped = []
         assistant_logs: list[dict[str, Tensor]] = []
         for _ in range(cfg.loop.assistant_steps):
-            _, cond, z = self._batch()
-            with acc.autocast():
-                terms = assistant_losses(self.backend, cond, z, cfg.objective)
-            loss = terms["loss"].float().mean()
-            acc.backward(loss, inputs=self._assistant_inputs)
-            logs = _means(terms, "assistant")
+            self.assistant_optimizer.zero_grad(set_to_none=True)
+            loss, means = self._accumulated(backend.assistant, assistant_terms, self._assistant_inputs)
+            logs = {f"assistant/{k}": v for k, v in means.items()}
             logs["assistant/grad_norm"], _ = self._update(
-                "assistant", self.backend.assistant, self.assistant_optimizer, cfg.optim.assistant, loss
+                "assistant", backend.assistant, self.assistant_optimizer, cfg.optim.assistant, loss
             )
             assistant_logs.append(logs)
         self.assistant_scheduler.step()
 
         # 2. Generator: x0 = g_θ(z, c), L = −α r + w(t)·divergence [+ α_cfg L_cfg]; θ ← θ − η_θ ∇_θ L.
-        prompts, cond, z = self._batch()
+        self.generator_optimizer.zero_grad(set_to_none=True)
         with self._assistant_unsynced():
-            with acc.autocast():
-                terms = generator_losses(self.backend, cond, prompts, z, self.reward, self.loss)
-            loss = terms["loss"].float().mean()
-            acc.backward(loss, inputs=self._generator_inputs)  # ∇θ only: no weight gradients for ψ or the reference
+            # ∇θ only: no weight gradients for ψ or the reference
+            loss, means = self._accumulated(backend.generator, generator_terms, self._generator_inputs)
         logs = {k: torch.stack([d[k] for d in assistant_logs]).mean() for k in assistant_logs[0]}
-        logs.update(_means(terms, "generator"))
+        logs.update({f"generator/{k}": v for k, v in means.items()})
         logs["generator/grad_norm"], stepped = self._update(
-            "generator", self.backend.generator, self.generator_optimizer, cfg.optim.generator, loss
+            "generator", backend.generator, self.generator_optimizer, cfg.optim.generator, loss
         )
         self.generator_scheduler.step()
         if self.ema is not None and stepped:
@@ -302,8 +339,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
             self.log.truncate_after(self.step)
-        init_kwargs = {"wandb": {"config": to_dict(cfg)}} if cfg.logging.wandb else {}
-        acc.init_trackers(cfg.logging.wandb_project, init_kwargs=init_kwargs)
+        acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
         try:
             return self._run()
         finally:

@@ -213,7 +213,7 @@ class GMMDemo:
             optim=OptimConfig(generator=optimizer(cfg.generator_lr), assistant=optimizer(cfg.assistant_lr)),
             loop=LoopConfig(max_steps=steps, assistant_steps=cfg.assistant_steps, cpu=self.device == "cpu"),
             checkpointing=CheckpointConfig(save_final=True),
-            logging=LoggingConfig(every=max(1, steps // 20), tensorboard=False, progress_bar=False),
+            logging=LoggingConfig(every=max(1, steps // 20), report_to="none", progress_bar=False),
             output_dir=str(self.out / name),
             seed=cfg.seed,
         )

@@ -151,7 +151,7 @@ def train_config(
         ),
         loop=LoopConfig(max_steps=loop.steps, cpu=True),
         checkpointing=CheckpointConfig(save_final=False),
-        logging=LoggingConfig(every=10, tensorboard=False, progress_bar=progress_bar),
+        logging=LoggingConfig(every=10, report_to="none", progress_bar=progress_bar),
         output_dir=str(output_dir),
         seed=loop.seed,
     )
