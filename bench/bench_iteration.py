@@ -61,7 +61,7 @@ def make_trainer(folder: Path, out: str, batch: int, side: int, *overrides: str)
         f"model.pretrained={folder}", f"model.resolution={2 * side}", "model.assistant_lora_rank=0",
         "model.gradient_checkpointing=false", "rewards=[]", "objective.reward_scale=0", "ema.decay=0",
         f"data.batch_size={batch}", "loop.assistant_steps=1", "loop.max_steps=100000", "sampling.every=0",
-        "checkpointing.every=0", "checkpointing.save_final=false", "logging.tensorboard=false",
+        "checkpointing.every=0", "checkpointing.save_final=false", "logging.report_to=none",
         "logging.progress_bar=false", f"output_dir={out}", *overrides,
     ])
     return build_trainer(config)

@@ -103,7 +103,7 @@ def run_layout(folder: Path, size: str, device: str, overrides: list[str], itera
             f"model.pretrained={folder}", "model.variant=null", "model.generator_init=null", "rewards=[]",
             "objective.reward_scale=0", "data.source=null", "data.batch_size=1", f"output_dir={out}",
             "sampling.every=0", "checkpointing.every=0", "checkpointing.save_final=false",
-            "logging.tensorboard=false", "logging.progress_bar=false", f"loop.max_steps={iterations + 1}",
+            "logging.report_to=none", "logging.progress_bar=false", f"loop.max_steps={iterations + 1}",
             f"loop.cpu={str(device == 'cpu').lower()}",
             f"optim.use_8bit_adam={str(importlib.util.find_spec('bitsandbytes') is not None and device != 'cpu').lower()}",
             *(["model.resolution=16", "loop.mixed_precision='no'", "loop.assistant_steps=1"] if tiny else []),

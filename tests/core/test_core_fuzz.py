@@ -263,7 +263,7 @@ def test_every_bad_argument_of_the_other_commands_is_one_line_before_any_model(t
     import distar.rewards
 
     for module, name in [
-        (distar.export, "load_one_step"),
+        (distar.export, "load_generator"),
         (distar.export, "_generator_from_checkpoint"),
         (distar.rewards, "load_reward"),
         (distar.eval.suite, "evaluate"),

@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[test]')")
-from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -51,7 +51,7 @@ def wait_for_new_image(driver, previous: str | None, prompt: str | None = None) 
         return src if fresh and prompt in (None, made_for) else None
 
     try:
-        return WebDriverWait(driver, 30, poll_frequency=0.1).until(ready)
+        return WebDriverWait(driver, 30, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)).until(ready)
     except TimeoutException:
         status = driver.find_element(By.ID, "status").text
         pytest.fail(f"no new image within 30 s (status line: {status!r})")
@@ -88,7 +88,7 @@ def test_page_shows_n_images_and_the_reference_with_its_time(server, browser):
     steps = browser.find_element(By.ID, "steps")
     steps.send_keys(Keys.CONTROL, "a")
     steps.send_keys("5")
-    WebDriverWait(browser, 30, poll_frequency=0.1).until(
+    WebDriverWait(browser, 30, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == 3
         and len(d.find_elements(By.CSS_SELECTOR, "#grid .tile.reference")) == 3
         and "5 steps" in d.find_element(By.CSS_SELECTOR, "#grid .tile.reference .label").text
