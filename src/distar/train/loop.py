@@ -9,7 +9,7 @@ logs the batch mean of every term.
 
 Each backward computes weight gradients only for the network being updated (``inputs=``): the
 generator loss's graph runs through the assistant and the reference (Theorem 3.1), but their weights
-get no gradient. Gradients are freed as soon as their optimiser has stepped.
+get no gradient. Each update frees its gradients, stepped or skipped, so every backward starts from none.
 
 Accelerate provides devices, DDP/FSDP (``accelerate launch`` / ``torchrun``), autocast and the
 optimiser/scheduler state of checkpoints. All random draws (prompt order aside) come from the
@@ -229,14 +229,15 @@ class Trainer:
         if acc.num_processes > 1:
             bad = acc.reduce(bad, "sum")
         if bool(bad > 0):
-            optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.update()  # the scaler already unscaled these gradients; reset it for the next step
             self._skipped.append(name)
-            return norm, False
-        optimizer.step()
+            stepped = False
+        else:
+            optimizer.step()
+            stepped = not (scaler is not None and optimizer.step_was_skipped)
         optimizer.zero_grad(set_to_none=True)
-        return norm, not (scaler is not None and optimizer.step_was_skipped)
+        return norm, stepped
 
     def _assistant_unsynced(self) -> contextlib.AbstractContextManager:
         """The generator loss runs through the assistant (Theorem 3.1) but its backward leaves no ∇ψ;
@@ -282,7 +283,6 @@ class Trainer:
         self._skipped = []
         assistant_logs: list[dict[str, Tensor]] = []
         for _ in range(cfg.loop.assistant_steps):
-            self.assistant_optimizer.zero_grad(set_to_none=True)
             loss, means = self._accumulated(backend.assistant, assistant_terms, self._assistant_inputs)
             logs = {f"assistant/{k}": v for k, v in means.items()}
             logs["assistant/grad_norm"], _ = self._update(
@@ -292,7 +292,6 @@ class Trainer:
         self.assistant_scheduler.step()
 
         # 2. Generator: x0 = g_θ(z, c), L = −α r + w(t)·divergence [+ α_cfg L_cfg]; θ ← θ − η_θ ∇_θ L.
-        self.generator_optimizer.zero_grad(set_to_none=True)
         with self._assistant_unsynced():
             # ∇θ only: no weight gradients for ψ or the reference
             loss, means = self._accumulated(backend.generator, generator_terms, self._generator_inputs)
