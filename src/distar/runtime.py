@@ -115,8 +115,6 @@ def configure_threads(requested: int | None = None, *, parameters: int | None = 
     """
     import torch
 
-    from distar.errors import UserError
-
     if requested is not None and requested < 1:
         raise UserError(f"--threads must be at least 1, got {requested}")
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
