@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from typing import Literal
 
 from distar.cli import COMMANDS
+from distar.config import field
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -37,3 +40,38 @@ def test_rewards_and_eval_help_list_the_names_they_accept(capsys):
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split()).replace(" ,", ",").replace(", ", ",")
         assert all(name in text for name in names), command
+
+
+@dataclasses.dataclass
+class Settings:
+    """A config whose fields become flags."""
+
+    out_dir: str = field("runs", help="where results go")
+    batch_size: int = field(4, help="images per batch")
+    dtype: Literal["float32", "bfloat16"] = field("float32", help="dtype of the models")
+    offline: bool = field(False, help="never download")
+    scale: float | None = field(None, help="a scale")
+    seeds: list[int] = field([0], help="seeds")
+
+
+def test_config_flags_take_type_choices_and_help_from_the_config_fields():
+    import argparse
+
+    import pytest
+
+    from distar.commands import add_config_flags, config_flag_values
+    from distar.config import from_dict
+
+    names = ("out_dir", "batch_size", "dtype", "offline", "scale")
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Settings, names, flags={"out_dir": "out"})
+    assert "images per batch (default: 4)" in " ".join(parser.format_help().split())
+    args = parser.parse_args(["--out", "x", "--batch-size", "8", "--offline", "--scale", "0.5"])
+    assert config_flag_values(args, names) == {"out_dir": "x", "batch_size": 8, "offline": True, "scale": 0.5}
+    assert from_dict(Settings, config_flag_values(parser.parse_args([]), names)) == Settings()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dtype", "float16"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--batch-size", "many"])
+    with pytest.raises(TypeError, match="no command-line flag"):
+        add_config_flags(argparse.ArgumentParser(), Settings, ["seeds"])

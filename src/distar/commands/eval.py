@@ -16,7 +16,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from distar.commands import add_config_flags, config_flag_values
+from distar.eval.config import EvalConfig
 from distar.runtime import add_threads_argument
+
+#: EvalConfig fields given as flags of the same name (help and type from the field), in --help order;
+#: ``out_dir`` is ``--out``.
+_FLAG_FIELDS = (
+    "benchmark", "benchmark_path", "out_dir", "num_images", "batch_size", "device", "metric_dtype",
+    "timing_images", "fid_reference", "fid_resolution", "local_files_only",
+)
+_RENAMED = {"out_dir": "out"}
 
 
 def _seeds(text: str) -> list[int]:
@@ -34,8 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="diffusers pipeline (folder or hub id) or distar training checkpoint, with sampling options "
         "name, steps, guidance, timesteps, scheduler, unet, height, width, dtype, variant, device, ema; repeatable",
     )
-    parser.add_argument("--benchmark", help="parti, coco, hps, or a prompt file (default: parti)")
-    parser.add_argument("--benchmark-path", help="local copy of parti/coco/hps (offline use)")
+    add_config_flags(parser, EvalConfig, _FLAG_FIELDS[:2], flags=_RENAMED)
     parser.add_argument("--metrics", help="comma list: imagereward,aesthetic,pickscore,clip,hpsv2,hpsv2.1,fid,diversity")
     parser.add_argument(
         "--metric-path",
@@ -44,50 +53,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model location for a metric (hub id, folder, file; 'tiny' for a tiny random model); "
         "fid=inception-2015-12-05.pt, diversity=CLIP model; repeatable",
     )
-    parser.add_argument("--out", help="results folder; re-running with it resumes")
-    parser.add_argument("--num-images", type=int, help="number of prompts to use (each once per seed); default all")
+    add_config_flags(parser, EvalConfig, _FLAG_FIELDS[2:3], flags=_RENAMED)
     parser.add_argument("--seeds", type=_seeds, nargs="+", help="seeds, e.g. '0 1 2' or '0,1,2' (default 0)")
-    parser.add_argument("--batch-size", type=int, help="images per batch (default 4)")
-    parser.add_argument("--device", help="torch device (default cuda if available)")
-    parser.add_argument("--metric-dtype", choices=("float32", "bfloat16", "float16"), help="metric model dtype")
-    parser.add_argument("--timing-images", type=int, help="images timed per model for the cost columns (default 10)")
-    parser.add_argument("--fid-reference", help="FID reference image folder or cached statistics .safetensors")
-    parser.add_argument("--fid-resolution", type=int, help="resize side before FID (default 512)")
-    parser.add_argument("--local-files-only", action="store_true", default=None, help="never download metric models")
+    add_config_flags(parser, EvalConfig, _FLAG_FIELDS[3:], flags=_RENAMED)
     parser.add_argument("--config", help="YAML EvalConfig; flags override it")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
 
 
-#: command-line flag (argparse dest) → EvalConfig key, for flags copied as they are.
-_FLAGS = {
-    "benchmark": "benchmark",
-    "benchmark_path": "benchmark_path",
-    "out": "out_dir",
-    "num_images": "num_images",
-    "batch_size": "batch_size",
-    "device": "device",
-    "metric_dtype": "metric_dtype",
-    "timing_images": "timing_images",
-    "fid_reference": "fid_reference",
-    "fid_resolution": "fid_resolution",
-    "local_files_only": "local_files_only",
-}
-
-
 def _config_data(args: argparse.Namespace) -> dict[str, Any]:
-    from distar.config import apply_overrides, read_config_file, to_dict
+    from distar.config import apply_overrides, read_config_file
     from distar.errors import UserError
     from distar.eval.metrics import parse_metric_names
     from distar.eval.models import parse_model_spec
 
     data = read_config_file(args.config) if args.config else {}
-    data.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
+    data.update(config_flag_values(args, _FLAG_FIELDS))
     if args.seeds:
         data["seeds"] = [seed for group in args.seeds for seed in group]
     if args.model:
-        data["models"] = [to_dict(parse_model_spec(text)) for text in args.model]
+        data["models"] = [parse_model_spec(text) for text in args.model]
     if args.metrics:
         data["metrics"] = parse_metric_names(args.metrics)
     for item in args.metric_path or []:
@@ -102,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from distar.config import from_dict, save_config, to_dict
-    from distar.eval.config import EvalConfig, run_eval
+    from distar.eval.config import run_eval
 
     config = from_dict(EvalConfig, _config_data(args))
     if args.dry_run:

@@ -6,14 +6,30 @@ model, scores it with reward models (ImageReward, Aes, PickScore, CLIP, HPSv2), 
 eval`` command builds the same from command-line options.
 """
 
-from distar.eval.benchmarks import Benchmark, PromptItem, load_benchmark
-from distar.eval.cost import Cost, measure_cost
-from distar.eval.diversity import Diversity
-from distar.eval.fid import FID, InceptionV3Features
-from distar.eval.metrics import METRIC_NAMES, LazyMetric, SetMetric, metric_loaders
-from distar.eval.models import DiffusersModel, ModelSpec, parse_model_spec
-from distar.eval.report import ModelResult, Summary
-from distar.eval.suite import evaluate
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name → submodule; imported on first use, so that reading a config (``distar.eval.config``)
+#: does not load the metric models' libraries.
+_HOMES = {
+    "Benchmark": "benchmarks", "PromptItem": "benchmarks", "load_benchmark": "benchmarks",
+    "Cost": "cost", "measure_cost": "cost",
+    "Diversity": "diversity",
+    "FID": "fid", "InceptionV3Features": "fid",
+    "METRIC_NAMES": "metrics", "LazyMetric": "metrics", "SetMetric": "metrics", "metric_loaders": "metrics",
+    "DiffusersModel": "models", "ModelSpec": "models", "parse_model_spec": "models",
+    "ModelResult": "report", "Summary": "report",
+    "evaluate": "suite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'distar.eval' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"distar.eval.{_HOMES[name]}"), name)
+
 
 __all__ = [
     "FID",
