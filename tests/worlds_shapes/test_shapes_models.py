@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
@@ -12,10 +13,11 @@ from distar.backends import build_backend
 from distar.backends.config import ModelConfig
 from distar.rewards import RewardSpec, load_reward
 from distar.worlds.shapes.assets import build_record, load_clip
-from distar.worlds.shapes.clip import image_embeddings, pairwise_accuracy, preference_pairs, text_embeddings
+from distar.worlds.shapes.clip import MAX_LENGTH, ClipArch, image_embeddings, new_clip, pairwise_accuracy, preference_pairs, text_embeddings
 from distar.worlds.shapes.data import render_prompts
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts, vocabulary
 from distar.worlds.shapes.metrics import AttributeClassifier, classifier_accuracy
+from distar.worlds.shapes.reference import ReferenceLoop, UNetArch, new_unet, text_encoder_from_clip, train_reference
 from distar.worlds.shapes.tokenizer import learn_merges, save_word_tokenizer
 from distar.worlds.shapes.utility import UtilityWeights
 from shapes_helpers import TINY_BUILD
@@ -178,3 +180,18 @@ def test_shipped_reference_loads_in_the_sd_backend(shipped):
     assert images.shape == (2, 3, 32, 32) and 0 <= float(images.min()) and float(images.max()) <= 1
     x_t = backend.schedule.add_noise(images * 2 - 1, torch.randn_like(z), torch.tensor([500, 500]))
     assert backend.reference_x0(x_t, torch.tensor([500, 500]), cond).shape == x_t.shape
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_reference_training_fine_tunes_the_text_tower_only_when_asked(tmp_path, train_text_encoder):
+    tokenizer = save_word_tokenizer(tmp_path, vocabulary(), MAX_LENGTH)
+    clip = new_clip(len(tokenizer), ClipArch(width=16, layers=1, heads=2, projection_dim=16), seed=0)
+    text_encoder = text_encoder_from_clip(clip)
+    unet = new_unet(UNetArch(block_out_channels=(16, 16, 16), norm_num_groups=8), 16, seed=0)
+    unet_before = {k: v.clone() for k, v in unet.state_dict().items()}
+    loop = ReferenceLoop(steps=2, batch_size=2, train_text_encoder=train_text_encoder, snapshot_every=0, lr=1e-2)
+    train_reference(unet, text_encoder, tokenizer, loop, lambda step, terms: None)
+    changed = [k for k, v in text_encoder.state_dict().items() if not torch.equal(v, clip.text_model.state_dict()[k])]
+    assert bool(changed) == train_text_encoder
+    assert any(not torch.equal(v, unet_before[k]) for k, v in unet.state_dict().items())
+    assert not text_encoder.training and not any(p.requires_grad for p in text_encoder.parameters())

@@ -8,7 +8,8 @@ Stages (each seeded; timings, versions and quality figures go to ``build_record.
 3. ``reward/``: the PickScore analogue (the CLIP analogue fine-tuned with Bradley–Terry on pairs
    chosen by the simulated human);
 4. ``reference/``: the pixel-space UNet (v-prediction DSM with condition dropout, EMA weights saved)
-   with the CLIP analogue's text tower as its text encoder;
+   with the CLIP analogue's text tower as its text encoder (frozen, or fine-tuned with the UNet:
+   ``reference.train_text_encoder``);
 5. ``one_step/``: the one-step generator the demo starts from, distilled from the reference in two
    stages (:mod:`~distar.worlds.shapes.one_step`): regression on the reference's DDIM + CFG samples,
    then the reward-free DMD2 preset through :class:`distar.train.Trainer`;
@@ -39,7 +40,7 @@ from typing import Callable, Iterator
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from diffusers import UNet2DConditionModel
-from transformers import CLIPModel
+from transformers import CLIPModel, CLIPTextModel
 
 from distar.config import field, to_dict
 from distar.backends import build_backend
@@ -183,15 +184,12 @@ class _Stages:
         self.echo(f"[{stage}] done in {self.timings[stage]:.0f}s")
 
 
-def _snapshotter(folder: Path, unet: torch.nn.Module, every: int) -> Callable[[int, object], None]:
-    """Saves the reference's EMA weights to ``folder`` every ``every`` steps (progress to inspect)."""
+def _snapshotter(folder: Path, unet: torch.nn.Module, every: int) -> Callable[[int], None]:
+    """Saves the reference UNet (the EMA weights are in place when called) to ``folder`` every ``every`` steps."""
 
-    def snapshot(step: int, ema) -> None:
+    def snapshot(step: int) -> None:
         if every and (step + 1) % every == 0:
-            ema.store(unet.parameters())
-            ema.copy_to(unet.parameters())
             unet.save_pretrained(folder)
-            ema.restore(unet.parameters())
 
     return snapshot
 
@@ -242,19 +240,19 @@ def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None
             figures["reward_held_out_pairs"] = dict(pairwise_accuracy(reward, tokenizer, held_out), pairs=len(held_out.prompts))
             echo(f"[reward] held-out pairs: {figures['reward_held_out_pairs']}")
 
-    text_encoder = text_encoder_from_clip(clip)
     reference_settings = {k: settings[k] for k in ("clip_arch", "clip", "unet_arch", "reference")}
     if stages.done("reference", reference_settings):
         unet = UNet2DConditionModel.from_pretrained(tmp / "reference" / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(tmp / "reference" / "text_encoder")
     else:
         with stages.run("reference", reference_settings):
             unet = new_unet(config.unet_arch, clip.config.text_config.hidden_size, config.reference.seed)
-            ema = train_reference(
+            text_encoder = text_encoder_from_clip(clip)
+            train_reference(
                 unet, text_encoder, tokenizer, config.reference,
                 _progress("reference", config.reference.steps, every, echo),
                 snapshot=_snapshotter(tmp / "reference.snapshot", unet, config.reference.snapshot_every),
             )
-            ema.copy_to(unet.parameters())
             save_reference(tmp / "reference", unet, text_encoder, tokenizer)
             shutil.rmtree(tmp / "reference.snapshot", ignore_errors=True)
 

@@ -1,8 +1,9 @@
 """The reference diffusion model: a pixel-space diffusers ``UNet2DConditionModel`` with CFG.
 
 Trained by v-prediction denoising score matching (di-star-math.md Eq. 2.2 in v form, v = α_t ε − σ_t x0,
-i.e. λ(t) = α_t² / σ_t² + 1 relative to x0-MSE) on rendered images scaled to [−1, 1], conditioned on the frozen text tower of the CLIP analogue
-(``last_hidden_state``, prompts padded to the tokenizer's length, as Stable Diffusion does), with
+i.e. λ(t) = α_t² / σ_t² + 1 relative to x0-MSE) on rendered images scaled to [−1, 1], conditioned on the text tower of the CLIP analogue
+(``last_hidden_state``, prompts padded to the tokenizer's length, as Stable Diffusion does; frozen, or
+fine-tuned with the UNet when ``train_text_encoder``), with
 the prompt replaced by "" with probability ``cond_dropout`` so the same network gives s(x_t | ∅) for
 classifier-free guidance (Eq. 3.5). Saved as a diffusers folder without a VAE — ``unet/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/`` — so decode = (x + 1)/2.
@@ -57,6 +58,10 @@ class ReferenceLoop(TrainLoop):
         5.0, help="cap γ of the x0-unit loss weight: min(SNR + 1, γ) (v-MSE with low-noise steps capped, "
         "as Min-SNR-γ does); null = plain v-MSE"
     )
+    train_text_encoder: bool = field(
+        False, help="fine-tune the text tower (initialised from the CLIP analogue) jointly with the UNet "
+        "(the analogue's states hardly separate shape words: docs/shapes.md); false keeps it frozen, as SD does"
+    )
     snapshot_every: int = field(250, help="save the EMA weights to <build>.building/reference.snapshot every N steps (0: never)")
 
 
@@ -105,9 +110,9 @@ def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
     return encoder.eval().requires_grad_(False)
 
 
-@torch.no_grad()
 def encode_prompts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, prompts: Sequence[str]) -> Tensor:
-    """(B, L, D) text conditioning: ``last_hidden_state`` of prompts padded to ``model_max_length``."""
+    """(B, L, D) text conditioning: ``last_hidden_state`` of prompts padded to ``model_max_length``
+    (differentiable: no graph is built while the encoder is frozen)."""
     ids = tokenizer(
         list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
@@ -120,11 +125,12 @@ def train_reference(
     tokenizer: CLIPTokenizer,
     loop: ReferenceLoop,
     log: Log,
-    snapshot: Callable[[int, EMAModel], None] | None = None,
-) -> EMAModel:
-    """v-prediction DSM with condition dropout (module docstring); returns the EMA of the weights.
+    snapshot: Callable[[int], None] | None = None,
+) -> None:
+    """v-prediction DSM with condition dropout (module docstring), in place; ends with the EMA weights
+    in ``unet`` (and in ``text_encoder`` when ``loop.train_text_encoder``), both in eval mode, frozen.
 
-    ``snapshot(step, ema)``, when given, is called after every step (e.g. to save progress).
+    ``snapshot(step)``, when given, is called after every step with the EMA weights in place.
     """
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
     snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
@@ -132,7 +138,10 @@ def train_reference(
     weight = torch.ones_like(snr) if loop.min_snr_gamma is None else (loop.min_snr_gamma / (snr + 1)).clamp(max=1)
     sampler = SceneSampler(loop.seed)
     generator = torch.Generator().manual_seed(loop.seed)
-    ema = EMAModel(unet.parameters(), decay=loop.ema_decay, use_ema_warmup=True)
+    trained = torch.nn.ModuleDict({"unet": unet})
+    if loop.train_text_encoder:
+        trained["text_encoder"] = text_encoder.requires_grad_(True)
+    ema = EMAModel(trained.parameters(), decay=loop.ema_decay, use_ema_warmup=True)
 
     def step_loss() -> dict[str, Tensor]:
         specs, images, _ = sampler.batch(loop.batch_size)
@@ -147,13 +156,18 @@ def train_reference(
         return {"loss": (weight[t] * per_sample).mean(), "v_mse": per_sample.mean()}
 
     def on_step(step: int, terms: dict[str, float]) -> None:
-        ema.step(unet.parameters())
+        ema.step(trained.parameters())
         log(step, terms)
         if snapshot is not None:
-            snapshot(step, ema)
+            ema.store(trained.parameters())
+            ema.copy_to(trained.parameters())
+            snapshot(step)
+            ema.restore(trained.parameters())
 
-    fit(unet, loop, step_loss, on_step)
-    return ema
+    fit(trained, loop, step_loss, on_step)
+    ema.copy_to(trained.parameters())
+    unet.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
 
 
 def save_reference(
