@@ -19,6 +19,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.commands",),
     ("distar.serve",),
     ("distar.worlds",),
+    ("distar.tiny",),  # the shapes world's tokenizer alphabet, from distar.testing.tokenizers
+    ("distar.testing",),
     ("distar.eval",),
     ("distar.export",),
     ("distar.card",),
@@ -27,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.protocols",),
     ("distar.objectives",),
     ("distar.diffusion",),
-    ("distar", "distar.cache", "distar.config", "distar.errors", "distar.io", "distar.paths", "distar.prompts", "distar.runtime", "distar.tiny"),
+    ("distar", "distar.cache", "distar.config", "distar.errors", "distar.io", "distar.paths", "distar.prompts", "distar.runtime"),
 ]
 FOUNDATION = LAYERS[-1]
 
@@ -68,10 +70,8 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def layer_of(module: str) -> tuple[int, str]:
-    """(layer index, unit) of a module. ``distar.testing.X`` builds tiny models at the layer of ``distar.X``."""
+    """(layer index, unit) of a module: its package below ``distar`` (or itself, for a top-level module)."""
     parts = module.split(".")
-    if parts[:2] == ["distar", "testing"]:
-        parts = ["distar", *parts[2:]] if len(parts) > 2 else ["distar"]
     for depth in (2, 1):
         unit = ".".join(parts[:depth])
         for index, layer in enumerate(LAYERS):
@@ -125,4 +125,16 @@ def test_the_check_sees_a_cycle_and_an_upward_import():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert layer_of("distar.objectives.presets")[0] > layer_of("distar.train.loop")[0]
-    assert layer_of("distar.testing.rewards")[1] == "distar.rewards"
+    assert layer_of("distar.testing.reward_models")[0] < layer_of("distar.rewards.registry")[0]
+
+
+def test_tiny_assets_are_built_in_distar_testing():
+    """The packages below distar.testing reach its builders by name only (:data:`distar.cache.TINY_ASSETS`)."""
+    import importlib
+
+    from distar.cache import TINY_ASSETS
+
+    for kind, target in TINY_ASSETS.items():
+        module, _, function = target.partition(":")
+        assert module.startswith("distar.testing."), kind
+        assert callable(getattr(importlib.import_module(module), function)), target

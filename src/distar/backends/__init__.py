@@ -18,7 +18,6 @@ _LAZY = {
     "StableDiffusion3Backend": "distar.backends.sd3",
     "FluxBackend": "distar.backends.flux",
     "TextConditioning": "distar.backends.sd",
-    "save_tiny_pipeline": "distar.backends.tiny",
     "trainable_state_dict": "distar.backends.weights",
     "load_trainable_state_dict": "distar.backends.weights",
 }

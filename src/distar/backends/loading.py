@@ -32,13 +32,24 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from distar.backends.config import TINY_MODELS, ModelConfig
 from distar.backends.lora import cast_
-from distar.backends.tiny import save_tiny_pipeline
 from distar.backends.weights import key_mismatch
-from distar.cache import build_once, cache_dir
+from distar.cache import tiny_asset
 from distar.config import ConfigError
 from distar.errors import first_line
 
 TextToImagePipeline = StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline
+
+#: The diffusers pipeline class of each ``model.family``.
+PIPELINES: dict[str, type[TextToImagePipeline]] = {
+    "sd": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+    "sd3": StableDiffusion3Pipeline,
+    "flux": FluxPipeline,
+}
+
+#: The arguments that build a ``StableDiffusionPipeline`` without a safety checker: distar scores
+#: images, it never filters them.
+NO_SAFETY_CHECKER: dict[str, Any] = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 #: Names of the frozen text encoders a pipeline may hold.
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -54,8 +65,7 @@ def resolve_pretrained(spec: str) -> str:
     name = spec[5:]
     if name not in TINY_MODELS:
         raise ConfigError(f"unknown tiny model '{name}' (choose from {', '.join(TINY_MODELS)})")
-    settings: dict[str, Any] = TINY_MODELS[name]
-    return str(build_once(cache_dir() / "tiny" / name, lambda folder: save_tiny_pipeline(folder, **settings)))
+    return str(tiny_asset("pipeline", name=name))
 
 
 def _model_index(path: str, revision: str | None) -> dict[str, Any]:
@@ -146,15 +156,7 @@ def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextT
         return StableDiffusionXLPipeline(
             vae=vae, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=zeros, **parts
         )
-    return StableDiffusionPipeline(
-        vae=vae,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-        **parts,
-    )
+    return StableDiffusionPipeline(vae=vae, unet=unet, scheduler=scheduler, **NO_SAFETY_CHECKER, **parts)
 
 
 def _load_sd3_pipeline(

@@ -1,9 +1,9 @@
-"""Tiny, randomly initialised Stable Diffusion / SDXL / SD3 pipelines for tests and offline trials.
+"""Tiny, randomly initialised Stable Diffusion / SDXL / SD3 / FLUX pipelines for tests and offline trials.
 
 :func:`save_tiny_pipeline` writes a real diffusers pipeline folder (``model_index.json`` plus the
 ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` subfolders; SDXL adds
 ``text_encoder_2``/``tokenizer_2``; SD3 has a ``transformer`` instead of the UNet, three text encoders
-(CLIP-L, CLIP-G, T5) and a flow-matching scheduler) that loads back with
+(CLIP-L, CLIP-G, T5) and a flow-matching scheduler; FLUX a transformer, CLIP and T5) that loads back with
 ``DiffusionPipeline.from_pretrained``. The networks are a few thousand parameters: latents are
 4 × 8 × 8, images 3 × 16 × 16. The pixel-space variant (``latent=False``) has no VAE and a
 3-channel UNet: the layout of pixel-space "sd" models.
@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import (
@@ -20,17 +20,28 @@ from diffusers import (
     DDIMScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
     FluxTransformer2DModel,
     SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+)
 
-from distar.tiny import TINY_CLIP_VOCAB_SIZE, TINY_T5_VOCAB_SIZE, save_tiny_clip_tokenizer, save_tiny_t5_tokenizer
+from distar.backends.config import TINY_MODELS
+from distar.backends.loading import NO_SAFETY_CHECKER, PIPELINES
+from distar.cache import build_once, cache_dir
+from distar.testing.tokenizers import (
+    TINY_CLIP_VOCAB_SIZE,
+    TINY_T5_VOCAB_SIZE,
+    save_tiny_clip_tokenizer,
+    save_tiny_t5_tokenizer,
+)
 
 Family = Literal["sd", "sdxl", "sd3", "flux"]
 
@@ -170,16 +181,66 @@ def tiny_vae(scaling_factor: float = 0.18215, **overrides: object) -> Autoencode
     )
 
 
+def _sd3_parts(directory: Path, tokenizer: CLIPTokenizer, t5: bool) -> dict[str, Any]:
+    return dict(
+        transformer=tiny_sd3_transformer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=TINY_SD3_SHIFT),
+        vae=tiny_vae(scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModelWithProjection(_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config()),
+        text_encoder_3=tiny_t5() if t5 else None,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        tokenizer_3=save_tiny_t5_tokenizer(directory / "tokenizer_3") if t5 else None,
+    )
+
+
+def _flux_parts(directory: Path, tokenizer: CLIPTokenizer) -> dict[str, Any]:
+    return dict(
+        transformer=tiny_flux_transformer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),
+        vae=tiny_vae(scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=tiny_t5(),
+        tokenizer=tokenizer,
+        tokenizer_2=save_tiny_t5_tokenizer(directory / "tokenizer_2"),
+    )
+
+
+def _sd_parts(tokenizer: CLIPTokenizer, prediction_type: str, latent: bool) -> dict[str, Any]:
+    parts: dict[str, Any] = dict(
+        unet=tiny_unet("sd", channels=4 if latent else 3),
+        text_encoder=CLIPTextModel(_text_config()),
+        scheduler=DDIMScheduler(prediction_type=prediction_type, clip_sample=False, **_SD_SCHEDULER),
+    )
+    if latent:
+        parts.update(vae=tiny_vae(), tokenizer=tokenizer, **NO_SAFETY_CHECKER)
+    return parts
+
+
+def _sdxl_parts(tokenizer: CLIPTokenizer, prediction_type: str) -> dict[str, Any]:
+    return dict(
+        unet=tiny_unet("sdxl"),
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config()),
+        scheduler=EulerDiscreteScheduler(prediction_type=prediction_type, **_SD_SCHEDULER),
+        vae=tiny_vae(scaling_factor=0.13025),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+    )
+
+
 def save_tiny_pipeline(
     directory: str | Path,
     family: Family = "sd",
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+    *,
     seed: int = 0,
     latent: bool = True,
     t5: bool = True,
 ) -> Path:
-    """Write a tiny random SD (``"sd"``), SDXL (``"sdxl"``) or SD3 (``"sd3"``) diffusers pipeline folder;
-    return its path.
+    """Write a tiny random SD (``"sd"``), SDXL (``"sdxl"``), SD3 (``"sd3"``) or FLUX (``"flux"``)
+    diffusers pipeline folder; return its path.
 
     Deterministic in ``seed`` (the global RNG state is left untouched). The scheduler has SD's
     ``scaled_linear`` betas 0.00085..0.012 over 1000 steps and the given ``prediction_type``.
@@ -191,7 +252,7 @@ def save_tiny_pipeline(
     FLUX has FLUX.1-dev's dynamically shifted flow scheduler, CLIP (pooled) + T5 and a guidance
     embedding; its pipeline defaults to 1024 px, so give tiny FLUX runs ``resolution: 16``.
     """
-    if family not in ("sd", "sdxl", "sd3", "flux"):
+    if family not in PIPELINES:
         raise ValueError(f"unknown family {family!r}; expected 'sd', 'sdxl', 'sd3' or 'flux'")
     if not latent and family != "sd":
         raise ValueError("pixel-space tiny models exist for family 'sd' only")
@@ -201,68 +262,22 @@ def save_tiny_pipeline(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if family == "sd3":
-            pipe = StableDiffusion3Pipeline(
-                transformer=tiny_sd3_transformer(),
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=TINY_SD3_SHIFT),
-                vae=tiny_vae(
-                    scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False
-                ),
-                text_encoder=CLIPTextModelWithProjection(_text_config()),
-                text_encoder_2=CLIPTextModelWithProjection(_text_config()),
-                text_encoder_3=tiny_t5() if t5 else None,
-                tokenizer=tokenizer,
-                tokenizer_2=tokenizer,
-                tokenizer_3=save_tiny_t5_tokenizer(directory / "tokenizer_3") if t5 else None,
-            )
-            pipe.save_pretrained(directory)
-            return directory
-        if family == "flux":
-            pipe = FluxPipeline(
-                transformer=tiny_flux_transformer(),
-                scheduler=FlowMatchEulerDiscreteScheduler(
-                    shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
-                ),
-                vae=tiny_vae(
-                    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False
-                ),
-                text_encoder=CLIPTextModel(_text_config()),
-                text_encoder_2=tiny_t5(),
-                tokenizer=tokenizer,
-                tokenizer_2=save_tiny_t5_tokenizer(directory / "tokenizer_2"),
-            )
-            pipe.save_pretrained(directory)
-            return directory
-        unet = tiny_unet(family, channels=4 if latent else 3)
-        if family == "sd":
-            text_encoder = CLIPTextModel(_text_config())
-            scheduler = DDIMScheduler(prediction_type=prediction_type, clip_sample=False, **_SD_SCHEDULER)
-            if not latent:
-                for name, part in dict(unet=unet, text_encoder=text_encoder, scheduler=scheduler).items():
-                    part.save_pretrained(directory / name)
-                return directory
-            pipe = StableDiffusionPipeline(
-                vae=tiny_vae(),
-                text_encoder=text_encoder,
-                tokenizer=tokenizer,
-                unet=unet,
-                scheduler=scheduler,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
+            parts = _sd3_parts(directory, tokenizer, t5)
+        elif family == "flux":
+            parts = _flux_parts(directory, tokenizer)
+        elif family == "sdxl":
+            parts = _sdxl_parts(tokenizer, prediction_type)
         else:
-            text_encoder = CLIPTextModel(_text_config())
-            text_encoder_2 = CLIPTextModelWithProjection(_text_config())
-            scheduler = EulerDiscreteScheduler(prediction_type=prediction_type, **_SD_SCHEDULER)
-            pipe = StableDiffusionXLPipeline(
-                vae=tiny_vae(scaling_factor=0.13025),
-                text_encoder=text_encoder,
-                text_encoder_2=text_encoder_2,
-                tokenizer=tokenizer,
-                tokenizer_2=tokenizer,
-                unet=unet,
-                scheduler=scheduler,
-            )
-    pipe.save_pretrained(directory)
+            parts = _sd_parts(tokenizer, prediction_type, latent)
+    if not latent:
+        for name, part in parts.items():
+            part.save_pretrained(directory / name)
+        return directory
+    PIPELINES[family](**parts).save_pretrained(directory)
     return directory
 
+
+def tiny_pipeline_path(name: str) -> Path:
+    """The tiny pipeline ``tiny:<name>`` (settings: :data:`~distar.backends.config.TINY_MODELS`),
+    built once into ``$DISTAR_CACHE/tiny/<name>``."""
+    return build_once(cache_dir() / "tiny" / name, lambda folder: save_tiny_pipeline(folder, **TINY_MODELS[name]))
