@@ -23,13 +23,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.testing",),
     ("distar.eval",),
     ("distar.export",),
-    ("distar.card",),
     ("distar.train",),
     ("distar.backends", "distar.rewards"),
     ("distar.protocols",),
     ("distar.objectives",),
     ("distar.diffusion",),
-    ("distar", "distar.cache", "distar.config", "distar.errors", "distar.io", "distar.paths", "distar.prompts", "distar.runtime"),
+    ("distar", "distar.config", "distar.errors", "distar.io", "distar.runtime"),
 ]
 FOUNDATION = LAYERS[-1]
 
@@ -129,10 +128,10 @@ def test_the_check_sees_a_cycle_and_an_upward_import():
 
 
 def test_tiny_assets_are_built_in_distar_testing():
-    """The packages below distar.testing reach its builders by name only (:data:`distar.cache.TINY_ASSETS`)."""
+    """The packages below distar.testing reach its builders by name only (:data:`distar.io.TINY_ASSETS`)."""
     import importlib
 
-    from distar.cache import TINY_ASSETS
+    from distar.io import TINY_ASSETS
 
     for kind, target in TINY_ASSETS.items():
         module, _, function = target.partition(":")

@@ -88,7 +88,7 @@ def test_four_step_generator_trains_and_its_export_reproduces_generate(family, t
     loaded by plain diffusers at its recorded timesteps, gives the image `distar generate` writes."""
     from diffusers import DiffusionPipeline
 
-    from distar.export import generator_call
+    from distar.export.pipeline import generator_call
 
     run, export, png = tmp_path / "run", tmp_path / "export", tmp_path / "image.png"
     overrides = ["model.steps=4", "loop.max_steps=2", "loop.assistant_steps=1", "sampling.every=2"]

@@ -33,9 +33,9 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from distar.backends.config import TINY_MODELS, ModelConfig
 from distar.backends.lora import cast_
 from distar.backends.weights import key_mismatch
-from distar.cache import tiny_asset
 from distar.config import ConfigError
 from distar.errors import first_line
+from distar.io import tiny_asset
 
 TextToImagePipeline = StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline
 

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from distar.config import from_dict, save_config, to_dict
-    from distar.eval.config import run_eval
+    from distar.eval.suite import run_eval
 
     config = from_dict(EvalConfig, _config_data(args))
     if args.dry_run:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # per-call scheduler notices would drown the progress bars
-    from distar.paths import writable_dir
+    from distar.io import writable_dir
     from distar.runtime import torch_device
 
     for where in [config.device, *(spec.device for spec in config.models)]:

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from distar.errors import UserError
-    from distar.export import generator_images, load_generator
-    from distar.paths import safe_name, writable_dir
+    from distar.export.pipeline import generator_images, load_generator
+    from distar.io import safe_name, writable_dir
     from distar.runtime import check_image_side, check_seed, configure_threads, count_parameters, report_threads, torch_device
     from distar.train.logs import save_png
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
     report_threads(configure_threads(args.threads, parameters=count_parameters(*modules), device=device), "generate")
     pipe.to(device)
-    image = generator_images(pipe, [args.prompt], [args.seed], call, args.height, args.width)[0]
+    image = generator_images(pipe, [args.prompt], [args.seed], call=call, height=args.height, width=args.width)[0]
     save_png(image, out)
     steps = call.get("timesteps") or call.get("sigmas")
     print(f"wrote {out} ({image.shape[-1]}x{image.shape[-2]}, steps at {steps}, seed {args.seed})")

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _pairs(images_dir: Path, prompts: str) -> list[tuple[Path, str]]:
     """(image file, prompt) pairs by the module's matching rule."""
     from distar.errors import UserError
-    from distar.prompts import prompt_column, read_records, read_some
+    from distar.io import prompt_column, read_records, read_some
 
     if not images_dir.is_dir():
         raise UserError(f"--images: not a folder: {images_dir}")
@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from distar.errors import UserError
-    from distar.io import load_image
-    from distar.paths import safe_name, writable_dir
+    from distar.io import load_image, safe_name, writable_dir
     from distar.rewards import REWARD_NAMES, RewardSpec, load_reward
     from distar.runtime import torch_device
 

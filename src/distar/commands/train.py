@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
-    from distar.paths import writable_dir
+    from distar.io import writable_dir
     from distar.train import checkpoint as ckpt
     from distar.train.build import load_prompts
 

@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from distar.cache import tiny_asset
 from distar.config import ConfigError
-from distar.io import to_uint8
+from distar.io import tiny_asset, to_uint8
 from distar.rewards import REWARD_NAMES, TINY, Reward
 from distar.rewards.preprocess import ImageTransform
 

@@ -12,9 +12,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from distar.cache import tiny_asset
 from distar.config import ConfigError
-from distar.io import resolve_dtype
+from distar.io import resolve_dtype, tiny_asset
 from distar.rewards.base import Reward, WeightedReward
 from distar.rewards.spec import TINY, RewardSpec
 

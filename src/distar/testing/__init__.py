@@ -7,5 +7,5 @@
 
 Each loads through the same code as the real asset. This package sits above the packages whose
 assets it builds (it may import backends, rewards and eval); they reach it only by name, through
-:func:`distar.cache.tiny_asset`, when a config names a ``tiny`` asset.
+:func:`distar.io.tiny_asset`, when a config names a ``tiny`` asset.
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from distar.cache import build_once, cache_dir
+from distar.io import build_once, cache_dir
 
 
 class TinyInception(nn.Module):

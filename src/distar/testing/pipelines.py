@@ -35,7 +35,7 @@ from transformers import (
 
 from distar.backends.config import TINY_MODELS
 from distar.backends.loading import NO_SAFETY_CHECKER, PIPELINES
-from distar.cache import build_once, cache_dir
+from distar.io import build_once, cache_dir
 from distar.testing.tokenizers import (
     TINY_CLIP_VOCAB_SIZE,
     TINY_T5_VOCAB_SIZE,

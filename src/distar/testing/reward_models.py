@@ -25,7 +25,7 @@ from transformers import (
     CLIPModel,
 )
 
-from distar.cache import build_once, cache_dir
+from distar.io import build_once, cache_dir
 from distar.rewards.aesthetic import AestheticReward
 from distar.rewards.clip import HPSv2
 from distar.rewards.convert import (
