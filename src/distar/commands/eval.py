@@ -85,14 +85,12 @@ def _config_data(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from distar.config import from_dict, save_config, to_dict
+    from distar.config import config_yaml, from_dict, save_config
     from distar.eval.suite import run_eval
 
     config = from_dict(EvalConfig, _config_data(args))
     if args.dry_run:
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        print(config_yaml(config), end="")
         return 0
     from diffusers.utils import logging as diffusers_logging
 

@@ -39,14 +39,14 @@ class ModelSpec:
         help="UNet to swap in: a diffusers UNet folder, a state-dict file, or a hub file 'owner/repo/file' "
         "(e.g. tianweiy/DMD2/dmd2_sdxl_1step_unet_fp16.bin on stabilityai/stable-diffusion-xl-base-1.0)",
     )
-    height: int | None = field(None, help="image height in pixels")
-    width: int | None = field(None, help="image width in pixels")
+    height: int | None = field(None, help="image height in pixels, a multiple of 8 (default: the model's)")
+    width: int | None = field(None, help="image width in pixels, a multiple of 8 (default: the model's)")
     dtype: Literal["float32", "float16", "bfloat16"] | None = field(
-        None, help="weights dtype (default float16 on CUDA, float32 on CPU)"
+        None, help="weights dtype (default: float16 on cuda, else float32)"
     )
     variant: str | None = field(None, help="weights variant to load, e.g. fp16")
-    device: str | None = field(None, help="device (default: cuda if available, else cpu)")
-    ema: bool = field(True, help="training checkpoints only: use the EMA generator weights when saved")
+    device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
+    ema: bool = field(True, help="training checkpoints: use the EMA generator weights when saved")
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -56,6 +56,12 @@ class ModelSpec:
         safe_name(self.label, f"model {self.path}: name")  # results go to <out>/<label>/
         for side in ("height", "width"):
             check_image_side(getattr(self, side), f"model {self.path}: {side}")
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        """``dtype``, else float16 on CUDA and float32 elsewhere."""
+        if self.dtype is not None:
+            return DTYPES[self.dtype]
+        return torch.float16 if device.type == "cuda" else torch.float32
 
     @property
     def label(self) -> str:
@@ -146,9 +152,7 @@ class DiffusersModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        if self.spec.dtype is not None:
-            return DTYPES[self.spec.dtype]
-        return torch.float16 if self.device.type == "cuda" else torch.float32
+        return self.spec.torch_dtype(self.device)
 
     @property
     def pipeline(self) -> Any:
