@@ -1,4 +1,4 @@
-"""Files in and out, for every package: the helpers they share.
+"""The file helpers every package shares: atomic writes, images, dtypes, user paths, cache, prompts.
 
 - dtype names, atomic writes, image tensors ↔ pixels and PNG files;
 - checks of user-given paths (writable folders, safe names), made before any work starts;

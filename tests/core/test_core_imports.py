@@ -1,7 +1,8 @@
 """Imports point one way: no cycles between distar's modules, and packages import only lower layers.
 
 The graph is read from the source (every ``import``, including those inside functions), so a lazy
-import that closes a loop counts as a cycle too. The layers are the README's layout, top first.
+import that closes a loop counts as a cycle too. The layers are the README's layout, top first, and
+the README lists them in this order.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
 
 #: Top first. A module may import its own package and any lower layer; packages sharing a layer are
 #: independent peers. The last layer is the foundation, whose modules may import one another.
@@ -118,6 +120,21 @@ def test_imports_point_down_the_layers():
             if target_index <= index:
                 wrong.append(f"{module} -> {target}")
     assert not wrong, "imports against the layers: " + ", ".join(sorted(wrong))
+
+
+def readme_layout() -> list[str]:
+    """The modules and packages the README's layout lists, top first (``backends/`` → ``distar.backends``)."""
+    block = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("```")[1]
+    entries = [line.split()[0] for line in block.splitlines() if line.startswith("  ") and line[2] != " "]
+    return ["distar." + entry.removesuffix("/").removesuffix(".py") for entry in entries]
+
+
+def test_the_readme_lists_every_layer_in_order():
+    listed = readme_layout()
+    unlisted = {"distar.__main__", "distar", "distar.tiny"}  # the entry point, the package, a shim for a world
+    assert sorted(listed) == sorted(unit for layer in LAYERS for unit in layer if unit not in unlisted)
+    order = [layer_of(unit)[0] for unit in listed]
+    assert order == sorted(order), f"the README lists the layers in another order: {listed}"
 
 
 def test_the_check_sees_a_cycle_and_an_upward_import():

@@ -1,8 +1,8 @@
-"""One module per ``distar`` sub-command (see :mod:`distar.cli`), and the flags they derive from configs.
+"""One module per ``distar`` subcommand (dispatched by :mod:`distar.cli`); flags that stand for config
+keys are made from the config's fields.
 
-A flag that stands for a config key is made from the key's dataclass field, whose help text, type,
-choices and default it shows (:func:`add_config_flags`); the values given on the command line go
-back to the config by key (:func:`config_flag_values`).
+Such a flag shows its field's help text, type, choices and default (:func:`add_config_flags`); the
+values given on the command line go back to the config by key (:func:`config_flag_values`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The evaluation suite: the paper's Table 1 and Table 3 for any image model, next to baselines.
+"""The evaluation suite: benchmarks, metrics, cost, tables — the paper's Table 1 and Table 3 for any
+image model, next to baselines.
 
 ``evaluate(models, benchmark, metrics, out_dir)`` generates every (prompt, seed) image with each
 model, scores it with reward models (ImageReward, Aes, PickScore, CLIP, HPSv2), computes set metrics

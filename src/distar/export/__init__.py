@@ -1,4 +1,4 @@
-"""Export: a training checkpoint as a plain diffusers pipeline (or LoRA) folder, ready for the Hub.
+"""Export: checkpoint → diffusers pipeline (or LoRA) folder and its Hub model card.
 
 - :mod:`~distar.export.pipeline` — checkpoint → one/few-step diffusers pipeline, ``distar.json``,
   and sampling from an exported folder or a checkpoint (``load_generator``, ``generator_images``)

@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised stand-ins for hub assets, built locally: for tests and offline trials.
+"""Tiny random stand-ins for hub assets: pipelines, reward models, Inception, tokenizers. Built
+locally, for tests and offline trials.
 
 - :mod:`~distar.testing.pipelines` — diffusers SD / SDXL / SD3 / FLUX pipelines (``pretrained: tiny:<name>``)
 - :mod:`~distar.testing.reward_models` — every reward model in its published file layout (``path: tiny``)
