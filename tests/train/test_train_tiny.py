@@ -22,8 +22,9 @@ QUICK = ["logging.progress_bar=false", "logging.every=1", "sampling.every=0", "l
 
 
 def train(family: str, out: Path, *overrides: str, resume: str | None = None) -> int:
-    argv = ["train", "--config", str(CONFIGS / f"tiny_{family}.yaml"), f"output_dir={out}", *QUICK, *overrides]
-    return main(argv + (["--resume", resume] if resume else []))
+    """`distar train` on tiny_<family>.yaml; ``resume`` goes before the overrides, as in the docs."""
+    argv = ["train", "--config", str(CONFIGS / f"tiny_{family}.yaml"), *(["--resume", resume] if resume else [])]
+    return main(argv + [f"output_dir={out}", *QUICK, *overrides])
 
 
 def log(out: Path) -> list[dict]:
