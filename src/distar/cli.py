@@ -79,7 +79,12 @@ def configure_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `key=value` overrides may also follow an option (`--resume latest loop.max_steps=12`)
+        overrides = getattr(args, "overrides", None)
+        if not isinstance(overrides, list) or any("=" not in x or x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        overrides += extra
     if args.command is None:
         parser.print_help()
         return 0

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 import yaml
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 from PIL import Image
 
 from distar.backends.loading import absent_components
@@ -26,7 +26,8 @@ def backend_image(backend, seed):
     generator = torch.Generator().manual_seed(seed)
     z = backend.sample_latents(1, generator)
     torch.manual_seed(seed)
-    noise = None if getattr(backend.pipe, "transformer", None) is not None else [generator]  # LCM: the generator
+    # SD3 and FLUX re-noise from the global RNG; LCM and SANA's scheduler step from the call's generator
+    noise = None if isinstance(backend.pipe, (StableDiffusion3Pipeline, FluxPipeline)) else [generator]
     with torch.no_grad():
         return backend.decode(backend.sample(z, backend.encode_prompts([PROMPT]), noise))
 

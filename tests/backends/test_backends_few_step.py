@@ -1,5 +1,6 @@
 """Few-step generators (model.steps / model.timesteps): config, k-step sampling, DMD2's backward
-simulation in training, and 4-step exports that plain diffusers and `distar generate` reproduce."""
+simulation in training, and 4-step (SANA: also 1-step) exports that plain diffusers and `distar generate`
+reproduce."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_steps_and_timesteps_config():
             ModelConfig(**bad)
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "sana"])
 def test_backward_simulation_runs_the_generators_earlier_steps(family, make_backend, perturb):
     backend = make_backend(family, steps=4)
     perturb(list(backend.generator_parameters()), seed=1)
@@ -62,21 +63,22 @@ def test_backward_simulation_runs_the_generators_earlier_steps(family, make_back
     handle.remove()
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
-def test_four_step_export_reproduces_the_generator(family, tiny_dir, tmp_path, perturb):
-    cfg = ModelConfig(family=family, pretrained=str(tiny_dir(family)), steps=4)
+@pytest.mark.parametrize(("family", "steps"), [("sd", 4), ("sdxl", 4), ("sd3", 4), ("sana", 1), ("sana", 4)])
+def test_few_step_export_reproduces_the_generator(family, steps, tiny_dir, tmp_path, perturb):
+    cfg = ModelConfig(family=family, pretrained=str(tiny_dir(family)), steps=steps)
     backend = build_backend(cfg)
     folder, _ = write_checkpoint(tmp_path / "run", cfg, backend, perturb)
     expected = backend_image(backend, seed=7)
     z = backend.sample_latents(1, torch.Generator().manual_seed(7))
     with torch.no_grad():
         first = backend.decode(backend.generate(z, backend.encode_prompts([PROMPT])))
-    assert not torch.allclose(expected, first, atol=1e-3)  # four steps are not the first step
+    assert torch.allclose(expected, first, atol=1e-3) == (steps == 1)  # k steps are not the first step
 
     out = export_checkpoint(folder, tmp_path / "export")
     metadata = json.loads((out / METADATA_FILE).read_text())
-    assert metadata["num_inference_steps"] == 4 and metadata["timesteps"] == cfg.generator_timesteps
-    assert "num_inference_steps=4" in (out / "README.md").read_text()
+    assert metadata["num_inference_steps"] == steps and metadata["timesteps"] == cfg.generator_timesteps
+    assert f"num_inference_steps={steps}" in (out / "README.md").read_text()
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == type(backend.pipe).__name__
     torch.testing.assert_close(diffusers_image(out, seed=7), expected, rtol=0, atol=2e-5)
     for model in (out, tmp_path / "run"):
         png = tmp_path / f"{model.name}.png"

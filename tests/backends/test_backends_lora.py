@@ -21,7 +21,7 @@ def _x_t(backend, seed=0):
     return x_t, t.round().long() if backend.schedule.discrete else t
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "sana"])
 def test_shared_adapter_off_is_the_reference_exactly(family, make_backend, perturb):
     shared = make_backend(family, assistant_lora_rank=4)
     plain = make_backend(family)
@@ -74,7 +74,7 @@ def _grad_x_t(backend, cond_prompts=("a red cube", "blue")):
     return x_t.grad
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "sana"])
 def test_gradient_checkpointing_recomputes_the_reference_with_adapters_off(family, make_backend, perturb):
     plain = make_backend(family, assistant_lora_rank=4)
     checkpointed = make_backend(family, assistant_lora_rank=4, gradient_checkpointing=True)
@@ -97,7 +97,7 @@ def test_lora_copy_layout_keeps_a_separate_reference(make_backend, perturb):
     assert not torch.allclose(backend.assistant_x0(x_t, t, cond), backend.reference_x0(x_t, t, cond))
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "sana"])
 def test_lora_generator_trains_only_its_adapter(family, make_backend, perturb):
     backend = make_backend(family, generator_lora_rank=4, dtype="bfloat16")
     lora = _lora_params(backend.generator)

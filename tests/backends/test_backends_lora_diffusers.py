@@ -37,7 +37,7 @@ def base_pipeline(folder) -> DiffusionPipeline:
     return pipe
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "sana"])
 def test_lora_export_loads_completely_and_equals_the_merged_export(family, tiny_dir, tmp_path, perturb):
     base = tiny_dir(family)
     cfg = ModelConfig(family=family, pretrained=str(base), generator_lora_rank=4, lora_alpha=8.0)

@@ -1,4 +1,4 @@
-"""End to end on the tiny SD / SDXL / SD3 / FLUX configs: every preset through `distar train`, checkpoints,
+"""End to end on the tiny SD / SDXL / SD3 / FLUX / SANA configs: every preset through `distar train`, checkpoints,
 resume `latest`, frozen parts untouched, LoRA layouts, mixed precision, export and `distar generate`."""
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ QUICK = ["logging.progress_bar=false", "logging.every=1", "sampling.every=0", "l
 
 
 def train(family: str, out: Path, *overrides: str, resume: str | None = None) -> int:
-    argv = ["train", "--config", str(CONFIGS / f"tiny_{family}.yaml"), f"output_dir={out}", *QUICK, *overrides]
-    return main(argv + (["--resume", resume] if resume else []))
+    """`distar train` on tiny_<family>.yaml; ``resume`` goes before the overrides, as in the docs."""
+    argv = ["train", "--config", str(CONFIGS / f"tiny_{family}.yaml"), *(["--resume", resume] if resume else [])]
+    return main(argv + [f"output_dir={out}", *QUICK, *overrides])
 
 
 def log(out: Path) -> list[dict]:
@@ -31,7 +32,7 @@ def log(out: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "sana"])
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_trains_and_checkpoints(family, preset, tmp_path):
     overrides = [f"objective.preset={preset}", "loop.max_steps=2", "loop.assistant_steps=1", "checkpointing.every=1"]
@@ -59,51 +60,50 @@ def test_cli_resume_latest_is_exact_and_samples_are_written(tmp_path):
     assert (tmp_path / "split" / "samples" / "step-000003-ema.png").is_file()
 
 
-def test_sd3_resumes_exactly_and_its_export_reproduces_generate(tmp_path):
-    """tiny_sd3: 3 steps straight = 2 + resume; the export, loaded by plain diffusers with its default
-    one-step call, gives the image `distar generate` writes."""
-    from diffusers import DiffusionPipeline
-
-    common = ["loop.max_steps=3", "checkpointing.every=2", "loop.assistant_steps=1"]
-    assert train("sd3", tmp_path / "straight", *common) == 0
-    assert train("sd3", tmp_path / "split", *common, "loop.max_steps=2") == 0
-    assert train("sd3", tmp_path / "split", *common, resume="latest") == 0
-    assert log(tmp_path / "split") == log(tmp_path / "straight")
-    a, b = (load_file(tmp_path / run / "checkpoint-3" / "generator.safetensors") for run in ("straight", "split"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-    export, png = tmp_path / "export", tmp_path / "image.png"
-    assert main(["export", str(tmp_path / "split"), "--out", str(export)]) == 0
-    assert main(["generate", "--model", str(export), "--prompt", "a cat", "--seed", "3", "--out", str(png)]) == 0
-    pipe = DiffusionPipeline.from_pretrained(export)
-    generator = torch.Generator().manual_seed(3)
-    image = pipe("a cat", num_inference_steps=1, guidance_scale=0.0, generator=generator, output_type="np").images[0]
-    written = torch.tensor(list(Image.open(png).getdata())).float().view(image.shape) / 255
-    assert (written - torch.from_numpy(image)).abs().max() <= 1 / 255 + 1e-6
-
-
-@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
-def test_four_step_generator_trains_and_its_export_reproduces_generate(family, tmp_path):
-    """model.steps=4: training (backward simulation) and 4-step sample grids run; the 4-step export,
-    loaded by plain diffusers at its recorded timesteps, gives the image `distar generate` writes."""
+def export_reproduces_generate(run: Path, tmp_path: Path) -> dict:
+    """`distar export` of the run, loaded by plain diffusers and called as its `distar.json` records,
+    gives the image `distar generate` writes (SD3 and FLUX re-noise from the global RNG: seeded as
+    generate seeds it); returns that metadata."""
     from diffusers import DiffusionPipeline
 
     from distar.export.pipeline import generator_call
 
-    run, export, png = tmp_path / "run", tmp_path / "export", tmp_path / "image.png"
-    overrides = ["model.steps=4", "loop.max_steps=2", "loop.assistant_steps=1", "sampling.every=2"]
-    assert train(family, run, *overrides) == 0
-    assert (run / "samples" / "step-000002.png").is_file()
+    export, png = tmp_path / "export", tmp_path / "image.png"
     assert main(["export", str(run), "--out", str(export)]) == 0
     assert main(["generate", "--model", str(export), "--prompt", "a cat", "--seed", "3", "--out", str(png)]) == 0
     metadata = json.loads((export / "distar.json").read_text())
     pipe = DiffusionPipeline.from_pretrained(export)
-    assert metadata["num_inference_steps"] == 4
-    torch.manual_seed(3)  # SD3's pipeline re-noises from the global RNG
+    torch.manual_seed(3)
     call = generator_call(metadata)
     image = pipe("a cat", generator=torch.Generator().manual_seed(3), output_type="np", **call).images[0]
     written = torch.tensor(list(Image.open(png).getdata())).float().view(image.shape) / 255
     assert (written - torch.from_numpy(image)).abs().max() <= 1 / 255 + 1e-6
+    return metadata
+
+
+@pytest.mark.parametrize("family", ["sd3", "sana"])
+def test_flow_model_resumes_exactly_and_its_export_reproduces_generate(family, tmp_path):
+    """tiny_<family>: 3 steps straight = 2 + resume; the export, loaded by plain diffusers with the
+    one-step call it records, gives the image `distar generate` writes."""
+    common = ["loop.max_steps=3", "checkpointing.every=2", "loop.assistant_steps=1"]
+    assert train(family, tmp_path / "straight", *common) == 0
+    assert train(family, tmp_path / "split", *common, "loop.max_steps=2") == 0
+    assert train(family, tmp_path / "split", *common, resume="latest") == 0
+    assert log(tmp_path / "split") == log(tmp_path / "straight")
+    a, b = (load_file(tmp_path / run / "checkpoint-3" / "generator.safetensors") for run in ("straight", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert export_reproduces_generate(tmp_path / "split", tmp_path)["num_inference_steps"] == 1
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux", "sana"])
+def test_four_step_generator_trains_and_its_export_reproduces_generate(family, tmp_path):
+    """model.steps=4: training (backward simulation) and 4-step sample grids run; the 4-step export,
+    loaded by plain diffusers at its recorded timesteps, gives the image `distar generate` writes."""
+    run = tmp_path / "run"
+    overrides = ["model.steps=4", "loop.max_steps=2", "loop.assistant_steps=1", "sampling.every=2"]
+    assert train(family, run, *overrides) == 0
+    assert (run / "samples" / "step-000002.png").is_file()
+    assert export_reproduces_generate(run, tmp_path)["num_inference_steps"] == 4
 
 
 def build(tmp_path, *overrides):

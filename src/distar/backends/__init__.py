@@ -1,4 +1,5 @@
-"""Diffusers backends: SD 1.5/2.x and SDXL latent (or pixel-space) UNets, SD3/SD3.5 and FLUX.1 transformers behind :class:`distar.protocols.Backend`.
+"""Diffusers backends: SD 1.5/2.x and SDXL latent (or pixel-space) UNets, SD3/SD3.5, FLUX.1 and SANA
+transformers behind :class:`distar.protocols.Backend`.
 
 ``ModelConfig`` is importable without diffusers; the rest loads diffusers on first use.
 """
@@ -17,6 +18,7 @@ _LAZY = {
     "StableDiffusionXLBackend": "distar.backends.sdxl",
     "StableDiffusion3Backend": "distar.backends.sd3",
     "FluxBackend": "distar.backends.flux",
+    "SanaBackend": "distar.backends.sana",
     "TextConditioning": "distar.backends.sd",
     "trainable_state_dict": "distar.backends.weights",
     "load_trainable_state_dict": "distar.backends.weights",

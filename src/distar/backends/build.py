@@ -12,6 +12,7 @@ from distar.backends.config import ModelConfig
 from distar.backends.flux import FluxBackend
 from distar.backends.loading import TEXT_ENCODERS, denoiser, load_pipeline, load_unet_init
 from distar.backends.lora import add_lora, cast_, checkpoint_keeping_adapter_state
+from distar.backends.sana import SanaBackend
 from distar.backends.sd import StableDiffusionBackend
 from distar.backends.sd3 import StableDiffusion3Backend
 from distar.backends.sdxl import StableDiffusionXLBackend
@@ -22,6 +23,7 @@ BACKENDS: dict[str, type[StableDiffusionBackend]] = {
     "sdxl": StableDiffusionXLBackend,
     "sd3": StableDiffusion3Backend,
     "flux": FluxBackend,
+    "sana": SanaBackend,
 }
 
 
@@ -83,7 +85,7 @@ def build_backend(
             module.compile()  # in place: parameter and state_dict names stay those of the UNet
     if pipe.vae is not None:
         pipe.vae.to(device)
-        if cfg.gradient_checkpointing:
+        if cfg.gradient_checkpointing and pipe.vae._supports_gradient_checkpointing:  # not SANA's DC-AE
             pipe.vae.enable_gradient_checkpointing()
     if not cfg.offload_text_encoders:
         for name in TEXT_ENCODERS:

@@ -18,12 +18,15 @@ TINY_MODELS: dict[str, dict[str, object]] = {
     "sd3": dict(family="sd3"),
     "sd3-no-t5": dict(family="sd3", t5=False),
     "flux": dict(family="flux"),
+    "sana": dict(family="sana"),
 }
 
 #: Families whose denoiser is a flow-matching transformer (velocity prediction, t = σ ∈ (0, 1]).
-FLOW_FAMILIES = ("sd3", "flux")
+FLOW_FAMILIES = ("sd3", "flux", "sana")
 #: Number of timesteps a flow transformer's time input is scaled to (fed 1000·σ).
 FLOW_TIMESTEPS = 1000
+#: The text-token count each flow family's pipeline uses by default (``max_sequence_length``).
+DEFAULT_SEQUENCE_LENGTHS = {"sd3": 256, "flux": 512, "sana": 300}
 
 #: LoRA targets: attention projections, feed-forwards and resnet convolutions of a diffusers UNet, and
 #: the text-stream attention projections of an MMDiT (SD3).
@@ -48,19 +51,21 @@ DEFAULT_LORA_TARGETS = [
 
 @dataclass
 class ModelConfig:
-    """A diffusers backbone (SD 1.5/2.x or SDXL UNet, SD3/SD3.5 transformer) and the three DI* models on it."""
+    """A diffusers backbone (SD 1.5/2.x or SDXL UNet, SD3/SD3.5, FLUX.1 or SANA transformer) and the three
+    DI* models on it."""
 
-    family: Literal["sd", "sdxl", "sd3", "flux"] = field(
+    family: Literal["sd", "sdxl", "sd3", "flux", "sana"] = field(
         "sd",
         help="'sd' (SD 1.5/2.x: one CLIP text encoder), 'sdxl' (two encoders, pooled embeds, time ids), "
-        "'sd3' (SD3/SD3.5 flow-matching transformer: CLIP-L, CLIP-G, optional T5, pooled projections) or "
-        "'flux' (FLUX.1: T5 tokens, CLIP pooled, packed latents, guidance embedding).",
+        "'sd3' (SD3/SD3.5 flow-matching transformer: CLIP-L, CLIP-G, optional T5, pooled projections), "
+        "'flux' (FLUX.1: T5 tokens, CLIP pooled, packed latents, guidance embedding) or 'sana' (SANA: "
+        "linear-attention flow transformer, Gemma-2 tokens with an attention mask, DC-AE).",
     )
     pretrained: str = field(
         "tiny:sd",
         help="Reference model: hub id or local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, "
-        "scheduler/; no vae/ = pixel space; transformer/ for sd3), or a tiny random model: tiny:sd, tiny:sd-v, "
-        "tiny:sd-pixel, tiny:sdxl, tiny:sdxl-v, tiny:sd3, tiny:sd3-no-t5, tiny:flux.",
+        "scheduler/; no vae/ = pixel space; transformer/ for sd3, flux and sana), or a tiny random model: tiny:sd, "
+        "tiny:sd-v, tiny:sd-pixel, tiny:sdxl, tiny:sdxl-v, tiny:sd3, tiny:sd3-no-t5, tiny:flux, tiny:sana.",
     )
     revision: str | None = field(None, help="Hub revision (branch, tag or commit) of `pretrained`.")
     variant: str | None = field(None, help="Weight file variant of `pretrained`, e.g. 'fp16'.")
@@ -120,7 +125,9 @@ class ModelConfig:
         "text_encoder_3; saves ~9 GB).",
     )
     max_sequence_length: int | None = field(
-        None, help="sd3, flux: T5 prompt tokens (null = the diffusers pipeline's default: sd3 256, flux 512)."
+        None,
+        help="sd3, flux: T5 prompt tokens; sana: Gemma tokens (null = the diffusers pipeline's default: sd3 256, "
+        "flux 512, sana 300).",
     )
     guidance: float = field(
         3.5,
@@ -167,7 +174,7 @@ class ModelConfig:
         if self.flow and self.prediction_type is not None:
             raise ConfigError(f"model.prediction_type: family '{self.family}' predicts the flow velocity; leave it null")
         if self.max_sequence_length is None:
-            self.max_sequence_length = 512 if self.family == "flux" else 256
+            self.max_sequence_length = DEFAULT_SEQUENCE_LENGTHS.get(self.family, 256)
         if not 0 < self.max_sequence_length <= 512:
             raise ConfigError(f"model.max_sequence_length: must be in 1..512, got {self.max_sequence_length}")
         if self.guidance < 0:

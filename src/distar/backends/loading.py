@@ -2,7 +2,8 @@
 
 A model is read component by component (``unet/`` or ``transformer/``, ``vae/``, ``text_encoder[_2,_3]/``,
 ``tokenizer[_2,_3]/``, ``scheduler/``) from a hub id or local folder, so folders without a VAE
-(pixel-space models) or without T5 (SD3) load too.
+(pixel-space models) or without T5 (SD3) load too. Flow transformers (SD3, FLUX, SANA) keep their
+own scheduler, whose shift is the training schedule's.
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from diffusers import (
+    AutoencoderDC,
     AutoencoderKL,
     DiffusionPipeline,
+    DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
     LCMScheduler,
+    SanaPipeline,
+    SanaTransformer2DModel,
+    SchedulerMixin,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -28,7 +34,15 @@ from diffusers import (
 )
 from diffusers.models.modeling_utils import ModelMixin
 from safetensors.torch import load_file
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    Gemma2Model,
+    GemmaTokenizer,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from distar.backends.config import TINY_MODELS, ModelConfig
 from distar.backends.lora import cast_
@@ -37,7 +51,9 @@ from distar.config import ConfigError
 from distar.errors import first_line
 from distar.io import tiny_asset
 
-TextToImagePipeline = StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline
+TextToImagePipeline = (
+    StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline | SanaPipeline
+)
 
 #: The diffusers pipeline class of each ``model.family``.
 PIPELINES: dict[str, type[TextToImagePipeline]] = {
@@ -45,6 +61,7 @@ PIPELINES: dict[str, type[TextToImagePipeline]] = {
     "sdxl": StableDiffusionXLPipeline,
     "sd3": StableDiffusion3Pipeline,
     "flux": FluxPipeline,
+    "sana": SanaPipeline,
 }
 
 #: The arguments that build a ``StableDiffusionPipeline`` without a safety checker: distar scores
@@ -105,7 +122,7 @@ def denoiser(pipe: Any) -> ModelMixin:
 
 
 def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextToImagePipeline:
-    """The reference model as a (CPU) SD, SDXL or SD3 pipeline (UNets: with an ``LCMScheduler``).
+    """The reference model as a (CPU) SD, SDXL, SD3, FLUX or SANA pipeline (UNets: with an ``LCMScheduler``).
 
     The UNet is loaded in float32 (trainable copies are made from it); the VAE and text encoders in
     ``dtype``. ``vae`` is None for pixel-space models. The scheduler keeps the reference's training
@@ -114,10 +131,14 @@ def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextT
     path = resolve_pretrained(cfg.pretrained)
     index = _model_index(path, cfg.revision)
     hub = dict(revision=cfg.revision, variant=cfg.variant)
+    if cfg.flow and not _has_component(path, "transformer", index):
+        raise ConfigError(f"model.family: '{cfg.family}' needs a transformer/ in '{cfg.pretrained}'")
     if cfg.family == "sd3":
         return _load_sd3_pipeline(cfg, path, index, dtype)
     if cfg.family == "flux":
-        return _load_flux_pipeline(cfg, path, index, dtype)
+        return _load_flux_pipeline(cfg, path, dtype)
+    if cfg.family == "sana":
+        return _load_sana_pipeline(cfg, path, dtype)
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32, **hub)
         if (unet.config.addition_embed_type == "text_time") != (cfg.family == "sdxl"):
@@ -159,66 +180,107 @@ def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextT
     return StableDiffusionPipeline(vae=vae, unet=unet, scheduler=scheduler, **NO_SAFETY_CHECKER, **parts)
 
 
+def _load_transformer_pipeline(
+    cfg: ModelConfig,
+    path: str,
+    dtype: torch.dtype,
+    *,
+    transformer: type[ModelMixin],
+    vae: type[ModelMixin],
+    scheduler: type[SchedulerMixin],
+    text: Sequence[tuple[Any, Any]],
+) -> Any:
+    """The family's pipeline (:data:`PIPELINES`) from its components, each read from its subfolder with
+    its class's ``from_pretrained``: the transformer in float32 (trainable copies are made from it), the
+    other networks in ``dtype``, tokenizers and schedulers as saved. ``text`` lists (encoder, tokenizer) classes in the pipeline's
+    order (``text_encoder``/``tokenizer``, then ``…_2``, ``…_3``); (None, None) for an absent pair."""
+    components = dict(transformer=transformer, vae=vae, scheduler=scheduler)
+    for i, (encoder, tokenizer) in enumerate(text):
+        suffix = f"_{i + 1}" if i else ""
+        components.update({f"text_encoder{suffix}": encoder, f"tokenizer{suffix}": tokenizer})
+
+    def load(name: str, cls: Any) -> Any:
+        if cls is None:
+            return None
+        if not issubclass(cls, torch.nn.Module):
+            return cls.from_pretrained(path, subfolder=name, revision=cfg.revision)
+        weights = torch.float32 if name == "transformer" else dtype
+        return cls.from_pretrained(path, subfolder=name, dtype=weights, revision=cfg.revision, variant=cfg.variant)
+
+    try:
+        return PIPELINES[cfg.family](**{name: load(name, cls) for name, cls in components.items()})
+    except OSError as err:
+        raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {first_line(err)}") from None
+
+
 def _load_sd3_pipeline(
     cfg: ModelConfig, path: str, index: Mapping[str, Any], dtype: torch.dtype
 ) -> StableDiffusion3Pipeline:
-    """SD3/SD3.5: float32 transformer; VAE, CLIP-L, CLIP-G and (``cfg.t5`` and present) T5 in ``dtype``;
-    the reference's own ``FlowMatchEulerDiscreteScheduler`` (its shift is the training schedule's)."""
-    hub = dict(revision=cfg.revision, variant=cfg.variant)
-    if not _has_component(path, "transformer", index):
-        raise ConfigError(f"model.family: '{cfg.family}' needs a transformer/ in '{cfg.pretrained}'")
-    try:
-        transformer = SD3Transformer2DModel.from_pretrained(path, subfolder="transformer", dtype=torch.float32, **hub)
-        t5 = cfg.t5 and _has_component(path, "text_encoder_3", index)
-        parts = dict(
-            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **hub),
-            text_encoder=CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **hub),
-            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
-                path, subfolder="text_encoder_2", dtype=dtype, **hub
-            ),
-            text_encoder_3=T5EncoderModel.from_pretrained(path, subfolder="text_encoder_3", dtype=dtype, **hub)
-            if t5
-            else None,
-            tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=cfg.revision),
-            tokenizer_2=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", revision=cfg.revision),
-            tokenizer_3=T5TokenizerFast.from_pretrained(path, subfolder="tokenizer_3", revision=cfg.revision)
-            if t5
-            else None,
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", revision=cfg.revision),
-        )
-    except OSError as err:
-        raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {first_line(err)}") from None
-    return StableDiffusion3Pipeline(transformer=transformer, **parts)
+    """SD3/SD3.5: CLIP-L, CLIP-G and (``cfg.t5`` and present) T5; the reference's own
+    ``FlowMatchEulerDiscreteScheduler`` (its shift is the training schedule's)."""
+    t5 = cfg.t5 and _has_component(path, "text_encoder_3", index)
+    clip = (CLIPTextModelWithProjection, CLIPTokenizer)
+    text = [clip, clip, (T5EncoderModel, T5TokenizerFast) if t5 else (None, None)]
+    return _load_transformer_pipeline(
+        cfg, path, dtype, transformer=SD3Transformer2DModel, vae=AutoencoderKL,
+        scheduler=FlowMatchEulerDiscreteScheduler, text=text,
+    )
 
 
-def _load_flux_pipeline(cfg: ModelConfig, path: str, index: Mapping[str, Any], dtype: torch.dtype) -> FluxPipeline:
-    """FLUX.1: float32 transformer; VAE, CLIP (pooled) and T5 in ``dtype``; the reference's own
-    (dynamically shifted) ``FlowMatchEulerDiscreteScheduler``."""
-    hub = dict(revision=cfg.revision, variant=cfg.variant)
-    if not _has_component(path, "transformer", index):
-        raise ConfigError(f"model.family: '{cfg.family}' needs a transformer/ in '{cfg.pretrained}'")
+def _load_flux_pipeline(cfg: ModelConfig, path: str, dtype: torch.dtype) -> FluxPipeline:
+    """FLUX.1: CLIP (pooled) and T5; the reference's own (dynamically shifted) ``FlowMatchEulerDiscreteScheduler``."""
+    text = [(CLIPTextModel, CLIPTokenizer), (T5EncoderModel, T5TokenizerFast)]
+    return _load_transformer_pipeline(
+        cfg, path, dtype, transformer=FluxTransformer2DModel, vae=AutoencoderKL,
+        scheduler=FlowMatchEulerDiscreteScheduler, text=text,
+    )
+
+
+def _load_sana_pipeline(cfg: ModelConfig, path: str, dtype: torch.dtype) -> SanaPipeline:
+    """SANA: Gemma-2 (``Gemma2Model``) and its tokenizer, the DC-AE; the reference's own flow scheduler
+    (:func:`_flow_scheduler_class`)."""
+    scheduler = _flow_scheduler_class(cfg, path)
+    return _load_transformer_pipeline(
+        cfg, path, dtype, transformer=SanaTransformer2DModel, vae=AutoencoderDC,
+        scheduler=scheduler, text=[(Gemma2Model, GemmaTokenizer)],
+    )
+
+
+#: Schedulers a flow model may ship with: rectified-flow Euler (SD3, FLUX) and flow-sigma DPM-Solver (SANA).
+FLOW_SCHEDULERS = {cls.__name__: cls for cls in (FlowMatchEulerDiscreteScheduler, DPMSolverMultistepScheduler)}
+
+
+def _flow_scheduler_class(cfg: ModelConfig, path: str) -> type[SchedulerMixin]:
+    """The class named by the model's ``scheduler/`` config, which must be one of :data:`FLOW_SCHEDULERS`
+    (a DPM-Solver with ``use_flow_sigmas``): its shift is the training schedule's."""
     try:
-        return FluxPipeline(
-            transformer=FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", dtype=torch.float32, **hub),
-            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **hub),
-            text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **hub),
-            text_encoder_2=T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", dtype=dtype, **hub),
-            tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=cfg.revision),
-            tokenizer_2=T5TokenizerFast.from_pretrained(path, subfolder="tokenizer_2", revision=cfg.revision),
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", revision=cfg.revision),
-        )
+        config = FlowMatchEulerDiscreteScheduler.load_config(path, subfolder="scheduler", revision=cfg.revision)
     except OSError as err:
         raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {first_line(err)}") from None
+    name = config.get("_class_name")
+    if name not in FLOW_SCHEDULERS or name == "DPMSolverMultistepScheduler" and not config.get("use_flow_sigmas"):
+        raise ConfigError(f"model.pretrained: '{cfg.pretrained}' has a {name} that is not a flow-matching scheduler")
+    return FLOW_SCHEDULERS[name]
+
+
+def _accepted(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a scheduler config that ``cls`` takes (others, e.g. a DPM-Solver's, are dropped)."""
+    accepted = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in config.items() if k in accepted}
 
 
 def one_step_flow_scheduler(
     scheduler_config: Mapping[str, Any], stochastic: bool = False
 ) -> FlowMatchEulerDiscreteScheduler:
-    """A ``FlowMatchEulerDiscreteScheduler`` that uses ``sigmas`` as given (no shift): with
-    ``sigmas=[t_init/1000]`` one step returns x_t − σ û, the generator's x0 (§1). ``stochastic``
-    (few-step generators): each step re-noises that x0 to the next σ with fresh noise, as DMD2 does."""
+    """A ``FlowMatchEulerDiscreteScheduler`` (from any flow scheduler's config) that uses ``sigmas`` as
+    given (no shift): with ``sigmas=[t_init/1000]`` one step returns x_t − σ û, the generator's x0 (§1).
+    ``stochastic`` (few-step generators): each step re-noises that x0 to the next σ with fresh noise, as
+    DMD2 does."""
     return FlowMatchEulerDiscreteScheduler.from_config(
-        scheduler_config, shift=1.0, use_dynamic_shifting=False, stochastic_sampling=stochastic
+        _accepted(FlowMatchEulerDiscreteScheduler, scheduler_config),
+        shift=1.0,
+        use_dynamic_shifting=False,
+        stochastic_sampling=stochastic,
     )
 
 
@@ -229,8 +291,7 @@ def one_step_scheduler(scheduler_config: Mapping[str, Any], prediction_type: str
     generator's x0 (Eq. 2.1 conversion of the UNet output) up to float32 rounding; clipping and
     thresholding are off so nothing else touches it.
     """
-    accepted = inspect.signature(LCMScheduler.__init__).parameters
-    config = {k: v for k, v in scheduler_config.items() if k in accepted}  # drop e.g. Euler-only keys
+    config = _accepted(LCMScheduler, scheduler_config)  # drop e.g. Euler-only keys
     config.update(clip_sample=False, thresholding=False)
     if prediction_type is not None:
         config["prediction_type"] = prediction_type

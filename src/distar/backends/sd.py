@@ -25,10 +25,12 @@ from distar.diffusion import DiscreteSchedule, PredictionType, Schedule, expand_
 
 @dataclass(frozen=True)
 class TextConditioning:
-    """Prompt conditioning: per-token text embeddings and (SDXL) the pooled text embedding."""
+    """Prompt conditioning: per-token text embeddings, (SDXL, SD3, FLUX) the pooled text embedding and
+    (SANA) the tokens' attention mask."""
 
     embeds: Tensor  # (B, L, D)
-    pooled: Tensor | None = None  # (B, P), SDXL and SD3
+    pooled: Tensor | None = None  # (B, P), SDXL, SD3 and FLUX
+    mask: Tensor | None = None  # (B, L), 1 = token, 0 = padding; SANA
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -36,8 +38,8 @@ class TextConditioning:
     @classmethod
     def stack(cls, rows: Sequence["TextConditioning"]) -> "TextConditioning":
         """Batch-1 conditionings joined into one batch, in order."""
-        embeds, pooled = zip(*(row._values() for row in rows))
-        return cls(torch.cat(embeds), None if pooled[0] is None else torch.cat(pooled))
+        columns = zip(*(row._values() for row in rows))
+        return cls(*(None if column[0] is None else torch.cat(column) for column in columns))
 
     def repeat(self, batch_size: int) -> "TextConditioning":
         """A batch-1 conditioning (e.g. the empty prompt) repeated ``batch_size`` times."""
@@ -49,8 +51,8 @@ class TextConditioning:
             *(None if a is None else torch.cat([a, b]) for a, b in zip(self._values(), other._values()))
         )
 
-    def _values(self) -> tuple[Tensor, Tensor | None]:
-        return self.embeds, self.pooled
+    def _values(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        return self.embeds, self.pooled, self.mask
 
 
 class StableDiffusionBackend:

@@ -130,19 +130,25 @@ def _eval_section(eval_dir: str | Path) -> list[str]:
 
 def generator_call(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """The pipeline keyword arguments that run a distar generator, from its ``distar.json``: its k steps
-    (``timesteps=[...]`` for UNet pipelines, ``sigmas=[t/1000, ...]`` for flow transformers), no CFG
-    (FLUX: ``guidance_scale`` = its guidance input, and the training size, FLUX's pipeline defaults to 1024)."""
+    (``timesteps=[...]`` for UNet pipelines, ``sigmas=[t/1000, ...]`` for flow transformers), no CFG and,
+    for flow transformers, the number of text tokens trained with (when recorded). FLUX: ``guidance_scale``
+    = its guidance input. FLUX and SANA: the training size (their pipelines default to 1024 px); SANA
+    without resolution binning (which would move other sizes to its trained aspect-ratio bins)."""
     from distar.backends.config import FLOW_FAMILIES, FLOW_TIMESTEPS
 
+    family, side = metadata.get("family"), metadata.get("resolution")
     timesteps = [int(t) for t in metadata.get("timesteps") or [metadata["t_init"]]]
     call: dict[str, Any] = {"num_inference_steps": len(timesteps), "guidance_scale": 0.0}
-    if metadata.get("family") in FLOW_FAMILIES:
+    if family in FLOW_FAMILIES:
         call["sigmas"] = [t / FLOW_TIMESTEPS for t in timesteps]
+        if metadata.get("max_sequence_length"):
+            call["max_sequence_length"] = int(metadata["max_sequence_length"])
     else:
         call["timesteps"] = timesteps
-    if metadata.get("family") == "flux":
-        side = metadata.get("resolution")
+    if family == "flux":
         call.update(guidance_scale=float(metadata["guidance"]), height=side, width=side)
+    if family == "sana":
+        call.update(height=side, width=side, use_resolution_binning=False)
     return call
 
 
@@ -174,16 +180,17 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
     arguments = ", ".join(f"{k}={_value(call[k])}" for k in ("num_inference_steps", "guidance_scale"))
     rest = ", ".join(f"{k}={_value(v)}" for k, v in call.items() if k not in ("num_inference_steps", "guidance_scale"))
     call_line = f'image = pipe("a photo of a corgi in a field of flowers", {arguments},\n             {rest}).images[0]'
-    if _flow(metadata) and steps > 1:  # SD3's and FLUX's pipelines re-noise from the global RNG
+    if metadata.get("family") in ("sd3", "flux") and steps > 1:  # their pipelines re-noise from the global RNG
         call_line = "torch.manual_seed(0)\n" + call_line
     no_t5 = ", text_encoder_3=None, tokenizer_3=None" if metadata.get("t5") is False else ""
+    dtype = "bfloat16" if metadata.get("family") == "sana" else "float16"  # SANA's Gemma and DC-AE need bf16 or fp32
     if metadata.get("format") != "lora":
         return [
             "```python",
             "import torch",
             "from diffusers import DiffusionPipeline",
             "",
-            f'pipe = DiffusionPipeline.from_pretrained("{where}", torch_dtype=torch.float16{no_t5}).to("cuda")',
+            f'pipe = DiffusionPipeline.from_pretrained("{where}", torch_dtype=torch.{dtype}{no_t5}).to("cuda")',
             call_line,
             "```",
         ]
@@ -200,7 +207,7 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
         "import torch",
         f"from diffusers import {scheduler}, {pipeline_class}",
         "",
-        f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.float16{no_t5}).to("cuda")',
+        f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.{dtype}{no_t5}).to("cuda")',
         f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, {options})",
         f'pipe.load_lora_weights("{where}")',
         call_line,

@@ -1,11 +1,12 @@
 """Training checkpoint → standard diffusers one/few-step pipeline (and sampling from either).
 
 An exported folder is a plain ``StableDiffusionPipeline``/``StableDiffusionXLPipeline``/
-``StableDiffusion3Pipeline``: the generator UNet or transformer (EMA weights by default, LoRA merged,
-``sample_size`` = the training resolution), the reference's VAE, text encoders and tokenizers, and the
-generator's scheduler (an ``LCMScheduler``; for SD3 an unshifted ``FlowMatchEulerDiscreteScheduler``,
-called with ``sigmas=[t/1000, ...]`` instead of ``timesteps``, stochastic for several steps);
-``distar.json`` records ``t_init``, ``num_inference_steps``, ``timesteps`` and the resolution, and
+``StableDiffusion3Pipeline``/``FluxPipeline``/``SanaPipeline``: the generator UNet or transformer (EMA
+weights by default, LoRA merged, ``sample_size`` = the training resolution), the reference's VAE, text
+encoders and tokenizers, and the generator's scheduler (an ``LCMScheduler``; for flow transformers an
+unshifted ``FlowMatchEulerDiscreteScheduler``, called with ``sigmas=[t/1000, ...]`` instead of
+``timesteps``, stochastic for several steps); ``distar.json`` records ``t_init``,
+``num_inference_steps``, ``timesteps``, the resolution (and for flow transformers the text-token count), and
 ``README.md`` is a Hub model card (:mod:`distar.export.card`). With ``lora`` the folder holds the generator's
 LoRA in diffusers' format instead. Then
 
@@ -140,6 +141,7 @@ def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[st
         "prediction_type": cfg.prediction_type,
         **({"t5": cfg.t5} if cfg.family == "sd3" else {}),
         **({"guidance": cfg.guidance} if cfg.family == "flux" else {}),
+        **({"max_sequence_length": cfg.max_sequence_length} if cfg.flow else {}),
         "pretrained": portable_name(cfg.pretrained),
         "generator_init": portable_name(cfg.generator_init),
         "checkpoint": ckpt.name,
@@ -250,8 +252,9 @@ def generator_images(
     """Images (B, 3, H, W) in [0, 1]: ``pipe`` run with ``call`` (:func:`generator_call`), one network
     evaluation per step; z from a CPU generator per seed.
 
-    Re-noising between steps draws from the same generators (LCM); the SD3 and FLUX pipelines draw it
-    from torch's global RNG, which is seeded with the first seed here (and restored after).
+    Re-noising between steps draws from the same generators (LCM; SANA, whose pipeline passes them to
+    the scheduler); the SD3 and FLUX pipelines draw it from torch's global RNG, which is seeded with the
+    first seed here (and restored after).
     Pixel-space pipelines (``vae`` None) return their latents, which are the image in [-1, 1]; their
     size argument counts in units of the pipeline's nominal ``vae_scale_factor``.
     """

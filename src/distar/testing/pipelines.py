@@ -1,12 +1,13 @@
-"""Tiny, randomly initialised Stable Diffusion / SDXL / SD3 / FLUX pipelines for tests and offline trials.
+"""Tiny, randomly initialised Stable Diffusion / SDXL / SD3 / FLUX / SANA pipelines for tests and offline trials.
 
 :func:`save_tiny_pipeline` writes a real diffusers pipeline folder (``model_index.json`` plus the
 ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` subfolders; SDXL adds
 ``text_encoder_2``/``tokenizer_2``; SD3 has a ``transformer`` instead of the UNet, three text encoders
-(CLIP-L, CLIP-G, T5) and a flow-matching scheduler; FLUX a transformer, CLIP and T5) that loads back with
-``DiffusionPipeline.from_pretrained``. The networks are a few thousand parameters: latents are
-4 × 8 × 8, images 3 × 16 × 16. The pixel-space variant (``latent=False``) has no VAE and a
-3-channel UNet: the layout of pixel-space "sd" models.
+(CLIP-L, CLIP-G, T5) and a flow-matching scheduler; FLUX a transformer, CLIP and T5; SANA a
+linear-attention transformer, a Gemma-2 encoder and a DC-AE) that loads back with ``DiffusionPipeline.from_pretrained``. The networks are a
+few thousand parameters: latents are 4 × 8 × 8, images 3 × 16 × 16 (SANA: 3 × 32 × 32, its pipeline
+takes multiples of 32). The pixel-space variant (``latent=False``) has no VAE and a 3-channel UNet:
+the layout of pixel-space "sd" models.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from typing import Any, Literal
 
 import torch
 from diffusers import (
+    AutoencoderDC,
     AutoencoderKL,
     DDIMScheduler,
+    DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxTransformer2DModel,
+    SanaTransformer2DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
 )
@@ -29,6 +33,9 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    Gemma2Config,
+    Gemma2Model,
+    GemmaTokenizer,
     T5Config,
     T5EncoderModel,
 )
@@ -38,12 +45,14 @@ from distar.backends.loading import NO_SAFETY_CHECKER, PIPELINES
 from distar.io import build_once, cache_dir
 from distar.testing.tokenizers import (
     TINY_CLIP_VOCAB_SIZE,
+    TINY_GEMMA_VOCAB_SIZE,
     TINY_T5_VOCAB_SIZE,
     save_tiny_clip_tokenizer,
+    save_tiny_gemma_tokenizer,
     save_tiny_t5_tokenizer,
 )
 
-Family = Literal["sd", "sdxl", "sd3", "flux"]
+Family = Literal["sd", "sdxl", "sd3", "flux", "sana"]
 
 #: Latent (UNet sample) side length of the tiny models; images are twice as large (2-level VAE).
 TINY_SAMPLE_SIZE = 8
@@ -56,6 +65,11 @@ TINY_TIME_EMBED_DIM = 8
 TINY_T5_DIM = 32
 #: Timestep shift of the tiny SD3 scheduler (SD3-medium's).
 TINY_SD3_SHIFT = 3.0
+
+#: Width of the tiny Gemma-2 encoder, which is the SANA transformer's caption width.
+TINY_GEMMA_DIM = 16
+#: ``flow_shift`` of the tiny SANA scheduler (a flow-sigma DPM-Solver, as SANA's 1024 px checkpoints ship).
+TINY_SANA_SHIFT = 3.0
 
 _SD_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -151,6 +165,42 @@ def tiny_flux_transformer() -> FluxTransformer2DModel:
     )
 
 
+def tiny_sana_transformer() -> SanaTransformer2DModel:
+    """A two-block SANA transformer (linear self-attention, cross-attention, Mix-FFN) on 4-channel
+    8 × 8 latents, 1 × 1 patches, captions :data:`TINY_GEMMA_DIM` wide."""
+    return SanaTransformer2DModel(
+        in_channels=4, out_channels=4, sample_size=TINY_SAMPLE_SIZE, patch_size=1, num_layers=2,
+        num_attention_heads=2, attention_head_dim=8,  # self-attention, 16 wide
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
+        caption_channels=TINY_GEMMA_DIM,
+    )
+
+
+def tiny_gemma2() -> Gemma2Model:
+    """A one-layer Gemma-2 decoder stack (SANA's text encoder) without attention soft-capping, which
+    only slows the long prompts that SANA's complex human instruction makes."""
+    config = Gemma2Config(
+        vocab_size=TINY_GEMMA_VOCAB_SIZE, pad_token_id=0, eos_token_id=1, bos_token_id=2,  # the tiny tokenizer's ids
+        hidden_size=TINY_GEMMA_DIM, intermediate_size=2 * TINY_GEMMA_DIM, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, attn_logit_softcapping=None,
+        max_position_embeddings=4096,
+    )
+    return Gemma2Model(config)
+
+
+def tiny_dc_ae() -> AutoencoderDC:
+    """A three-level deep-compression autoencoder (two residual stages, one EfficientViT stage):
+    3 × 32 × 32 images <-> 4 × 8 × 8 latents, DC-AE-f32c32's scaling factor."""
+    stages = dict(
+        block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+        block_out_channels=(8, 8, 16),
+        layers_per_block=(1, 1, 1),
+        qkv_multiscales=((), (), (5,)),
+    )
+    sides = {f"{side}_{key}": value for side in ("encoder", "decoder") for key, value in stages.items()}
+    return AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=4, scaling_factor=0.41407, **sides)
+
+
 def tiny_t5() -> T5EncoderModel:
     """A two-layer T5 encoder on the tiny T5 vocabulary."""
     config = T5Config(
@@ -207,6 +257,18 @@ def _flux_parts(directory: Path, tokenizer: CLIPTokenizer) -> dict[str, Any]:
     )
 
 
+
+def _sana_parts(tokenizer: GemmaTokenizer) -> dict[str, Any]:
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=tiny_gemma2(),
+        vae=tiny_dc_ae(),
+        transformer=tiny_sana_transformer(),
+        scheduler=DPMSolverMultistepScheduler(
+            flow_shift=TINY_SANA_SHIFT, use_flow_sigmas=True, prediction_type="flow_prediction"
+        ),
+    )
+
 def _sd_parts(tokenizer: CLIPTokenizer, prediction_type: str, latent: bool) -> dict[str, Any]:
     parts: dict[str, Any] = dict(
         unet=tiny_unet("sd", channels=4 if latent else 3),
@@ -239,8 +301,8 @@ def save_tiny_pipeline(
     latent: bool = True,
     t5: bool = True,
 ) -> Path:
-    """Write a tiny random SD (``"sd"``), SDXL (``"sdxl"``), SD3 (``"sd3"``) or FLUX (``"flux"``)
-    diffusers pipeline folder; return its path.
+    """Write a tiny random SD (``"sd"``), SDXL (``"sdxl"``), SD3 (``"sd3"``), FLUX (``"flux"``) or SANA
+    (``"sana"``) diffusers pipeline folder; return its path.
 
     Deterministic in ``seed`` (the global RNG state is left untouched). The scheduler has SD's
     ``scaled_linear`` betas 0.00085..0.012 over 1000 steps and the given ``prediction_type``.
@@ -250,18 +312,24 @@ def save_tiny_pipeline(
     ``FlowMatchEulerDiscreteScheduler`` with shift :data:`TINY_SD3_SHIFT`, a VAE with SD3's
     ``shift_factor`` and, with ``t5=False``, no T5 encoder (as SD3 without ``text_encoder_3``).
     FLUX has FLUX.1-dev's dynamically shifted flow scheduler, CLIP (pooled) + T5 and a guidance
-    embedding; its pipeline defaults to 1024 px, so give tiny FLUX runs ``resolution: 16``.
+    embedding; its pipeline defaults to 1024 px, so give tiny FLUX runs ``resolution: 16``. SANA has
+    a Gemma-2 encoder with a character-level Gemma tokenizer, a DC-AE and, as SANA's checkpoints, a
+    flow-sigma ``DPMSolverMultistepScheduler`` with ``flow_shift`` :data:`TINY_SANA_SHIFT`; it
+    generates 32 px images by default.
     """
     if family not in PIPELINES:
-        raise ValueError(f"unknown family {family!r}; expected 'sd', 'sdxl', 'sd3' or 'flux'")
+        raise ValueError(f"unknown family {family!r}; expected 'sd', 'sdxl', 'sd3', 'flux' or 'sana'")
     if not latent and family != "sd":
         raise ValueError("pixel-space tiny models exist for family 'sd' only")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = save_tiny_clip_tokenizer(directory / "tokenizer")
+    tokenizer_of = save_tiny_gemma_tokenizer if family == "sana" else save_tiny_clip_tokenizer
+    tokenizer = tokenizer_of(directory / "tokenizer")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if family == "sd3":
+        if family == "sana":
+            parts = _sana_parts(tokenizer)
+        elif family == "sd3":
             parts = _sd3_parts(directory, tokenizer, t5)
         elif family == "flux":
             parts = _flux_parts(directory, tokenizer)
