@@ -37,9 +37,9 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_threads import sdxl_shaped_unet  # noqa: E402
 
-from distar.backends.tiny import save_tiny_pipeline  # noqa: E402
 from distar.config import load_config  # noqa: E402
 from distar.runtime import environment  # noqa: E402
+from distar.testing.pipelines import save_tiny_pipeline  # noqa: E402
 from distar.train import TrainConfig, build_trainer  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_sdxl.yaml"

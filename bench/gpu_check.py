@@ -28,10 +28,10 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from distar.backends.tiny import save_tiny_pipeline
 from distar.config import load_config
 from distar.runtime import environment
-from distar.tiny import TINY_CLIP_VOCAB_SIZE, save_tiny_clip_tokenizer
+from distar.testing.pipelines import save_tiny_pipeline
+from distar.testing.tokenizers import TINY_CLIP_VOCAB_SIZE, save_tiny_clip_tokenizer
 from distar.train import TrainConfig, build_trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sdxl_dmd2_pickscore.yaml"

@@ -1,4 +1,4 @@
-"""The ``distar`` command line: a thin dispatcher over :mod:`distar.commands`.
+"""The ``distar`` command line: parses it and dispatches to :mod:`distar.commands`.
 
 Each command lives in ``distar/commands/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; heavy imports happen inside ``run`` so ``distar --help`` stays fast.

@@ -212,22 +212,36 @@ def parse_yaml(text: str, where: str) -> Any:
     return data
 
 
+def _section(data: dict[str, Any], key: str, where: str) -> tuple[dict[str, Any], str]:
+    """The mapping that holds the dotted ``key`` of a nested dict (sections made as needed) and its last part."""
+    *sections, last = key.strip().split(".")
+    node = data
+    for part in sections:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: '{part}' is not a section")
+        node = child
+    return node, last
+
+
+def set_key(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set the dotted ``key`` (``a.b.c``) of a nested dict to ``value``, in place."""
+    node, last = _section(data, key, f"'{_short(key)[1:-1]}'")
+    node[last] = value
+    return data
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, in place."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{_short(item)[1:-1]}' is not of the form key=value")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(part.strip() for part in parts):
+        if not all(part.strip() for part in key.strip().split(".")):
             raise ConfigError(f"override '{_short(item)[1:-1]}': empty key")
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{_short(key)[1:-1]}': '{part}' is not a section")
-            node = child
-        node[parts[-1]] = parse_yaml(raw, f"override '{_short(key)[1:-1]}'") if raw.strip() else ""
+        where = f"override '{_short(key)[1:-1]}'"
+        node, last = _section(data, key, where)
+        node[last] = parse_yaml(raw, where) if raw.strip() else ""
     return data
 
 
@@ -253,9 +267,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return from_dict(cls, apply_overrides(data, overrides))
 
 
+def config_yaml(obj: Any) -> str:
+    """The resolved config as YAML, keys in field order."""
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
 def save_config(obj: Any, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    Path(path).write_text(config_yaml(obj))
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, **kwargs: Any) -> Any:

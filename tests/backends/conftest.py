@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distar.backends import ModelConfig, build_backend
-from distar.backends.tiny import save_tiny_pipeline
+from distar.testing.pipelines import save_tiny_pipeline
 
 #: (family, prediction_type) pairs every backend property is checked on.
 FAMILIES = [("sd", "epsilon"), ("sd", "v_prediction"), ("sdxl", "epsilon"), ("sdxl", "v_prediction")]

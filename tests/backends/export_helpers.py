@@ -14,7 +14,7 @@ from distar.backends.loading import absent_components
 from distar.backends.lora import save_checkpoint_lora
 from distar.backends.weights import trainable_state_dict
 from distar.config import to_dict
-from distar.export import generator_call
+from distar.export.pipeline import generator_call
 from distar.train.checkpoint import save_tensors, write_manifest
 
 PROMPT = "a small red house"

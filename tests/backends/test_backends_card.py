@@ -12,10 +12,10 @@ from diffusers import DiffusionPipeline
 from huggingface_hub import ModelCard
 
 from distar.backends import ModelConfig, build_backend
-from distar.card import hub_id, portable_name, validate_export
+from distar.export.card import hub_id, portable_name, validate_export
 from distar.cli import main
 from distar.config import ConfigError
-from distar.export import export_checkpoint
+from distar.export.pipeline import export_checkpoint
 from export_helpers import PROMPT, write_checkpoint
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from distar.backends import ModelConfig, build_backend
 from distar.cli import main
 from distar.config import ConfigError, to_dict
-from distar.export import METADATA_FILE, export_checkpoint, pipeline_from_checkpoint
+from distar.export.pipeline import METADATA_FILE, export_checkpoint, pipeline_from_checkpoint
 from distar.train.checkpoint import write_manifest
 from export_helpers import PROMPT, backend_image, diffusers_image, read_png, write_checkpoint
 

@@ -12,7 +12,7 @@ import torch
 from distar.backends import ModelConfig, build_backend
 from distar.cli import main
 from distar.config import ConfigError
-from distar.export import METADATA_FILE, export_checkpoint
+from distar.export.pipeline import METADATA_FILE, export_checkpoint
 from distar.train.algorithm import generator_x0
 from export_helpers import PROMPT, backend_image, diffusers_image, read_png, write_checkpoint
 

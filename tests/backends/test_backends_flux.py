@@ -14,7 +14,7 @@ from distar.backends import ModelConfig, build_backend
 from distar.backends.lora import lora_layers
 from distar.cli import main
 from distar.diffusion import FlowMatchSchedule
-from distar.export import METADATA_FILE, export_checkpoint
+from distar.export.pipeline import METADATA_FILE, export_checkpoint
 from distar.protocols import Backend
 from export_helpers import PROMPT, backend_image, diffusers_image, read_png, write_checkpoint
 

@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from distar.backends import ModelConfig, build_backend
 from distar.backends.loading import resolve_pretrained
-from distar.backends.tiny import save_tiny_pipeline, tiny_unet
 from distar.config import ConfigError, load_config
+from distar.testing.pipelines import save_tiny_pipeline, tiny_unet
 
 
 @pytest.mark.parametrize("family, cls", [("sd", StableDiffusionPipeline), ("sdxl", StableDiffusionXLPipeline)])

@@ -16,7 +16,7 @@ from distar.backends import ModelConfig, build_backend
 from distar.backends.loading import denoiser, denoiser_name, one_step_flow_scheduler, resolve_pretrained
 from distar.backends.lora import LORA_EMA_WEIGHTS_FILE, LORA_WEIGHTS_FILE, lora_layers, save_diffusers_lora
 from distar.cli import main
-from distar.export import METADATA_FILE, export_checkpoint, generator_call
+from distar.export.pipeline import METADATA_FILE, export_checkpoint, generator_call
 from export_helpers import one_step, write_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

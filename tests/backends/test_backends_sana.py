@@ -12,10 +12,10 @@ from diffusers import DiffusionPipeline
 
 from distar.backends import ModelConfig, build_backend
 from distar.backends.loading import one_step_flow_scheduler
-from distar.backends.tiny import TINY_SANA_SHIFT
 from distar.config import ConfigError
 from distar.diffusion import FlowMatchSchedule
 from distar.protocols import Backend
+from distar.testing.pipelines import TINY_SANA_SHIFT
 from export_helpers import PROMPT
 
 SIGMAS = [0.05, 0.5, 0.97]

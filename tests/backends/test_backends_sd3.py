@@ -11,12 +11,12 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
 from distar.backends import ModelConfig, build_backend
 from distar.backends.loading import absent_components
-from distar.backends.tiny import TINY_SD3_SHIFT
 from distar.cli import main
 from distar.config import ConfigError
 from distar.diffusion import FlowMatchSchedule
-from distar.export import METADATA_FILE, export_checkpoint
+from distar.export.pipeline import METADATA_FILE, export_checkpoint
 from distar.protocols import Backend
+from distar.testing.pipelines import TINY_SD3_SHIFT
 from export_helpers import PROMPT, backend_image, diffusers_image, read_png, write_checkpoint
 
 SIGMAS = [0.05, 0.5, 0.97]

@@ -75,3 +75,19 @@ def test_config_flags_take_type_choices_and_help_from_the_config_fields():
         parser.parse_args(["--batch-size", "many"])
     with pytest.raises(TypeError, match="no command-line flag"):
         add_config_flags(argparse.ArgumentParser(), Settings, ["seeds"])
+
+
+def test_a_flag_for_a_boolean_on_by_default_turns_it_off():
+    import argparse
+
+    from distar.commands import add_config_flags, config_flag_values
+
+    @dataclasses.dataclass
+    class Sampling:
+        ema: bool = field(True, help="use the EMA weights")
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Sampling, ["ema"])
+    assert "use the EMA weights (this flag turns it off)" in " ".join(parser.format_help().split())
+    assert config_flag_values(parser.parse_args(["--no-ema"]), ["ema"]) == {"ema": False}
+    assert config_flag_values(parser.parse_args([]), ["ema"]) == {}

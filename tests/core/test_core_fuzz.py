@@ -259,12 +259,12 @@ def no_models(*args, **kwargs):
 
 def test_every_bad_argument_of_the_other_commands_is_one_line_before_any_model(tmp_path, monkeypatch, capsys):
     import distar.eval.suite
-    import distar.export
+    import distar.export.pipeline
     import distar.rewards
 
     for module, name in [
-        (distar.export, "load_generator"),
-        (distar.export, "_generator_from_checkpoint"),
+        (distar.export.pipeline, "load_generator"),
+        (distar.export.pipeline, "_generator_from_checkpoint"),
         (distar.rewards, "load_reward"),
         (distar.eval.suite, "evaluate"),
     ]:

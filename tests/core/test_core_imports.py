@@ -1,7 +1,8 @@
 """Imports point one way: no cycles between distar's modules, and packages import only lower layers.
 
 The graph is read from the source (every ``import``, including those inside functions), so a lazy
-import that closes a loop counts as a cycle too. The layers are the README's layout, top first.
+import that closes a loop counts as a cycle too. The layers are the README's layout, top first, and
+the README lists them in this order.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
 
 #: Top first. A module may import its own package and any lower layer; packages sharing a layer are
 #: independent peers. The last layer is the foundation, whose modules may import one another.
@@ -19,15 +21,16 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.commands",),
     ("distar.serve",),
     ("distar.worlds",),
+    ("distar.tiny",),  # the shapes world's tokenizer alphabet, from distar.testing.tokenizers
+    ("distar.testing",),
     ("distar.eval",),
     ("distar.export",),
-    ("distar.card",),
     ("distar.train",),
     ("distar.backends", "distar.rewards"),
     ("distar.protocols",),
     ("distar.objectives",),
     ("distar.diffusion",),
-    ("distar", "distar.cache", "distar.config", "distar.errors", "distar.io", "distar.paths", "distar.prompts", "distar.runtime", "distar.tiny"),
+    ("distar", "distar.config", "distar.errors", "distar.io", "distar.runtime"),
 ]
 FOUNDATION = LAYERS[-1]
 
@@ -68,10 +71,8 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def layer_of(module: str) -> tuple[int, str]:
-    """(layer index, unit) of a module. ``distar.testing.X`` builds tiny models at the layer of ``distar.X``."""
+    """(layer index, unit) of a module: its package below ``distar`` (or itself, for a top-level module)."""
     parts = module.split(".")
-    if parts[:2] == ["distar", "testing"]:
-        parts = ["distar", *parts[2:]] if len(parts) > 2 else ["distar"]
     for depth in (2, 1):
         unit = ".".join(parts[:depth])
         for index, layer in enumerate(LAYERS):
@@ -121,8 +122,35 @@ def test_imports_point_down_the_layers():
     assert not wrong, "imports against the layers: " + ", ".join(sorted(wrong))
 
 
+def readme_layout() -> list[str]:
+    """The modules and packages the README's layout lists, top first (``backends/`` → ``distar.backends``)."""
+    block = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("```")[1]
+    entries = [line.split()[0] for line in block.splitlines() if line.startswith("  ") and line[2] != " "]
+    return ["distar." + entry.removesuffix("/").removesuffix(".py") for entry in entries]
+
+
+def test_the_readme_lists_every_layer_in_order():
+    listed = readme_layout()
+    unlisted = {"distar.__main__", "distar", "distar.tiny"}  # the entry point, the package, a shim for a world
+    assert sorted(listed) == sorted(unit for layer in LAYERS for unit in layer if unit not in unlisted)
+    order = [layer_of(unit)[0] for unit in listed]
+    assert order == sorted(order), f"the README lists the layers in another order: {listed}"
+
+
 def test_the_check_sees_a_cycle_and_an_upward_import():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert layer_of("distar.objectives.presets")[0] > layer_of("distar.train.loop")[0]
-    assert layer_of("distar.testing.rewards")[1] == "distar.rewards"
+    assert layer_of("distar.testing.reward_models")[0] < layer_of("distar.rewards.registry")[0]
+
+
+def test_tiny_assets_are_built_in_distar_testing():
+    """The packages below distar.testing reach its builders by name only (:data:`distar.io.TINY_ASSETS`)."""
+    import importlib
+
+    from distar.io import TINY_ASSETS
+
+    for kind, target in TINY_ASSETS.items():
+        module, _, function = target.partition(":")
+        assert module.startswith("distar.testing."), kind
+        assert callable(getattr(importlib.import_module(module), function)), target

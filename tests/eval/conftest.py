@@ -22,7 +22,7 @@ def tiny_pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     export (LCMScheduler and ``distar.json`` with t_init = 399)."""
     from diffusers import DDIMScheduler, LCMScheduler
 
-    from distar.backends.tiny import save_tiny_pipeline
+    from distar.testing.pipelines import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("pipelines")
     base = save_tiny_pipeline(root / "base", seed=0)

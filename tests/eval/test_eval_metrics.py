@@ -12,7 +12,7 @@ from distar.config import ConfigError
 from distar.eval.diversity import Diversity, pairwise_cosine_distance
 from distar.eval.fid import FID, InceptionV3Features, clean_resize, prepare_uint8
 from distar.eval.metrics import metric_loaders, parse_metric_names
-from distar.eval.tiny import save_tiny_inception
+from distar.testing.inception import save_tiny_inception
 
 
 def test_pairwise_cosine_distance_closed_forms():

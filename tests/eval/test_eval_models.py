@@ -56,7 +56,7 @@ def test_missing_model_is_a_one_line_error(tmp_path):
 @pytest.mark.slow
 def test_training_checkpoint_is_evaluated_through_export(tmp_path):
     from distar.cli import main
-    from distar.export import generator_images, load_generator
+    from distar.export.pipeline import generator_images, load_generator
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     quick = ["loop.max_steps=1", "checkpointing.every=1", "logging.progress_bar=false", "sampling.every=0", "logging.report_to=none"]
@@ -65,7 +65,7 @@ def test_training_checkpoint_is_evaluated_through_export(tmp_path):
     assert model.t_init == 399 and model.sampling_options()["timesteps"] == [399]
     images = model.generate_images(["a cat", "a dog"], [0, 1])
     pipe, call = load_generator(tmp_path / "checkpoint-1")
-    torch.testing.assert_close(images, generator_images(pipe, ["a cat", "a dog"], [0, 1], call), atol=1e-6, rtol=0)
+    torch.testing.assert_close(images, generator_images(pipe, ["a cat", "a dog"], [0, 1], call=call), atol=1e-6, rtol=0)
 
 
 def test_swapped_unet_and_scheduler(tiny_pipelines):

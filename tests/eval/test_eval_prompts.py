@@ -7,7 +7,7 @@ import json
 import pytest
 
 from distar.config import ConfigError
-from distar.prompts import PromptSourceError, PromptWarning, read_prompts, read_records
+from distar.io import PromptSourceError, PromptWarning, read_prompts, read_records
 
 
 def test_txt_reports_blank_lines(tmp_path):

@@ -137,7 +137,7 @@ def test_algorithm1_losses_route_gradients():
     prompts = ["a", "bb", "ccc"]
     cond, z = world.encode_prompts(prompts), world.sample_latents(3)
 
-    dsm = assistant_losses(world, cond, z, preset("sim"))
+    dsm = assistant_losses(world, cond, z, objective=preset("sim"))
     assert dsm["loss"].shape == (3,)
     dsm["loss"].mean().backward()
     assert world.assistant.weight.grad is not None and world.generator.weight.grad is None
@@ -147,7 +147,9 @@ def test_algorithm1_losses_route_gradients():
             return images.sum(1)
 
     world.assistant.zero_grad(set_to_none=True)
-    terms = generator_losses(world, cond, prompts, z, SumReward(), DIStarLoss(preset("di_star", reward_scale=1.0)))
+    terms = generator_losses(
+        world, cond, z, prompts=prompts, reward=SumReward(), loss=DIStarLoss(preset("di_star", reward_scale=1.0))
+    )
     assert {"loss", "divergence", "reward"} <= set(terms) and terms["loss"].shape == (3,)
     terms["loss"].mean().backward()
     assert world.generator.weight.grad is not None and world.generator.weight.grad.abs().sum() > 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distar.rewards.tiny import save_tiny_reward_models
+from distar.testing.reward_models import save_tiny_reward_models
 
 
 @pytest.fixture(scope="session")

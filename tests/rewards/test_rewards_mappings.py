@@ -21,7 +21,7 @@ from distar.rewards.convert import (
     to_float,
 )
 from distar.rewards.preprocess import ImageTransform
-from distar.tiny import save_tiny_clip_tokenizer
+from distar.testing.tokenizers import save_tiny_clip_tokenizer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

@@ -7,12 +7,12 @@ import torch
 import yaml
 
 from distar.backends import ModelConfig, build_backend
-from distar.backends.tiny import save_tiny_pipeline
 from distar.backends.weights import trainable_state_dict
 from distar.config import to_dict
-from distar.export import export_checkpoint
+from distar.export.pipeline import export_checkpoint
 from distar.serve.app import GenerateRequest, generate
 from distar.serve.models import load_models
+from distar.testing.pipelines import save_tiny_pipeline
 from distar.train.checkpoint import save_tensors, write_manifest
 
 PROMPT = "a red house"

@@ -91,7 +91,7 @@ def test_cfg_reference_is_one_batched_call_per_generator_step(tmp_path):
     handle = backend.reference.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     prompts = ["a photo of a cat", "a close-up of a sunflower"]
     cond, z = backend.encode_prompts(prompts), backend.sample_latents(2)
-    generator_losses(backend, cond, prompts, z, None, trainer.loss)
+    generator_losses(backend, cond, z, prompts=prompts, reward=None, loss=trainer.loss)
     handle.remove()
     assert trainer.config.objective.guidance_scale > 1 and calls == [4]  # conditional and unconditional together
 

@@ -82,10 +82,11 @@ def test_matches_a_plain_reimplementation_of_algorithm_1(tmp_path):
         for _ in range(2):
             prompts = stream.next_batch()
             cond, z = backend.encode_prompts(prompts), backend.sample_latents(len(prompts))
-            update("assistant", assistant_losses(backend, cond, z, config.objective)["loss"].mean())
+            update("assistant", assistant_losses(backend, cond, z, objective=config.objective)["loss"].mean())
         prompts = stream.next_batch()
         cond, z = backend.encode_prompts(prompts), backend.sample_latents(len(prompts))
-        update("generator", generator_losses(backend, cond, prompts, z, reward, DIStarLoss(config.objective))["loss"].mean())
+        terms = generator_losses(backend, cond, z, prompts=prompts, reward=reward, loss=DIStarLoss(config.objective))
+        update("generator", terms["loss"].mean())
 
     for name, module in models.items():
         for expected, got in zip(module.parameters(), getattr(trained, name).parameters()):

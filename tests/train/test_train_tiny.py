@@ -66,7 +66,7 @@ def export_reproduces_generate(run: Path, tmp_path: Path) -> dict:
     generate seeds it); returns that metadata."""
     from diffusers import DiffusionPipeline
 
-    from distar.export import generator_call
+    from distar.export.pipeline import generator_call
 
     export, png = tmp_path / "export", tmp_path / "image.png"
     assert main(["export", str(run), "--out", str(export)]) == 0

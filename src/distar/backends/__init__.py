@@ -20,7 +20,6 @@ _LAZY = {
     "FluxBackend": "distar.backends.flux",
     "SanaBackend": "distar.backends.sana",
     "TextConditioning": "distar.backends.sd",
-    "save_tiny_pipeline": "distar.backends.tiny",
     "trainable_state_dict": "distar.backends.weights",
     "load_trainable_state_dict": "distar.backends.weights",
 }

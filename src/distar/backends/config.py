@@ -7,7 +7,8 @@ from typing import Literal
 
 from distar.config import ConfigError, field
 
-#: Built-in tiny random models for offline trials: ``pretrained: tiny:<name>`` (see backends/tiny.py).
+#: Built-in tiny random models for offline trials: ``pretrained: tiny:<name>``, the settings of
+#: :func:`distar.testing.pipelines.save_tiny_pipeline`.
 TINY_MODELS: dict[str, dict[str, object]] = {
     "sd": dict(family="sd", prediction_type="epsilon"),
     "sd-v": dict(family="sd", prediction_type="v_prediction"),

@@ -46,15 +46,27 @@ from transformers import (
 
 from distar.backends.config import TINY_MODELS, ModelConfig
 from distar.backends.lora import cast_
-from distar.backends.tiny import save_tiny_pipeline
 from distar.backends.weights import key_mismatch
-from distar.cache import build_once, cache_dir
 from distar.config import ConfigError
 from distar.errors import first_line
+from distar.io import tiny_asset
 
 TextToImagePipeline = (
     StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline | SanaPipeline
 )
+
+#: The diffusers pipeline class of each ``model.family``.
+PIPELINES: dict[str, type[TextToImagePipeline]] = {
+    "sd": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+    "sd3": StableDiffusion3Pipeline,
+    "flux": FluxPipeline,
+    "sana": SanaPipeline,
+}
+
+#: The arguments that build a ``StableDiffusionPipeline`` without a safety checker: distar scores
+#: images, it never filters them.
+NO_SAFETY_CHECKER: dict[str, Any] = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 #: Names of the frozen text encoders a pipeline may hold.
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -70,8 +82,7 @@ def resolve_pretrained(spec: str) -> str:
     name = spec[5:]
     if name not in TINY_MODELS:
         raise ConfigError(f"unknown tiny model '{name}' (choose from {', '.join(TINY_MODELS)})")
-    settings: dict[str, Any] = TINY_MODELS[name]
-    return str(build_once(cache_dir() / "tiny" / name, lambda folder: save_tiny_pipeline(folder, **settings)))
+    return str(tiny_asset("pipeline", name=name))
 
 
 def _model_index(path: str, revision: str | None) -> dict[str, Any]:
@@ -166,31 +177,22 @@ def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextT
         return StableDiffusionXLPipeline(
             vae=vae, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=zeros, **parts
         )
-    return StableDiffusionPipeline(
-        vae=vae,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-        **parts,
-    )
+    return StableDiffusionPipeline(vae=vae, unet=unet, scheduler=scheduler, **NO_SAFETY_CHECKER, **parts)
 
 
 def _load_transformer_pipeline(
     cfg: ModelConfig,
     path: str,
     dtype: torch.dtype,
-    pipeline: type[DiffusionPipeline],
     *,
     transformer: type[ModelMixin],
     vae: type[ModelMixin],
     scheduler: type[SchedulerMixin],
     text: Sequence[tuple[Any, Any]],
 ) -> Any:
-    """``pipeline`` from its components, each read from its subfolder with its class's ``from_pretrained``:
-    the transformer in float32 (trainable copies are made from it), the other networks in ``dtype``,
-    tokenizers and schedulers as saved. ``text`` lists (encoder, tokenizer) classes in the pipeline's
+    """The family's pipeline (:data:`PIPELINES`) from its components, each read from its subfolder with
+    its class's ``from_pretrained``: the transformer in float32 (trainable copies are made from it), the
+    other networks in ``dtype``, tokenizers and schedulers as saved. ``text`` lists (encoder, tokenizer) classes in the pipeline's
     order (``text_encoder``/``tokenizer``, then ``…_2``, ``…_3``); (None, None) for an absent pair."""
     components = dict(transformer=transformer, vae=vae, scheduler=scheduler)
     for i, (encoder, tokenizer) in enumerate(text):
@@ -206,7 +208,7 @@ def _load_transformer_pipeline(
         return cls.from_pretrained(path, subfolder=name, dtype=weights, revision=cfg.revision, variant=cfg.variant)
 
     try:
-        return pipeline(**{name: load(name, cls) for name, cls in components.items()})
+        return PIPELINES[cfg.family](**{name: load(name, cls) for name, cls in components.items()})
     except OSError as err:
         raise ConfigError(f"model.pretrained: cannot load '{cfg.pretrained}': {first_line(err)}") from None
 
@@ -220,7 +222,7 @@ def _load_sd3_pipeline(
     clip = (CLIPTextModelWithProjection, CLIPTokenizer)
     text = [clip, clip, (T5EncoderModel, T5TokenizerFast) if t5 else (None, None)]
     return _load_transformer_pipeline(
-        cfg, path, dtype, StableDiffusion3Pipeline, transformer=SD3Transformer2DModel, vae=AutoencoderKL,
+        cfg, path, dtype, transformer=SD3Transformer2DModel, vae=AutoencoderKL,
         scheduler=FlowMatchEulerDiscreteScheduler, text=text,
     )
 
@@ -229,7 +231,7 @@ def _load_flux_pipeline(cfg: ModelConfig, path: str, dtype: torch.dtype) -> Flux
     """FLUX.1: CLIP (pooled) and T5; the reference's own (dynamically shifted) ``FlowMatchEulerDiscreteScheduler``."""
     text = [(CLIPTextModel, CLIPTokenizer), (T5EncoderModel, T5TokenizerFast)]
     return _load_transformer_pipeline(
-        cfg, path, dtype, FluxPipeline, transformer=FluxTransformer2DModel, vae=AutoencoderKL,
+        cfg, path, dtype, transformer=FluxTransformer2DModel, vae=AutoencoderKL,
         scheduler=FlowMatchEulerDiscreteScheduler, text=text,
     )
 
@@ -239,7 +241,7 @@ def _load_sana_pipeline(cfg: ModelConfig, path: str, dtype: torch.dtype) -> Sana
     (:func:`_flow_scheduler_class`)."""
     scheduler = _flow_scheduler_class(cfg, path)
     return _load_transformer_pipeline(
-        cfg, path, dtype, SanaPipeline, transformer=SanaTransformer2DModel, vae=AutoencoderDC,
+        cfg, path, dtype, transformer=SanaTransformer2DModel, vae=AutoencoderDC,
         scheduler=scheduler, text=[(Gemma2Model, GemmaTokenizer)],
     )
 

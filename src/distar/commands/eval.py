@@ -85,19 +85,17 @@ def _config_data(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from distar.config import from_dict, save_config, to_dict
-    from distar.eval.config import run_eval
+    from distar.config import config_yaml, from_dict, save_config
+    from distar.eval.suite import run_eval
 
     config = from_dict(EvalConfig, _config_data(args))
     if args.dry_run:
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        print(config_yaml(config), end="")
         return 0
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # per-call scheduler notices would drown the progress bars
-    from distar.paths import writable_dir
+    from distar.io import writable_dir
     from distar.runtime import torch_device
 
     for where in [config.device, *(spec.device for spec in config.models)]:

@@ -26,15 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from distar.card import push_to_hub, validate_export
-    from distar.errors import UserError
-    from distar.export import export_checkpoint
-
     from pathlib import Path
 
-    from distar.paths import safe_name, writable_dir
+    import torch
+
+    from distar.errors import UserError
+    from distar.export.card import push_to_hub, validate_export
+    from distar.export.pipeline import export_checkpoint
+    from distar.io import safe_name, writable_dir
 
     dtype = getattr(torch, args.dtype)
     out = Path(args.out)
@@ -44,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
         out = export_checkpoint(
             args.checkpoint,
             args.out,
-            not args.no_ema,
-            args.overwrite,
-            dtype,
+            use_ema=not args.no_ema,
+            overwrite=args.overwrite,
+            dtype=dtype,
             lora=args.lora,
             license=args.license,
             eval_dir=args.eval,

@@ -18,9 +18,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distar.rewards.spec import REWARD_NAMES
+from distar.commands import add_config_flags, config_flag_values
+from distar.rewards.spec import REWARD_NAMES, RewardSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+#: RewardSpec keys given as flags (help, type, choices and default from the fields), for every reward
+#: scored; ``form`` (PickScore's alone) is ``--pickscore-form``.
+_FLAG_FIELDS = ("form", "dtype", "local_files_only")
+_RENAMED = {"form": "pickscore_form"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,20 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-path", action="append", default=[], metavar="NAME=PATH",
         help="weights for one reward: hub id, folder, checkpoint file, or 'tiny' (repeatable)",
     )
-    parser.add_argument("--pickscore-form", choices=("cosine", "logit"), default="cosine",
-                        help="PickScore as cos or exp(logit_scale)·cos")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                        help="reward weights dtype")
-    parser.add_argument("--local-files-only", action="store_true", help="never download weights")
+    add_config_flags(parser, RewardSpec, _FLAG_FIELDS, flags=_RENAMED)
     parser.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the scores as JSON")
 
 
 def _pairs(images_dir: Path, prompts: str) -> list[tuple[Path, str]]:
     """(image file, prompt) pairs by the module's matching rule."""
     from distar.errors import UserError
-    from distar.prompts import prompt_column, read_records, read_some
+    from distar.io import prompt_column, read_records, read_some
 
     if not images_dir.is_dir():
         raise UserError(f"--images: not a folder: {images_dir}")
@@ -82,9 +84,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from distar.errors import UserError
-    from distar.io import load_image
-    from distar.paths import safe_name, writable_dir
-    from distar.rewards import REWARD_NAMES, RewardSpec, load_reward
+    from distar.io import load_image, safe_name, writable_dir
+    from distar.rewards import load_reward
     from distar.runtime import torch_device
 
     names = [n.strip() for n in args.rewards.split(",") if n.strip()]
@@ -106,13 +107,12 @@ def run(args: argparse.Namespace) -> int:
         safe_name(Path(args.json_out).name, "--json")
         writable_dir(Path(args.json_out).parent, "--json")
 
+    options = config_flag_values(args, _FLAG_FIELDS)
+    form = {"form": options.pop("form")} if "form" in options else {}
     scores: dict[str, list[float]] = {}
     for name in names:
-        spec = RewardSpec(
-            name, path=paths.get(name), local_files_only=args.local_files_only,
-            form=args.pickscore_form if name == "pickscore" else "cosine",
-        )
-        reward = load_reward(spec, device=device, dtype=args.dtype)
+        spec = RewardSpec(name, path=paths.get(name), **options, **(form if name == "pickscore" else {}))
+        reward = load_reward(spec, device=device)
         values: list[float] = []
         for start in tqdm(range(0, len(pairs), args.batch_size), desc=name, disable=len(pairs) <= args.batch_size):
             batch = pairs[start : start + args.batch_size]
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         record = {
             "images": [str(p) for p, _ in pairs], "prompts": [t for _, t in pairs],
-            "scores": scores, "mean": means, "pickscore_form": args.pickscore_form,
+            "scores": scores, "mean": means, "pickscore_form": RewardSpec("pickscore", **form).form,
         }
         Path(args.json_out).write_text(json.dumps(record, indent=2))
     return 0

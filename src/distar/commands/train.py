@@ -34,17 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from distar.config import load_config, to_dict
+    from distar.config import apply_overrides, config_yaml, from_dict, read_config_file, set_key
     from distar.train.config import TrainConfig
 
-    overrides = [*args.overrides, *([f"loop.threads={args.threads}"] if args.threads is not None else [])]
-    config = load_config(TrainConfig, args.config, overrides)
+    data = apply_overrides(read_config_file(args.config), args.overrides)
+    if args.threads is not None:  # the flag wins over the file and the overrides
+        set_key(data, "loop.threads", args.threads)
+    config = from_dict(TrainConfig, data)
     if args.dry_run:
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        print(config_yaml(config), end="")
         return 0
-    from distar.paths import writable_dir
+    from distar.io import writable_dir
     from distar.train import checkpoint as ckpt
     from distar.train.build import load_prompts
 

@@ -35,16 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from distar.config import load_config, to_dict
+    from distar.config import config_yaml, load_config
     from distar.runtime import configure_threads, report_threads, stored_parameters
     from distar.worlds.shapes.assets import ASSETS_DIR
     from distar.worlds.shapes.build import BuildConfig, build_world
 
     config = load_config(BuildConfig, args.config, args.overrides)
     if args.dry_run:
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        print(config_yaml(config), end="")
         return 0
     out = args.out or ASSETS_DIR
     requested = args.threads if args.threads is not None else config.threads

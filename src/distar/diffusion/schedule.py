@@ -48,6 +48,7 @@ class Schedule(ABC):
         batch_size: int,
         t_min: float = 0.02,
         t_max: float = 0.98,
+        *,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
     ) -> Tensor:
@@ -56,7 +57,10 @@ class Schedule(ABC):
             raise ValueError(f"need 0 <= t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
         u = torch.rand(batch_size, generator=generator, device="cpu").to(device)
         frac = t_min + (t_max - t_min) * u
-        t = self.t_lo + frac * (self.t_hi - self.t_lo)
+        return self._drawn(self.t_lo + frac * (self.t_hi - self.t_lo))
+
+    def _drawn(self, t: Tensor) -> Tensor:
+        """A time drawn uniformly from the range, as :meth:`sample_t` returns it (discrete: an integer step)."""
         return t.round().long() if self.discrete else t
 
 
@@ -220,16 +224,9 @@ class FlowMatchSchedule(Schedule):
         t = self._float(t)
         return self.shift * t / (1 + (self.shift - 1) * t)
 
-    def sample_t(
-        self,
-        batch_size: int,
-        t_min: float = 0.02,
-        t_max: float = 0.98,
-        generator: torch.Generator | None = None,
-        device: torch.device | str = "cpu",
-    ) -> Tensor:
+    def _drawn(self, t: Tensor) -> Tensor:
         """Shifted uniform times: u ~ U over the fraction [t_min, t_max] of [t_eps, 1], t = shift(u)."""
-        return self.shifted(super().sample_t(batch_size, t_min, t_max, generator, device))
+        return self.shifted(t)
 
     @classmethod
     def from_scheduler_config(

@@ -1,9 +1,10 @@
-"""The evaluation suite: the paper's Table 1 and Table 3 for any image model, next to baselines.
+"""The evaluation suite: benchmarks, metrics, cost, tables — the paper's Table 1 and Table 3 for any
+image model, next to baselines.
 
 ``evaluate(models, benchmark, metrics, out_dir)`` generates every (prompt, seed) image with each
 model, scores it with reward models (ImageReward, Aes, PickScore, CLIP, HPSv2), computes set metrics
-(FID, seed diversity) and inference cost, and writes ``summary.md``/``summary.json``. The ``distar
-eval`` command builds the same from command-line options.
+(FID, seed diversity) and inference cost, and writes ``summary.md``/``summary.json``;
+``run_eval(config)`` does it for an :class:`EvalConfig`, which is what ``distar eval`` runs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ _HOMES = {
     "METRIC_NAMES": "metrics", "LazyMetric": "metrics", "SetMetric": "metrics", "metric_loaders": "metrics",
     "DiffusersModel": "models", "ModelSpec": "models", "parse_model_spec": "models",
     "ModelResult": "report", "Summary": "report",
-    "evaluate": "suite",
+    "EvalConfig": "config",
+    "evaluate": "suite", "run_eval": "suite",
 }
 
 
@@ -38,6 +40,7 @@ __all__ = [
     "Cost",
     "DiffusersModel",
     "Diversity",
+    "EvalConfig",
     "InceptionV3Features",
     "LazyMetric",
     "ModelResult",
@@ -50,4 +53,5 @@ __all__ = [
     "measure_cost",
     "metric_loaders",
     "parse_model_spec",
+    "run_eval",
 ]

@@ -2,7 +2,7 @@
 
 Each loads from its public source when online (cached under :func:`cache_dir`) or from a local
 file/folder given as ``path``; :attr:`Benchmark.source` says which was used. Any prompt file
-(:mod:`distar.prompts` formats) is a benchmark too.
+(:mod:`distar.io` formats) is a benchmark too.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from distar.cache import cache_dir
 from distar.config import ConfigError
-from distar.prompts import prompt_column, read_records, read_some
+from distar.io import cache_dir, prompt_column, read_records, read_some
 
 PARTI_URL = "https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv"
 #: COCO-2014 val, one caption per image, 30,000 lines (the GigaGAN/DMD2 zero-shot FID prompt list).
@@ -162,7 +161,7 @@ def load_hps(path: str | Path | None = None) -> Benchmark:
 
 
 def load_prompt_file(path: str | Path) -> Benchmark:
-    """Any prompt file of :mod:`distar.prompts`; a style/category column becomes the group."""
+    """Any prompt file of :mod:`distar.io`; a style/category column becomes the group."""
     records = read_some(lambda: read_records(path), path)
     column = prompt_column(records)
     keys = records[0].keys()

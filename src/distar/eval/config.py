@@ -1,13 +1,13 @@
-"""``EvalConfig``: everything ``distar eval`` does, as one typed config (YAML or command line)."""
+"""``EvalConfig``: everything ``distar eval`` does, as one typed config (YAML or command line);
+:func:`distar.eval.suite.run_eval` runs it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from distar.config import ConfigError, field
 from distar.eval.models import ModelSpec
-from distar.eval.report import Summary
 from distar.runtime import check_seed
 
 
@@ -54,44 +54,3 @@ class EvalConfig:
             check_seed(seed, "seeds")
         if self.timing_images < 0:
             raise ConfigError(f"timing_images must be ≥ 0, got {self.timing_images}")
-
-
-def run_eval(config: EvalConfig, *, threads: int | None = None) -> Summary:
-    """Load the benchmark, models and metrics of ``config`` and :func:`~distar.eval.suite.evaluate`.
-
-    Once the inputs are checked, the torch thread count is chosen (``threads``, else by the largest
-    model's stored size: :func:`~distar.runtime.configure_threads`) and printed on stderr."""
-    from distar.eval.benchmarks import load_benchmark
-    from distar.eval.metrics import metric_loaders
-    from distar.eval.models import DiffusersModel, default_device
-    from distar.eval.suite import evaluate
-    from distar.runtime import configure_threads, report_threads, stored_parameters
-
-    if not config.models:
-        raise ConfigError("no models given (--model PATH)")
-    device = config.device or default_device()
-    benchmark = load_benchmark(config.benchmark, config.benchmark_path).subset(config.num_images)
-    metrics = metric_loaders(
-        config.metrics,
-        paths=config.metric_paths,
-        device=device,
-        dtype=config.metric_dtype,
-        fid_reference=config.fid_reference,
-        fid_resolution=config.fid_resolution,
-        local_files_only=config.local_files_only,
-    )
-    models = [DiffusersModel(replace(spec, device=spec.device or device)) for spec in config.models]
-    sizes = [stored_parameters(spec.path) for spec in config.models]
-    parameters = None if None in sizes else max(sizes)
-    report_threads(configure_threads(threads, parameters=parameters, device=device), "eval")
-    return evaluate(
-        models,
-        benchmark,
-        metrics,
-        config.out_dir,
-        seeds=config.seeds,
-        batch_size=config.batch_size,
-        timing_images=config.timing_images,
-        grid_prompts=config.grid_prompts,
-    )
-

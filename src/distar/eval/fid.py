@@ -27,9 +27,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from tqdm.auto import tqdm
 
 from distar.config import ConfigError
-from distar.cache import cache_dir
 from distar.eval.benchmarks import fetch
-from distar.io import to_uint8
+from distar.io import cache_dir, to_uint8
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from distar.config import ConfigError
-from distar.io import to_uint8
+from distar.io import tiny_asset, to_uint8
 from distar.rewards import REWARD_NAMES, TINY, Reward
 from distar.rewards.preprocess import ImageTransform
 
@@ -158,9 +158,7 @@ def _fid_loader(
     def load() -> SetMetric:
         from distar.eval.fid import FID, InceptionV3Features
 
-        from distar.eval.tiny import tiny_inception_path
-
-        extractor = InceptionV3Features(tiny_inception_path() if path == TINY else path)
+        extractor = InceptionV3Features(tiny_asset("inception") if path == TINY else path)
         return FID(extractor, reference, resolution=resolution, device=device)
 
     return load

@@ -2,7 +2,7 @@
 
 :class:`DiffusersModel` runs any diffusers text-to-image pipeline — a multi-step baseline (SDXL,
 50 steps, CFG 7.5) or an exported one-step distar generator (1 step, no CFG, ``timesteps=[t_init]``)
-— and, through :mod:`distar.export`, a distar training checkpoint. Models are described by a
+— and, through :mod:`distar.export.pipeline`, a distar training checkpoint. Models are described by a
 :class:`ModelSpec`, written on the command line as ``PATH::key=value,...``.
 """
 
@@ -20,9 +20,9 @@ from torch import Tensor
 
 from distar.config import ConfigError, field, from_dict, parse_yaml
 from distar.errors import first_line
-from distar.io import DTYPES
-from distar.paths import safe_name
+from distar.io import DTYPES, safe_name
 from distar.runtime import check_image_side
+
 
 @dataclass
 class ModelSpec:
@@ -39,14 +39,14 @@ class ModelSpec:
         help="UNet to swap in: a diffusers UNet folder, a state-dict file, or a hub file 'owner/repo/file' "
         "(e.g. tianweiy/DMD2/dmd2_sdxl_1step_unet_fp16.bin on stabilityai/stable-diffusion-xl-base-1.0)",
     )
-    height: int | None = field(None, help="image height in pixels")
-    width: int | None = field(None, help="image width in pixels")
+    height: int | None = field(None, help="image height in pixels, a multiple of 8 (default: the model's)")
+    width: int | None = field(None, help="image width in pixels, a multiple of 8 (default: the model's)")
     dtype: Literal["float32", "float16", "bfloat16"] | None = field(
-        None, help="weights dtype (default float16 on CUDA, float32 on CPU)"
+        None, help="weights dtype (default: float16 on cuda, else float32)"
     )
     variant: str | None = field(None, help="weights variant to load, e.g. fp16")
-    device: str | None = field(None, help="device (default: cuda if available, else cpu)")
-    ema: bool = field(True, help="training checkpoints only: use the EMA generator weights when saved")
+    device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
+    ema: bool = field(True, help="training checkpoints: use the EMA generator weights when saved")
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -56,6 +56,12 @@ class ModelSpec:
         safe_name(self.label, f"model {self.path}: name")  # results go to <out>/<label>/
         for side in ("height", "width"):
             check_image_side(getattr(self, side), f"model {self.path}: {side}")
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        """``dtype``, else float16 on CUDA and float32 elsewhere."""
+        if self.dtype is not None:
+            return DTYPES[self.dtype]
+        return torch.float16 if device.type == "cuda" else torch.float32
 
     @property
     def label(self) -> str:
@@ -114,7 +120,7 @@ def distar_metadata(path: str | Path) -> dict[str, Any] | None:
     if (folder / "distar.json").is_file():
         return dict(json.loads((folder / "distar.json").read_text()))
     if is_training_checkpoint(folder):
-        from distar.export import checkpoint_model_config, export_metadata, find_checkpoint
+        from distar.export.pipeline import checkpoint_model_config, export_metadata, find_checkpoint
 
         cfg = checkpoint_model_config(find_checkpoint(folder))
         return {**export_metadata(folder), "resolution": cfg.resolution}
@@ -146,9 +152,7 @@ class DiffusersModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        if self.spec.dtype is not None:
-            return DTYPES[self.spec.dtype]
-        return torch.float16 if self.device.type == "cuda" else torch.float32
+        return self.spec.torch_dtype(self.device)
 
     @property
     def pipeline(self) -> Any:
@@ -158,7 +162,7 @@ class DiffusersModel:
 
     def _load(self) -> Any:
         if self.t_init is not None and is_training_checkpoint(self.spec.path):
-            from distar.export import pipeline_from_checkpoint
+            from distar.export.pipeline import pipeline_from_checkpoint
 
             pipe = pipeline_from_checkpoint(self.spec.path, use_ema=self.spec.ema)
         else:
@@ -190,7 +194,7 @@ class DiffusersModel:
         spec = self.spec
         options: dict[str, Any] = {}
         if self.metadata is not None:
-            from distar.export import generator_call
+            from distar.export.pipeline import generator_call
 
             options = {k: v for k, v in generator_call(self.metadata).items() if v is not None}
             if spec.steps not in (None, options["num_inference_steps"]):  # other steps: the scheduler's own
@@ -212,10 +216,10 @@ class DiffusersModel:
         options = self.sampling_options()
         if getattr(self.pipeline, "vae", None) is None and self.t_init is not None:
             # Pixel-space distar generator: no standard pipeline output; its own steps.
-            from distar.export import generator_images
+            from distar.export.pipeline import generator_images
 
             size = {k: options.pop(k, None) for k in ("height", "width")}
-            images = generator_images(self.pipeline, prompts, seeds, options, **size)
+            images = generator_images(self.pipeline, prompts, seeds, call=options, **size)
         else:
             generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
             images = self.pipeline(prompt=list(prompts), generator=generators, output_type="pt", **options).images

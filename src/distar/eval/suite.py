@@ -1,4 +1,5 @@
-"""``evaluate``: generate a benchmark's images with each model, score them, and write the tables.
+"""``evaluate``: generate a benchmark's images with each model, score them, and write the tables;
+``run_eval``: the same for an :class:`~distar.eval.config.EvalConfig` (what ``distar eval`` runs).
 
 The results folder is the state, so a killed run resumes where it stopped::
 
@@ -22,6 +23,7 @@ import json
 import os
 import warnings
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -33,14 +35,16 @@ from tqdm.auto import tqdm
 
 from distar.config import ConfigError
 from distar.errors import UserError
-from distar.eval.benchmarks import Benchmark, PromptItem
+from distar.eval.benchmarks import Benchmark, PromptItem, load_benchmark
+from distar.eval.config import EvalConfig
 from distar.eval.cost import measure_cost
-from distar.eval.metrics import LazyMetric, SetMetric, as_lazy, evaluation_inputs
+from distar.eval.metrics import LazyMetric, SetMetric, as_lazy, evaluation_inputs, metric_loaders
+from distar.eval.models import DiffusersModel, default_device
 from distar.eval.report import ModelResult, Summary, save_grid
-from distar.protocols import ImageModel
 from distar.io import load_image, png_bytes, write_atomic
+from distar.protocols import ImageModel
 from distar.rewards import Reward
-from distar.runtime import environment
+from distar.runtime import configure_threads, environment, report_threads, stored_parameters
 
 Key = tuple[int, int]  # (prompt index, seed)
 
@@ -381,3 +385,38 @@ def evaluate(
     summary.write(out)
     run.grids(models, grid_prompts, list(seeds))
     return summary
+
+
+def run_eval(config: EvalConfig, *, threads: int | None = None) -> Summary:
+    """Load the benchmark, models and metrics of ``config`` and :func:`~distar.eval.suite.evaluate`.
+
+    Once the inputs are checked, the torch thread count is chosen (``threads``, else by the largest
+    model's stored size: :func:`~distar.runtime.configure_threads`) and printed on stderr."""
+    if not config.models:
+        raise ConfigError("no models given (--model PATH)")
+    device = config.device or default_device()
+    benchmark = load_benchmark(config.benchmark, config.benchmark_path).subset(config.num_images)
+    metrics = metric_loaders(
+        config.metrics,
+        paths=config.metric_paths,
+        device=device,
+        dtype=config.metric_dtype,
+        fid_reference=config.fid_reference,
+        fid_resolution=config.fid_resolution,
+        local_files_only=config.local_files_only,
+    )
+    models = [DiffusersModel(replace(spec, device=spec.device or device)) for spec in config.models]
+    sizes = [stored_parameters(spec.path) for spec in config.models]
+    parameters = None if None in sizes else max(sizes)
+    report_threads(configure_threads(threads, parameters=parameters, device=device), "eval")
+    return evaluate(
+        models,
+        benchmark,
+        metrics,
+        config.out_dir,
+        seeds=config.seeds,
+        batch_size=config.batch_size,
+        timing_images=config.timing_images,
+        grid_prompts=config.grid_prompts,
+    )
+

@@ -12,7 +12,8 @@ the caller reduces.
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
@@ -20,11 +21,12 @@ from torch import Tensor
 from distar.diffusion.guidance import cfg_combine
 from distar.diffusion.param import score_from_x0
 from distar.diffusion.schedule import expand_like
-from distar.objectives.divergences import IKL, DivergenceName, ScoreDivergence, make_divergence
+from distar.objectives.divergences import IKL, Divergence, DivergenceName, ScoreDivergence, make_divergence
 from distar.objectives.presets import ObjectiveConfig
 
 X0Fn = Callable[[Tensor], Tensor]
 X0PairFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+R = TypeVar("R")
 
 
 def apply_weight(term: Tensor, weight: Tensor | float | None) -> Tensor:
@@ -110,44 +112,39 @@ def reward_loss(reward: Tensor, reward_scale: float) -> Tensor:
     return -reward_scale * reward
 
 
-def score_divergence_loss(
+def _divergence_term(
+    x_t: Tensor,
     x0: Tensor,
     noise: Tensor,
     *,
     alpha_t: Tensor,
     sigma_t: Tensor,
-    fake_x0: X0Fn,
-    real_x0: X0Fn,
-    divergence: ScoreDivergence,
+    fake: Tensor,
+    real: Tensor,
+    divergence: Divergence,
     weight: Tensor | float | None = None,
 ) -> Tensor:
-    """:func:`score_divergence_term` at x_t = α_t x0 + σ_t ε, with the networks as callables."""
-    x_t = alpha_t * x0 + sigma_t * noise
-    return score_divergence_term(
-        x_t, noise, alpha_t=alpha_t, sigma_t=sigma_t, fake=fake_x0(x_t), real=real_x0(x_t),
-        divergence=divergence, weight=weight,
-    )
+    """The divergence term of Eq. (3.4) at x_t, per sample (B,): :func:`score_divergence_term` for a
+    score divergence, :func:`ikl_term` for the IKL of §6."""
+    if isinstance(divergence, ScoreDivergence):
+        return score_divergence_term(
+            x_t, noise, alpha_t=alpha_t, sigma_t=sigma_t, fake=fake, real=real, divergence=divergence, weight=weight
+        )
+    if isinstance(divergence, IKL):
+        return ikl_term(
+            x_t, x0, alpha_t=alpha_t, sigma_t=sigma_t, fake=fake, real=real, normalize=divergence.normalize, weight=weight
+        )
+    raise TypeError(f"no generator loss for the divergence {type(divergence).__name__}")
 
 
-def ikl_loss(
-    x0: Tensor,
-    noise: Tensor,
-    *,
-    alpha_t: Tensor,
-    sigma_t: Tensor,
-    fake_x0: X0Fn,
-    real_x0: X0Fn,
-    weight: Tensor | float | None = None,
-    normalize: bool = False,
-) -> Tensor:
-    """:func:`ikl_term` at x_t = α_t x0 + σ_t ε; the networks run without a graph (sg)."""
-    x_t = alpha_t * x0 + sigma_t * noise
+def _predictions(x_t: Tensor, fake_x0: X0Fn, real_x0: Callable[[Tensor], R], *, divergence: Divergence) -> tuple[Tensor, R]:
+    """(assistant x̂0, reference output) at x_t. For a score divergence the graph runs through x_t into
+    both networks (Theorem 3.1); for IKL they run on sg(x_t) without a graph (reference first)."""
+    if isinstance(divergence, ScoreDivergence):
+        return fake_x0(x_t), real_x0(x_t)
     with torch.no_grad():
         real = real_x0(x_t.detach())
-        fake = fake_x0(x_t.detach())
-    return ikl_term(
-        x_t, x0, alpha_t=alpha_t, sigma_t=sigma_t, fake=fake, real=real, normalize=normalize, weight=weight
-    )
+        return fake_x0(x_t.detach()), real
 
 
 def generator_loss(
@@ -158,23 +155,32 @@ def generator_loss(
     sigma_t: Tensor,
     fake_x0: X0Fn,
     real_x0: X0Fn,
-    divergence: DivergenceName = "pseudo_huber",
+    divergence: DivergenceName | Divergence = "pseudo_huber",
     huber_c: Tensor | float = 1.0,
     weight: Tensor | float | None = None,
     normalize: bool = False,
 ) -> Tensor:
-    """The divergence part of the generator loss, per sample (B,).
+    """The divergence part of the generator loss at x_t = α_t x0 + σ_t ε, per sample (B,).
 
     ``"l2"``/``"pseudo_huber"``: Theorem 3.1, loss (3.4) without the reward term, d(y) = ‖y‖² or
-    sqrt(‖y‖² + c²) − c with c = ``huber_c`` in score units. ``"ikl"``: the Integral-KL loss of §6.
-    ``alpha_t``/``sigma_t`` must broadcast against ``x0``; ``weight`` is w(t), scalar or (B,);
-    ``normalize`` (IKL only) applies DMD2's per-sample normalisation.
+    sqrt(‖y‖² + c²) − c with c = ``huber_c`` in score units. ``"ikl"``: the Integral-KL loss of §6,
+    ``normalize`` applying DMD2's per-sample normalisation. A :class:`Divergence` object is used as
+    given (``huber_c`` and ``normalize`` are then its own). ``alpha_t``/``sigma_t`` must broadcast
+    against ``x0``; ``weight`` is w(t), scalar or (B,).
     """
-    dist = make_divergence(divergence, huber_c=huber_c, normalize=normalize)
-    nets = dict(alpha_t=alpha_t, sigma_t=sigma_t, fake_x0=fake_x0, real_x0=real_x0, weight=weight)
-    if isinstance(dist, IKL):
-        return ikl_loss(x0, noise, normalize=normalize, **nets)
-    return score_divergence_loss(x0, noise, divergence=dist, **nets)
+    if not isinstance(divergence, Divergence):
+        divergence = make_divergence(divergence, huber_c=huber_c, normalize=normalize)
+    x_t = alpha_t * x0 + sigma_t * noise
+    fake, real = _predictions(x_t, fake_x0, real_x0, divergence=divergence)
+    return _divergence_term(
+        x_t, x0, noise, alpha_t=alpha_t, sigma_t=sigma_t, fake=fake, real=real, divergence=divergence, weight=weight
+    )
+
+
+#: :func:`generator_loss` for a score divergence object, e.g. one of your own (Theorem 3.1 holds for any d).
+score_divergence_loss = generator_loss
+#: :func:`generator_loss` with the Integral KL of §6 (networks under sg; ``normalize=True`` for DMD2).
+ikl_loss = functools.partial(generator_loss, divergence="ikl")
 
 
 class DIStarLoss:
@@ -226,24 +232,15 @@ class DIStarLoss:
         Returns ``{"loss", "divergence"}`` plus ``"cfg"`` (outer CFG with α_cfg ≠ 0) and ``"reward"``
         (when given), each of shape (B,); "loss" is what the generator minimises.
         """
-        cfg, dist = self.config, self.divergence
+        cfg, dist = self.config, self.divergence.at(alpha_t, sigma_t, x0[0].numel())
         a, s = expand_like(alpha_t, x0).to(x0.dtype), expand_like(sigma_t, x0).to(x0.dtype)
         weight = dist.weight(cfg.weighting, alpha_t, sigma_t).to(x0.dtype)
         x_t = a * x0 + s * noise
-        if isinstance(dist, ScoreDivergence):  # Theorem 3.1: the graph runs through x_t into both networks
-            fake = fake_x0(x_t)
-            real, pair = self.reference(x_t, ref_x0, ref_x0_pair)
-            dist_t = dist.at(alpha_t, sigma_t, x0[0].numel())
-            divergence = score_divergence_term(
-                x_t, noise, alpha_t=a, sigma_t=s, fake=fake, real=real, divergence=dist_t, weight=weight
-            )
-        else:  # IKL: stop-gradient through the networks
-            with torch.no_grad():
-                real, pair = self.reference(x_t.detach(), ref_x0, ref_x0_pair)
-                fake = fake_x0(x_t.detach())
-            divergence = ikl_term(
-                x_t, x0, alpha_t=a, sigma_t=s, fake=fake, real=real, normalize=dist.normalize, weight=weight
-            )
+        reference = functools.partial(self.reference, ref_x0=ref_x0, ref_x0_pair=ref_x0_pair)
+        fake, (real, pair) = _predictions(x_t, fake_x0, reference, divergence=dist)
+        divergence = _divergence_term(
+            x_t, x0, noise, alpha_t=a, sigma_t=s, fake=fake, real=real, divergence=dist, weight=weight
+        )
         terms = {"divergence": divergence, "loss": divergence}
         if pair is not None and cfg.cfg_reward_scale != 0.0:
             cfg_weight = self.cfg_form.weight(cfg.weighting, alpha_t, sigma_t)

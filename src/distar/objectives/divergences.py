@@ -93,8 +93,6 @@ class PseudoHuber(ScoreDivergence):
     name = "pseudo_huber"
 
     def __init__(self, c: Tensor | float = 1.0, units: HuberUnits = "score") -> None:
-        if not isinstance(c, Tensor) and c <= 0:
-            raise ValueError(f"pseudo-Huber c must be > 0, got {c}")
         self.c = c
         self.units = units
 
@@ -140,6 +138,8 @@ def make_divergence(
     if normalize and name != IKL.name:
         raise ValueError("per-sample normalisation is defined for the IKL divergence only")
     if name == PseudoHuber.name:
+        if not isinstance(huber_c, Tensor) and huber_c <= 0:
+            raise ValueError(f"pseudo-Huber c must be > 0, got {huber_c}")
         return PseudoHuber(huber_c, huber_units)
     if name == L2.name:
         return L2()

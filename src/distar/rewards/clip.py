@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,7 @@ class CLIPSimilarityReward(Reward):
         model: CLIPModel,
         tokenizer: PreTrainedTokenizerBase,
         transform: ImageTransform,
+        *,
         scale: float,
         name: str,
     ) -> None:
@@ -134,53 +135,65 @@ class CLIPSimilarityReward(Reward):
         text = self.text_embeddings(prompts).to(images.device)
         return self.scale * (self.image_embeddings(images) * text).sum(dim=-1)
 
+    #: Where the published model is, its name in messages, and the tokenizer/preprocessor source when
+    #: ``path`` has none (None: ``path`` itself).
+    DEFAULT_PATH: ClassVar[str]
+    WHAT: ClassVar[str]
+    PROCESSOR: ClassVar[str | None] = None
+    #: HPS: long side + zero pad on float tensors (no uint8 clipping); the others: PIL-style crop.
+    HPS_TRANSFORM: ClassVar[bool] = False
+
     @classmethod
-    def _build(
-        cls: type[R], spec: RewardSpec, model: CLIPModel, processor: str, scale: float, hps_transform: bool = False
-    ) -> R:
-        what = spec.name
-        tokenizer = hub.from_pretrained(AutoTokenizer, processor, what=what, local_files_only=spec.local_files_only)
+    def load_model(cls, spec: RewardSpec, path: str) -> CLIPModel:
+        """The ``CLIPModel`` at ``path`` (hub id or folder)."""
+        return hub.from_pretrained(CLIPModel, path, what=cls.WHAT, local_files_only=spec.local_files_only)
+
+    @classmethod
+    def score_scale(cls, spec: RewardSpec, model: CLIPModel) -> float:
+        """s of r = s · cos."""
+        return 100.0
+
+    @classmethod
+    def from_spec(cls: type[R], spec: RewardSpec) -> R:
+        """The reward of ``spec``: its model (``spec.path``, default :attr:`DEFAULT_PATH`), tokenizer and
+        image transform."""
+        path = spec.path or cls.DEFAULT_PATH
+        model = cls.load_model(spec, path)
+        folder = str(Path(path).parent) if Path(path).is_file() else path
+        processor = processor_source(spec, folder, cls.PROCESSOR)
+        tokenizer = hub.from_pretrained(AutoTokenizer, processor, what=spec.name, local_files_only=spec.local_files_only)
         transform = ImageTransform.from_config(
             hub.read_json(processor, "preprocessor_config.json", local_files_only=spec.local_files_only),
             image_size=model.config.vision_config.image_size,
-            # HPS: long side + zero pad on float tensors (no uint8 clipping); others: PIL-style crop.
-            mode="pad" if hps_transform else "crop",
-            clamp=not hps_transform,
+            mode="pad" if cls.HPS_TRANSFORM else "crop",
+            clamp=not cls.HPS_TRANSFORM,
         )
-        return cls(model, tokenizer, transform, scale=scale, name=spec.name)
+        return cls(model, tokenizer, transform, scale=cls.score_scale(spec, model), name=spec.name)
 
 
 class PickScore(CLIPSimilarityReward):
     """PickScore (Kirstain et al. 2023): cos, or exp(logit_scale)·cos with ``form="logit"``."""
 
-    DEFAULT_PATH = "yuvalkirstain/PickScore_v1"
+    DEFAULT_PATH, WHAT, PROCESSOR = "yuvalkirstain/PickScore_v1", "PickScore", LAION_VIT_H_14
 
     @classmethod
-    def from_spec(cls, spec: RewardSpec) -> "PickScore":
-        path = spec.path or cls.DEFAULT_PATH
-        model = hub.from_pretrained(CLIPModel, path, what="PickScore", local_files_only=spec.local_files_only)
+    def score_scale(cls, spec: RewardSpec, model: CLIPModel) -> float:
         logit_scale = float(model.logit_scale.detach().float().exp())
         logger.info("PickScore exp(logit_scale) = %.4f (form=%s)", logit_scale, spec.form)
-        scale = logit_scale if spec.form == "logit" else 1.0
-        return cls._build(spec, model, processor_source(spec, path, LAION_VIT_H_14), scale)
+        return logit_scale if spec.form == "logit" else 1.0
 
 
 class CLIPScore(CLIPSimilarityReward):
     """CLIP score: 100 · cos (torchmetrics' per-pair value, but with EOS-preserving truncation)."""
 
-    DEFAULT_PATH = "openai/clip-vit-large-patch14"
-
-    @classmethod
-    def from_spec(cls, spec: RewardSpec) -> "CLIPScore":
-        path = spec.path or cls.DEFAULT_PATH
-        model = hub.from_pretrained(CLIPModel, path, what="CLIP score", local_files_only=spec.local_files_only)
-        return cls._build(spec, model, processor_source(spec, path, None), 100.0)
+    DEFAULT_PATH, WHAT = "openai/clip-vit-large-patch14", "CLIP score"
 
 
 class HPSv2(CLIPSimilarityReward):
     """Human Preference Score v2 / v2.1 (Wu et al. 2023): 100 · cos on open_clip ViT-H-14 weights."""
 
-    HUB_REPO = "xswu/HPSv2"
+    HUB_REPO = DEFAULT_PATH = "xswu/HPSv2"
+    PROCESSOR, HPS_TRANSFORM = LAION_VIT_H_14, True
     FILES = {"hpsv2": "HPS_v2_compressed.pt", "hpsv2.1": "HPS_v2.1_compressed.pt"}
 
     @classmethod
@@ -202,11 +215,3 @@ class HPSv2(CLIPSimilarityReward):
         config = clip_config_from_open_clip(open_clip_cfg["model_cfg"] if open_clip_cfg else OPEN_CLIP_VIT_H_14)
         state_dict = convert_open_clip_state_dict(to_float(hub.load_torch_checkpoint(checkpoint)))
         return hub.from_state_dict(CLIPModel, config, state_dict, what=f"{what} ({checkpoint})")
-
-    @classmethod
-    def from_spec(cls, spec: RewardSpec) -> "HPSv2":
-        path = spec.path or cls.HUB_REPO
-        model = cls.load_model(spec, path)
-        folder = str(Path(path).parent) if Path(path).is_file() else path
-        return cls._build(spec, model, processor_source(spec, folder, LAION_VIT_H_14), 100.0, hps_transform=True)
-

@@ -5,7 +5,7 @@
   :class:`transformers.BlipVisionModel` + :class:`transformers.BlipTextModel`.
 
 Both are renames, transposes and q/k/v splits driven by the tables below; the inverse mappings
-write the tiny source-format checkpoints of :mod:`distar.rewards.tiny`. ``tests/rewards`` checks
+write the tiny source-format checkpoints of :mod:`distar.testing.reward_models`. ``tests/rewards`` checks
 the mappings against outputs of the source architectures (``tests/rewards/fixtures/``).
 """
 

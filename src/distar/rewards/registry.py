@@ -13,9 +13,10 @@ from typing import Callable, Sequence
 import torch
 
 from distar.config import ConfigError
-from distar.io import resolve_dtype
+from distar.io import resolve_dtype, tiny_asset
 from distar.rewards.base import Reward, WeightedReward
 from distar.rewards.spec import TINY, RewardSpec
+
 
 def _loaders() -> dict[str, Callable[[RewardSpec], Reward]]:
     # Imported here: the model modules pull in transformers.
@@ -54,9 +55,7 @@ def load_reward(
             raise TypeError(f"load_reward got unknown option(s): {', '.join(unknown)}")
         spec = dataclasses.replace(spec, **overrides)
     if spec.path == TINY:
-        from distar.rewards.tiny import tiny_reward_path
-
-        spec = dataclasses.replace(spec, path=str(tiny_reward_path(spec.name)))
+        spec = dataclasses.replace(spec, path=str(tiny_asset("reward", name=spec.name)))
     reward = _loaders()[spec.name](spec)
     reward.to(device=device, dtype=resolve_dtype(spec.dtype) or resolve_dtype(dtype) or torch.float32)
     return reward.freeze()

@@ -43,9 +43,9 @@ class RewardSpec:
         help="pickscore only: 'cosine' = cos(e_img, e_txt), 'logit' = exp(logit_scale)·cos",
     )
     dtype: Literal["float32", "bfloat16", "float16"] | None = field(
-        None, help="weights dtype for this reward (default: the dtype passed to build_reward)"
+        None, help="weights dtype of this reward (default: model.dtype when training, metric_dtype in eval, else float32)"
     )
-    local_files_only: bool = field(False, help="never download; use local files and the hub cache only")
+    local_files_only: bool = field(False, help="never download weights; use local files and the hub cache only")
 
     def __post_init__(self) -> None:
         if self.name not in REWARD_NAMES:

@@ -44,9 +44,7 @@ def generator_x0(backend: Backend, z: Tensor, cond: Conditioning) -> Tensor:
     return backend.generate(x, cond, last)
 
 
-def assistant_losses(
-    backend: Backend, cond: Conditioning, z: Tensor, objective: ObjectiveConfig
-) -> dict[str, Tensor]:
+def assistant_losses(backend: Backend, cond: Conditioning, z: Tensor, *, objective: ObjectiveConfig) -> dict[str, Tensor]:
     """Assistant step: DSM (2.2) of s_ψ on detached generator samples x0 = sg(g_θ(z, c))."""
     with torch.no_grad():
         x0 = generator_x0(backend, z, cond)
@@ -63,13 +61,15 @@ def assistant_losses(
 def generator_losses(
     backend: Backend,
     cond: Conditioning,
-    prompts: Sequence[str],
     z: Tensor,
+    *,
+    prompts: Sequence[str],
     reward: Reward | None,
     loss: DIStarLoss,
 ) -> dict[str, Tensor]:
     """Generator step: Eq. (3.4) (+ (3.6) in outer-CFG mode) at x0 = g_θ(z, c) (:func:`generator_x0`).
 
+    ``prompts`` are the c that ``cond`` encodes (the reward scores the images against them), and
     ``loss`` is the run's objective, built once from its :class:`ObjectiveConfig`. The graph runs
     from θ through x0 and x_t into the assistant's and the reference's inputs (Theorem 3.1); their
     parameters are not the caller's to update here.

@@ -6,7 +6,7 @@ import torch
 from accelerate import Accelerator
 
 from distar.config import ConfigError
-from distar.prompts import read_prompts, read_some
+from distar.io import read_prompts, read_some
 from distar.train.config import DataConfig, TrainConfig
 from distar.train.loop import Trainer, make_accelerator
 

@@ -273,11 +273,11 @@ class Trainer:
 
         def assistant_terms() -> dict[str, Tensor]:
             _, cond, z = self._batch()
-            return assistant_losses(backend, cond, z, cfg.objective)
+            return assistant_losses(backend, cond, z, objective=cfg.objective)
 
         def generator_terms() -> dict[str, Tensor]:
             prompts, cond, z = self._batch()
-            return generator_losses(backend, cond, prompts, z, self.reward, self.loss)
+            return generator_losses(backend, cond, z, prompts=prompts, reward=self.reward, loss=self.loss)
 
         # 1. Assistant: k DSM steps on x0 = sg(g_θ(z, c)); ψ ← ψ − η_ψ ∇_ψ DSM(ψ).
         self._skipped = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from distar.cache import build_once, cache_dir
+from distar.io import build_once, cache_dir
 
 
 class TinyInception(nn.Module):
@@ -39,6 +39,6 @@ def save_tiny_inception(path: str | Path, num_features: int = 16, seed: int = 0)
 
 
 def tiny_inception_path() -> Path:
-    """A tiny Inception file (``--metric-path fid=tiny``), built once into the distar cache."""
+    """A tiny Inception file (``--metric-path fid=tiny``), built once into ``$DISTAR_CACHE/tiny-inception``."""
     folder = build_once(cache_dir() / "tiny-inception", lambda d: save_tiny_inception(d / "tiny-inception.pt"))
     return folder / "tiny-inception.pt"

@@ -25,6 +25,7 @@ from transformers import (
     CLIPModel,
 )
 
+from distar.io import build_once, cache_dir
 from distar.rewards.aesthetic import AestheticReward
 from distar.rewards.clip import HPSv2
 from distar.rewards.convert import (
@@ -37,13 +38,12 @@ from distar.rewards.head import LINEAR_INDICES
 from distar.rewards.hub import quiet_transformers
 from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD
 from distar.rewards.spec import REWARD_NAMES
-from distar.cache import build_once, cache_dir
-from distar.tiny import TINY_CLIP_VOCAB_SIZE, save_tiny_clip_tokenizer
+from distar.testing.tokenizers import TINY_CLIP_VOCAB_SIZE, save_tiny_clip_tokenizer
 
 #: Side of the images the tiny models are configured for.
 TINY_IMAGE_SIZE = 32
 
-#: open_clip model config of the tiny HPS stand-ins (vocabulary of :func:`distar.tiny.save_tiny_clip_tokenizer`).
+#: open_clip model config of the tiny HPS stand-ins (vocabulary of :func:`~distar.testing.tokenizers.save_tiny_clip_tokenizer`).
 TINY_OPEN_CLIP_CFG: dict[str, Any] = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": TINY_IMAGE_SIZE, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},

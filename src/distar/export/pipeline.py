@@ -7,7 +7,7 @@ encoders and tokenizers, and the generator's scheduler (an ``LCMScheduler``; for
 unshifted ``FlowMatchEulerDiscreteScheduler``, called with ``sigmas=[t/1000, ...]`` instead of
 ``timesteps``, stochastic for several steps); ``distar.json`` records ``t_init``,
 ``num_inference_steps``, ``timesteps``, the resolution (and for flow transformers the text-token count), and
-``README.md`` is a Hub model card (:mod:`distar.card`). With ``lora`` the folder holds the generator's
+``README.md`` is a Hub model card (:mod:`distar.export.card`). With ``lora`` the folder holds the generator's
 LoRA in diffusers' format instead. Then
 
     DiffusionPipeline.from_pretrained(DIR)(prompt, num_inference_steps=k, guidance_scale=0, timesteps=[...])
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from distar import __version__
 from distar.backends.config import ModelConfig
-from distar.card import METADATA_FILE, generator_call
+from distar.export.card import METADATA_FILE, generator_call
 from distar.config import ConfigError, from_dict
 from distar.train.checkpoint import (
     CONFIG_FILE,
@@ -126,7 +126,7 @@ def pipeline_from_checkpoint(
 def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[str, Any]:
     """What ``distar.json`` records besides format and resolution: t_init and where the weights came
     from (model names without local paths)."""
-    from distar.card import portable_name
+    from distar.export.card import portable_name
 
     ckpt = find_checkpoint(checkpoint_dir)
     cfg = checkpoint_model_config(ckpt)
@@ -154,10 +154,10 @@ def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[st
 def export_checkpoint(
     checkpoint_dir: str | Path,
     out_dir: str | Path,
+    *,
     use_ema: bool = True,
     overwrite: bool = False,
     dtype: torch.dtype = torch.float32,
-    *,
     lora: bool = False,
     license: str | None = None,
     eval_dir: str | Path | None = None,
@@ -174,7 +174,7 @@ def export_checkpoint(
     """
     from distar.backends.loading import denoiser
     from distar.backends.lora import lora_layers, save_diffusers_lora
-    from distar.card import model_card, resolve_license
+    from distar.export.card import model_card, resolve_license
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -244,6 +244,7 @@ def generator_images(
     pipe: Any,
     prompts: Sequence[str],
     seeds: Sequence[int],
+    *,
     call: Mapping[str, Any],
     height: int | None = None,
     width: int | None = None,

@@ -3,8 +3,8 @@
 :func:`save_tiny_pipeline` writes a real diffusers pipeline folder (``model_index.json`` plus the
 ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` subfolders; SDXL adds
 ``text_encoder_2``/``tokenizer_2``; SD3 has a ``transformer`` instead of the UNet, three text encoders
-(CLIP-L, CLIP-G, T5) and a flow-matching scheduler; SANA a linear-attention transformer, a Gemma-2
-encoder and a DC-AE) that loads back with ``DiffusionPipeline.from_pretrained``. The networks are a
+(CLIP-L, CLIP-G, T5) and a flow-matching scheduler; FLUX a transformer, CLIP and T5; SANA a
+linear-attention transformer, a Gemma-2 encoder and a DC-AE) that loads back with ``DiffusionPipeline.from_pretrained``. The networks are a
 few thousand parameters: latents are 4 × 8 × 8, images 3 × 16 × 16 (SANA: 3 × 32 × 32, its pipeline
 takes multiples of 32). The pixel-space variant (``latent=False``) has no VAE and a 3-channel UNet:
 the layout of pixel-space "sd" models.
@@ -13,7 +13,7 @@ the layout of pixel-space "sd" models.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import (
@@ -23,27 +23,27 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
     FluxTransformer2DModel,
-    SanaPipeline,
     SanaTransformer2DModel,
     SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
+    CLIPTokenizer,
     Gemma2Config,
     Gemma2Model,
+    GemmaTokenizer,
     T5Config,
     T5EncoderModel,
 )
 
-from distar.tiny import (
+from distar.backends.config import TINY_MODELS
+from distar.backends.loading import NO_SAFETY_CHECKER, PIPELINES
+from distar.io import build_once, cache_dir
+from distar.testing.tokenizers import (
     TINY_CLIP_VOCAB_SIZE,
     TINY_GEMMA_VOCAB_SIZE,
     TINY_T5_VOCAB_SIZE,
@@ -231,10 +231,72 @@ def tiny_vae(scaling_factor: float = 0.18215, **overrides: object) -> Autoencode
     )
 
 
+def _sd3_parts(directory: Path, tokenizer: CLIPTokenizer, t5: bool) -> dict[str, Any]:
+    return dict(
+        transformer=tiny_sd3_transformer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=TINY_SD3_SHIFT),
+        vae=tiny_vae(scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModelWithProjection(_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config()),
+        text_encoder_3=tiny_t5() if t5 else None,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        tokenizer_3=save_tiny_t5_tokenizer(directory / "tokenizer_3") if t5 else None,
+    )
+
+
+def _flux_parts(directory: Path, tokenizer: CLIPTokenizer) -> dict[str, Any]:
+    return dict(
+        transformer=tiny_flux_transformer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),
+        vae=tiny_vae(scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=tiny_t5(),
+        tokenizer=tokenizer,
+        tokenizer_2=save_tiny_t5_tokenizer(directory / "tokenizer_2"),
+    )
+
+
+
+def _sana_parts(tokenizer: GemmaTokenizer) -> dict[str, Any]:
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=tiny_gemma2(),
+        vae=tiny_dc_ae(),
+        transformer=tiny_sana_transformer(),
+        scheduler=DPMSolverMultistepScheduler(
+            flow_shift=TINY_SANA_SHIFT, use_flow_sigmas=True, prediction_type="flow_prediction"
+        ),
+    )
+
+def _sd_parts(tokenizer: CLIPTokenizer, prediction_type: str, latent: bool) -> dict[str, Any]:
+    parts: dict[str, Any] = dict(
+        unet=tiny_unet("sd", channels=4 if latent else 3),
+        text_encoder=CLIPTextModel(_text_config()),
+        scheduler=DDIMScheduler(prediction_type=prediction_type, clip_sample=False, **_SD_SCHEDULER),
+    )
+    if latent:
+        parts.update(vae=tiny_vae(), tokenizer=tokenizer, **NO_SAFETY_CHECKER)
+    return parts
+
+
+def _sdxl_parts(tokenizer: CLIPTokenizer, prediction_type: str) -> dict[str, Any]:
+    return dict(
+        unet=tiny_unet("sdxl"),
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config()),
+        scheduler=EulerDiscreteScheduler(prediction_type=prediction_type, **_SD_SCHEDULER),
+        vae=tiny_vae(scaling_factor=0.13025),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+    )
+
+
 def save_tiny_pipeline(
     directory: str | Path,
     family: Family = "sd",
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+    *,
     seed: int = 0,
     latent: bool = True,
     t5: bool = True,
@@ -255,90 +317,35 @@ def save_tiny_pipeline(
     flow-sigma ``DPMSolverMultistepScheduler`` with ``flow_shift`` :data:`TINY_SANA_SHIFT`; it
     generates 32 px images by default.
     """
-    if family not in ("sd", "sdxl", "sd3", "flux", "sana"):
+    if family not in PIPELINES:
         raise ValueError(f"unknown family {family!r}; expected 'sd', 'sdxl', 'sd3', 'flux' or 'sana'")
     if not latent and family != "sd":
         raise ValueError("pixel-space tiny models exist for family 'sd' only")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    tokenizer_of = save_tiny_gemma_tokenizer if family == "sana" else save_tiny_clip_tokenizer
+    tokenizer = tokenizer_of(directory / "tokenizer")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if family == "sana":
-            pipe = SanaPipeline(
-                tokenizer=save_tiny_gemma_tokenizer(directory / "tokenizer"),
-                text_encoder=tiny_gemma2(),
-                vae=tiny_dc_ae(),
-                transformer=tiny_sana_transformer(),
-                scheduler=DPMSolverMultistepScheduler(
-                    flow_shift=TINY_SANA_SHIFT, use_flow_sigmas=True, prediction_type="flow_prediction"
-                ),
-            )
-            pipe.save_pretrained(directory)
-            return directory
-        tokenizer = save_tiny_clip_tokenizer(directory / "tokenizer")
-        if family == "sd3":
-            pipe = StableDiffusion3Pipeline(
-                transformer=tiny_sd3_transformer(),
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=TINY_SD3_SHIFT),
-                vae=tiny_vae(
-                    scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False
-                ),
-                text_encoder=CLIPTextModelWithProjection(_text_config()),
-                text_encoder_2=CLIPTextModelWithProjection(_text_config()),
-                text_encoder_3=tiny_t5() if t5 else None,
-                tokenizer=tokenizer,
-                tokenizer_2=tokenizer,
-                tokenizer_3=save_tiny_t5_tokenizer(directory / "tokenizer_3") if t5 else None,
-            )
-            pipe.save_pretrained(directory)
-            return directory
-        if family == "flux":
-            pipe = FluxPipeline(
-                transformer=tiny_flux_transformer(),
-                scheduler=FlowMatchEulerDiscreteScheduler(
-                    shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
-                ),
-                vae=tiny_vae(
-                    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False
-                ),
-                text_encoder=CLIPTextModel(_text_config()),
-                text_encoder_2=tiny_t5(),
-                tokenizer=tokenizer,
-                tokenizer_2=save_tiny_t5_tokenizer(directory / "tokenizer_2"),
-            )
-            pipe.save_pretrained(directory)
-            return directory
-        unet = tiny_unet(family, channels=4 if latent else 3)
-        if family == "sd":
-            text_encoder = CLIPTextModel(_text_config())
-            scheduler = DDIMScheduler(prediction_type=prediction_type, clip_sample=False, **_SD_SCHEDULER)
-            if not latent:
-                for name, part in dict(unet=unet, text_encoder=text_encoder, scheduler=scheduler).items():
-                    part.save_pretrained(directory / name)
-                return directory
-            pipe = StableDiffusionPipeline(
-                vae=tiny_vae(),
-                text_encoder=text_encoder,
-                tokenizer=tokenizer,
-                unet=unet,
-                scheduler=scheduler,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
+            parts = _sana_parts(tokenizer)
+        elif family == "sd3":
+            parts = _sd3_parts(directory, tokenizer, t5)
+        elif family == "flux":
+            parts = _flux_parts(directory, tokenizer)
+        elif family == "sdxl":
+            parts = _sdxl_parts(tokenizer, prediction_type)
         else:
-            text_encoder = CLIPTextModel(_text_config())
-            text_encoder_2 = CLIPTextModelWithProjection(_text_config())
-            scheduler = EulerDiscreteScheduler(prediction_type=prediction_type, **_SD_SCHEDULER)
-            pipe = StableDiffusionXLPipeline(
-                vae=tiny_vae(scaling_factor=0.13025),
-                text_encoder=text_encoder,
-                text_encoder_2=text_encoder_2,
-                tokenizer=tokenizer,
-                tokenizer_2=tokenizer,
-                unet=unet,
-                scheduler=scheduler,
-            )
-    pipe.save_pretrained(directory)
+            parts = _sd_parts(tokenizer, prediction_type, latent)
+    if not latent:
+        for name, part in parts.items():
+            part.save_pretrained(directory / name)
+        return directory
+    PIPELINES[family](**parts).save_pretrained(directory)
     return directory
 
+
+def tiny_pipeline_path(name: str) -> Path:
+    """The tiny pipeline ``tiny:<name>`` (settings: :data:`~distar.backends.config.TINY_MODELS`),
+    built once into ``$DISTAR_CACHE/tiny/<name>``."""
+    return build_once(cache_dir() / "tiny" / name, lambda folder: save_tiny_pipeline(folder, **TINY_MODELS[name]))
