@@ -7,13 +7,14 @@ Stages (each seeded; timings, versions and quality figures go to ``build_record.
    ``judge/``: the attribute classifier of the alignment and diversity metrics (supervised on renders);
 3. ``reward/``: the PickScore analogue (the CLIP analogue fine-tuned with Bradley–Terry on pairs
    chosen by the simulated human);
-4. ``reference/``: the pixel-space UNet (v-prediction DSM with condition dropout, EMA weights saved)
-   with the CLIP analogue's text tower as its text encoder (frozen, or fine-tuned with the UNet:
-   ``reference.train_text_encoder``);
-5. ``one_step/``: the one-step generator the demo starts from, distilled from the reference in two
+4. the reference's text encoder (:mod:`~distar.worlds.shapes.reader`): the CLIP analogue's text tower
+   taught, on prompts alone, to keep every word and attribute in its states;
+5. ``reference/``: the pixel-space UNet (v-prediction DSM at lognormal noise levels with condition
+   dropout, EMA weights saved), conditioned on that frozen text encoder;
+6. ``one_step/``: the one-step generator the demo starts from, distilled from the reference in two
    stages (:mod:`~distar.worlds.shapes.one_step`): regression on the reference's DDIM + CFG samples,
    then the reward-free DMD2 preset through :class:`distar.train.Trainer`;
-6. quality: the classifier's accuracy on held-out renders, the reward model's pairwise accuracy on
+7. quality: the classifier's accuracy on held-out renders, the reward model's pairwise accuracy on
    held-out pairs, and for the reference (multi-step, CFG), the regression warm start and the
    one-step generator: FID (CLIP-analogue features) against renders of the same prompts — next to
    the FID between two sets of renders, the floor at this sample size — alignment (overall and per
@@ -49,6 +50,7 @@ from distar.protocols import ImageModel
 from distar.worlds.shapes.clip import (
     MAX_LENGTH,
     ClipArch,
+    ClipLoop,
     RewardLoop,
     TrainLoop,
     new_clip,
@@ -78,9 +80,9 @@ from distar.worlds.shapes.reference import (
     UNetArch,
     new_unet,
     save_reference,
-    text_encoder_from_clip,
     train_reference,
 )
+from distar.worlds.shapes.reader import ReaderLoop, text_encoder_from_clip, train_reader
 from distar.worlds.shapes.tokenizer import save_word_tokenizer
 from distar.worlds.shapes.utility import TrueUtility, UtilityWeights
 
@@ -90,7 +92,8 @@ class QualityConfig:
     """How the build measures its models."""
 
     fid_images: int = field(300, help="held-out prompts (one image each) for FID and the other figures")
-    sample_steps: int = field(20, help="DDIM steps of the reference sampler")
+    sampler: str = field("dpm++", help="the reference's sampler: dpm++ (DPM-Solver++(2M), Karras σ) or ddim")
+    sample_steps: int = field(20, help="steps of the reference sampler")
     guidance_scale: float = field(3.0, help="CFG scale ω of the reference sampler (Eq. 3.5)")
     held_out_pairs: int = field(2000, help="held-out preference pairs for the reward model's accuracy")
     judge_images: int = field(1000, help="held-out renders for the attribute classifier's accuracy")
@@ -102,10 +105,11 @@ class BuildConfig:
     """Everything that determines the shipped models."""
 
     clip_arch: ClipArch = field(ClipArch(), help="CLIP analogue (and reward model) architecture")
-    clip: TrainLoop = field(TrainLoop(), help="CLIP analogue training")
+    clip: ClipLoop = field(ClipLoop(), help="CLIP analogue training")
     judge: JudgeLoop = field(JudgeLoop(), help="attribute classifier training")
     reward: RewardLoop = field(RewardLoop(), help="reward model (Bradley–Terry) fine-tuning")
     utility: UtilityWeights = field(UtilityWeights(), help="the simulated human's utility and choice noise")
+    reader: ReaderLoop = field(ReaderLoop(), help="text-only fine-tuning of the reference's text encoder")
     unet_arch: UNetArch = field(UNetArch(), help="reference UNet architecture")
     reference: ReferenceLoop = field(ReferenceLoop(), help="reference diffusion training")
     one_step: DistillLoop = field(DistillLoop(), help="regression warm start of the one-step generator")
@@ -240,14 +244,21 @@ def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None
             figures["reward_held_out_pairs"] = dict(pairwise_accuracy(reward, tokenizer, held_out), pairs=len(held_out.prompts))
             echo(f"[reward] held-out pairs: {figures['reward_held_out_pairs']}")
 
-    reference_settings = {k: settings[k] for k in ("clip_arch", "clip", "unet_arch", "reference")}
+    reader_settings = {k: settings[k] for k in ("clip_arch", "clip", "reader")}
+    if stages.done("reader", reader_settings):
+        text_encoder = CLIPTextModel.from_pretrained(tmp / "reader")
+    else:
+        with stages.run("reader", reader_settings):
+            text_encoder = text_encoder_from_clip(clip)
+            train_reader(text_encoder, tokenizer, config.reader, _progress("reader", config.reader.steps, every, echo))
+            text_encoder.save_pretrained(tmp / "reader")
+
+    reference_settings = reader_settings | {k: settings[k] for k in ("unet_arch", "reference")}
     if stages.done("reference", reference_settings):
         unet = UNet2DConditionModel.from_pretrained(tmp / "reference" / "unet")
-        text_encoder = CLIPTextModel.from_pretrained(tmp / "reference" / "text_encoder")
     else:
         with stages.run("reference", reference_settings):
             unet = new_unet(config.unet_arch, clip.config.text_config.hidden_size, config.reference.seed)
-            text_encoder = text_encoder_from_clip(clip)
             train_reference(
                 unet, text_encoder, tokenizer, config.reference,
                 _progress("reference", config.reference.steps, every, echo),
@@ -256,16 +267,13 @@ def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None
             save_reference(tmp / "reference", unet, text_encoder, tokenizer)
             shutil.rmtree(tmp / "reference.snapshot", ignore_errors=True)
 
-    sampler = ReferenceSampler(unet, text_encoder, tokenizer, config.quality.sample_steps, config.quality.guidance_scale)
+    q = config.quality
+    sampler = ReferenceSampler(unet, text_encoder, tokenizer, q.sample_steps, q.guidance_scale, sampler=q.sampler)
     one_step_settings = reference_settings | {k: settings[k] for k in ("one_step", "quality")}
     if not stages.done("one_step", one_step_settings):
         with stages.run("one_step", one_step_settings) as figures:
-            teacher = ReferenceSampler(
-                unet, text_encoder, tokenizer, config.quality.sample_steps, config.quality.guidance_scale,
-                clip_sample=config.one_step.clip_teacher,
-            )
             generator, figures["one_step_training"] = distill_one_step(
-                teacher, config.one_step, _progress("one_step", config.one_step.steps, every, echo)
+                sampler, config.one_step, _progress("one_step", config.one_step.steps, every, echo)
             )
             generator.save_pretrained(tmp / "one_step.warm")
 
@@ -298,6 +306,7 @@ def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None
         for name in ("renders", "reference", "one_step_warm_start", "one_step"):
             echo(f"[quality] {name}: {figures[name]}")
     shutil.rmtree(tmp / "one_step.warm")
+    shutil.rmtree(tmp / "reader")
 
     timings = dict(stages.timings, total=round(sum(stages.timings.values()), 1))
     timings["this_invocation"] = round(time.perf_counter() - total_start, 1)

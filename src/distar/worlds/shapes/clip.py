@@ -27,7 +27,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenize
 
 from distar.config import field
 from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, ImageTransform
-from distar.worlds.shapes.data import SceneSampler, consistency, describe, render_batch
+from distar.worlds.shapes.data import SceneSampler, consistency, contrast, describe, render_batch
 from distar.worlds.shapes.grammar import IMAGE_SIZE
 from distar.worlds.shapes.utility import TrueUtility, UtilityWeights, degrade, simulate_choices
 
@@ -56,6 +56,16 @@ class TrainLoop:
     lr: float = field(1e-3, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
     seed: int = field(1, help="seed of the data stream and of the model's initialisation")
     weight_decay: float = field(0.01, help="AdamW weight decay")
+
+
+@dataclasses.dataclass
+class ClipLoop(TrainLoop):
+    """Contrastive training of the CLIP analogue."""
+
+    hard_negatives: int = field(
+        2, help="extra prompts per image that describe it with one attribute wrong (the first: its shape); "
+        "0 = in-batch negatives only"
+    )
 
 
 @dataclasses.dataclass
@@ -150,21 +160,27 @@ def fit(model: torch.nn.Module, loop: TrainLoop, step_loss: Callable[[], dict[st
     model.eval()
 
 
-def train_clip(model: CLIPModel, tokenizer: CLIPTokenizer, loop: TrainLoop, log: Log) -> None:
-    """Multi-positive contrastive training on rendered scenes (module docstring)."""
+def train_clip(model: CLIPModel, tokenizer: CLIPTokenizer, loop: ClipLoop, log: Log) -> None:
+    """Multi-positive contrastive training on rendered scenes, with hard negatives (module docstring)."""
     sampler = SceneSampler(loop.seed)
     text_rng = random.Random(loop.seed + 1)
 
     def step_loss() -> dict[str, Tensor]:
         _, images, scenes = sampler.batch(loop.batch_size)
         specs = [describe(scene, text_rng) for scene in scenes]
-        # positives[i, j]: prompt j is true of image i (always so for j = i).
-        positives = consistency(specs, scenes).float()
+        negatives = [
+            contrast(spec, text_rng, "shape" if k == 0 else None) for k in range(loop.hard_negatives) for spec in specs
+        ]
+        texts = specs + negatives
+        # positives[i, j]: prompt j is true of image i (always so for j = i, never for i's own negatives).
+        positives = consistency(texts, scenes).float()
         logits = model.logit_scale.exp() * image_embeddings(model, images) @ text_embeddings(
-            model, tokenizer, [s.prompt() for s in specs]
+            model, tokenizer, [s.prompt() for s in texts]
         ).T
         image_to_text = -(F.log_softmax(logits, 1) * positives / positives.sum(1, keepdim=True)).sum(1).mean()
-        text_to_image = -(F.log_softmax(logits, 0) * positives / positives.sum(0, keepdim=True)).sum(0).mean()
+        described = logits[:, : len(specs)]  # the images compete for each describing prompt
+        weights = positives[:, : len(specs)]
+        text_to_image = -(F.log_softmax(described, 0) * weights / weights.sum(0, keepdim=True)).sum(0).mean()
         return {"loss": (image_to_text + text_to_image) / 2, "logit_scale": model.logit_scale.exp()}
 
     fit(model, loop, step_loss, log)

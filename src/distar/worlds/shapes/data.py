@@ -10,7 +10,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from distar.worlds.shapes.grammar import MENTION_PROBABILITY, OPTIONAL_ATTRIBUTES, Spec, parse_prompt, sample_spec
+from distar.worlds.shapes.grammar import (
+    BACKGROUNDS,
+    COLOURS,
+    COUNTS,
+    GROUP_SIZES,
+    MENTION_PROBABILITY,
+    OPTIONAL_ATTRIBUTES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Spec,
+    parse_prompt,
+    sample_spec,
+)
 from distar.worlds.shapes.render import Scene, render
 
 
@@ -32,6 +45,34 @@ def describe(scene: Scene, rng: random.Random) -> Spec:
     full = scene.spec()
     named = {k: getattr(full, k) if rng.random() < MENTION_PROBABILITY[k] else None for k in OPTIONAL_ATTRIBUTES}
     return dataclasses.replace(full, **named)
+
+
+def contrast(spec: Spec, rng: random.Random, attribute: str | None = None) -> Spec:
+    """A valid prompt that differs from ``spec`` in one attribute it names: ``attribute``, or a random one.
+
+    The CLIP analogue's hard negatives: a description of the same scene with one word wrong ("a red
+    square" for a red circle) teaches both towers the attributes that random negatives rarely contrast.
+    """
+    named = [a for a, v in dataclasses.asdict(spec).items() if v is not None]
+    if attribute is None:
+        attribute = rng.choice(named)
+    elif attribute not in named:
+        raise ValueError(f"{spec.prompt()!r} does not name {attribute}")
+    current = getattr(spec, attribute)
+    if attribute == "shape":
+        return dataclasses.replace(spec, shape=rng.choice([s for s in SHAPES if s != current]))
+    if attribute == "colour":
+        return dataclasses.replace(spec, colour=rng.choice([c for c in COLOURS if c not in (current, spec.background)]))
+    if attribute == "background":
+        return dataclasses.replace(spec, background=rng.choice([b for b in BACKGROUNDS if b not in (current, spec.colour)]))
+    if attribute == "position":
+        return dataclasses.replace(spec, position=rng.choice([p for p in POSITIONS if p != current]))
+    if attribute == "size":
+        sizes = SIZES if spec.count == 1 else GROUP_SIZES
+        return dataclasses.replace(spec, size=rng.choice([s for s in sizes if s != current]))
+    count = rng.choice([c for c in COUNTS if c != current])
+    size = spec.size if count == 1 or spec.size in (None, *GROUP_SIZES) else rng.choice(GROUP_SIZES)
+    return dataclasses.replace(spec, count=count, size=size, position=spec.position if count == 1 else None)
 
 
 _FIELDS = [f.name for f in dataclasses.fields(Spec)]

@@ -84,10 +84,6 @@ class DistillLoop(TrainLoop):
     seed: int = field(4, help="seed of the prompts, the noise z and the minibatches")
     samples: int = field(768, help="reference samples (z, prompt → DDIM sample) to regress on")
     t_init: int = field(999, help="conditioning timestep at which the generator UNet reads z (§2)")
-    clip_teacher: bool = field(
-        True, help="teacher samples by DDIM with x̂0 clipped, as the shipped start was built (the unclipped "
-        "sampler follows prompts better: docs/shapes.md)"
-    )
 
 
 def distill_one_step(

@@ -1,11 +1,14 @@
 """The reference diffusion model: a pixel-space diffusers ``UNet2DConditionModel`` with CFG.
 
-Trained by v-prediction denoising score matching (di-star-math.md Eq. 2.2 in v form, v = α_t ε − σ_t x0,
-i.e. λ(t) = α_t² / σ_t² + 1 relative to x0-MSE) on rendered images scaled to [−1, 1], conditioned on the text tower of the CLIP analogue
-(``last_hidden_state``, prompts padded to the tokenizer's length, as Stable Diffusion does; frozen, or
-fine-tuned with the UNet when ``train_text_encoder``), with
+Trained by v-prediction denoising score matching (di-star-math.md Eq. 2.2 in v form, v = α_t ε − σ_t x0:
+plain v-MSE is the x0-MSE weighted by λ(t) = α_t²/σ_t² + 1) on rendered images scaled to [−1, 1], with
 the prompt replaced by "" with probability ``cond_dropout`` so the same network gives s(x_t | ∅) for
-classifier-free guidance (Eq. 3.5). Saved as a diffusers folder without a VAE — ``unet/``,
+classifier-free guidance (Eq. 3.5). The noise levels are drawn as EDM draws them, ln σ ~ N(P_mean, P_std²)
+with σ = σ_t/α_t, at the nearest step of the DDPM schedule: uniform steps spend over half the batch where
+x_t is almost pure noise (σ > 3, steps 500-999), and the shapes, counts and positions of 32-px scenes
+take form at σ ≈ 0.3-5. The text conditioning is ``last_hidden_state`` of the reference's text encoder
+(:mod:`.reader`: the CLIP analogue's text tower taught to read the grammar), frozen, prompts padded to the
+tokenizer's length as Stable Diffusion does. Saved as a diffusers folder without a VAE — ``unet/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/`` — so decode = (x + 1)/2.
 """
 
@@ -14,14 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import diffusers
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch import Tensor
-from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from distar.config import field
 from distar.diffusion import cfg_combine
@@ -31,8 +34,8 @@ from distar.worlds.shapes.data import SceneSampler
 from distar.worlds.shapes.grammar import IMAGE_SIZE
 
 #: The forward process: DDPM's linear β schedule (1e-4 .. 0.02 over 1000 steps), v-prediction. With
-#: ε-prediction a small, briefly trained pixel model's x̂0 = (x_t − σ_t ε̂)/α_t is ruined at large t
-#: (1/α_t ≈ 160 at t = 999); v-prediction keeps x̂0 = α_t x_t − σ_t v̂ well conditioned there.
+#: ε-prediction a small pixel model's x̂0 = (x_t − σ_t ε̂)/α_t is ruined at large t (1/α_t ≈ 160 at
+#: t = 999); v-prediction keeps x̂0 = α_t x_t − σ_t v̂ well conditioned there.
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.0001,
@@ -48,32 +51,35 @@ SCHEDULER_CONFIG = dict(
 class ReferenceLoop(TrainLoop):
     """Training of the reference UNet."""
 
-    steps: int = field(2800, help="optimiser steps")
+    steps: int = field(8000, help="optimiser steps")
     batch_size: int = field(64, help="images per step")
     lr: float = field(1e-3, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
     seed: int = field(3, help="seed of the data stream, noise and initialisation")
     cond_dropout: float = field(0.1, help="probability of training on the empty prompt (for CFG)")
     ema_decay: float = field(0.999, help="EMA decay of the saved weights (with warm-up)")
+    noise_levels: Literal["lognormal", "uniform"] = field(
+        "lognormal", help="how steps t are drawn: 'lognormal' = ln σ ~ N(log_sigma_mean, log_sigma_std²), σ = σ_t/α_t "
+        "(EDM), at the nearest schedule step; 'uniform' = t ~ U{0..999} (DDPM)"
+    )
+    log_sigma_mean: float = field(-0.5, help="P_mean of the lognormal noise levels")
+    log_sigma_std: float = field(1.5, help="P_std of the lognormal noise levels")
     min_snr_gamma: float | None = field(
-        5.0, help="cap γ of the x0-unit loss weight: min(SNR + 1, γ) (v-MSE with low-noise steps capped, "
-        "as Min-SNR-γ does); null = plain v-MSE"
+        None, help="cap γ of the x0-unit loss weight: min(SNR + 1, γ) (Min-SNR-γ); null = plain v-MSE"
     )
-    train_text_encoder: bool = field(
-        False, help="fine-tune the text tower (initialised from the CLIP analogue) jointly with the UNet "
-        "(the analogue's states hardly separate shape words: docs/shapes.md); false keeps it frozen, as SD does"
-    )
-    snapshot_every: int = field(250, help="save the EMA weights to <build>.building/reference.snapshot every N steps (0: never)")
+    snapshot_every: int = field(500, help="save the EMA weights to <build>.building/reference.snapshot every N steps (0: never)")
 
 
 @dataclasses.dataclass
 class UNetArch:
     """Size and conditioning of the reference UNet."""
 
-    block_out_channels: tuple[int, ...] = field((32, 64, 64), help="channels per resolution level (32, 16, 8 px)")
+    block_out_channels: tuple[int, ...] = field(
+        (32, 64, 64, 64), help="channels per resolution level (32, 16, 8, 4 px): the 4-px level sees the whole canvas"
+    )
     layers_per_block: int = field(1, help="ResNet blocks per level")
     attention_head_dim: int = field(8, help="channels per attention head")
     norm_num_groups: int = field(16, help="GroupNorm groups")
-    attention_levels: int = field(1, help="lowest-resolution levels with (self- and cross-) attention blocks")
+    attention_levels: int = field(2, help="lowest-resolution levels with (self- and cross-) attention blocks")
     text_time_embedding: bool = field(
         True,
         help="also pool the text states into the time embedding (diffusers addition_embed_type='text'), "
@@ -103,20 +109,28 @@ def new_unet(arch: UNetArch, cross_attention_dim: int, seed: int) -> UNet2DCondi
     )
 
 
-def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
-    """The CLIP analogue's text tower as a stand-alone ``CLIPTextModel`` (a copy, frozen, eval mode)."""
-    encoder = CLIPTextModel(clip.config.text_config)
-    encoder.load_state_dict(clip.text_model.state_dict())
-    return encoder.eval().requires_grad_(False)
-
-
 def encode_prompts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, prompts: Sequence[str]) -> Tensor:
-    """(B, L, D) text conditioning: ``last_hidden_state`` of prompts padded to ``model_max_length``
-    (differentiable: no graph is built while the encoder is frozen)."""
+    """(B, L, D) text conditioning: ``last_hidden_state`` of prompts padded to ``model_max_length``."""
     ids = tokenizer(
         list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
     return text_encoder(ids.to(text_encoder.device))[0]
+
+
+class NoiseLevels:
+    """Training steps t of the schedule, drawn as ``loop.noise_levels`` says (ReferenceLoop)."""
+
+    def __init__(self, scheduler: DDPMScheduler, loop: ReferenceLoop, generator: torch.Generator) -> None:
+        alphas_cumprod = scheduler.alphas_cumprod
+        #: ln σ_t/α_t at every step, increasing in t
+        self.log_sigma = (0.5 * ((1 - alphas_cumprod) / alphas_cumprod).log()).contiguous()
+        self.loop, self.generator = loop, generator
+
+    def __call__(self, n: int) -> Tensor:
+        if self.loop.noise_levels == "uniform":
+            return torch.randint(0, len(self.log_sigma), (n,), generator=self.generator)
+        log_sigma = self.loop.log_sigma_mean + self.loop.log_sigma_std * torch.randn(n, generator=self.generator)
+        return torch.searchsorted(self.log_sigma, log_sigma).clamp(0, len(self.log_sigma) - 1)
 
 
 def train_reference(
@@ -128,7 +142,7 @@ def train_reference(
     snapshot: Callable[[int], None] | None = None,
 ) -> None:
     """v-prediction DSM with condition dropout (module docstring), in place; ends with the EMA weights
-    in ``unet`` (and in ``text_encoder`` when ``loop.train_text_encoder``), both in eval mode, frozen.
+    in ``unet``, in eval mode, frozen. The text encoder stays frozen.
 
     ``snapshot(step)``, when given, is called after every step with the EMA weights in place.
     """
@@ -138,10 +152,9 @@ def train_reference(
     weight = torch.ones_like(snr) if loop.min_snr_gamma is None else (loop.min_snr_gamma / (snr + 1)).clamp(max=1)
     sampler = SceneSampler(loop.seed)
     generator = torch.Generator().manual_seed(loop.seed)
-    trained = torch.nn.ModuleDict({"unet": unet})
-    if loop.train_text_encoder:
-        trained["text_encoder"] = text_encoder.requires_grad_(True)
-    ema = EMAModel(trained.parameters(), decay=loop.ema_decay, use_ema_warmup=True)
+    draw_t = NoiseLevels(scheduler, loop, generator)
+    text_encoder.eval().requires_grad_(False)
+    ema = EMAModel(unet.parameters(), decay=loop.ema_decay, use_ema_warmup=True)
 
     def step_loss() -> dict[str, Tensor]:
         specs, images, _ = sampler.batch(loop.batch_size)
@@ -149,25 +162,26 @@ def train_reference(
         prompts = ["" if d else s.prompt() for s, d in zip(specs, drop)]
         x0 = images * 2 - 1
         noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(specs),), generator=generator)
+        t = draw_t(len(specs))
         x_t = scheduler.add_noise(x0, noise, t)
-        v = unet(x_t, t, encode_prompts(text_encoder, tokenizer, prompts)).sample
+        with torch.no_grad():
+            cond = encode_prompts(text_encoder, tokenizer, prompts)
+        v = unet(x_t, t, cond).sample
         per_sample = (v - scheduler.get_velocity(x0, noise, t)).pow(2).mean((1, 2, 3))
         return {"loss": (weight[t] * per_sample).mean(), "v_mse": per_sample.mean()}
 
     def on_step(step: int, terms: dict[str, float]) -> None:
-        ema.step(trained.parameters())
+        ema.step(unet.parameters())
         log(step, terms)
         if snapshot is not None:
-            ema.store(trained.parameters())
-            ema.copy_to(trained.parameters())
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
             snapshot(step)
-            ema.restore(trained.parameters())
+            ema.restore(unet.parameters())
 
-    fit(trained, loop, step_loss, on_step)
-    ema.copy_to(trained.parameters())
+    fit(unet, loop, step_loss, on_step)
+    ema.copy_to(unet.parameters())
     unet.eval().requires_grad_(False)
-    text_encoder.eval().requires_grad_(False)
 
 
 def save_reference(
@@ -198,16 +212,30 @@ def seeded_noise(seeds: Sequence[int]) -> Tensor:
     )
 
 
+#: Samplers of :class:`ReferenceSampler`: diffusers schedulers on the reference's training schedule.
+SAMPLERS = ("dpm++", "ddim")
+
+
+def sampler_scheduler(name: str, *, clip_sample: bool = False) -> DDIMScheduler | DPMSolverMultistepScheduler:
+    """The scheduler called ``name``: ``"dpm++"`` = DPM-Solver++(2M) with Karras σ spacing down to σ = 0
+    (steps concentrated where the image takes shape), ``"ddim"`` = DDIM (η = 0) at evenly spaced steps."""
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(SCHEDULER_CONFIG, use_karras_sigmas=True, final_sigmas_type="zero")
+    if name == "ddim":
+        return DDIMScheduler.from_config(dict(SCHEDULER_CONFIG, clip_sample=clip_sample, set_alpha_to_one=False))
+    raise ValueError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+
+
 class ReferenceSampler:
-    """The reference as an :class:`~distar.protocols.ImageModel`: DDIM with classifier-free guidance.
+    """The reference as an :class:`~distar.protocols.ImageModel`: a multi-step sampler with classifier-free guidance.
 
     Each step evaluates the UNet on the conditional and the empty prompt in one batch and combines
     the two v-predictions by Eq. (3.5) with ``guidance_scale`` (the combination is linear, so it is
-    the guided score's v-form). z comes from the per-image seed (DDIM with η = 0 is deterministic).
+    the guided score's v-form). z comes from the per-image seed; both samplers are deterministic.
 
-    ``clip_sample`` clips the implied x̂0 to [−1, 1] as diffusers' DDIM does, which keeps ε̂ from the
-    unclipped prediction; under CFG the guided x̂0 overshoots dark backgrounds, the clipped steps are
-    inconsistent and backgrounds drift to grey (docs/shapes.md measures it), so it is off by default.
+    ``clip_sample`` (DDIM only) clips the implied x̂0 to [−1, 1] as diffusers' DDIM does, which keeps ε̂
+    from the unclipped prediction; under CFG the guided x̂0 overshoots dark backgrounds, the clipped steps
+    are inconsistent and backgrounds drift to grey (docs/shapes.md measures it), so it is off by default.
     """
 
     def __init__(
@@ -215,18 +243,17 @@ class ReferenceSampler:
         unet: UNet2DConditionModel,
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
-        steps: int = 25,
+        steps: int = 20,
         guidance_scale: float = 3.0,
         name: str | None = None,
         *,
+        sampler: str = "dpm++",
         clip_sample: bool = False,
     ) -> None:
         self.unet, self.text_encoder, self.tokenizer = unet.eval(), text_encoder.eval(), tokenizer
-        self.scheduler = DDIMScheduler.from_config(
-            dict(SCHEDULER_CONFIG, clip_sample=clip_sample, set_alpha_to_one=False)
-        )
+        self.scheduler = sampler_scheduler(sampler, clip_sample=clip_sample)
         self.steps, self.guidance_scale = steps, guidance_scale
-        self.name = name or f"reference ({steps} steps, CFG {guidance_scale:g})"
+        self.name = name or f"reference ({steps}-step {sampler}, CFG {guidance_scale:g})"
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs) -> "ReferenceSampler":
