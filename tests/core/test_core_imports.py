@@ -21,7 +21,6 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.commands",),
     ("distar.serve",),
     ("distar.worlds",),
-    ("distar.tiny",),  # the shapes world's tokenizer alphabet, from distar.testing.tokenizers
     ("distar.testing",),
     ("distar.eval",),
     ("distar.export",),
@@ -131,7 +130,7 @@ def readme_layout() -> list[str]:
 
 def test_the_readme_lists_every_layer_in_order():
     listed = readme_layout()
-    unlisted = {"distar.__main__", "distar", "distar.tiny"}  # the entry point, the package, a shim for a world
+    unlisted = {"distar.__main__", "distar"}  # the entry point, the package
     assert sorted(listed) == sorted(unit for layer in LAYERS for unit in layer if unit not in unlisted)
     order = [layer_of(unit)[0] for unit in listed]
     assert order == sorted(order), f"the README lists the layers in another order: {listed}"

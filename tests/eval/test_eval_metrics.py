@@ -32,6 +32,19 @@ def test_diversity_groups_by_prompt_and_skips_single_images():
         diversity.compute([(images[-1:], records[-1:])])
 
 
+def test_prompt_diversity_groups_by_seed_and_is_zero_for_a_prompt_blind_model():
+    records = [{"index": i, "seed": s} for s in (0, 1) for i in range(3)]
+    blind = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3)  # each seed: one image whatever the prompt
+    spread = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]] * 2)
+    metric = Diversity(lambda x: x, across="prompts")
+    assert metric.name == "prompt_diversity"
+    assert metric.compute([(blind, records)]) == {"prompt_diversity": pytest.approx(0.0), "prompt_diversity_seeds": 2}
+    # pairs (1 − 0), (1 − 0), (1 − (−1)) in each seed: mean 4/3
+    assert metric.compute([(spread, records)])["prompt_diversity"] == pytest.approx(4 / 3)
+    with pytest.raises(ValueError, match="two prompts"):
+        metric.compute([(blind[:1], records[:1])])
+
+
 def _save_images(folder, seed, count, size=(20, 28)):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from distar.objectives.presets import preset
@@ -52,7 +53,7 @@ def test_demo_writes_the_report(tiny_world, tmp_path, capsys):
     argv = [
         "demo", "--world", "shapes", "--out", str(out), "--steps", "1",
         f"models={tiny_world}", "train.batch_size=2", "eval_prompts=4", "seeds=[0, 1]",
-        "reference_steps=2", "fid_reference_seeds=2", "training_seeds=2", "jobs=1",
+        "reference_steps=2", "fid_reference_seeds=2", "training_seeds=2", "jobs=1", "extra=[]",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -61,10 +62,10 @@ def test_demo_writes_the_report(tiny_world, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert set(report["models"]) == {"renders", "reference", "start", "sim_s0", "sim_s1", "di_pp_a10_s0", "di_pp_a10_s1", "di_star_a10_s0", "di_star_a10_s1"}
     for row in report["models"].values():
-        for key in ("pickscore", "true_utility", "alignment", "fid", "diversity", "open_diversity"):
+        for key in ("pickscore", "true_utility", "alignment", "fid", "diversity", "prompt_diversity", "open_diversity"):
             assert row[key] is not None, key
     stats = report["stats"]
-    assert list(stats)[:3] == ["renders (ground truth)", "reference (2-step DDIM, CFG 3)", "one-step start"]
+    assert list(stats)[:3] == ["renders (ground truth)", "reference (2-step dpm++, CFG 3)", "one-step start"]
     mean, half = stats["DI* (α = 10)"]["pickscore"]
     seeds = [report["models"][f"di_star_a10_s{i}"]["pickscore"] for i in (0, 1)]
     assert abs(mean - sum(seeds) / 2) < 1e-9 and half > 0
@@ -77,19 +78,29 @@ def test_demo_writes_the_report(tiny_world, tmp_path, capsys):
 def test_runs_are_planned_per_method_scale_and_seed():
     from distar.worlds.shapes.demo import ShapesDemoConfig, plan_runs
 
-    runs = plan_runs(ShapesDemoConfig(methods=["sim", "di_star"], reward_scale=10.0, sweep=[10.0, 30.0], training_seeds=2))
+    cfg = ShapesDemoConfig(methods=["sim", "di_star"], reward_scale=10.0, sweep=[10.0, 30.0], training_seeds=2, extra=[])
+    runs = plan_runs(cfg)
     assert [r.key for r in runs] == ["sim_s0", "sim_s1", "di_star_a10_s0", "di_star_a10_s1", "di_star_a30_s0", "di_star_a30_s1"]
     assert runs[-1].group == "DI* (α = 30)" and runs[0].group == "SIM"
+    # extra settings come last, once, and are checked when the config is made
+    cfg = ShapesDemoConfig(methods=["sim", "di_star"], reward_scale=10.0, training_seeds=1, extra=["di_star@10", "di_pp@300"])
+    assert [r.key for r in plan_runs(cfg)] == ["sim_s0", "di_star_a10_s0", "di_pp_a300_s0"]
+    for bad in (["di_star"], ["nope@3"], ["di_star@big"]):
+        with pytest.raises(ValueError, match="extra"):
+            ShapesDemoConfig(extra=bad)
 
 
 def test_verdicts_name_reward_hacking():
     from distar.worlds.shapes.demo import START, verdicts
 
+    spread = {"prompt_diversity": (0.3, 0.0)}
     stats = {
-        START: {"pickscore": (0.2, 0.0), "true_utility": (-5.0, 0.0), "alignment": (0.8, 0.0), "open_diversity": (0.6, 0.0)},
-        "A": {"pickscore": (0.3, 0.01), "true_utility": (-6.0, 0.1), "alignment": (0.8, 0.05), "open_diversity": (0.2, 0.05)},
-        "B": {"pickscore": (0.3, 0.01), "true_utility": (-4.0, 0.1), "alignment": (0.81, 0.05), "open_diversity": (0.6, 0.05)},
+        START: {"pickscore": (0.2, 0.0), "true_utility": (-5.0, 0.0), "alignment": (0.8, 0.0), "open_diversity": (0.6, 0.0), **spread},
+        "A": {"pickscore": (0.3, 0.01), "true_utility": (-6.0, 0.1), "alignment": (0.8, 0.05), "open_diversity": (0.2, 0.05), **spread},
+        "B": {"pickscore": (0.3, 0.01), "true_utility": (-4.0, 0.1), "alignment": (0.81, 0.05), "open_diversity": (0.6, 0.05), **spread},
+        "C": {"pickscore": (0.4, 0.01), "true_utility": (-4.0, 0.1), "alignment": (0.3, 0.05), "open_diversity": (0.0, 0.05), "prompt_diversity": (0.05, 0.01)},
     }
-    a, b = verdicts(stats, ["A", "B"], START)
+    a, b, c = verdicts(stats, ["A", "B", "C"], START)
     assert "reward hacking" in a and "; but open-attribute diversity fell. " in a
-    assert "a real gain" in b and "kept" in b
+    assert "a real gain" in b and "kept" in b and "collapsed" not in b
+    assert "**collapsed**" in c

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 
 import pytest
@@ -17,7 +18,8 @@ from distar.worlds.shapes.clip import MAX_LENGTH, ClipArch, image_embeddings, ne
 from distar.worlds.shapes.data import render_prompts
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts, vocabulary
 from distar.worlds.shapes.metrics import AttributeClassifier, classifier_accuracy
-from distar.worlds.shapes.reference import ReferenceLoop, UNetArch, new_unet, text_encoder_from_clip, train_reference
+from distar.worlds.shapes.reader import text_encoder_from_clip
+from distar.worlds.shapes.reference import ReferenceLoop, UNetArch, new_unet, train_reference
 from distar.worlds.shapes.tokenizer import learn_merges, save_word_tokenizer
 from distar.worlds.shapes.utility import UtilityWeights
 from shapes_helpers import TINY_BUILD
@@ -182,16 +184,68 @@ def test_shipped_reference_loads_in_the_sd_backend(shipped):
     assert backend.reference_x0(x_t, torch.tensor([500, 500]), cond).shape == x_t.shape
 
 
-@pytest.mark.parametrize("train_text_encoder", [False, True])
-def test_reference_training_fine_tunes_the_text_tower_only_when_asked(tmp_path, train_text_encoder):
+def test_reference_training_updates_the_unet_and_keeps_the_text_encoder(tmp_path):
     tokenizer = save_word_tokenizer(tmp_path, vocabulary(), MAX_LENGTH)
     clip = new_clip(len(tokenizer), ClipArch(width=16, layers=1, heads=2, projection_dim=16), seed=0)
     text_encoder = text_encoder_from_clip(clip)
-    unet = new_unet(UNetArch(block_out_channels=(16, 16, 16), norm_num_groups=8), 16, seed=0)
+    unet = new_unet(UNetArch(block_out_channels=(16, 16, 16, 16), norm_num_groups=8), 16, seed=0)
     unet_before = {k: v.clone() for k, v in unet.state_dict().items()}
-    loop = ReferenceLoop(steps=2, batch_size=2, train_text_encoder=train_text_encoder, snapshot_every=0, lr=1e-2)
+    loop = ReferenceLoop(steps=2, batch_size=2, snapshot_every=0, lr=1e-2)
     train_reference(unet, text_encoder, tokenizer, loop, lambda step, terms: None)
-    changed = [k for k, v in text_encoder.state_dict().items() if not torch.equal(v, clip.text_model.state_dict()[k])]
-    assert bool(changed) == train_text_encoder
+    assert all(torch.equal(v, clip.text_model.state_dict()[k]) for k, v in text_encoder.state_dict().items())
     assert any(not torch.equal(v, unet_before[k]) for k, v in unet.state_dict().items())
-    assert not text_encoder.training and not any(p.requires_grad for p in text_encoder.parameters())
+    assert not unet.training and not any(p.requires_grad for p in unet.parameters())
+
+
+def test_lognormal_noise_levels_follow_their_sigma_distribution():
+    from diffusers import DDPMScheduler
+
+    from distar.worlds.shapes.reference import SCHEDULER_CONFIG, NoiseLevels
+
+    scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
+    loop = ReferenceLoop(log_sigma_mean=-0.5, log_sigma_std=1.5)
+    t = NoiseLevels(scheduler, loop, torch.Generator().manual_seed(0))(20000)
+    a = scheduler.alphas_cumprod[t]
+    log_sigma = 0.5 * ((1 - a) / a).log()
+    # the nearest step's ln σ has the requested mean and spread, and each step range gets the normal's mass
+    assert abs(float(log_sigma.mean()) + 0.5) < 0.05 and abs(float(log_sigma.std()) - 1.5) < 0.05
+    all_log_sigma = 0.5 * ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod).log()
+    for step in (50, 200, 600):
+        expected = 0.5 * (1 + math.erf((float(all_log_sigma[step]) + 0.5) / (1.5 * math.sqrt(2))))
+        assert abs(float((t <= step).float().mean()) - expected) < 0.02, step
+    uniform = NoiseLevels(scheduler, ReferenceLoop(noise_levels="uniform"), torch.Generator().manual_seed(0))(20000)
+    assert 0.45 < float((uniform >= 500).float().mean()) < 0.55
+
+
+def test_reader_keeps_the_words_that_clip_squashes(shipped):
+    """The CLIP analogue's text states hardly change with the shape or position word; a short reading
+    fine-tune (text only) separates them as much as a colour word."""
+    from distar.worlds.shapes.reader import ReaderLoop, train_reader
+    from distar.worlds.shapes.reference import encode_prompts
+
+    clip, tokenizer = load_clip("clip", shipped)
+    pairs = [("a large red square", "a large red triangle"), ("a red square on the left", "a red square on the right")]
+
+    def change(model) -> list[float]:
+        """Largest change of a token state between the two prompts of each pair, over the mean state norm."""
+        with torch.no_grad():
+            states = [encode_prompts(model, tokenizer, pair) for pair in pairs]
+        return [float((s[0] - s[1]).norm(dim=-1).max() / s[0].norm(dim=-1).mean()) for s in states]
+
+    encoder = text_encoder_from_clip(clip)
+    assert max(change(encoder)) < 0.4, change(encoder)
+    train_reader(encoder, tokenizer, ReaderLoop(steps=60, batch_size=64, lr=3e-3), lambda step, terms: None)
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    assert min(change(encoder)) > 0.6, change(encoder)
+
+
+def test_samplers_are_deterministic_and_unknown_names_refused(shipped):
+    from distar.worlds.shapes.reference import ReferenceSampler, sampler_scheduler
+
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampler_scheduler("euler")
+    for name in ("dpm++", "ddim"):
+        sampler = ReferenceSampler.from_pretrained(shipped / "reference", steps=3, guidance_scale=3.0, sampler=name)
+        a = sampler.generate_images(["a red circle", "two blue squares"], [0, 1])
+        b = sampler.generate_images(["two blue squares"], [1])
+        assert a.shape == (2, 3, 32, 32) and torch.allclose(a[1:], b, atol=1e-5), name

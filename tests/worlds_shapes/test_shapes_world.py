@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from distar.worlds.shapes.data import consistency, describe, render_batch, render_prompts
+from distar.worlds.shapes.data import consistency, contrast, describe, render_batch, render_prompts
 from distar.worlds.shapes.grammar import (
     BACKGROUNDS,
     COLOURS,
@@ -163,3 +163,19 @@ def test_simulated_choices_follow_bradley_terry():
     expected = choice_probability(u_a, u_b, temperature).view(4, -1)[:, 0]
     assert torch.allclose(observed, expected, atol=0.015)
     assert torch.allclose(expected, torch.sigmoid(torch.tensor([0.0, 0.5, 1.0, -1.0]) / temperature))
+
+
+def test_contrasts_name_one_attribute_wrongly_and_stay_in_the_grammar():
+    rng = random.Random(0)
+    specs = [sample_spec(rng) for _ in range(500)]
+    _, scenes = render_batch(specs, np.random.default_rng(0))
+    for spec, scene in zip(specs, scenes):
+        other = contrast(spec, rng)
+        assert parse_prompt(other.prompt()) == other and other != spec
+        assert contrast(spec, rng, "shape").shape != spec.shape
+        # a scene that fits its prompt never fits the prompt's contrast (a large shape named "on the left"
+        # that cannot reach its target is nearer another position: such scenes fit neither)
+        if bool(consistency([spec], [scene])[0, 0]):
+            assert not bool(consistency([other], [scene])[0, 0])
+    with pytest.raises(ValueError, match="does not name"):
+        contrast(Spec("circle"), rng, "colour")

@@ -22,7 +22,7 @@ class EvalConfig:
     )
     metrics: list[str] = field(
         ["imagereward", "aesthetic", "pickscore", "clip"],
-        help="imagereward, aesthetic, pickscore, clip, hpsv2, hpsv2.1, fid, diversity",
+        help="imagereward, aesthetic, pickscore, clip, hpsv2, hpsv2.1, fid, diversity, prompt_diversity",
     )
     metric_paths: dict[str, str] = field(
         {}, help="metric → model location (hub id, folder, file; 'tiny' = tiny random reward model)"

@@ -23,7 +23,7 @@ from distar.io import tiny_asset, to_uint8
 from distar.rewards import REWARD_NAMES, TINY, Reward
 from distar.rewards.preprocess import ImageTransform
 
-SET_METRICS = ("fid", "diversity")
+SET_METRICS = ("fid", "diversity", "prompt_diversity")
 METRIC_NAMES = (*REWARD_NAMES, *SET_METRICS)
 
 
@@ -114,8 +114,8 @@ def metric_loaders(
 ) -> list[LazyMetric]:
     """Lazy loaders for metric ``names``; ``paths[name]`` is a model location (hub id, folder, file,
     or ``"tiny"`` for a tiny random model); ``paths["fid"]`` is the Inception torchscript file and
-    ``paths["diversity"]`` the CLIP model whose image tower gives the diversity features (as for
-    ``"clip"``; default ``openai/clip-vit-large-patch14``)."""
+    ``paths["diversity"]`` (``paths["prompt_diversity"]``) the CLIP model whose image tower gives the
+    diversity features (as for ``"clip"``; default ``openai/clip-vit-large-patch14``)."""
     paths = dict(paths or {})
     unknown = sorted(set(paths) - set(METRIC_NAMES))
     if unknown:
@@ -137,7 +137,8 @@ def metric_loaders(
             loaders.append(LazyMetric(name, "set", _fid_loader(path, fid_reference, fid_resolution, device), signature))
         else:
             signature = json.dumps({"features": path})
-            loaders.append(LazyMetric(name, "set", _diversity_loader(path, device, local_files_only), signature))
+            across = "seeds" if name == "diversity" else "prompts"
+            loaders.append(LazyMetric(name, "set", _diversity_loader(path, device, local_files_only, across), signature))
     return loaders
 
 
@@ -164,12 +165,14 @@ def _fid_loader(
     return load
 
 
-def _diversity_loader(path: str | None, device: torch.device | str, local_files_only: bool) -> Callable[[], SetMetric]:
+def _diversity_loader(
+    path: str | None, device: torch.device | str, local_files_only: bool, across: Literal["seeds", "prompts"]
+) -> Callable[[], SetMetric]:
     def load() -> SetMetric:
         from distar.eval.diversity import Diversity
         from distar.rewards import load_reward
 
         clip = load_reward("clip", path=path, device=device, local_files_only=local_files_only)
-        return Diversity(lambda images: clip.image_embeddings(evaluation_inputs(images, clip).to(device)))
+        return Diversity(lambda images: clip.image_embeddings(evaluation_inputs(images, clip).to(device)), across)
 
     return load

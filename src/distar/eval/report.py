@@ -26,6 +26,7 @@ COLUMNS: dict[str, tuple[str, int]] = {
     "hpsv2.1": ("HPSv2.1", 2),
     "fid": ("FID", 2),
     "diversity": ("Diversity", 4),
+    "prompt_diversity": ("Prompt diversity", 4),
 }
 
 

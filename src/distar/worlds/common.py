@@ -1,4 +1,4 @@
-"""What the embedded worlds share: seed statistics, parallel one-thread runs, report tables, run records.
+"""What the embedded worlds share: one small fit loop, seed statistics, parallel one-thread runs, report tables.
 
 A world's demo trains several methods over several training seeds. Each run is an independent,
 seeded process with **one torch thread** (small models run fastest that way on a few shared cores,
@@ -8,14 +8,79 @@ mean ± half-width of the 95 % Student-t interval over seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
+from torch import Tensor, nn
+
+from distar.config import field
+
+#: ``log(step, terms)``: called after every optimiser step with the batch's loss terms as floats.
+Log = Callable[[int, dict[str, float]], None]
+
+
+@dataclasses.dataclass
+class TrainLoop:
+    """Optimisation settings of one world model's training (defaults: the shapes world's CLIP analogue)."""
+
+    steps: int = field(1000, help="optimiser steps")
+    batch_size: int = field(128, help="images per step")
+    lr: float = field(1e-3, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
+    seed: int = field(1, help="seed of the data stream and of the model's initialisation")
+    weight_decay: float = field(0.01, help="AdamW weight decay")
+
+
+def fit(
+    trained: nn.Module | Iterable[nn.Parameter],
+    loop: TrainLoop,
+    step_loss: Callable[[], dict[str, Tensor]],
+    log: Log | None = None,
+    *,
+    schedule: Literal["warmup_cosine", "constant"] = "warmup_cosine",
+    max_grad_norm: float | None = 1.0,
+) -> dict[str, float]:
+    """``loop.steps`` AdamW steps on ``step_loss()["loss"]``; returns the last step's terms.
+
+    ``schedule``: linear warm-up over the first 5 % of steps (the first at 1/warm-up of the peak) then
+    cosine decay to 0, or the constant ``loop.lr``. Gradients are clipped to ``max_grad_norm`` (None:
+    never). A module is put in training mode for the loop and in eval mode after it.
+    """
+    module = trained if isinstance(trained, nn.Module) else None
+    parameters = list(module.parameters() if module is not None else trained)
+    optimiser = torch.optim.AdamW(parameters, lr=loop.lr, weight_decay=loop.weight_decay)
+    warmup = max(1, loop.steps // 20)
+
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, loop.steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    if module is not None:
+        module.train()
+    terms: dict[str, float] = {}
+    for step in range(loop.steps):
+        losses = step_loss()
+        optimiser.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimiser.step()
+        scheduler.step()
+        terms = {k: float(v.detach()) for k, v in losses.items()}
+        if log is not None:
+            log(step, terms)
+    if module is not None:
+        module.eval()
+    return terms
 
 #: Two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal 1.96).
 _T975 = (

@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from distar.worlds.common import TrainLoop, fit
 from distar.worlds.gmm.backend import GMMBackend
 from distar.worlds.gmm.mixture import sample
 
@@ -37,16 +38,11 @@ def probability_flow_x0(backend: GMMBackend, z: Tensor, cond: Tensor, num_steps:
     return backend.reference_x0(x_t, times[-1].expand(len(z)), cond)
 
 
-def _fit(parameters: Iterable[nn.Parameter], batch_loss: Callable[[], Tensor], steps: int, lr: float) -> float:
-    """``steps`` Adam steps on ``batch_loss()``; returns the last loss."""
-    optimizer = torch.optim.Adam(parameters, lr=lr)
-    loss = torch.zeros(())
-    for _ in range(steps):
-        loss = batch_loss()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return float(loss.detach())
+def _adam(parameters: Iterable[nn.Parameter], batch_loss: Callable[[], Tensor], steps: int, lr: float) -> float:
+    """``steps`` Adam steps at the constant ``lr`` on ``batch_loss()``, no clipping; returns the last loss."""
+    loop = TrainLoop(steps=steps, lr=lr, weight_decay=0.0)
+    last = fit(parameters, loop, lambda: {"loss": batch_loss()}, schedule="constant", max_grad_norm=None)
+    return last.get("loss", 0.0)
 
 
 def distill_generator(
@@ -62,7 +58,7 @@ def distill_generator(
         i = torch.randint(0, len(cond), (batch_size,), device=world.device)
         return (backend.generate(z[i], cond[i]) - target[i]).pow(2).sum(-1).mean()
 
-    return _fit(backend.generator_parameters(), batch_loss, steps, lr)
+    return _adam(backend.generator_parameters(), batch_loss, steps, lr)
 
 
 def distill_assistant(backend: GMMBackend, steps: int, batch_size: int, lr: float) -> float:
@@ -77,4 +73,4 @@ def distill_assistant(backend: GMMBackend, steps: int, batch_size: int, lr: floa
         target = backend.reference_x0(x_t, t, cond).detach()
         return (backend.assistant_x0(x_t, t, cond) - target).pow(2).sum(-1).mean()
 
-    return _fit(backend.assistant_parameters(), batch_loss, steps, lr)
+    return _adam(backend.assistant_parameters(), batch_loss, steps, lr)

@@ -52,7 +52,6 @@ from distar.worlds.shapes.clip import (
     ClipArch,
     ClipLoop,
     RewardLoop,
-    TrainLoop,
     new_clip,
     pairwise_accuracy,
     preference_pairs,
@@ -203,127 +202,180 @@ def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None
 
     The build happens in ``<out>.building``; with ``resume`` its completed stages are kept.
     """
-    out = Path(out)
-    tmp = out.with_name(out.name + ".building")
-    stages = _Stages(tmp, resume, echo)
-    every = 50
-    settings = to_dict(config)
-    total_start = time.perf_counter()
-    tokenizer = save_word_tokenizer(tmp / "clip", vocabulary(), MAX_LENGTH)
+    build = _Build(Path(out), config, echo, resume)
+    clip = build.clip()
+    judge = build.judge()
+    build.reward(clip)
+    text_encoder = build.reader(clip)
+    unet = build.reference(clip, text_encoder)
+    sampler = build.sampler(unet, text_encoder)
+    build.one_step(sampler)
+    build.one_step_refine()
+    build.quality(clip, judge, sampler)
+    return build.finish()
 
-    clip_settings = {k: settings[k] for k in ("clip_arch", "clip")}
-    if stages.done("clip", clip_settings):
-        clip = CLIPModel.from_pretrained(tmp / "clip")
-    else:
-        with stages.run("clip", clip_settings):
-            clip = new_clip(len(tokenizer), config.clip_arch, config.clip.seed)
-            train_clip(clip, tokenizer, config.clip, _progress("clip", config.clip.steps, every, echo))
-            save_clip(clip, tokenizer, tmp / "clip")
 
-    judge_settings = {k: settings[k] for k in ("judge", "quality")}
-    if stages.done("judge", judge_settings):
-        judge = AttributeClassifier.load(tmp / "judge")
-    else:
-        with stages.run("judge", judge_settings) as figures:
-            torch.manual_seed(config.judge.seed)
-            judge = AttributeClassifier(config.judge.width)
-            train_classifier(judge, config.judge, _progress("judge", config.judge.steps, every, echo))
-            judge.eval().requires_grad_(False).save(tmp / "judge")
-            figures["judge_accuracy_on_renders"] = classifier_accuracy(judge, config.quality.judge_images, config.quality.seed)
-            echo(f"[judge] accuracy on held-out renders: {figures['judge_accuracy_on_renders']}")
+class _Build:
+    """The stages of :func:`build_world`, one method each, in ``<out>.building``.
 
-    reward_settings = {k: settings[k] for k in ("clip_arch", "clip", "reward", "utility", "quality")}
-    if stages.done("reward", reward_settings):
-        reward = CLIPModel.from_pretrained(tmp / "reward")
-    else:
-        with stages.run("reward", reward_settings) as figures:
+    Each stage's settings are the config sections it depends on (its own and those of the stages it
+    builds on); a stage finished by an interrupted build with the same settings is loaded, not retrained.
+    """
+
+    def __init__(self, out: Path, config: BuildConfig, echo: Callable[[str], None], resume: bool) -> None:
+        self.out, self.config, self.echo = out, config, echo
+        self.tmp = out.with_name(out.name + ".building")
+        self.stages = _Stages(self.tmp, resume, echo)
+        self.settings = to_dict(config)
+        self.start = time.perf_counter()
+        self.tokenizer = save_word_tokenizer(self.tmp / "clip", vocabulary(), MAX_LENGTH)
+
+    def _settings(self, *sections: str) -> dict:
+        return {k: self.settings[k] for k in sections}
+
+    def _log(self, stage: str, steps: int) -> Callable[[int, dict[str, float]], None]:
+        return _progress(stage, steps, 50, self.echo)
+
+    def clip(self) -> CLIPModel:
+        """The CLIP analogue (contrastive, with hard negatives)."""
+        settings, cfg = self._settings("clip_arch", "clip"), self.config
+        if self.stages.done("clip", settings):
+            return CLIPModel.from_pretrained(self.tmp / "clip")
+        with self.stages.run("clip", settings):
+            clip = new_clip(len(self.tokenizer), cfg.clip_arch, cfg.clip.seed)
+            train_clip(clip, self.tokenizer, cfg.clip, self._log("clip", cfg.clip.steps))
+            save_clip(clip, self.tokenizer, self.tmp / "clip")
+        return clip
+
+    def judge(self) -> AttributeClassifier:
+        """The attribute classifier, and its accuracy on held-out renders."""
+        settings, cfg = self._settings("judge", "quality"), self.config
+        if self.stages.done("judge", settings):
+            return AttributeClassifier.load(self.tmp / "judge")
+        with self.stages.run("judge", settings) as figures:
+            torch.manual_seed(cfg.judge.seed)
+            judge = AttributeClassifier(cfg.judge.width)
+            train_classifier(judge, cfg.judge, self._log("judge", cfg.judge.steps))
+            judge.eval().requires_grad_(False).save(self.tmp / "judge")
+            figures["judge_accuracy_on_renders"] = classifier_accuracy(judge, cfg.quality.judge_images, cfg.quality.seed)
+            self.echo(f"[judge] accuracy on held-out renders: {figures['judge_accuracy_on_renders']}")
+        return judge
+
+    def reward(self, clip: CLIPModel) -> None:
+        """The PickScore analogue, and its agreement with held-out simulated choices."""
+        settings, cfg = self._settings("clip_arch", "clip", "reward", "utility", "quality"), self.config
+        if self.stages.done("reward", settings):
+            return
+        with self.stages.run("reward", settings) as figures:
             reward = copy.deepcopy(clip)
-            train_reward(reward, tokenizer, config.reward, config.utility, _progress("reward", config.reward.steps, every, echo))
-            save_clip(reward, tokenizer, tmp / "reward")
-            held_out = preference_pairs(config.quality.held_out_pairs, config.quality.seed, config.utility)
-            figures["reward_held_out_pairs"] = dict(pairwise_accuracy(reward, tokenizer, held_out), pairs=len(held_out.prompts))
-            echo(f"[reward] held-out pairs: {figures['reward_held_out_pairs']}")
+            train_reward(reward, self.tokenizer, cfg.reward, cfg.utility, self._log("reward", cfg.reward.steps))
+            save_clip(reward, self.tokenizer, self.tmp / "reward")
+            held_out = preference_pairs(cfg.quality.held_out_pairs, cfg.quality.seed, cfg.utility)
+            figures["reward_held_out_pairs"] = dict(
+                pairwise_accuracy(reward, self.tokenizer, held_out), pairs=len(held_out.prompts)
+            )
+            self.echo(f"[reward] held-out pairs: {figures['reward_held_out_pairs']}")
 
-    reader_settings = {k: settings[k] for k in ("clip_arch", "clip", "reader")}
-    if stages.done("reader", reader_settings):
-        text_encoder = CLIPTextModel.from_pretrained(tmp / "reader")
-    else:
-        with stages.run("reader", reader_settings):
+    def reader(self, clip: CLIPModel) -> CLIPTextModel:
+        """The reference's text encoder: the CLIP analogue's text tower taught to read the grammar."""
+        settings, cfg = self._settings("clip_arch", "clip", "reader"), self.config
+        if self.stages.done("reader", settings):
+            return CLIPTextModel.from_pretrained(self.tmp / "reader")
+        with self.stages.run("reader", settings):
             text_encoder = text_encoder_from_clip(clip)
-            train_reader(text_encoder, tokenizer, config.reader, _progress("reader", config.reader.steps, every, echo))
-            text_encoder.save_pretrained(tmp / "reader")
+            train_reader(text_encoder, self.tokenizer, cfg.reader, self._log("reader", cfg.reader.steps))
+            text_encoder.save_pretrained(self.tmp / "reader")
+        return text_encoder
 
-    reference_settings = reader_settings | {k: settings[k] for k in ("unet_arch", "reference")}
-    if stages.done("reference", reference_settings):
-        unet = UNet2DConditionModel.from_pretrained(tmp / "reference" / "unet")
-    else:
-        with stages.run("reference", reference_settings):
-            unet = new_unet(config.unet_arch, clip.config.text_config.hidden_size, config.reference.seed)
+    def reference(self, clip: CLIPModel, text_encoder: CLIPTextModel) -> UNet2DConditionModel:
+        """The reference UNet (EMA snapshots under ``reference.snapshot`` while it trains)."""
+        settings, cfg = self._settings("clip_arch", "clip", "reader", "unet_arch", "reference"), self.config
+        if self.stages.done("reference", settings):
+            return UNet2DConditionModel.from_pretrained(self.tmp / "reference" / "unet")
+        with self.stages.run("reference", settings):
+            unet = new_unet(cfg.unet_arch, clip.config.text_config.hidden_size, cfg.reference.seed)
             train_reference(
-                unet, text_encoder, tokenizer, config.reference,
-                _progress("reference", config.reference.steps, every, echo),
-                snapshot=_snapshotter(tmp / "reference.snapshot", unet, config.reference.snapshot_every),
+                unet, text_encoder, self.tokenizer, cfg.reference, self._log("reference", cfg.reference.steps),
+                snapshot=_snapshotter(self.tmp / "reference.snapshot", unet, cfg.reference.snapshot_every),
             )
-            save_reference(tmp / "reference", unet, text_encoder, tokenizer)
-            shutil.rmtree(tmp / "reference.snapshot", ignore_errors=True)
+            save_reference(self.tmp / "reference", unet, text_encoder, self.tokenizer)
+            shutil.rmtree(self.tmp / "reference.snapshot", ignore_errors=True)
+        return unet
 
-    q = config.quality
-    sampler = ReferenceSampler(unet, text_encoder, tokenizer, q.sample_steps, q.guidance_scale, sampler=q.sampler)
-    one_step_settings = reference_settings | {k: settings[k] for k in ("one_step", "quality")}
-    if not stages.done("one_step", one_step_settings):
-        with stages.run("one_step", one_step_settings) as figures:
+    def sampler(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> ReferenceSampler:
+        """The reference's multi-step CFG sampler, as the quality figures and the teacher use it."""
+        q = self.config.quality
+        return ReferenceSampler(unet, text_encoder, self.tokenizer, q.sample_steps, q.guidance_scale, sampler=q.sampler)
+
+    def one_step(self, sampler: ReferenceSampler) -> None:
+        """Stage 1 of the one-step start: regression on the reference's samples (``one_step.warm``)."""
+        sections = ("clip_arch", "clip", "reader", "unet_arch", "reference", "one_step", "quality")
+        settings, cfg = self._settings(*sections), self.config
+        if self.stages.done("one_step", settings):
+            return
+        with self.stages.run("one_step", settings) as figures:
             generator, figures["one_step_training"] = distill_one_step(
-                sampler, config.one_step, _progress("one_step", config.one_step.steps, every, echo)
+                sampler, cfg.one_step, self._log("one_step", cfg.one_step.steps)
             )
-            generator.save_pretrained(tmp / "one_step.warm")
+            generator.save_pretrained(self.tmp / "one_step.warm")
 
-    refine_settings = one_step_settings | {"one_step_refine": settings["one_step_refine"]}
-    if not stages.done("one_step_refine", refine_settings):
-        with stages.run("one_step_refine", refine_settings) as figures:
+    def one_step_refine(self) -> None:
+        """Stage 2: reward-free distribution matching through distar's trainer (``one_step``)."""
+        sections = ("clip_arch", "clip", "reader", "unet_arch", "reference", "one_step", "quality", "one_step_refine")
+        settings, cfg = self._settings(*sections), self.config
+        if self.stages.done("one_step_refine", settings):
+            return
+        with self.stages.run("one_step_refine", settings) as figures:
             refined, log = refine_one_step(
-                tmp / "reference", tmp / "one_step.warm", config.one_step_refine, config.one_step.t_init,
-                tmp / "one_step.run",
+                self.tmp / "reference", self.tmp / "one_step.warm", cfg.one_step_refine, cfg.one_step.t_init,
+                self.tmp / "one_step.run",
             )
-            refined.save_pretrained(tmp / "one_step")
-            shutil.rmtree(tmp / "one_step.run", ignore_errors=True)
+            refined.save_pretrained(self.tmp / "one_step")
+            shutil.rmtree(self.tmp / "one_step.run", ignore_errors=True)
             figures["one_step_refine_log"] = [
                 {k: round(v, 5) for k, v in r.items() if k in ("step", "generator/loss", "generator/grad_norm", "assistant/loss")}
                 for r in log[:: max(1, len(log) // 40)]
             ]
 
-    def one_step_model(folder: str, name: str) -> OneStepSampler:
-        backend = build_backend(
-            ModelConfig(family="sd", pretrained=str(tmp / "reference"), generator_init=str(tmp / folder), t_init=config.one_step.t_init)
+    def _one_step_model(self, folder: str, name: str) -> OneStepSampler:
+        model = ModelConfig(
+            family="sd", pretrained=str(self.tmp / "reference"), generator_init=str(self.tmp / folder),
+            t_init=self.config.one_step.t_init,
         )
-        return OneStepSampler(backend, name)
+        return OneStepSampler(build_backend(model), name)
 
-    with stages.run("quality", settings) as figures:
-        measure = Quality(clip, tmp / "reward", judge, config)
-        figures["renders"] = measure.renders()
-        figures["reference"] = measure(sampler)
-        figures["one_step_warm_start"] = measure(one_step_model("one_step.warm", "regression warm start"))
-        figures["one_step"] = measure(one_step_model("one_step", "one-step start"))
-        for name in ("renders", "reference", "one_step_warm_start", "one_step"):
-            echo(f"[quality] {name}: {figures[name]}")
-    shutil.rmtree(tmp / "one_step.warm")
-    shutil.rmtree(tmp / "reader")
+    def quality(self, clip: CLIPModel, judge: AttributeClassifier, sampler: ReferenceSampler) -> None:
+        """FID, alignment, true utility and learned reward of renders, the reference and both starts."""
+        with self.stages.run("quality", self.settings) as figures:
+            measure = Quality(clip, self.tmp / "reward", judge, self.config)
+            figures["renders"] = measure.renders()
+            figures["reference"] = measure(sampler)
+            figures["one_step_warm_start"] = measure(self._one_step_model("one_step.warm", "regression warm start"))
+            figures["one_step"] = measure(self._one_step_model("one_step", "one-step start"))
+            for name in ("renders", "reference", "one_step_warm_start", "one_step"):
+                self.echo(f"[quality] {name}: {figures[name]}")
 
-    timings = dict(stages.timings, total=round(sum(stages.timings.values()), 1))
-    timings["this_invocation"] = round(time.perf_counter() - total_start, 1)
-    shutil.rmtree(stages.dir)
-    record = {
-        "config": settings,
-        "timings_seconds": timings,
-        "figures": stages.figures,
-        "environment": environment(),
-        "command": " ".join(sys.argv),
-        "files": _files(tmp),
-    }
-    (tmp / "build_record.json").write_text(json.dumps(record, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return record
+    def finish(self) -> dict:
+        """Drop the intermediate folders, write ``build_record.json`` and move the build into place."""
+        tmp, stages = self.tmp, self.stages
+        shutil.rmtree(tmp / "one_step.warm")
+        shutil.rmtree(tmp / "reader")
+        timings = dict(stages.timings, total=round(sum(stages.timings.values()), 1))
+        timings["this_invocation"] = round(time.perf_counter() - self.start, 1)
+        shutil.rmtree(stages.dir)
+        record = {
+            "config": self.settings,
+            "timings_seconds": timings,
+            "figures": stages.figures,
+            "environment": environment(),
+            "command": " ".join(sys.argv),
+            "files": _files(tmp),
+        }
+        (tmp / "build_record.json").write_text(json.dumps(record, indent=2) + "\n")
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        tmp.rename(self.out)
+        return record
 
 
 class Quality:

@@ -15,10 +15,9 @@ Both are saved as ``CLIPModel`` folders with the tokenizer and a ``preprocessor_
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from torch import Tensor
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from distar.config import field
+from distar.worlds.common import Log, TrainLoop, fit
 from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, ImageTransform
 from distar.worlds.shapes.data import SceneSampler, consistency, contrast, describe, render_batch
 from distar.worlds.shapes.grammar import IMAGE_SIZE
@@ -45,17 +45,6 @@ class ClipArch:
     heads: int = field(4, help="attention heads")
     patch_size: int = field(4, help="ViT patch size in pixels (32-px images)")
     projection_dim: int = field(64, help="joint embedding size")
-
-
-@dataclasses.dataclass
-class TrainLoop:
-    """Optimisation settings of one model's training (defaults: the CLIP analogue's)."""
-
-    steps: int = field(1000, help="optimiser steps")
-    batch_size: int = field(128, help="images per step")
-    lr: float = field(1e-3, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
-    seed: int = field(1, help="seed of the data stream and of the model's initialisation")
-    weight_decay: float = field(0.01, help="AdamW weight decay")
 
 
 @dataclasses.dataclass
@@ -126,38 +115,6 @@ def text_embeddings(model: CLIPModel, tokenizer: CLIPTokenizer, prompts: Sequenc
         input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
     ).pooler_output
     return F.normalize(model.text_projection(pooled), dim=-1)
-
-
-def _optimiser(model: torch.nn.Module, loop: TrainLoop) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with a linear warm-up over the first 5 % of steps (first step at 1/warm-up of the peak),
-    then cosine decay to 0."""
-    opt = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
-    warmup = max(1, loop.steps // 20)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, loop.steps - warmup)))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-Log = Callable[[int, dict[str, float]], None]
-
-
-def fit(model: torch.nn.Module, loop: TrainLoop, step_loss: Callable[[], dict[str, Tensor]], log: Log) -> None:
-    """Run ``loop.steps`` AdamW steps on ``step_loss()["loss"]``, reporting every term to ``log``."""
-    opt, schedule = _optimiser(model, loop)
-    model.train()
-    for step in range(loop.steps):
-        terms = step_loss()
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        log(step, {k: float(v.detach()) for k, v in terms.items()})
-    model.eval()
 
 
 def train_clip(model: CLIPModel, tokenizer: CLIPTokenizer, loop: ClipLoop, log: Log) -> None:

@@ -2,16 +2,16 @@
 
 Stages of :func:`run`:
 
-1. **plan** the runs: every method (and, with ``sweep``, every reward scale α) × ``training_seeds``
-   seeds, all from the shipped one-step start (distilled from the reference by the build, as
+1. **plan** the runs: every method (and, with ``sweep``, every reward scale α), plus the ``extra``
+   method@α settings (by default DI* at a large α, where it collapses), × ``training_seeds`` seeds, all from the shipped one-step start (distilled from the reference by the build, as
    DI*-SDXL starts from DMD2), the same steps, batch and learning rates;
 2. **train** them through :class:`distar.train.Trainer` on the "sd" backend — inner CFG ω on the
    shipped reference and, for methods with a reward, the shipped learned reward (the PickScore
    analogue, cosine, scale α) — as parallel one-thread processes (:func:`~distar.worlds.common.run_parallel`);
-3. **evaluate** renders (ground truth), the reference (multi-step DDIM with CFG), the start and every
+3. **evaluate** renders (ground truth), the reference (multi-step sampler with CFG), the start and every
    trained generator on the same prompts and seeds with :func:`distar.eval.evaluate`: learned reward,
    true utility (:mod:`.utility`), alignment overall and per attribute (:mod:`.metrics`), FID of
-   CLIP-analogue features, seed diversity, open-attribute diversity, seconds per 10 images;
+   CLIP-analogue features, seed and prompt diversity, open-attribute diversity, seconds per 10 images;
 4. **report**: mean ± 95 % interval over training seeds (over evaluation seeds for the fixed
    models), the training settings that make the comparison fair, whether each method's learned-reward
    gain came with a true-utility gain, and two image grids (``report.md``, ``report.json``,
@@ -61,6 +61,8 @@ PAPER_NAMES = {
 
 #: Report row of the shipped one-step generator every method starts from.
 START = "one-step start"
+#: A method whose prompt diversity falls below this fraction of the start's is reported as collapsed.
+COLLAPSE = 0.5
 
 #: Report columns: key → (heading with direction, definition).
 COLUMNS = {
@@ -69,6 +71,7 @@ COLUMNS = {
     "alignment": ("alignment ↑", "fraction of the attributes a prompt names that the attribute classifier reads back (renders row = the classifier's ceiling)"),
     "fid": ("FID ↓", "Fréchet distance of CLIP-analogue image features to renders of the same prompts (renders row = the floor)"),
     "diversity": ("seed diversity ↑", "mean pairwise cosine distance of CLIP-analogue features across the seeds of a prompt"),
+    "prompt_diversity": ("prompt diversity ↑", "the same distance across the prompts of one seed (0 = one image whatever the prompt: collapse)"),
     "open_diversity": ("open-attribute diversity ↑", "normalised entropy across seeds of the attributes a prompt leaves open (1 = spread, 0 = always the same)"),
     "seconds_per_10_images": ("s / 10 images ↓", "wall time to generate 10 images, one torch thread"),
 }
@@ -84,6 +87,9 @@ class ShapesDemoConfig:
         10.0, help="α of the methods with a reward (Eq. 3.1; distar's sum-over-dimensions convention, docs/shapes.md)"
     )
     sweep: list[float] = field([], help="extra reward scales α: each method with a reward is also trained at each")
+    extra: list[str] = field(
+        ["di_star@1000"], help="further method@α settings to train (default: DI* at a large α, to show its collapse)"
+    )
     guidance_scale: float = field(3.0, help="CFG ω: inner CFG of the divergence and the reference row's sampler")
     train: OneStepLoop = field(
         OneStepLoop(steps=120, train_prompts=2000, seed=5), help="training of each run (steps: --steps)"
@@ -92,7 +98,8 @@ class ShapesDemoConfig:
     eval_prompts: int = field(32, help="evaluation prompts drawn from the grammar")
     seeds: list[int] = field([0, 1, 2, 3], help="evaluation seeds per prompt (the same for every model)")
     diversity_prompt: str = field("a circle", help="prompt of the diversity grid (one row per model, 8 seeds)")
-    reference_steps: int = field(20, help="DDIM steps of the reference row")
+    reference_steps: int = field(20, help="steps of the reference row's sampler")
+    reference_sampler: str = field("dpm++", help="the reference row's sampler: dpm++ (DPM-Solver++(2M), Karras σ) or ddim")
     fid_reference_seeds: int = field(4, help="renders per evaluation prompt forming the FID reference set")
     jobs: int | None = field(None, help="parallel one-thread training processes (default: one per CPU core)")
 
@@ -104,6 +111,25 @@ class ShapesDemoConfig:
             raise ValueError("training_seeds must be ≥ 1")
         if not self.seeds:
             raise ValueError("seeds must name at least one evaluation seed")
+        self.extra_settings()  # checked before any model is built
+
+    def extra_settings(self) -> list[tuple[str, float]]:
+        """The ``extra`` settings as (method, α) pairs."""
+        settings = []
+        for item in self.extra:
+            method, at, alpha = item.partition("@")
+            if method not in PRESETS or not at:
+                raise ValueError(f"extra: {item!r} is not method@α with a method from {', '.join(PRESETS)}")
+            try:
+                settings.append((method, float(alpha)))
+            except ValueError:
+                raise ValueError(f"extra: {item!r}: α must be a number") from None
+        return settings
+
+    @property
+    def reference_name(self) -> str:
+        """How the report names the reference row's sampler."""
+        return f"{self.reference_steps}-step {self.reference_sampler}, CFG {self.guidance_scale:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,13 +154,15 @@ class Run:
 
 
 def plan_runs(cfg: ShapesDemoConfig) -> list[Run]:
-    """Stage 1: methods × reward scales (``reward_scale`` then ``sweep``, reward methods only) × seeds."""
-    runs = []
+    """Stage 1: methods × reward scales (``reward_scale`` then ``sweep``, reward methods only), then the
+    ``extra`` settings not planned already, × seeds."""
+    settings: list[tuple[str, float]] = []
     for method in cfg.methods:
         has_reward = bool(PRESETS[method].get("reward_scale", 0.0))
         scales = [cfg.reward_scale, *[a for a in cfg.sweep if a != cfg.reward_scale]] if has_reward else [0.0]
-        runs += [Run(method, alpha, i) for alpha in scales for i in range(cfg.training_seeds)]
-    return runs
+        settings += [(method, alpha) for alpha in scales]
+    settings += [s for s in cfg.extra_settings() if s not in settings]
+    return [Run(method, alpha, i) for method, alpha in settings for i in range(cfg.training_seeds)]
 
 
 def objective_for(run: Run, cfg: ShapesDemoConfig) -> ObjectiveConfig:
@@ -313,6 +341,12 @@ def verdicts(stats: dict[str, dict[str, tuple[float, float]]], groups: Sequence[
             story = "no significant change in either reward"
         fell = [label for label, word, _ in parts[2:] if word == "fell"]
         tail = f"; but {' and '.join(fell)} fell" if fell else "; alignment and open-attribute diversity kept"
+        (spread, _), (spread0, _) = stats[group]["prompt_diversity"], stats[start]["prompt_diversity"]
+        if spread < COLLAPSE * spread0:
+            tail += (
+                f"; **collapsed**: its images hardly depend on the prompt (prompt diversity {spread:.3f}, "
+                f"start {spread0:.3f})"
+            )
         lines.append(f"- **{group}**: {story}{tail}. " + "; ".join(p[2] for p in parts) + " (from the one-step start).")
     return lines
 
@@ -425,7 +459,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "methods": ", ".join(PAPER_NAMES.get(m, m) for m in cfg.methods),
         "runs": f"{len(runs)} ({cfg.training_seeds} training seeds each), {cfg.train.steps} steps × {cfg.train.batch_size} prompts",
-        "evaluation": f"{cfg.eval_prompts} prompts × {len(cfg.seeds)} seeds; reference: {cfg.reference_steps}-step DDIM, CFG ω = {cfg.guidance_scale:g}",
+        "evaluation": f"{cfg.eval_prompts} prompts × {len(cfg.seeds)} seeds; reference: {cfg.reference_name}",
         "torch threads per process": threads,
         "parallel runs": jobs,
         "load average at end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
@@ -495,7 +529,8 @@ def evaluate_stage(
         return OneStepSampler(backend, name)
 
     sampler = ReferenceSampler.from_pretrained(
-        reference, steps=cfg.reference_steps, guidance_scale=cfg.guidance_scale, name="reference"
+        reference, steps=cfg.reference_steps, guidance_scale=cfg.guidance_scale, sampler=cfg.reference_sampler,
+        name="reference",
     )
     sampler.unet.to(device), sampler.text_encoder.to(device)
     models = [Renders(), sampler, one_step(asset("one_step", root), "start")]
@@ -503,7 +538,7 @@ def evaluate_stage(
     #: report rows: display name → evaluated model names (a fixed model, or a method's seeds)
     groups: dict[str, list[str]] = {
         "renders (ground truth)": ["renders"],
-        f"reference ({cfg.reference_steps}-step DDIM, CFG {cfg.guidance_scale:g})": ["reference"],
+        f"reference ({cfg.reference_name})": ["reference"],
         START: ["start"],
     }
     for r, row in zip(runs, trained_rows):
@@ -526,6 +561,7 @@ def evaluate_stage(
         AttributeAlignment(judge),
         FID(features, fid_dir, resolution=None, batch_size=64, cache=out / "fid_cache"),
         Diversity(features),
+        Diversity(features, across="prompts"),
         OpenAttributeDiversity(judge),
     ]
     eval_dir = out / "eval"

@@ -32,7 +32,7 @@ from distar.diffusion import DiscreteSchedule, to_x0
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.protocols import Backend
 from distar.rewards import RewardSpec
-from distar.worlds.shapes.clip import Log, TrainLoop, fit
+from distar.worlds.common import Log, TrainLoop, fit
 from distar.worlds.shapes.grammar import sample_prompts
 from distar.worlds.shapes.reference import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
 from distar.train import (

@@ -29,7 +29,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from distar.config import field
 from distar.diffusion import cfg_combine
 from distar.rewards.hub import quiet_transformers
-from distar.worlds.shapes.clip import Log, TrainLoop, fit
+from distar.worlds.common import Log, TrainLoop, fit
 from distar.worlds.shapes.data import SceneSampler
 from distar.worlds.shapes.grammar import IMAGE_SIZE
 

@@ -1,6 +1,6 @@
 """A word-level CLIP tokenizer for the shapes grammar: every grammar word is one token.
 
-The vocabulary is the byte-level alphabet of :func:`distar.tiny.save_tiny_clip_tokenizer` (so any
+The vocabulary is the byte-level alphabet of :func:`distar.testing.tokenizers.save_tiny_clip_tokenizer` (so any
 text still tokenizes, character by character) plus BPE merges learnt on the grammar's words until
 each of them is a single ``word</w>`` token.
 """
@@ -14,7 +14,7 @@ from typing import Sequence
 
 from transformers import CLIPTokenizer
 
-from distar.tiny import save_tiny_clip_tokenizer
+from distar.testing.tokenizers import save_tiny_clip_tokenizer
 
 
 def learn_merges(words: Sequence[str]) -> list[tuple[str, str]]:
