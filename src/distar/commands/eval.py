@@ -45,13 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "name, steps, guidance, timesteps, scheduler, unet, height, width, dtype, variant, device, ema; repeatable",
     )
     add_config_flags(parser, EvalConfig, _FLAG_FIELDS[:2], flags=_RENAMED)
-    parser.add_argument("--metrics", help="comma list: imagereward,aesthetic,pickscore,clip,hpsv2,hpsv2.1,fid,diversity")
+    parser.add_argument("--metrics", help="comma list: imagereward,aesthetic,pickscore,clip,hpsv2,hpsv2.1,fid,diversity,prompt_diversity")
     parser.add_argument(
         "--metric-path",
         action="append",
         metavar="NAME=PATH",
         help="model location for a metric (hub id, folder, file; 'tiny' for a tiny random model); "
-        "fid=inception-2015-12-05.pt, diversity=CLIP model; repeatable",
+        "fid=inception-2015-12-05.pt, diversity (prompt_diversity)=CLIP model; repeatable",
     )
     add_config_flags(parser, EvalConfig, _FLAG_FIELDS[2:3], flags=_RENAMED)
     parser.add_argument("--seeds", type=_seeds, nargs="+", help="seeds, e.g. '0 1 2' or '0,1,2' (default 0)")
