@@ -99,9 +99,9 @@ class AllocationTracker(TorchDispatchMode):
 
     def _count(self, tensor: Tensor) -> None:
         storage = tensor.untyped_storage()
-        if getattr(storage, "_distar_counted", False):
+        if getattr(storage, "_distar_tracker", None) is self:
             return
-        storage._distar_counted = True  # the storage's Python object lives as long as the storage
+        storage._distar_tracker = self  # the storage's Python object lives as long as the storage
         size = -(-storage.nbytes() // self.granularity) * self.granularity
         weakref.finalize(storage, self._freed, size)
         self.live += size
