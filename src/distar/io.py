@@ -3,7 +3,8 @@
 - dtype names, atomic writes, image tensors ↔ pixels and PNG files;
 - checks of user-given paths (writable folders, safe names), made before any work starts;
 - distar's cache folder (``$DISTAR_CACHE``, default ``~/.cache/distar``) for downloads and locally
-  built models, and the tiny stand-ins a config names (:func:`tiny_asset`);
+  built models, the tiny stand-ins a config names (:func:`tiny_asset`), and models built from their
+  config alone with random weights (:func:`random_model`);
 - prompt sources: ``read_records(source)`` turns one into string-valued rows and ``read_prompts``
   picks the prompt column out of them. Sources are ``.txt`` (one prompt per line, key ``prompt``),
   ``.csv`` (a header row, standard quoting), ``.tsv`` (a header row, quoting off: a Parti prompt begins
@@ -162,6 +163,16 @@ def tiny_asset(kind: str, **options: Any) -> Path:
     ``options`` (e.g. ``name=``) go to its builder."""
     module, _, function = TINY_ASSETS[kind].partition(":")
     return getattr(importlib.import_module(module), function)(**options)
+
+
+def random_model(cls: Any, source: str | Path, *, subfolder: str | None = None, revision: str | None = None) -> Any:
+    """A diffusers or transformers model of class ``cls`` built from the config at ``source`` (a folder
+    or hub id, optionally its ``subfolder``) with random weights: only the config is read."""
+    from diffusers.models.modeling_utils import ModelMixin
+
+    if issubclass(cls, ModelMixin):
+        return cls.from_config(cls.load_config(source, subfolder=subfolder, revision=revision))
+    return cls(cls.config_class.from_pretrained(source, subfolder=subfolder or "", revision=revision))
 
 
 # ---------------------------------------------------------------- prompt sources

@@ -49,11 +49,16 @@ def build_generator(cfg: ModelConfig, reference_unet: ModelMixin, dtype: torch.d
 
 
 def build_backend(
-    cfg: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    cfg: ModelConfig,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    *,
+    offload_device: torch.device | str = "cpu",
 ) -> StableDiffusionBackend:
     """Load the reference and build generator, assistant and reference on ``device``.
 
     ``dtype`` (default: ``cfg.dtype``) is the dtype of frozen weights; trainable weights are float32.
+    With ``cfg.offload_text_encoders`` the text encoders wait on ``offload_device`` between encodings.
     Layouts (every family): separate reference + trainable assistant copy (default); assistant LoRA on a copy
     (``assistant_lora_rank > 0, assistant_lora_shared: false``); or the shared layout where the
     assistant is a LoRA adapter on the reference's own UNet (``backend.reference`` is None).
@@ -87,10 +92,9 @@ def build_backend(
         pipe.vae.to(device)
         if cfg.gradient_checkpointing and pipe.vae._supports_gradient_checkpointing:  # not SANA's DC-AE
             pipe.vae.enable_gradient_checkpointing()
-    if not cfg.offload_text_encoders:
-        for name in TEXT_ENCODERS:
-            if getattr(pipe, name, None) is not None:
-                getattr(pipe, name).to(device)
+    for name in TEXT_ENCODERS:
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).to(offload_device if cfg.offload_text_encoders else device)
     options: dict[str, Any] = (
         dict(prediction_type="flow_prediction", max_sequence_length=cfg.max_sequence_length)
         if cfg.flow
@@ -108,6 +112,7 @@ def build_backend(
         resolution=cfg.resolution,
         device=device,
         offload_text_encoders=cfg.offload_text_encoders,
+        offload_device=offload_device,
         prompt_cache_size=cfg.prompt_cache_size,
         **options,
     )

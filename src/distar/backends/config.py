@@ -67,6 +67,12 @@ class ModelConfig:
         "scheduler/; no vae/ = pixel space; transformer/ for sd3, flux and sana), or a tiny random model: tiny:sd, "
         "tiny:sd-v, tiny:sd-pixel, tiny:sdxl, tiny:sdxl-v, tiny:sd3, tiny:sd3-no-t5, tiny:flux, tiny:sana.",
     )
+    random_weights: bool = field(
+        False,
+        help="Build the architecture that `pretrained` describes with random weights: only configs and "
+        "tokenizers are read (memory estimates and checks of the real architectures without downloads; "
+        "distar.testing.architectures writes such folders). generator_init, if set, still loads its weights.",
+    )
     revision: str | None = field(None, help="Hub revision (branch, tag or commit) of `pretrained`.")
     variant: str | None = field(None, help="Weight file variant of `pretrained`, e.g. 'fp16'.")
     generator_init: str | None = field(

@@ -49,7 +49,7 @@ from distar.backends.lora import cast_
 from distar.backends.weights import key_mismatch
 from distar.config import ConfigError
 from distar.errors import first_line
-from distar.io import tiny_asset
+from distar.io import random_model, tiny_asset
 
 TextToImagePipeline = (
     StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline | SanaPipeline
@@ -121,16 +121,26 @@ def denoiser(pipe: Any) -> ModelMixin:
     return getattr(pipe, denoiser_name(pipe))
 
 
+def load_component(cls: Any, cfg: ModelConfig, path: str, subfolder: str, dtype: torch.dtype | None = None) -> Any:
+    """``cls.from_pretrained(path, subfolder=...)`` (in ``dtype`` if given), or with ``cfg.random_weights``
+    the architecture of its config with random weights, cast to ``dtype``."""
+    if cfg.random_weights:
+        model = random_model(cls, path, subfolder=subfolder, revision=cfg.revision)
+        return model if dtype is None else cast_(model, dtype)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    return cls.from_pretrained(path, subfolder=subfolder, revision=cfg.revision, variant=cfg.variant, **kwargs)
+
+
 def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextToImagePipeline:
     """The reference model as a (CPU) SD, SDXL, SD3, FLUX or SANA pipeline (UNets: with an ``LCMScheduler``).
 
     The UNet is loaded in float32 (trainable copies are made from it); the VAE and text encoders in
     ``dtype``. ``vae`` is None for pixel-space models. The scheduler keeps the reference's training
     schedule (betas, prediction type; ``cfg.prediction_type`` overrides) and samples in one step.
+    With ``cfg.random_weights`` the networks have random weights (:func:`load_component`).
     """
     path = resolve_pretrained(cfg.pretrained)
     index = _model_index(path, cfg.revision)
-    hub = dict(revision=cfg.revision, variant=cfg.variant)
     if cfg.flow and not _has_component(path, "transformer", index):
         raise ConfigError(f"model.family: '{cfg.family}' needs a transformer/ in '{cfg.pretrained}'")
     if cfg.family == "sd3":
@@ -140,18 +150,14 @@ def load_pipeline(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> TextT
     if cfg.family == "sana":
         return _load_sana_pipeline(cfg, path, dtype)
     try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32, **hub)
+        unet = load_component(UNet2DConditionModel, cfg, path, "unet", torch.float32)
         if (unet.config.addition_embed_type == "text_time") != (cfg.family == "sdxl"):
             raise ConfigError(f"model.family: '{cfg.family}' does not match the UNet of '{cfg.pretrained}'")
-        vae = (
-            AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **hub)
-            if _has_component(path, "vae", index)
-            else None
-        )
+        vae = load_component(AutoencoderKL, cfg, path, "vae", dtype) if _has_component(path, "vae", index) else None
         scheduler_config = LCMScheduler.load_config(path, subfolder="scheduler", revision=cfg.revision)
 
         def text(cls: Any, sub: str) -> Any:
-            return cast_(cls.from_pretrained(path, subfolder=sub, **hub), dtype)
+            return cast_(load_component(cls, cfg, path, sub), dtype)
 
         def tokenizer(sub: str) -> CLIPTokenizer:
             return CLIPTokenizer.from_pretrained(path, subfolder=sub, revision=cfg.revision)
@@ -190,10 +196,11 @@ def _load_transformer_pipeline(
     scheduler: type[SchedulerMixin],
     text: Sequence[tuple[Any, Any]],
 ) -> Any:
-    """The family's pipeline (:data:`PIPELINES`) from its components, each read from its subfolder with
-    its class's ``from_pretrained``: the transformer in float32 (trainable copies are made from it), the
-    other networks in ``dtype``, tokenizers and schedulers as saved. ``text`` lists (encoder, tokenizer) classes in the pipeline's
-    order (``text_encoder``/``tokenizer``, then ``…_2``, ``…_3``); (None, None) for an absent pair."""
+    """The family's pipeline (:data:`PIPELINES`) from its components, each read from its subfolder (the
+    networks with :func:`load_component`): the transformer in float32 (trainable copies are made from
+    it), the other networks in ``dtype``, tokenizers and schedulers as saved. ``text`` lists (encoder,
+    tokenizer) classes in the pipeline's order (``text_encoder``/``tokenizer``, then ``…_2``, ``…_3``);
+    (None, None) for an absent pair."""
     components = dict(transformer=transformer, vae=vae, scheduler=scheduler)
     for i, (encoder, tokenizer) in enumerate(text):
         suffix = f"_{i + 1}" if i else ""
@@ -204,8 +211,7 @@ def _load_transformer_pipeline(
             return None
         if not issubclass(cls, torch.nn.Module):
             return cls.from_pretrained(path, subfolder=name, revision=cfg.revision)
-        weights = torch.float32 if name == "transformer" else dtype
-        return cls.from_pretrained(path, subfolder=name, dtype=weights, revision=cfg.revision, variant=cfg.variant)
+        return load_component(cls, cfg, path, name, torch.float32 if name == "transformer" else dtype)
 
     try:
         return PIPELINES[cfg.family](**{name: load(name, cls) for name, cls in components.items()})

@@ -83,6 +83,7 @@ class StableDiffusionBackend:
         resolution: int | None = None,
         device: torch.device | str = "cpu",
         offload_text_encoders: bool = False,
+        offload_device: torch.device | str = "cpu",
         prompt_cache_size: int = 256,
     ) -> None:
         self.pipe = pipe
@@ -92,6 +93,7 @@ class StableDiffusionBackend:
         self.prediction_type = prediction_type
         self.device = torch.device(device)
         self.offload_text_encoders = offload_text_encoders
+        self.offload_device = torch.device(offload_device)
         unet_config = extract_model_from_parallel(assistant).config  # a UNet's or a transformer's
         self.vae_scale_factor = pipe.vae_scale_factor if pipe.vae is not None else 1
         self.resolution = resolution or self._default_resolution(unet_config)
@@ -168,7 +170,7 @@ class StableDiffusionBackend:
 
     def _text_encoders_on_device(self) -> ContextManager[Any]:
         encoders = [m for name, m in self.pipe.components.items() if name.startswith("text_encoder") and m is not None]
-        return _moved_to(encoders, self.device) if self.offload_text_encoders else nullcontext()
+        return _moved_to(encoders, self.device, self.offload_device) if self.offload_text_encoders else nullcontext()
 
     # -- the three x0-predictions -----------------------------------------------------------------
     def sample_latents(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
@@ -281,12 +283,12 @@ class StableDiffusionBackend:
 
 
 @contextmanager
-def _moved_to(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
-    """Move modules to ``device`` for the block and back to the CPU after (text-encoder offload)."""
+def _moved_to(modules: list[nn.Module], device: torch.device, home: torch.device) -> Iterator[None]:
+    """Move modules to ``device`` for the block and back ``home`` after (text-encoder offload)."""
     for module in modules:
         module.to(device)
     try:
         yield
     finally:
         for module in modules:
-            module.to("cpu")
+            module.to(home)

@@ -145,8 +145,10 @@ class CLIPSimilarityReward(Reward):
 
     @classmethod
     def load_model(cls, spec: RewardSpec, path: str) -> CLIPModel:
-        """The ``CLIPModel`` at ``path`` (hub id or folder)."""
-        return hub.from_pretrained(CLIPModel, path, what=cls.WHAT, local_files_only=spec.local_files_only)
+        """The ``CLIPModel`` at ``path`` (hub id or folder); with ``spec.random_weights`` its architecture only."""
+        return hub.from_pretrained(
+            CLIPModel, path, what=cls.WHAT, local_files_only=spec.local_files_only, random_weights=spec.random_weights
+        )
 
     @classmethod
     def score_scale(cls, spec: RewardSpec, model: CLIPModel) -> float:

@@ -77,12 +77,25 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def from_pretrained(cls: type[T], source: str | Path, *, what: str, local_files_only: bool = False, **kwargs: Any) -> T:
-    """``cls.from_pretrained(source)`` with one-line errors when the model cannot be found or misses weights."""
+def from_pretrained(
+    cls: type[T],
+    source: str | Path,
+    *,
+    what: str,
+    local_files_only: bool = False,
+    random_weights: bool = False,
+    **kwargs: Any,
+) -> T:
+    """``cls.from_pretrained(source)`` with one-line errors when the model cannot be found or misses weights;
+    with ``random_weights`` (a model class) its architecture from the config alone, weights random."""
     from transformers import PreTrainedModel
 
     loads_weights = isinstance(cls, type) and issubclass(cls, PreTrainedModel)
     try:
+        if random_weights and loads_weights:
+            from distar.io import random_model
+
+            return random_model(cls, str(source))
         with quiet_transformers():
             loaded = cls.from_pretrained(  # type: ignore[attr-defined]
                 str(source), local_files_only=local_files_only,

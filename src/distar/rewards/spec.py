@@ -46,6 +46,9 @@ class RewardSpec:
         None, help="weights dtype of this reward (default: model.dtype when training, metric_dtype in eval, else float32)"
     )
     local_files_only: bool = field(False, help="never download weights; use local files and the hub cache only")
+    random_weights: bool = field(
+        False, help="pickscore, clip: the architecture of `path`'s config with random weights (memory estimates)"
+    )
 
     def __post_init__(self) -> None:
         if self.name not in REWARD_NAMES:
@@ -54,3 +57,5 @@ class RewardSpec:
             raise ConfigError(f"reward '{self.name}': form '{self.form}' is only defined for pickscore")
         if self.backbone is not None and self.name != "aesthetic":
             raise ConfigError(f"reward '{self.name}': backbone is only used by aesthetic")
+        if self.random_weights and self.name not in ("pickscore", "clip"):
+            raise ConfigError(f"reward '{self.name}': random_weights is only supported by pickscore and clip")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from accelerate import Accelerator
 
@@ -21,11 +23,18 @@ def load_prompts(data: DataConfig) -> list[str]:
 
 
 def build_trainer(
-    config: TrainConfig, accelerator: Accelerator | None = None, *, prompts: list[str] | None = None
+    config: TrainConfig,
+    accelerator: Accelerator | None = None,
+    *,
+    prompts: list[str] | None = None,
+    offload_device: torch.device | str = "cpu",
+    trainer_class: type[Trainer] = Trainer,
+    **trainer_options: Any,
 ) -> Trainer:
     """Backend (``config.model``), reward (``config.rewards``) and prompts (``config.data``, unless
     already read into ``prompts``) on the accelerator's device, wrapped in a Trainer. The reward is
-    skipped when no reward terms are set."""
+    skipped when no reward terms are set. Offloaded text encoders wait on ``offload_device``;
+    ``trainer_class`` (a Trainer subclass) is built with ``trainer_options`` added to its arguments."""
     if config.model is None:
         raise ConfigError("model: the training config needs a `model` section")
     if config.objective.reward_scale != 0.0 and not config.rewards:
@@ -37,8 +46,8 @@ def build_trainer(
     accelerator = accelerator or make_accelerator(config)
     with accelerator.main_process_first():  # downloads and tiny-model builds happen once
         torch.manual_seed(config.seed)  # LoRA adapters are drawn from the global RNG: same on every process and run
-        backend = build_backend(config.model, device=accelerator.device)
+        backend = build_backend(config.model, device=accelerator.device, offload_device=offload_device)
         reward = None
         if config.rewards:
             reward = build_reward(config.rewards, device=accelerator.device, dtype=config.model.dtype)
-    return Trainer(config, backend, reward, prompts, accelerator=accelerator)
+    return trainer_class(config, backend, reward, prompts, accelerator=accelerator, **trainer_options)

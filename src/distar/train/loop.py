@@ -158,8 +158,8 @@ class Trainer:
 
         optim, steps = config.optim, config.loop.max_steps
         optimizers = [
-            make_optimizer(self.generator_params, optim.generator, optim.use_8bit_adam),
-            make_optimizer(self.assistant_params, optim.assistant, optim.use_8bit_adam),
+            self._make_optimizer(self.generator_params, optim.generator),
+            self._make_optimizer(self.assistant_params, optim.assistant),
         ]
         schedulers = [
             get_scheduler(c.lr_schedule, opt, num_warmup_steps=c.warmup_steps, num_training_steps=steps)
@@ -201,6 +201,10 @@ class Trainer:
         self._skipped: list[str] = []  # the updates skipped in the current step
         self.log = JsonlLog(self.output_dir / ckpt.LOG_FILE)
         self._sampling = config.sampling.every > 0
+
+    def _make_optimizer(self, params: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
+        """The optimiser of one network's trainable ``params`` (:func:`make_optimizer`)."""
+        return make_optimizer(params, config, self.config.optim.use_8bit_adam)
 
     # ------------------------------------------------------------------ Algorithm 1
 
