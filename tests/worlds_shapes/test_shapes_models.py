@@ -190,11 +190,41 @@ def test_reference_training_updates_the_unet_and_keeps_the_text_encoder(tmp_path
     text_encoder = text_encoder_from_clip(clip)
     unet = new_unet(UNetArch(block_out_channels=(16, 16, 16, 16), norm_num_groups=8), 16, seed=0)
     unet_before = {k: v.clone() for k, v in unet.state_dict().items()}
-    loop = ReferenceLoop(steps=2, batch_size=2, snapshot_every=0, lr=1e-2)
+    loop = ReferenceLoop(steps=2, batch_size=2, checkpoint_every=0, lr=1e-2)
     train_reference(unet, text_encoder, tokenizer, loop, lambda step, terms: None)
     assert all(torch.equal(v, clip.text_model.state_dict()[k]) for k, v in text_encoder.state_dict().items())
     assert any(not torch.equal(v, unet_before[k]) for k, v in unet.state_dict().items())
     assert not unet.training and not any(p.requires_grad for p in unet.parameters())
+
+
+def test_reference_training_stopped_and_resumed_ends_where_an_uninterrupted_run_ends(tmp_path):
+    from distar.worlds.shapes.reference import ReferenceCheckpoint
+
+    tokenizer = save_word_tokenizer(tmp_path, vocabulary(), MAX_LENGTH)
+    text_encoder = text_encoder_from_clip(new_clip(len(tokenizer), ClipArch(width=16, layers=1, heads=2, projection_dim=16), seed=0))
+    arch = UNetArch(block_out_channels=(16, 16, 16, 16), norm_num_groups=8)
+    loop = ReferenceLoop(steps=5, batch_size=2, lr=1e-2)
+    straight = new_unet(arch, 16, seed=0)
+    train_reference(straight, text_encoder, tokenizer, loop, lambda step, terms: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_3(step: int, terms: dict) -> None:
+        if step == 3:
+            raise Stop
+
+    checkpoint = ReferenceCheckpoint(tmp_path / "partial", every=2, key={"run": 1})
+    with pytest.raises(Stop):
+        train_reference(new_unet(arch, 16, seed=0), text_encoder, tokenizer, loop, stop_at_step_3, checkpoint)
+    assert checkpoint.load()["fit"]["step"] == 2 and (tmp_path / "partial" / "unet").is_dir()
+    assert ReferenceCheckpoint(tmp_path / "partial", every=2, key={"run": 2}).load() is None
+    steps = []
+    resumed = new_unet(arch, 16, seed=0)
+    train_reference(resumed, text_encoder, tokenizer, loop, lambda step, terms: steps.append(step), checkpoint)
+    assert steps == [2, 3, 4]
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
 
 
 def test_lognormal_noise_levels_follow_their_sigma_distribution():

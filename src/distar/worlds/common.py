@@ -23,6 +23,8 @@ from distar.config import field
 
 #: ``log(step, terms)``: called after every optimiser step with the batch's loss terms as floats.
 Log = Callable[[int, dict[str, float]], None]
+#: Where :func:`fit` stands: ``{"step": next step, "optimiser": state dict, "scheduler": state dict}``.
+FitState = dict[str, Any]
 
 
 @dataclasses.dataclass
@@ -44,12 +46,19 @@ def fit(
     *,
     schedule: Literal["warmup_cosine", "constant"] = "warmup_cosine",
     max_grad_norm: float | None = 1.0,
+    checkpoint: Callable[[int, FitState], None] | None = None,
+    resume: FitState | None = None,
 ) -> dict[str, float]:
     """``loop.steps`` AdamW steps on ``step_loss()["loss"]``; returns the last step's terms.
 
     ``schedule``: linear warm-up over the first 5 % of steps (the first at 1/warm-up of the peak) then
     cosine decay to 0, or the constant ``loop.lr``. Gradients are clipped to ``max_grad_norm`` (None:
     never). A module is put in training mode for the loop and in eval mode after it.
+
+    ``checkpoint(step, state)`` is called after ``log`` at every step with the loop's own state (the
+    next step, the optimiser's and the schedule's state dicts, not copies: save them before the next
+    step). ``resume`` = such a state continues from it; with the caller's model weights and random
+    streams restored as they were at that step, the run is the one that was never interrupted.
     """
     module = trained if isinstance(trained, nn.Module) else None
     parameters = list(module.parameters() if module is not None else trained)
@@ -64,10 +73,15 @@ def fit(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, loop.steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    start = 0
+    if resume is not None:
+        optimiser.load_state_dict(resume["optimiser"])
+        scheduler.load_state_dict(resume["scheduler"])
+        start = int(resume["step"])
     if module is not None:
         module.train()
     terms: dict[str, float] = {}
-    for step in range(loop.steps):
+    for step in range(start, loop.steps):
         losses = step_loss()
         optimiser.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -78,6 +92,8 @@ def fit(
         terms = {k: float(v.detach()) for k, v in losses.items()}
         if log is not None:
             log(step, terms)
+        if checkpoint is not None:
+            checkpoint(step, {"step": step + 1, "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict()})
     if module is not None:
         module.eval()
     return terms

@@ -21,8 +21,10 @@ Stages (each seeded; timings, versions and quality figures go to ``build_record.
    attribute), true utility and learned reward.
 
 The build happens in ``<out>.building`` and is renamed into place when complete; each finished stage
-is recorded there, so ``--resume`` continues an interrupted build. The reference stage saves its EMA
-weights every ``reference.snapshot_every`` steps to ``<out>.building/reference.snapshot``.
+is recorded there, so ``--resume`` continues an interrupted build. The reference stage, the longest,
+also saves its training state every ``reference.checkpoint_every`` steps to
+``<out>.building/reference.partial`` (with its EMA weights in ``unet/``, to look at while it trains):
+``--resume`` continues it from there, to the weights of an uninterrupted build.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ from distar.worlds.shapes.metrics import (
     train_classifier,
 )
 from distar.worlds.shapes.reference import (
+    ReferenceCheckpoint,
     ReferenceLoop,
     ReferenceSampler,
     UNetArch,
@@ -187,16 +190,6 @@ class _Stages:
         self.echo(f"[{stage}] done in {self.timings[stage]:.0f}s")
 
 
-def _snapshotter(folder: Path, unet: torch.nn.Module, every: int) -> Callable[[int], None]:
-    """Saves the reference UNet (the EMA weights are in place when called) to ``folder`` every ``every`` steps."""
-
-    def snapshot(step: int) -> None:
-        if every and (step + 1) % every == 0:
-            unet.save_pretrained(folder)
-
-    return snapshot
-
-
 def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None] = print, resume: bool = False) -> dict:
     """Train the world's models into ``out`` (replaced atomically at the end); the build record.
 
@@ -288,18 +281,23 @@ class _Build:
         return text_encoder
 
     def reference(self, clip: CLIPModel, text_encoder: CLIPTextModel) -> UNet2DConditionModel:
-        """The reference UNet (EMA snapshots under ``reference.snapshot`` while it trains)."""
+        """The reference UNet (its training state under ``reference.partial`` while it trains)."""
         settings, cfg = self._settings("clip_arch", "clip", "reader", "unet_arch", "reference"), self.config
         if self.stages.done("reference", settings):
             return UNet2DConditionModel.from_pretrained(self.tmp / "reference" / "unet")
-        with self.stages.run("reference", settings):
+        with self.stages.run("reference", settings) as figures:
             unet = new_unet(cfg.unet_arch, clip.config.text_config.hidden_size, cfg.reference.seed)
+            partial = ReferenceCheckpoint(self.tmp / "reference.partial", cfg.reference.checkpoint_every, settings)
+            saved = partial.load()
+            if saved is not None:
+                # the stage's recorded seconds are then those of this invocation only
+                figures["reference_resumed_at_step"] = saved["fit"]["step"]
+                self.echo(f"[reference] continuing from step {saved['fit']['step']} saved in {partial.folder}")
             train_reference(
-                unet, text_encoder, self.tokenizer, cfg.reference, self._log("reference", cfg.reference.steps),
-                snapshot=_snapshotter(self.tmp / "reference.snapshot", unet, cfg.reference.snapshot_every),
+                unet, text_encoder, self.tokenizer, cfg.reference, self._log("reference", cfg.reference.steps), partial
             )
             save_reference(self.tmp / "reference", unet, text_encoder, self.tokenizer)
-            shutil.rmtree(self.tmp / "reference.snapshot", ignore_errors=True)
+            shutil.rmtree(partial.folder, ignore_errors=True)
         return unet
 
     def sampler(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> ReferenceSampler:

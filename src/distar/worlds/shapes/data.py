@@ -96,6 +96,14 @@ class SceneSampler:
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
 
+    def get_state(self) -> dict:
+        """Where both random streams stand (for :meth:`set_state`)."""
+        return {"python": self.rng.getstate(), "numpy": self.np_rng.bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        self.rng.setstate(state["python"])
+        self.np_rng.bit_generator.state = state["numpy"]
+
     def specs(self, n: int) -> list[Spec]:
         return [sample_spec(self.rng) for _ in range(n)]
 

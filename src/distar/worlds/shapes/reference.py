@@ -18,9 +18,10 @@ length as Stable Diffusion does. Saved as a diffusers folder without a VAE — `
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import diffusers
 import torch
@@ -31,8 +32,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from distar.config import field
 from distar.diffusion import cfg_combine
+from distar.io import write_atomic
 from distar.rewards.hub import quiet_transformers
-from distar.worlds.common import Log, TrainLoop, fit
+from distar.worlds.common import FitState, Log, TrainLoop, fit
 from distar.worlds.shapes.data import SceneSampler
 from distar.worlds.shapes.grammar import IMAGE_SIZE
 
@@ -69,7 +71,9 @@ class ReferenceLoop(TrainLoop):
     min_snr_gamma: float | None = field(
         None, help="cap γ of the x0-unit loss weight: min(SNR + 1, γ) (Min-SNR-γ); null = plain v-MSE"
     )
-    snapshot_every: int = field(500, help="save the EMA weights to <build>.building/reference.snapshot every N steps (0: never)")
+    checkpoint_every: int = field(
+        250, help="save the training state to <build>.building/reference.partial every N steps (0: never)"
+    )
 
 
 @dataclasses.dataclass
@@ -136,18 +140,52 @@ class NoiseLevels:
         return torch.searchsorted(self.log_sigma, log_sigma).clamp(0, len(self.log_sigma) - 1)
 
 
+class ReferenceCheckpoint:
+    """The reference's training state in ``folder`` every ``every`` steps, so a build that stops resumes.
+
+    ``state.pt`` holds the weights, the EMA, the optimiser and schedule, and every random stream of the
+    run (written atomically); ``unet/`` the EMA weights as a diffusers UNet, to look at while the build
+    runs. :func:`train_reference` given a checkpoint whose ``key`` (the settings the run depends on)
+    matches continues from its state and ends with the weights of a run that never stopped.
+    """
+
+    def __init__(self, folder: Path, every: int, key: dict) -> None:
+        self.folder, self.every, self.key = Path(folder), every, json.dumps(key, sort_keys=True)
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and (step + 1) % self.every == 0
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none or it belongs to other settings."""
+        path = self.folder / "state.pt"
+        if not path.is_file():
+            return None
+        state = torch.load(path, weights_only=True)
+        return state if state["key"] == self.key else None
+
+    def save(self, state: dict, unet: UNet2DConditionModel, ema: EMAModel) -> None:
+        """Write ``state`` (before the EMA weights pass through ``unet`` to be saved as ``unet/``)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(dict(state, key=self.key), buffer)
+        write_atomic(self.folder / "state.pt", buffer.getvalue())
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+        unet.save_pretrained(self.folder / "unet")
+        ema.restore(unet.parameters())
+
+
 def train_reference(
     unet: UNet2DConditionModel,
     text_encoder: CLIPTextModel,
     tokenizer: CLIPTokenizer,
     loop: ReferenceLoop,
     log: Log,
-    snapshot: Callable[[int], None] | None = None,
+    checkpoint: ReferenceCheckpoint | None = None,
 ) -> None:
     """v-prediction DSM with condition dropout (module docstring), in place; ends with the EMA weights
-    in ``unet``, in eval mode, frozen. The text encoder stays frozen.
-
-    ``snapshot(step)``, when given, is called after every step with the EMA weights in place.
+    in ``unet``, in eval mode, frozen. The text encoder stays frozen. With ``checkpoint``, the run
+    continues from its saved state, if any, and saves its own when due.
     """
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
     snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
@@ -158,6 +196,12 @@ def train_reference(
     draw_t = NoiseLevels(scheduler, loop, generator)
     text_encoder.eval().requires_grad_(False)
     ema = EMAModel(unet.parameters(), decay=loop.ema_decay, use_ema_warmup=True)
+    resume = checkpoint.load() if checkpoint is not None else None
+    if resume is not None:
+        unet.load_state_dict(resume["unet"])
+        ema.load_state_dict(resume["ema"])
+        sampler.set_state(resume["scenes"])
+        generator.set_state(resume["generator"])
 
     def step_loss() -> dict[str, Tensor]:
         specs, images, _ = sampler.batch(loop.batch_size)
@@ -176,13 +220,20 @@ def train_reference(
     def on_step(step: int, terms: dict[str, float]) -> None:
         ema.step(unet.parameters())
         log(step, terms)
-        if snapshot is not None:
-            ema.store(unet.parameters())
-            ema.copy_to(unet.parameters())
-            snapshot(step)
-            ema.restore(unet.parameters())
 
-    fit(unet, loop, step_loss, on_step)
+    def save(step: int, fit_state: FitState) -> None:
+        if checkpoint is None or not checkpoint.due(step):
+            return
+        state = {
+            "fit": fit_state,
+            "unet": unet.state_dict(),
+            "ema": ema.state_dict(),
+            "scenes": sampler.get_state(),
+            "generator": generator.get_state(),
+        }
+        checkpoint.save(state, unet, ema)
+
+    fit(unet, loop, step_loss, on_step, checkpoint=save, resume=None if resume is None else resume["fit"])
     ema.copy_to(unet.parameters())
     unet.eval().requires_grad_(False)
 
