@@ -46,7 +46,7 @@ def fit(
     *,
     schedule: Literal["warmup_cosine", "constant"] = "warmup_cosine",
     max_grad_norm: float | None = 1.0,
-    checkpoint: Callable[[int, FitState], None] | None = None,
+    checkpoint: Callable[[int, Callable[[], FitState]], None] | None = None,
     resume: FitState | None = None,
 ) -> dict[str, float]:
     """``loop.steps`` AdamW steps on ``step_loss()["loss"]``; returns the last step's terms.
@@ -55,9 +55,9 @@ def fit(
     cosine decay to 0, or the constant ``loop.lr``. Gradients are clipped to ``max_grad_norm`` (None:
     never). A module is put in training mode for the loop and in eval mode after it.
 
-    ``checkpoint(step, state)`` is called after ``log`` at every step with the loop's own state (the
-    next step, the optimiser's and the schedule's state dicts, not copies: save them before the next
-    step). ``resume`` = such a state continues from it; with the caller's model weights and random
+    ``checkpoint(step, state)`` is called after ``log`` at every step; ``state()`` returns the loop's
+    own state (the next step, the optimiser's and the schedule's state dicts, not copies: save them
+    before the next step), built only when a checkpoint asks for it. ``resume`` = such a state continues from it; with the caller's model weights and random
     streams restored as they were at that step, the run is the one that was never interrupted.
     """
     module = trained if isinstance(trained, nn.Module) else None
@@ -93,7 +93,7 @@ def fit(
         if log is not None:
             log(step, terms)
         if checkpoint is not None:
-            checkpoint(step, {"step": step + 1, "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict()})
+            checkpoint(step, lambda: {"step": step + 1, "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict()})
     if module is not None:
         module.eval()
     return terms

@@ -21,7 +21,7 @@ import dataclasses
 import io
 import json
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import diffusers
 import torch
@@ -221,11 +221,11 @@ def train_reference(
         ema.step(unet.parameters())
         log(step, terms)
 
-    def save(step: int, fit_state: FitState) -> None:
+    def save(step: int, fit_state: Callable[[], FitState]) -> None:
         if checkpoint is None or not checkpoint.due(step):
             return
         state = {
-            "fit": fit_state,
+            "fit": fit_state(),
             "unet": unet.state_dict(),
             "ema": ema.state_dict(),
             "scenes": sampler.get_state(),
