@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,6 +61,10 @@ def test_interrupted_build_resumes_from_its_finished_stages(tmp_path, monkeypatc
     from distar.worlds.shapes import build
 
     def interrupted(*args, **kwargs):
+        # stopped after the trainer made its run folder, which then holds a run without a checkpoint
+        run = Path(args[4])
+        run.mkdir(parents=True)
+        (run / "log.jsonl").write_text("")
         raise KeyboardInterrupt
 
     out = tmp_path / "models"

@@ -324,6 +324,8 @@ class _Build:
         if self.stages.done("one_step_refine", settings):
             return
         with self.stages.run("one_step_refine", settings) as figures:
+            # an interrupted refine saved no checkpoint (save_final=False): it starts over
+            shutil.rmtree(self.tmp / "one_step.run", ignore_errors=True)
             refined, log = refine_one_step(
                 self.tmp / "reference", self.tmp / "one_step.warm", cfg.one_step_refine, cfg.one_step.t_init,
                 self.tmp / "one_step.run",
