@@ -60,17 +60,17 @@ def test_demo_writes_the_report(tiny_world, tmp_path, capsys):
     assert printed.strip().splitlines()[-1] == f"report: {(out / 'report.md').resolve()}"
     assert "[run 6 of 6]" in printed
     report = json.loads((out / "report.json").read_text())
-    assert set(report["models"]) == {"renders", "reference", "start", "sim_s0", "sim_s1", "di_pp_a10_s0", "di_pp_a10_s1", "di_star_a10_s0", "di_star_a10_s1"}
+    assert set(report["models"]) == {"renders", "reference", "start", "sim_s0", "sim_s1", "di_pp_a30_s0", "di_pp_a30_s1", "di_star_a30_s0", "di_star_a30_s1"}
     for row in report["models"].values():
         for key in ("pickscore", "true_utility", "alignment", "fid", "diversity", "prompt_diversity", "open_diversity"):
             assert row[key] is not None, key
     stats = report["stats"]
     assert list(stats)[:3] == ["renders (ground truth)", "reference (2-step dpm++, CFG 3)", "one-step start"]
-    mean, half = stats["DI* (α = 10)"]["pickscore"]
-    seeds = [report["models"][f"di_star_a10_s{i}"]["pickscore"] for i in (0, 1)]
+    mean, half = stats["DI* (α = 30)"]["pickscore"]
+    seeds = [report["models"][f"di_star_a30_s{i}"]["pickscore"] for i in (0, 1)]
     assert abs(mean - sum(seeds) / 2) < 1e-9 and half > 0
     text = (out / "report.md").read_text()
-    for heading in ("learned reward ↑", "FID ↓", "s / 10 images ↓", "docs/shapes.md", "Diff-Instruct++ (α = 10)", "steps clipped"):
+    for heading in ("learned reward ↑", "FID ↓", "s / 10 images ↓", "docs/shapes.md", "Diff-Instruct++ (α = 30)", "steps clipped"):
         assert heading in text, heading
     assert (out / "grid.png").is_file() and (out / "diversity.png").is_file()
 

@@ -3,8 +3,10 @@
 Stages of :func:`run`:
 
 1. **plan** the runs: every method (and, with ``sweep``, every reward scale α), plus the ``extra``
-   method@α settings (by default DI* at a large α, where it collapses), × ``training_seeds`` seeds, all from the shipped one-step start (distilled from the reference by the build, as
-   DI*-SDXL starts from DMD2), the same steps, batch and learning rates;
+   method@α settings (by default Diff-Instruct++ at the α where its reward weighs as much as DI*'s
+   at the default α, and DI* at a large α), × ``training_seeds`` seeds, all from the shipped one-step
+   start (distilled from the reference by the build, as DI*-SDXL starts from DMD2), the same steps,
+   batch and learning rates;
 2. **train** them through :class:`distar.train.Trainer` on the "sd" backend — inner CFG ω on the
    shipped reference and, for methods with a reward, the shipped learned reward (the PickScore
    analogue, cosine, scale α) — as parallel one-thread processes (:func:`~distar.worlds.common.run_parallel`);
@@ -84,18 +86,20 @@ class ShapesDemoConfig:
     models: str | None = field(None, help="folder of the world's models (default: the ones shipped in the package)")
     methods: list[str] = field(["sim", "di_pp", "di_star"], help="objective presets to train, each from the same start")
     reward_scale: float = field(
-        10.0, help="α of the methods with a reward (Eq. 3.1; distar's sum-over-dimensions convention, docs/shapes.md)"
+        30.0, help="α of the methods with a reward (Eq. 3.1; distar's sum-over-dimensions convention, docs/shapes.md)"
     )
     sweep: list[float] = field([], help="extra reward scales α: each method with a reward is also trained at each")
     extra: list[str] = field(
-        ["di_star@1000"], help="further method@α settings to train (default: DI* at a large α, to show its collapse)"
+        ["di_pp@1000", "di_star@1000"],
+        help="further method@α settings to train (default: Diff-Instruct++ at a reward weight like DI*'s at α = 30, "
+        "and DI* at a large α, where alignment and diversity fall)",
     )
     guidance_scale: float = field(3.0, help="CFG ω: inner CFG of the divergence and the reference row's sampler")
     train: OneStepLoop = field(
         OneStepLoop(steps=120, train_prompts=2000, seed=5), help="training of each run (steps: --steps)"
     )
     training_seeds: int = field(3, help="training seeds per method (the intervals are over these)")
-    eval_prompts: int = field(32, help="evaluation prompts drawn from the grammar")
+    eval_prompts: int = field(64, help="evaluation prompts drawn from the grammar")
     seeds: list[int] = field([0, 1, 2, 3], help="evaluation seeds per prompt (the same for every model)")
     diversity_prompt: str = field("a circle", help="prompt of the diversity grid (one row per model, 8 seeds)")
     reference_steps: int = field(20, help="steps of the reference row's sampler")

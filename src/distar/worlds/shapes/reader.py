@@ -2,8 +2,8 @@
 
 Contrastive training teaches the CLIP analogue's text tower what tells images apart first — colour and
 count — and its layers squash the other words: between "a large red square" and "a large red triangle"
-the largest change of a token state is 0.20 of a state's norm at the last layer (0.70 at the token
-embeddings); "on the left" against "on the right" 0.21; "red" against "blue" 1.35 (docs/shapes.md).
+the largest change of a token state is 0.20 of the mean state norm at the last layer; "on the left"
+against "on the right" 0.14; "red" against "blue" 1.47 (docs/shapes.md).
 A UNet conditioned on those states learns colour and count and never the shape or position words.
 
 So, as text-to-image models take a text encoder pretrained on text, the reference's encoder is the CLIP
