@@ -4,7 +4,7 @@
 
 Starts ``distar serve`` (default: the shapes world's shipped models, one torch thread) on a free
 localhost port, then sends a bounded loop of ``POST /generate`` requests (``format: png``), one at a
-time, alternating a one-step request and a reference request (``steps`` DDIM steps, the server's CFG
+time, alternating a one-step request and a reference request (``steps`` sampler steps, the server's CFG
 ω) on the same prompt and seed. Prints the median and 90th percentile of the client-side time from
 sending the request to holding the PNG, the server-side model time it reports, their ratio, and the
 server's resident memory after warm-up and after the loop.
@@ -83,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="timed (one-step, reference) request pairs")
     parser.add_argument("--warmup", type=int, default=3, help="untimed pairs first")
-    parser.add_argument("--steps", type=int, default=20, help="reference DDIM steps")
+    parser.add_argument("--steps", type=int, default=20, help="reference sampler steps")
     parser.add_argument("--n", type=int, default=1, help="images per request")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     parser.add_argument("--model", help="passed to distar serve (default: shapes world)")

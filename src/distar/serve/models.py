@@ -61,7 +61,7 @@ class DiffusersReference:
 
 class PixelReference:
     """A pixel-space reference folder (``unet/``, ``text_encoder/``, ``tokenizer/``, no ``vae/``) sampled
-    by the shapes world's DDIM + CFG sampler."""
+    by the shapes world's multi-step CFG sampler (DPM-Solver++)."""
 
     def __init__(
         self, folder: str | Path, device: torch.device, guidance: float = SHAPES_GUIDANCE, name: str | None = None

@@ -12,7 +12,7 @@ Stages (each seeded; timings, versions and quality figures go to ``build_record.
 5. ``reference/``: the pixel-space UNet (v-prediction DSM at lognormal noise levels with condition
    dropout, EMA weights saved), conditioned on that frozen text encoder;
 6. ``one_step/``: the one-step generator the demo starts from, distilled from the reference in two
-   stages (:mod:`~distar.worlds.shapes.one_step`): regression on the reference's DDIM + CFG samples,
+   stages (:mod:`~distar.worlds.shapes.one_step`): regression on the reference's multi-step CFG samples,
    then the reward-free DMD2 preset through :class:`distar.train.Trainer`;
 7. quality: the classifier's accuracy on held-out renders, the reward model's pairwise accuracy on
    held-out pairs, and for the reference (multi-step, CFG), the regression warm start and the

@@ -5,7 +5,7 @@ DI*-SDXL starts from — in two stages, as DMD does:
 
 1. **regression warm start** (:func:`distill_one_step`; knowledge distillation, Luhman & Luhman 2021):
    the reference's UNet, evaluated at t_init on z, is trained so that its x0-prediction matches the
-   reference's DDIM + CFG sample started from the same z;
+   reference's multi-step CFG sample (the build's sampler: DPM-Solver++) started from the same z;
 2. **distribution matching** (:func:`refine_one_step`): the reward-free DMD2 (or SIM) preset trained
    from that start by :class:`distar.train.Trainer` on the "sd" backend, with the reference's guided
    score as target — distar distilling with its own trainer.
@@ -82,7 +82,7 @@ class DistillLoop(TrainLoop):
     batch_size: int = field(32, help="(z, sample) pairs per step")
     lr: float = field(3e-4, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
     seed: int = field(4, help="seed of the prompts, the noise z and the minibatches")
-    samples: int = field(768, help="reference samples (z, prompt → DDIM sample) to regress on")
+    samples: int = field(768, help="reference samples (z, prompt → multi-step CFG sample) to regress on")
     t_init: int = field(999, help="conditioning timestep at which the generator UNet reads z (§2)")
 
 
