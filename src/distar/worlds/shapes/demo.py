@@ -45,6 +45,7 @@ from torch import Tensor
 from distar.config import field, load_config, save_config, to_dict
 from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
+from distar.rewards.hub import quiet_transformers
 from distar.train import TrainConfig
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
 from distar.worlds.common import Progress, format_ci, markdown_table, mean_ci95, run_parallel
@@ -449,7 +450,8 @@ def run(args: argparse.Namespace) -> int:
     jobs = max(1, min(cfg.jobs or os.cpu_count() or 1, len(runs)))
     print(f"shapes demo: {len(runs)} training runs, {jobs} in parallel, {threads} torch thread(s) per process")
     trained_rows = train_stage(cfg, runs, out, jobs, args)
-    rows, groups, eval_dir = evaluate_stage(cfg, runs, trained_rows, out, args)
+    with quiet_transformers():  # the world's own models load without transformers' reports and bars
+        rows, groups, eval_dir = evaluate_stage(cfg, runs, trained_rows, out, args)
     stats = aggregate(rows, groups, eval_dir)
     trained = {
         label: {

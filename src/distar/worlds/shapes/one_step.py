@@ -32,6 +32,7 @@ from distar.diffusion import DiscreteSchedule, to_x0
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.protocols import Backend
 from distar.rewards import RewardSpec
+from distar.rewards.hub import quiet_transformers
 from distar.worlds.common import Log, TrainLoop, fit
 from distar.worlds.shapes.grammar import sample_prompts
 from distar.worlds.shapes.reference import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
@@ -169,10 +170,15 @@ def refine_one_step(
 
 
 def train(config: TrainConfig) -> tuple[Backend, list[dict[str, float]]]:
-    """Run the trainer; the trained backend and the per-step log records."""
-    from distar.train.build import build_trainer
+    """Run the trainer; the trained backend and the per-step log records.
 
-    trainer = build_trainer(config)
+    The world's own models load without transformers' load reports and bars (the import of diffusers'
+    pipelines, the first in a worker, also prints transformers' notices that torchvision is absent).
+    """
+    with quiet_transformers():
+        from distar.train.build import build_trainer
+
+        trainer = build_trainer(config)
     records = trainer.train()
     return trainer.backend, records
 
