@@ -61,6 +61,9 @@ def test_interrupted_build_resumes_from_its_finished_stages(tmp_path, monkeypatc
     from distar.worlds.shapes import build
 
     def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def refine_interrupted(*args, **kwargs):
         # stopped after the trainer made its run folder, which then holds a run without a checkpoint
         run = Path(args[4])
         run.mkdir(parents=True)
@@ -68,7 +71,8 @@ def test_interrupted_build_resumes_from_its_finished_stages(tmp_path, monkeypatc
         raise KeyboardInterrupt
 
     out = tmp_path / "models"
-    monkeypatch.setattr(build, "refine_one_step", interrupted)
+    # stopped after the reference: the resumed one-step stage trains on the loaded text encoder and UNet
+    monkeypatch.setattr(build, "distill_one_step", interrupted)
     try:
         main(["world", "build", "--out", str(out), "shapes", *TINY_BUILD])
     except KeyboardInterrupt:
@@ -79,13 +83,13 @@ def test_interrupted_build_resumes_from_its_finished_stages(tmp_path, monkeypatc
     capsys.readouterr()
     assert main(["world", "build", "--resume", "--out", str(out), "shapes", *TINY_BUILD]) == 0
     printed = capsys.readouterr().out
-    for stage in ("clip", "judge", "reward", "reference", "one_step"):
+    for stage in ("clip", "judge", "reward", "reader", "reference"):
         assert f"[{stage}] kept from the interrupted build" in printed, stage
-    assert "[one_step_refine] start" in printed
+    assert "[one_step] start" in printed and "[one_step_refine] start" in printed
     assert (out / "reference" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet
     # a changed setting retrains that stage and every later one
     capsys.readouterr()
-    monkeypatch.setattr(build, "refine_one_step", interrupted)
+    monkeypatch.setattr(build, "refine_one_step", refine_interrupted)
     try:
         main(["world", "build", "--out", str(out), "shapes", *TINY_BUILD, "reference.lr=0.002"])
     except KeyboardInterrupt:

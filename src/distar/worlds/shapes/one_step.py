@@ -101,9 +101,10 @@ def distill_one_step(
         [sampler.generate_images(prompts[i : i + 64], seeds[i : i + 64]) for i in range(0, len(prompts), 64)]
     ) * 2 - 1
     z = seeded_noise(seeds)
-    cond = torch.cat(
-        [encode_prompts(sampler.text_encoder, sampler.tokenizer, prompts[i : i + 64]) for i in range(0, len(prompts), 64)]
-    )
+    with torch.no_grad():
+        cond = torch.cat(
+            [encode_prompts(sampler.text_encoder, sampler.tokenizer, prompts[i : i + 64]) for i in range(0, len(prompts), 64)]
+        )
     schedule = DiscreteSchedule.from_scheduler_config(SCHEDULER_CONFIG)
     t = torch.tensor([loop.t_init])
     alpha_t, sigma_t = schedule.alpha(t), schedule.sigma(t)
