@@ -273,7 +273,7 @@ class _Build:
         """The reference's text encoder: the CLIP analogue's text tower taught to read the grammar."""
         settings, cfg = self._settings("clip_arch", "clip", "reader"), self.config
         if self.stages.done("reader", settings):
-            return CLIPTextModel.from_pretrained(self.tmp / "reader").eval().requires_grad_(False)  # as trained
+            return CLIPTextModel.from_pretrained(self.tmp / "reader")
         with self.stages.run("reader", settings):
             text_encoder = text_encoder_from_clip(clip)
             train_reader(text_encoder, self.tokenizer, cfg.reader, self._log("reader", cfg.reader.steps))
@@ -284,7 +284,7 @@ class _Build:
         """The reference UNet (its training state under ``reference.partial`` while it trains)."""
         settings, cfg = self._settings("clip_arch", "clip", "reader", "unet_arch", "reference"), self.config
         if self.stages.done("reference", settings):
-            return UNet2DConditionModel.from_pretrained(self.tmp / "reference" / "unet").eval().requires_grad_(False)
+            return UNet2DConditionModel.from_pretrained(self.tmp / "reference" / "unet")
         with self.stages.run("reference", settings) as figures:
             unet = new_unet(cfg.unet_arch, clip.config.text_config.hidden_size, cfg.reference.seed)
             partial = ReferenceCheckpoint(self.tmp / "reference.partial", cfg.reference.checkpoint_every, settings)

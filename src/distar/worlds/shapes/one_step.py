@@ -101,10 +101,9 @@ def distill_one_step(
         [sampler.generate_images(prompts[i : i + 64], seeds[i : i + 64]) for i in range(0, len(prompts), 64)]
     ) * 2 - 1
     z = seeded_noise(seeds)
-    with torch.no_grad():
-        cond = torch.cat(
-            [encode_prompts(sampler.text_encoder, sampler.tokenizer, prompts[i : i + 64]) for i in range(0, len(prompts), 64)]
-        )
+    cond = torch.cat(
+        [encode_prompts(sampler.text_encoder, sampler.tokenizer, prompts[i : i + 64]) for i in range(0, len(prompts), 64)]
+    )
     schedule = DiscreteSchedule.from_scheduler_config(SCHEDULER_CONFIG)
     t = torch.tensor([loop.t_init])
     alpha_t, sigma_t = schedule.alpha(t), schedule.sigma(t)

@@ -304,7 +304,9 @@ class ReferenceSampler:
         sampler: str = "dpm++",
         clip_sample: bool = False,
     ) -> None:
-        self.unet, self.text_encoder, self.tokenizer = unet.eval(), text_encoder.eval(), tokenizer
+        # a sampler holds a frozen reference, whether trained in this process or loaded
+        self.unet, self.text_encoder = unet.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
         self.scheduler = sampler_scheduler(sampler, clip_sample=clip_sample)
         self.steps, self.guidance_scale = steps, guidance_scale
         self.name = name or f"reference ({steps}-step {sampler}, CFG {guidance_scale:g})"
