@@ -54,9 +54,14 @@ def load_reward(
         if unknown:
             raise TypeError(f"load_reward got unknown option(s): {', '.join(unknown)}")
         spec = dataclasses.replace(spec, **overrides)
-    if spec.path == TINY:
-        spec = dataclasses.replace(spec, path=str(tiny_asset("reward", name=spec.name)))
-    reward = _loaders()[spec.name](spec)
+    if spec.is_plugin:
+        from distar.rewards.plugins import load_plugin
+
+        reward = load_plugin(spec.name, spec.options)
+    else:
+        if spec.path == TINY:
+            spec = dataclasses.replace(spec, path=str(tiny_asset("reward", name=spec.name)))
+        reward = _loaders()[spec.name](spec)
     reward.to(device=device, dtype=resolve_dtype(spec.dtype) or resolve_dtype(dtype) or torch.float32)
     return reward.freeze()
 

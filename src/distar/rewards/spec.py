@@ -7,7 +7,7 @@ use it without importing the loaders.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from distar.config import ConfigError, field
 
@@ -22,7 +22,10 @@ TINY = "tiny"
 class RewardSpec:
     """One reward term: which model, where its weights are, and its weight in the sum."""
 
-    name: str = field(help=f"reward model: one of {', '.join(REWARD_NAMES)}")
+    name: str = field(
+        help=f"reward model: one of {', '.join(REWARD_NAMES)}, or a plugin: 'package.module:Class' "
+        "(a distar.rewards.base.Reward subclass built with `options`)"
+    )
     weight: float = field(1.0, help="weight w_k of this term in r = Σ_k w_k r_k")
     path: str | None = field(
         None,
@@ -49,10 +52,25 @@ class RewardSpec:
     random_weights: bool = field(
         False, help="pickscore, clip: the architecture of `path`'s config with random weights (memory estimates)"
     )
+    options: dict[str, Any] = field({}, help="plugin rewards only: keyword arguments of the plugin class")
+
+    @property
+    def is_plugin(self) -> bool:
+        """Whether ``name`` names a plugin class (``module:Class``) rather than a built-in reward."""
+        return ":" in self.name
 
     def __post_init__(self) -> None:
+        if self.is_plugin:
+            from distar.rewards.plugins import plugin_class
+
+            plugin_class(self.name)  # imports now: a broken plugin is refused before any model loads
+            return
+        if self.options:
+            raise ConfigError(f"reward '{self.name}': options are only for plugin rewards (module:Class)")
         if self.name not in REWARD_NAMES:
-            raise ConfigError(f"unknown reward '{self.name}' (choose from {', '.join(REWARD_NAMES)})")
+            raise ConfigError(
+                f"unknown reward '{self.name}' (choose from {', '.join(REWARD_NAMES)}, or name a plugin as module:Class)"
+            )
         if self.form != "cosine" and self.name != "pickscore":
             raise ConfigError(f"reward '{self.name}': form '{self.form}' is only defined for pickscore")
         if self.backbone is not None and self.name != "aesthetic":
