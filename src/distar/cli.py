@@ -3,7 +3,8 @@
 Each command lives in ``distar/commands/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; heavy imports happen inside ``run`` so ``distar --help`` stays fast.
 Expected failures print one line, never a traceback: bad input (config, file, checkpoint) exits 2,
-a run that had to stop (:class:`~distar.errors.RunError`) exits 1.
+a run that had to stop (:class:`~distar.errors.RunError`) exits 1, or 3 when the monitor's
+reward-hacking alarm stopped it.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RunError as err:
         print(f"distar {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"distar {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,6 +1,7 @@
 """Errors shown to the user as one line, never a traceback: ``distar`` exits with status 2 on a
-:class:`UserError` (or a :class:`~distar.config.ConfigError`), and with status 1 on a
-:class:`RunError`, a run that started and had to stop."""
+:class:`UserError` (or a :class:`~distar.config.ConfigError`), with status 1 on a
+:class:`RunError`, a run that started and had to stop, and with status 3 when the training monitor's
+reward-hacking alarm stopped it (:class:`HackingAlarm`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ class UserError(Exception):
 
 class RunError(RuntimeError):
     """A run stopped for a reason reported in one line: non-finite steps, a failed checkpoint write."""
+
+    #: The exit status of ``distar`` for this error.
+    exit_code: int = 1
+
+
+class HackingAlarm(RunError):
+    """The training monitor's reward-hacking alarm stopped the run (``monitor.stop``) after a checkpoint."""
+
+    exit_code = 3
 
 
 def first_line(err: BaseException) -> str:

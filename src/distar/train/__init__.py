@@ -18,6 +18,7 @@ from distar.train.config import (
     LoopConfig,
     OptimConfig,
     OptimizerConfig,
+    MonitorConfig,
     SamplingConfig,
     TrainConfig,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "LoopConfig",
     "OptimConfig",
     "OptimizerConfig",
+    "MonitorConfig",
     "SamplingConfig",
     "TrainConfig",
     *_LAZY,

@@ -53,13 +53,16 @@ LOG_FILE = "log.jsonl"
 TRASH_PREFIX = ".trash-"
 
 #: What a run folder holds besides its checkpoints; ``--overwrite`` removes exactly these.
-RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, "samples", "tensorboard")
+RUN_ENTRIES = (
+    CONFIG_FILE, LOG_FILE, "samples", "tensorboard",
+    "best", "best.json", "monitor", "monitor.jsonl", "monitor.png", "monitor_grid.png",
+)
 
 #: Test hook: ``DISTAR_KILL_AT=<point>:<step>`` SIGKILLs the process at that point (see :func:`kill_point`).
 KILL_ENV = "DISTAR_KILL_AT"
 
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
-_LEFTOVER_NAME = re.compile(rf"^(\.{CHECKPOINT_PREFIX}\d+\.tmp|{re.escape(TRASH_PREFIX)}.+)$")
+_LEFTOVER_NAME = re.compile(rf"^(\.({CHECKPOINT_PREFIX}\d+|best)\.tmp|{re.escape(TRASH_PREFIX)}.+)$")
 
 
 class CheckpointError(ConfigError):

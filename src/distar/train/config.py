@@ -197,6 +197,77 @@ class SamplingConfig:
             raise ValueError("seeds must not be empty when sampling is on")
 
 
+#: What the monitor's alarm and guarded selection can watch (docs/monitor.md).
+MONITOR_WATCH = ("judges", "diversity", "drift", "metrics")
+
+
+@dataclass
+class MonitorConfig:
+    """Held-out judges, diversity and drift during training, a reward-hacking alarm and the best checkpoint."""
+
+    every: int | None = field(
+        None,
+        help="monitor every this many steps and at step 0; null = loop.max_steps / 10; 0 = off (it is also off, "
+        "saying why, when the samples are not images or `prompts` cannot be set aside)",
+    )
+    prompts: int | str = field(
+        16,
+        help="held-out prompts: a prompt file, or this many distinct prompts set aside from the training "
+        "prompts (never trained on; needs 4 training prompts per held-out one)",
+    )
+    seeds: list[int] = field([0, 1], help="seeds of the held-out images (≥ 2 for diversity across seeds)")
+    judges: list[RewardSpec] = field(
+        [], help="reward models that are not trained on, scored on the held-out images (e.g. hpsv2.1, imagereward, clip)"
+    )
+    metrics: list[RewardSpec] = field(
+        [], help="further per-image metrics, recorded but never selected on unless watched (a world's ground truth)"
+    )
+    watch: list[str] = field(
+        ["judges", "diversity"],
+        help="what the alarm and the guarded selection watch: " + ", ".join(MONITOR_WATCH),
+    )
+    z: float = field(3.0, help="significance: a change is significant past this many standard errors over prompts")
+    patience: int = field(1, help="monitored steps in a row the alarm condition must hold before it fires")
+    select: str = field(
+        "guarded",
+        help="best checkpoint rule: guarded = highest training reward with no watched figure significantly "
+        "worse than at step 0; a judge's name = its highest mean; none = no best checkpoint",
+    )
+    stop: bool = field(False, help="on the alarm, save a checkpoint and stop the run (exit status 3)")
+    use_ema: bool = field(True, help="also monitor the EMA weights when EMA is on (the selection then judges them)")
+    drift_steps: int = field(20, help="steps of the reference's own sampler for the drift (DDIM); 0 = no drift")
+    drift_guidance: float | None = field(
+        None, help="CFG ω of the reference's drift images; null = objective.guidance_scale"
+    )
+    reference_images: str | None = field(
+        None, help="cache file of the reference's drift images (default: <output_dir>/monitor/reference.safetensors)"
+    )
+    batch_size: int = field(16, help="images per forward pass of the monitor's generator and scorers")
+    grid: int = field(4, help="held-out prompts shown in monitor_grid.png")
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.every < 0:
+            raise ValueError("every must be >= 0 (0 = off)")
+        if isinstance(self.prompts, int) and not 1 <= self.prompts <= 10_000:
+            raise ValueError("prompts must be a prompt file or a count in [1, 10000]")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct and not empty")
+        if not all(0 <= s <= MAX_SEED for s in self.seeds):
+            raise ValueError(f"seeds must be in [0, {MAX_SEED}]")
+        unknown = [w for w in self.watch if w not in MONITOR_WATCH]
+        if unknown:
+            raise ValueError(f"watch: unknown {unknown[0]!r} (choose from {', '.join(MONITOR_WATCH)})")
+        if not self.z > 0 or self.patience < 1 or self.batch_size < 1 or self.grid < 1 or self.drift_steps < 0:
+            raise ValueError("z must be > 0, patience, batch_size and grid >= 1, drift_steps >= 0")
+        judges = [j.name for j in self.judges]
+        if self.select not in ("guarded", "none", *judges):
+            raise ValueError(f"select: {self.select!r} is not guarded, none or a judge ({', '.join(judges) or 'none given'})")
+
+    def interval(self, max_steps: int) -> int:
+        """Steps between monitored steps (0 = off)."""
+        return max(1, max_steps // 10) if self.every is None else self.every
+
+
 @dataclass
 class TrainConfig:
     """Everything ``distar train`` needs; saved, resolved, as ``<output_dir>/config.yaml``."""
@@ -211,6 +282,7 @@ class TrainConfig:
     checkpointing: CheckpointConfig = field(CheckpointConfig(), help="checkpoints")
     logging: LoggingConfig = field(LoggingConfig(), help="logging")
     sampling: SamplingConfig = field(SamplingConfig(), help="sample grids")
+    monitor: MonitorConfig = field(MonitorConfig(), help="held-out monitor, reward-hacking alarm, best checkpoint")
     output_dir: str = field("runs/distar", help="run folder: config, logs, samples, checkpoints")
     seed: int = field(0, help="global seed (process r uses seed + r for its own draws)")
 

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from distar.backends.lora import save_checkpoint_lora
 from distar.config import ConfigError, save_config, to_dict
-from distar.errors import RunError, first_line
+from distar.errors import HackingAlarm, RunError, first_line
 from distar.objectives.di_star import DIStarLoss
 from distar.protocols import Backend
 from distar.rewards.base import Reward
@@ -54,6 +54,7 @@ from distar.train.algorithm import assistant_losses, generator_losses
 from distar.train.config import OptimizerConfig, TrainConfig
 from distar.train.data import PromptStream
 from distar.train.logs import JsonlLog, image_grid, peak_memory_mib, save_png
+from distar.train.monitor import BEST_DIR, Monitor, held_out_split, load_monitor_models, reference_images
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ class Trainer:
         self.accelerator = acc = accelerator or make_accelerator(config)
         self.output_dir = Path(config.output_dir)
         set_seed(config.seed + acc.process_index)
+        prompts, held_out = held_out_split(prompts, config.monitor, seed=config.seed)
+        self.monitor = self._make_monitor(held_out, reward)
         self.data = PromptStream(
             prompts,
             config.data.batch_size,
@@ -201,6 +204,21 @@ class Trainer:
         self._skipped: list[str] = []  # the updates skipped in the current step
         self.log = JsonlLog(self.output_dir / ckpt.LOG_FILE)
         self._sampling = config.sampling.every > 0
+
+    def _make_monitor(self, held_out: list[str], reward: Reward | None) -> Monitor | None:
+        """The held-out monitor (:mod:`distar.train.monitor`), or None when it is off or cannot run."""
+        cfg = self.config.monitor
+        self.monitor_every = cfg.interval(self.config.loop.max_steps)
+        if not self.monitor_every:
+            return None
+        if not held_out:
+            logger.info(
+                "monitor off: %d held-out prompts need %d distinct training prompts (set monitor.prompts to a "
+                "prompt file or a smaller count; monitor.every=0 silences this)", cfg.prompts, 4 * cfg.prompts,
+            )
+            return None
+        judges, metrics = load_monitor_models(cfg, self.accelerator.device) if self.accelerator.is_main_process else ([], [])
+        return Monitor(cfg, output_dir=self.output_dir, prompts=held_out, reward=reward, judges=judges, metrics=metrics)
 
     def _make_optimizer(self, params: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
         """The optimiser of one network's trainable ``params`` (:func:`make_optimizer`)."""
@@ -342,10 +360,14 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
             self.log.truncate_after(self.step)
+            if self.monitor is not None:
+                self.monitor.resume(self.step)
         acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
         try:
             return self._run()
         finally:
+            if self.monitor is not None and acc.is_main_process:
+                self.monitor.draw()
             acc.end_training()
 
     def _prepare_folder(self, resume: str | None, overwrite: bool) -> None:
@@ -369,6 +391,8 @@ class Trainer:
         every = cfg.sampling.every
         if self._sampling and self.step == 0:
             self.sample()
+        if self.monitor is not None and self.step == 0:
+            self.monitor_step()
         records: list[dict[str, float]] = []
         window: list[tuple[dict[str, Tensor], float, float, int]] = []
         bar = tqdm(
@@ -404,6 +428,8 @@ class Trainer:
                 )
             if self._sampling and self.step % every == 0:
                 self.sample()
+            if self.monitor is not None and self.step % self.monitor_every == 0:
+                self.monitor_step()  # before the checkpoint: a checkpoint's step has its monitor record
             if save:
                 self.save_checkpoint()
         bar.close()
@@ -432,15 +458,32 @@ class Trainer:
     # ------------------------------------------------------------------ sample grids
 
     @torch.no_grad()
-    def _sample_images(self) -> Tensor:
-        """Decoded generator samples for every (prompt, seed) pair, prompt-major; on all processes."""
-        prompts = [p for p in self.sample_prompts for _ in self.config.sampling.seeds]
-        latents = [self.backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in self.config.sampling.seeds]
-        z = torch.cat(latents * len(self.sample_prompts))
-        cond = self.backend.encode_prompts(prompts)
+    def _images(self, prompts: Sequence[str], seeds: Sequence[int], *, ema: bool = False) -> Tensor:
+        """Decoded generator samples of each (prompt, seed) pair, z drawn from the seed; on all processes.
+
+        With ``ema`` the EMA weights make them. The global random state is left as it was, so a run
+        draws the same training noise whether or not it samples."""
         sample = getattr(self.backend, "sample", self.backend.generate)  # all k steps of a few-step generator
-        with self.accelerator.autocast():
-            return self.backend.decode(sample(z, cond)).float()
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        out = []
+        with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as stack:
+            torch.manual_seed(self.config.seed)  # a few-step generator's re-noising: the same at every call
+            if ema:
+                self.ema.store(self.generator_params)
+                self.ema.copy_to(self.generator_params)
+                stack.callback(self.ema.restore, self.generator_params)
+            batch = self.config.monitor.batch_size
+            for i in range(0, len(prompts), batch):
+                chunk = list(prompts[i : i + batch])
+                z = torch.cat([self.backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in seeds[i : i + batch]])
+                with self.accelerator.autocast():
+                    out.append(self.backend.decode(sample(z, self.backend.encode_prompts(chunk))).float())
+        return torch.cat(out)
+
+    def _sample_images(self, *, ema: bool = False) -> Tensor:
+        """The sample grid's images, prompt-major."""
+        seeds = self.config.sampling.seeds
+        return self._images([p for p in self.sample_prompts for _ in seeds], list(seeds) * len(self.sample_prompts), ema=ema)
 
     def sample(self) -> None:
         """Write ``samples/step-<step>.png`` (and ``-ema``) grids: rows = prompts, columns = seeds.
@@ -454,10 +497,7 @@ class Trainer:
             self._sampling = False
             return
         if self.ema is not None and self.config.sampling.use_ema:
-            self.ema.store(self.generator_params)
-            self.ema.copy_to(self.generator_params)
-            grids["samples_ema"] = self._sample_images()
-            self.ema.restore(self.generator_params)
+            grids["samples_ema"] = self._sample_images(ema=True)
         if not self.accelerator.is_main_process:
             return
         folder = self.output_dir / "samples"
@@ -472,6 +512,67 @@ class Trainer:
                 elif tracker.name == "wandb":
                     tracker.log_images({name: [grid.permute(1, 2, 0).cpu().numpy()]}, step=self.step)
 
+    # ------------------------------------------------------------------ held-out monitor
+
+    def _reference_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
+        """The reference's own multi-step images of the held-out pairs (DDIM, CFG ω), for the drift."""
+        from distar.diffusion import cfg_combine
+        from distar.diffusion.sampler import ddim_sample
+
+        cfg, backend = self.config.monitor, self.backend
+        omega = cfg.drift_guidance if cfg.drift_guidance is not None else self.config.objective.guidance_scale
+        out = []
+        for i in range(0, len(prompts), cfg.batch_size):
+            cond = backend.encode_prompts(list(prompts[i : i + cfg.batch_size]))
+            z = torch.cat([backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in seeds[i : i + cfg.batch_size]])
+
+            def x0_fn(x_t: Tensor, t: Tensor) -> Tensor:
+                if omega == 1.0:
+                    return backend.reference_x0(x_t, t, cond)
+                return cfg_combine(*backend.reference_x0_cond_uncond(x_t, t, cond), omega)
+
+            with self.accelerator.autocast():
+                out.append(backend.decode(ddim_sample(x0_fn, backend.schedule, z, cfg.drift_steps)).float().cpu())
+        return torch.cat(out)
+
+    def monitor_step(self) -> None:
+        """Monitor the held-out images of this step (:mod:`distar.train.monitor`): record, then act on
+        the decision: keep ``best/``, log the alarm, stop the run on it with ``monitor.stop``."""
+        acc, monitor, cfg = self.accelerator, self.monitor, self.config.monitor
+        prompts, seeds = monitor.pairs
+        images = {"generator": self._images(prompts, seeds)}
+        if images["generator"].dim() != 4 or images["generator"].shape[1] != 3:
+            logger.info("decode gives %s, not images: the monitor is off", tuple(images["generator"].shape))
+            self.monitor = None
+            return
+        if self.ema is not None and cfg.use_ema:
+            images["ema"] = self._images(prompts, seeds, ema=True)
+        decision = [None]
+        if acc.is_main_process:
+            if cfg.drift_steps and monitor.reference_features is None:
+                key = json.dumps([prompts, seeds, cfg.drift_steps, cfg.drift_guidance, self.config.objective.guidance_scale,
+                                  to_dict(self.config.model)], default=str)
+                cache = Path(cfg.reference_images or self.output_dir / "monitor" / "reference.safetensors")
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    monitor.set_reference(reference_images(cache=cache, key=key, make=lambda: self._reference_images(prompts, seeds)))
+            decision = [monitor.record(self.step, images)]
+            monitor.save_grid_images(self.step, images["ema" if "ema" in images else "generator"])
+            means = {f"monitor/{k}": v for r in monitor.log.read()[-len(images):] for k, v in r["mean"].items() if r["model"] == "generator"}
+            acc.log(means, step=self.step)
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(decision)
+        if decision[0]["alarm"]:
+            logger.warning(decision[0]["alarm"])
+        if decision[0]["best"]:
+            self.save_checkpoint(name=BEST_DIR)
+            if acc.is_main_process:
+                monitor.write_best(self.step)
+        if decision[0]["alarm"] and cfg.stop:
+            path = self.save_checkpoint()
+            raise HackingAlarm(f"{decision[0]['alarm']}; stopped (monitor.stop) after saving {path}")
+
     # ------------------------------------------------------------------ checkpoints
 
     def _trainable_state(self, module: nn.Module, names: list[str]) -> dict[str, Tensor]:
@@ -479,14 +580,15 @@ class Trainer:
         state = self.accelerator.get_state_dict(module)
         return {name: state[name] for name in names} if state else {}
 
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<step>/`` atomically and prune old ones (see :mod:`distar.train.checkpoint`).
+    def save_checkpoint(self, name: str | None = None) -> Path:
+        """Write ``checkpoint-<step>/`` (or the folder ``name``, never pruned) atomically and prune old
+        ones (see :mod:`distar.train.checkpoint`).
 
         Non-finite weights are never written, and a failed write (a full disk) leaves the earlier
         checkpoints as they were; both raise :class:`~distar.errors.RunError`.
         """
         acc, cfg = self.accelerator, self.config
-        final = self.output_dir / f"{ckpt.CHECKPOINT_PREFIX}{self.step}"
+        final = self.output_dir / (name or f"{ckpt.CHECKPOINT_PREFIX}{self.step}")
         tmp = self.output_dir / f".{final.name}.tmp"
         generator = self._trainable_state(self.backend.generator, self.generator_names)
         assistant = self._trainable_state(self.backend.assistant, self.assistant_names)
@@ -529,7 +631,7 @@ class Trainer:
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise RunError(f"could not write {final} ({err.strerror or err}); {self._last_checkpoint()}") from None
-        if acc.is_main_process:
+        if acc.is_main_process and name is None:
             ckpt.prune_checkpoints(self.output_dir, cfg.checkpointing.total_limit)
         acc.wait_for_everyone()
         return final
