@@ -557,7 +557,7 @@ class Trainer:
                     monitor.set_reference(reference_images(cache=cache, key=key, make=lambda: self._reference_images(prompts, seeds)))
             decision = [monitor.record(self.step, images)]
             monitor.save_grid_images(self.step, images["ema" if "ema" in images else "generator"])
-            means = {f"monitor/{k}": v for r in monitor.log.read()[-len(images):] for k, v in r["mean"].items() if r["model"] == "generator"}
+            means = {f"monitor/{k}": v for r in monitor.records()[-len(images):] for k, v in r["mean"].items() if r["model"] == "generator"}
             acc.log(means, step=self.step)
         if acc.num_processes > 1:
             from accelerate.utils import broadcast_object_list

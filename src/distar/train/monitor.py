@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,28 @@ def _nansd(values: Sequence[float]) -> float:
         return math.nan
     mean = sum(kept) / len(kept)
     return math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1))
+
+
+def _to_json(obj: Any) -> Any:
+    """Nested floats as strict JSON allows them: NaN and ±inf become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_json(v) for v in obj]
+    return obj
+
+
+def _from_json(obj: Any) -> Any:
+    """The inverse of :func:`_to_json` for numbers: null becomes NaN."""
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: _from_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
+    return obj
 
 
 @dataclass
@@ -236,8 +259,12 @@ class Monitor:
         ``step`` > 0 (its own record was written before it), none when starting at step 0."""
         self.log.truncate_after(step if step > 0 else -1)
         self.state = {}
-        for record in self.log.read():
+        for record in self.records():
             self._remember(record)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record of ``monitor.jsonl`` (a torn last line ignored), nulls read back as NaN."""
+        return [_from_json(r) for r in self.log.read()]
 
     def _remember(self, record: dict[str, Any]) -> None:
         key = record["model"]
@@ -278,7 +305,7 @@ class Monitor:
                 decision = self._decide(step, verdict)
                 record.update(decides=True, **decision, score=verdict.score, streak=self.state["streak"],
                               alarms=self.state["alarms"], eligible=verdict.eligible, worse=verdict.rose)
-            self.log.write([record])
+            self.log.write([_to_json(record)])
         return decision
 
     def _verdict(self, values: dict[str, list[float]], start: dict[str, list[float]]) -> Verdict:
@@ -299,7 +326,7 @@ class Monitor:
             reward_z = mean / se if math.isfinite(se) and se > 0 else (math.inf if mean > 0 else 0.0)
         select = self.config.select
         if select == "guarded":
-            score = _nanmean(values["reward"]) if self.has_reward else -len(worse)
+            score = _nanmean(values["reward"]) if self.has_reward else math.nan  # nothing to select without a reward
         else:
             score = _nanmean(values.get(self.select_figure, [math.nan]))
         return Verdict(
@@ -348,7 +375,7 @@ class Monitor:
         """``monitor.png`` (every curve, alarms and the selection marked) and ``monitor_grid.png``."""
         from distar.train.monitor_plots import draw_curves, draw_grid
 
-        records = self.log.read()
+        records = self.records()
         if not records:
             return
         best = self.state.get("best", {}).get("step")
@@ -390,7 +417,7 @@ def reference_images(
             pass
     images = make()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp")
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")  # runs in parallel may share the cache
     save_file({"images": (images.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()}, str(tmp))
     tmp.replace(cache)
     write_atomic(cache.with_suffix(".json"), json.dumps({"key": key}).encode())

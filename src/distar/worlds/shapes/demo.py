@@ -46,7 +46,7 @@ from distar.config import field, load_config, save_config, to_dict
 from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.rewards.hub import quiet_transformers
-from distar.train import TrainConfig
+from distar.train import MonitorConfig, TrainConfig
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
 from distar.worlds.common import Progress, format_ci, markdown_table, mean_ci95, run_parallel
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
@@ -106,6 +106,11 @@ class ShapesDemoConfig:
     reference_steps: int = field(20, help="steps of the reference row's sampler")
     reference_sampler: str = field("dpm++", help="the reference row's sampler: dpm++ (DPM-Solver++(2M), Karras σ) or ddim")
     fid_reference_seeds: int = field(4, help="renders per evaluation prompt forming the FID reference set")
+    monitor: MonitorConfig = field(
+        MonitorConfig(every=20, prompts=64, seeds=[0, 1]),
+        help="the training monitor of every run (judge: the CLIP analogue; truth metrics: alignment and true "
+        "utility, never selected on; docs/monitor.md)",
+    )
     jobs: int | None = field(None, help="parallel one-thread training processes (default: one per CPU core)")
 
     def __post_init__(self) -> None:
@@ -184,9 +189,18 @@ def train_run(config: TrainConfig) -> dict[str, Any]:
     """Stage 2, in a worker: train, save the generator to ``<output_dir>/generator``, summarise the log."""
     from distar.worlds.shapes.one_step import train
 
+    from safetensors.torch import load_file
+
+    from distar.worlds.shapes.guardrails import read_run
+
     start = time.perf_counter()
     backend, records = train(config)
-    backend.generator.save_pretrained(Path(config.output_dir) / "generator")
+    run_dir = Path(config.output_dir)
+    backend.generator.save_pretrained(run_dir / "generator")
+    monitored = read_run(run_dir) if (run_dir / "monitor.jsonl").is_file() else None
+    if monitored and monitored["best_step"] not in (None, monitored["last_step"]):
+        backend.generator.load_state_dict(load_file(run_dir / "best" / "generator.safetensors"), strict=False)
+        backend.generator.save_pretrained(run_dir / "selected_generator")
     clip = config.optim.generator.max_grad_norm
     norms = [r["generator/grad_norm"] for r in records if "generator/grad_norm" in r]
     return {
@@ -196,6 +210,7 @@ def train_run(config: TrainConfig) -> dict[str, Any]:
         "steps_clipped": sum(n > clip for n in norms) if clip else 0,
         "steps": len(records),
         "log": records,
+        "monitor": monitored,
     }
 
 
@@ -363,6 +378,7 @@ def write_report(
     order: Sequence[str],
     trained: dict[str, dict[str, Any]],
     meta: dict[str, Any],
+    extra: Sequence[str] = (),
 ) -> str:
     """report.md: settings, results with intervals, per-attribute alignment, fairness, verdicts, grids."""
 
@@ -416,6 +432,7 @@ def write_report(
         "",
         *verdicts(stats, groups, START),
         "",
+        *extra,
         "## Images",
         "",
         f"![models × prompts, evaluation seed {cfg.seeds[0]}](grid.png)",
@@ -471,8 +488,13 @@ def run(args: argparse.Namespace) -> int:
         "load average at end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         "total seconds": round(time.perf_counter() - start, 1),
     }
-    write_report(out, cfg, stats, list(groups), trained, meta)
+    from distar.worlds.shapes.guardrails import monitor_section
+
+    settings = {label: members for label, members in groups.items() if label in trained}
+    monitor_lines, monitor_figures = monitor_section(rows=rows, settings=settings, start=stats[START], out=out)
+    write_report(out, cfg, stats, list(groups), trained, meta, extra=monitor_lines)
     report = {
+        "monitor": monitor_figures,
         "config": to_dict(cfg), "meta": meta, "environment": environment(),
         "stats": {name: {k: list(v) for k, v in s.items()} for name, s in stats.items()},
         "models": {name: {k: v for k, v in row.items() if k != "log"} for name, row in rows.items()},
@@ -486,12 +508,14 @@ def run(args: argparse.Namespace) -> int:
 def train_stage(cfg: ShapesDemoConfig, runs: Sequence[Run], out: Path, jobs: int, args: argparse.Namespace) -> list[dict]:
     """Stage 2: every run's :class:`TrainConfig`, trained in parallel processes at this process's thread count."""
     from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record
+    from distar.worlds.shapes.guardrails import monitor_config
     from distar.worlds.shapes.one_step import train_config
 
     root = Path(cfg.models) if cfg.models else ASSETS_DIR
     reference, reward_dir, init = asset("reference", root), asset("reward", root), asset("one_step", root)
     t_init = build_record(root)["config"]["one_step"]["t_init"]
     prompts = sample_prompts(cfg.train.train_prompts, cfg.train.seed)
+    monitor = monitor_config(cfg.monitor, root, out / "monitor_reference.safetensors")
     configs = []
     for r in runs:
         loop = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * r.seed_index)
@@ -499,7 +523,8 @@ def train_stage(cfg: ShapesDemoConfig, runs: Sequence[Run], out: Path, jobs: int
             reference, objective_for(r, cfg), loop, prompts, out / "runs" / r.key, t_init,
             reward=reward_dir if r.reward_scale else None, generator_init=init, progress_bar=False,
         )
-        configs.append({"config": dataclasses.replace(config, loop=dataclasses.replace(config.loop, cpu=args.device == "cpu"))})
+        loop_config = dataclasses.replace(config.loop, cpu=args.device == "cpu")
+        configs.append({"config": dataclasses.replace(config, loop=loop_config, monitor=monitor)})
     progress = Progress(len(runs), jobs)
     return run_parallel(
         train_run, configs, jobs, threads=torch.get_num_threads(), on_done=lambda i, res: progress(f"{runs[i].group}, training seed {runs[i].seed_index} ({res['train_seconds']:.0f}s)")
@@ -547,10 +572,17 @@ def evaluate_stage(
         f"reference ({cfg.reference_name})": ["reference"],
         START: ["start"],
     }
+    selected: dict[str, str] = {}  # run → the model evaluated as its selected checkpoint
     for r, row in zip(runs, trained_rows):
         models.append(one_step(out / "runs" / r.key / "generator", r.key))
         rows[r.key] = dict(row, reward_scale=r.reward_scale, method=r.method)
         groups.setdefault(r.group, []).append(r.key)
+        if (out / "runs" / r.key / "selected_generator").is_dir():
+            models.append(one_step(out / "runs" / r.key / "selected_generator", f"{r.key}_selected"))
+            rows[f"{r.key}_selected"] = {}
+            selected[r.key] = f"{r.key}_selected"
+        elif row.get("monitor") and row["monitor"]["best_step"] is not None:
+            selected[r.key] = r.key  # the selection is the final checkpoint
 
     eval_prompts = sample_prompts(cfg.eval_prompts, 1000 + args.seed)
     benchmark = Benchmark("shapes", tuple(PromptItem(i, p) for i, p in enumerate(eval_prompts)), f"shapes grammar, seed {1000 + args.seed}")
@@ -595,4 +627,6 @@ def evaluate_stage(
             {label: list(to_uint8(m.generate_images([cfg.diversity_prompt] * 8, range(8)))) for label, m in shown.items()},
             [f"seed {s}" for s in range(8)], out / "diversity.png",
         )
+    for key, name in selected.items():
+        rows[key]["selected_as"] = name
     return rows, groups, eval_dir

@@ -133,22 +133,36 @@ def open_attributes(spec: Spec) -> list[str]:
 
 
 class AlignmentScore(Reward):
-    """Per image: the fraction of the prompt's named attributes the classifier reads back (no gradient)."""
+    """Per image: the fraction of the prompt's named attributes the classifier reads back (no gradient).
 
-    name = "alignment"
+    With ``attribute``, only that attribute: 1 or 0 where the prompt names it, NaN where it does not.
+    Built without a classifier (as the monitor's metric plugin
+    ``distar.worlds.shapes.metrics:AlignmentScore``), it loads the world's shipped one (or ``models``'s).
+    """
 
-    def __init__(self, classifier: AttributeClassifier) -> None:
+    def __init__(
+        self, classifier: AttributeClassifier | None = None, attribute: str | None = None, models: str | None = None
+    ) -> None:
         super().__init__()
-        self.classifier = classifier
+        if attribute is not None and attribute not in ATTRIBUTE_VALUES:
+            raise ValueError(f"attribute must be one of {', '.join(ATTRIBUTE_VALUES)}, got {attribute!r}")
+        if classifier is None:
+            from distar.worlds.shapes.assets import asset
+
+            classifier = AttributeClassifier.load(asset("judge", models))
+        self.classifier, self.attribute = classifier, attribute
+        self.name = f"align_{attribute}" if attribute else "alignment"
 
     @torch.no_grad()
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         read = self.classifier.read(images)
         named = [parse_prompt(p).attributes() for p in prompts]
-        return torch.tensor(
-            [sum(read[a][i] == v for a, v in attrs.items()) / len(attrs) for i, attrs in enumerate(named)],
-            device=images.device,
-        )
+        if self.attribute is not None:
+            a = self.attribute
+            values = [float(read[a][i] == attrs[a]) if a in attrs else math.nan for i, attrs in enumerate(named)]
+        else:
+            values = [sum(read[a][i] == v for a, v in attrs.items()) / len(attrs) for i, attrs in enumerate(named)]
+        return torch.tensor(values, device=images.device)
 
 
 @torch.no_grad()
