@@ -101,6 +101,19 @@ class MeanReward(Reward):
         return images.flatten(1).mean(1)
 
 
+class BrightnessJudge(Reward):
+    """A judge for the monitor's tests: ``sign`` × the mean of the decoded sample (−1: it disagrees with MeanReward)."""
+
+    name = "brightness"
+
+    def __init__(self, sign: float = 1.0) -> None:
+        super().__init__()
+        self.sign = sign
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        return self.sign * images.flatten(1).mean(1)
+
+
 def make_config(output_dir, **sections) -> TrainConfig:
     """A fast CPU config for the Gaussian backend; ``sections`` are nested dict overrides."""
     data = {

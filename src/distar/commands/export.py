@@ -8,6 +8,9 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-<step>/ folder, or a run folder (latest)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (diffusers layout)")
+    parser.add_argument(
+        "--best", action="store_true", help="export the run folder's best/ checkpoint (kept by the training monitor)"
+    )
     parser.add_argument("--no-ema", action="store_true", help="export the raw generator weights, not the EMA ones")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument(
@@ -36,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from distar.io import safe_name, writable_dir
 
     dtype = getattr(torch, args.dtype)
+    if args.best:
+        from distar.train.checkpoint import best_checkpoint
+
+        args.checkpoint = str(best_checkpoint(args.checkpoint))
     out = Path(args.out)
     safe_name(out.name, "--out")
     writable_dir(out.parent, "--out")

@@ -51,6 +51,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
 LOG_FILE = "log.jsonl"
 TRASH_PREFIX = ".trash-"
+BEST_DIR = "best"
 
 #: What a run folder holds besides its checkpoints; ``--overwrite`` removes exactly these.
 RUN_ENTRIES = (
@@ -254,6 +255,14 @@ def remove_leftovers(output_dir: str | Path) -> list[Path]:
         else:
             path.unlink()
     return leftovers
+
+
+def best_checkpoint(output_dir: str | Path) -> Path:
+    """The run folder's ``best/`` checkpoint (kept by the training monitor), verified."""
+    path = Path(output_dir) / BEST_DIR
+    if not path.is_dir():
+        raise CheckpointError(f"{output_dir} has no {BEST_DIR}/ checkpoint (the monitor keeps one when monitor.select is set)")
+    return resolve_checkpoint(str(path), output_dir)
 
 
 def holds_run(output_dir: str | Path) -> bool:

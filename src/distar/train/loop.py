@@ -566,7 +566,7 @@ class Trainer:
         if decision[0]["alarm"]:
             logger.warning(decision[0]["alarm"])
         if decision[0]["best"]:
-            self.save_checkpoint(name=BEST_DIR)
+            self.save_checkpoint(folder=BEST_DIR)
             if acc.is_main_process:
                 monitor.write_best(self.step)
         if decision[0]["alarm"] and cfg.stop:
@@ -580,15 +580,15 @@ class Trainer:
         state = self.accelerator.get_state_dict(module)
         return {name: state[name] for name in names} if state else {}
 
-    def save_checkpoint(self, name: str | None = None) -> Path:
-        """Write ``checkpoint-<step>/`` (or the folder ``name``, never pruned) atomically and prune old
+    def save_checkpoint(self, folder: str | None = None) -> Path:
+        """Write ``checkpoint-<step>/`` (or the run folder's ``folder``, never pruned) atomically and prune old
         ones (see :mod:`distar.train.checkpoint`).
 
         Non-finite weights are never written, and a failed write (a full disk) leaves the earlier
         checkpoints as they were; both raise :class:`~distar.errors.RunError`.
         """
         acc, cfg = self.accelerator, self.config
-        final = self.output_dir / (name or f"{ckpt.CHECKPOINT_PREFIX}{self.step}")
+        final = self.output_dir / (folder or f"{ckpt.CHECKPOINT_PREFIX}{self.step}")
         tmp = self.output_dir / f".{final.name}.tmp"
         generator = self._trainable_state(self.backend.generator, self.generator_names)
         assistant = self._trainable_state(self.backend.assistant, self.assistant_names)
@@ -631,7 +631,7 @@ class Trainer:
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise RunError(f"could not write {final} ({err.strerror or err}); {self._last_checkpoint()}") from None
-        if acc.is_main_process and name is None:
+        if acc.is_main_process and folder is None:
             ckpt.prune_checkpoints(self.output_dir, cfg.checkpointing.total_limit)
         acc.wait_for_everyone()
         return final

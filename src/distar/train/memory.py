@@ -323,7 +323,7 @@ def cpu_allocator_peak() -> Iterator[list[int]]:
 def estimation_config(config: TrainConfig, output_dir: str) -> TrainConfig:
     """``config`` as an estimate runs it: random weights (``generator_init`` becomes a copy of the
     reference, same architecture), tiny models resolved to folders, CPU, ``output_dir``, nothing
-    logged, sampled or saved, at least two steps."""
+    logged, sampled, monitored or saved, at least two steps."""
     from distar.backends.loading import resolve_pretrained
     from distar.io import tiny_asset
     from distar.rewards.spec import TINY
@@ -337,6 +337,7 @@ def estimation_config(config: TrainConfig, output_dir: str) -> TrainConfig:
     data["loop"].update(cpu=True, max_steps=max(2, data["loop"]["max_steps"]))
     data["logging"].update(report_to="none", progress_bar=False)
     data["sampling"]["every"] = 0
+    data["monitor"]["every"] = 0
     data["checkpointing"].update(every=0, save_final=False)
     data["output_dir"] = output_dir
     return from_dict(TrainConfig, data)

@@ -40,6 +40,7 @@ from torch import Tensor
 from distar.config import ConfigError
 from distar.io import read_prompts, write_atomic
 from distar.rewards.base import Reward, WeightedReward
+from distar.train.checkpoint import BEST_DIR, kill_point
 from distar.train.config import MonitorConfig
 from distar.train.logs import JsonlLog
 
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 MONITOR_FILE = "monitor.jsonl"
 MONITOR_DIR = "monitor"
-BEST_DIR = "best"
 CURVES_FILE = "monitor.png"
 GRID_FILE = "monitor_grid.png"
 
@@ -306,6 +306,7 @@ class Monitor:
                 record.update(decides=True, **decision, score=verdict.score, streak=self.state["streak"],
                               alarms=self.state["alarms"], eligible=verdict.eligible, worse=verdict.rose)
             self.log.write([_to_json(record)])
+            kill_point("monitor", step)  # tests: a kill between the records of one monitored step
         return decision
 
     def _verdict(self, values: dict[str, list[float]], start: dict[str, list[float]]) -> Verdict:
@@ -342,7 +343,7 @@ class Monitor:
         state["streak"] = state.get("streak", 0) + 1 if verdict.alarm else 0
         state.setdefault("alarms", [])
         alarm = None
-        if state["streak"] >= self.config.patience:
+        if state["streak"] == self.config.patience:  # fires once per spell of the condition
             moved = ", ".join(f"{k} {v:+.1f} SE" for k, v in sorted(verdict.rose.items(), key=lambda kv: -kv[1]))
             alarm = (
                 f"step {step}: reward hacking alarm: the training reward rose {verdict.reward_z:+.1f} SE from step 0 "

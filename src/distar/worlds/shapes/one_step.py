@@ -41,6 +41,7 @@ from distar.train import (
     DataConfig,
     LoggingConfig,
     LoopConfig,
+    MonitorConfig,
     OptimConfig,
     OptimizerConfig,
     TrainConfig,
@@ -131,7 +132,7 @@ def train_config(
     generator_init: Path | None = None,
     progress_bar: bool = True,
 ) -> TrainConfig:
-    """A :class:`TrainConfig` for one run on the world's reference (CPU, no checkpoints but the last)."""
+    """A :class:`TrainConfig` for one run on the world's reference (CPU, no checkpoints but the last, no monitor)."""
     return TrainConfig(
         model=ModelConfig(
             family="sd",
@@ -149,6 +150,7 @@ def train_config(
         loop=LoopConfig(max_steps=loop.steps, cpu=True),
         checkpointing=CheckpointConfig(save_final=False),
         logging=LoggingConfig(every=10, report_to="none", progress_bar=progress_bar),
+        monitor=MonitorConfig(every=0),  # the build trains on every prompt; the demo sets its own monitor
         output_dir=str(output_dir),
         seed=loop.seed,
     )
