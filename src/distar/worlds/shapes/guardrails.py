@@ -57,8 +57,32 @@ def _z(change: Sequence[float | None]) -> float:
     return mean / se if se and math.isfinite(se) and se > 0 else math.nan
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """Alarms, selection and truth of one run's ``monitor.jsonl`` (the model that decides)."""
+#: Other watch rules, replayed from the same records (the run's own rule is what its config says).
+RULES = {
+    "judge only": ("judge/",),
+    "judge + diversity (default)": ("judge/", "diversity", "prompt_diversity"),
+    "judge + diversity + drift": ("judge/", "diversity", "prompt_diversity", "drift"),
+}
+
+
+def replayed_alarms(deciding: Sequence[dict[str, Any]], watched: Sequence[str], z: float) -> list[int]:
+    """The steps where the alarm would have held under another watch rule (the reward up and a watched
+    figure the wrong way by more than ``z`` standard errors each; patience 1)."""
+    steps = []
+    for record in deciding:
+        change = record["change"]
+        worse = [
+            k for k in change
+            if k.startswith(tuple(watched)) and (1 if k == "drift" else -1) * _z(change[k]) > z
+        ]
+        if worse and _z(change["reward"]) > z:
+            steps.append(record["step"])
+    return steps
+
+
+def read_run(run_dir: Path, *, z: float) -> dict[str, Any]:
+    """Alarms (its own, and replayed under :data:`RULES`), selection and truth of one run's
+    ``monitor.jsonl`` (the records of the model that decides)."""
     records = [json.loads(line) for line in (run_dir / "monitor.jsonl").read_text().splitlines() if line.strip()]
     deciding = [r for r in records if r.get("decides")]
     truth_fell = [
@@ -66,15 +90,23 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     ]
     alarms = [r["step"] for r in deciding if r.get("alarm")]
     best = json.loads((run_dir / "best.json").read_text())["step"] if (run_dir / "best.json").is_file() else None
-    return {"alarms": alarms, "truth_fell": truth_fell, "best_step": best, "last_step": deciding[-1]["step"]}
+    return {
+        "alarms": alarms,
+        "truth_fell": truth_fell,
+        "best_step": best,
+        "last_step": deciding[-1]["step"],
+        "rules": {name: replayed_alarms(deciding, watched, z) for name, watched in RULES.items()},
+    }
 
 
-def alarm_counts(runs: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """Hits, false alarms and misses over runs (module docstring), judged at each run's first alarm."""
+def alarm_counts(runs: Sequence[dict[str, Any]], rule: str | None = None) -> dict[str, int]:
+    """Hits, false alarms and misses over runs (module docstring), judged at each run's first alarm
+    (its own alarms, or those replayed under ``rule``)."""
     hits = false = misses = quiet = 0
     for run in runs:
-        if run["alarms"]:
-            first = run["alarms"][0]
+        alarms = run["alarms"] if rule is None else run["rules"][rule]
+        if alarms:
+            first = alarms[0]
             if any(step <= first for step in run["truth_fell"]):
                 hits += 1
             else:
@@ -182,8 +214,16 @@ def monitor_section(
         f"{counts['false_alarms']}/{alarmed or 1} of the alarms. The truth fell where held-out alignment or true "
         f"utility was below step 0 by more than {TRUTH_Z} standard errors over the held-out prompts.",
         "",
+        "The same records replayed under other watch rules (patience 1, the runs' z):",
+        "",
     ]
+    replayed = {rule: alarm_counts(monitored, rule) for rule in RULES}
+    lines += markdown_table(
+        ["watched with the reward", "hits", "false alarms", "misses", "neither"],
+        [[rule, c["hits"], c["false_alarms"], c["misses"], c["quiet"]] for rule, c in replayed.items()],
+    )
+    lines += [""]
     if points:
         pareto_plot(points, out / "pareto.png")
         lines += ["![true utility against alignment and open-attribute diversity over α](pareto.png)", ""]
-    return lines, {"settings": figures, "alarms": counts}
+    return lines, {"settings": figures, "alarms": counts, "replayed": replayed}
