@@ -54,13 +54,20 @@ def test_demo_writes_the_report(tiny_world, tmp_path, capsys):
         "demo", "--world", "shapes", "--out", str(out), "--steps", "1",
         f"models={tiny_world}", "train.batch_size=2", "eval_prompts=4", "seeds=[0, 1]",
         "reference_steps=2", "fid_reference_seeds=2", "training_seeds=2", "jobs=1", "extra=[]",
+        "monitor.every=1", "monitor.prompts=4", "monitor.drift_steps=2",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.strip().splitlines()[-1] == f"report: {(out / 'report.md').resolve()}"
     assert "[run 6 of 6]" in printed
     report = json.loads((out / "report.json").read_text())
-    assert set(report["models"]) == {"renders", "reference", "start", "sim_s0", "sim_s1", "di_pp_a30_s0", "di_pp_a30_s1", "di_star_a30_s0", "di_star_a30_s1"}
+    trained = {"sim_s0", "sim_s1", "di_pp_a30_s0", "di_pp_a30_s1", "di_star_a30_s0", "di_star_a30_s1"}
+    selected = {f"{run}_selected" for run in trained if report["models"][run]["monitor"]["best_step"] not in (None, 1)}
+    assert set(report["models"]) == {"renders", "reference", "start", *trained, *selected}
+    for run in trained:  # every run was monitored at steps 0 and 1; runs with a reward keep a selection
+        monitored = report["models"][run]["monitor"]
+        assert (monitored["best_step"] is None) == run.startswith("sim")
+        assert set(monitored["rules"]) and all(isinstance(s, list) for s in monitored["rules"].values())
     for row in report["models"].values():
         for key in ("pickscore", "true_utility", "alignment", "fid", "diversity", "prompt_diversity", "open_diversity"):
             assert row[key] is not None, key
@@ -70,9 +77,13 @@ def test_demo_writes_the_report(tiny_world, tmp_path, capsys):
     seeds = [report["models"][f"di_star_a30_s{i}"]["pickscore"] for i in (0, 1)]
     assert abs(mean - sum(seeds) / 2) < 1e-9 and half > 0
     text = (out / "report.md").read_text()
-    for heading in ("learned reward ↑", "FID ↓", "s / 10 images ↓", "docs/shapes.md", "Diff-Instruct++ (α = 30)", "steps clipped"):
+    for heading in (
+        "learned reward ↑", "FID ↓", "s / 10 images ↓", "docs/shapes.md", "Diff-Instruct++ (α = 30)", "steps clipped",
+        "final against selected checkpoints", "hits", "false alarms", "misses",
+    ):
         assert heading in text, heading
-    assert (out / "grid.png").is_file() and (out / "diversity.png").is_file()
+    assert (out / "grid.png").is_file() and (out / "diversity.png").is_file() and (out / "pareto.png").is_file()
+    assert set(report["monitor"]["alarms"]) == {"hits", "false_alarms", "misses", "quiet"}
 
 
 def test_runs_are_planned_per_method_scale_and_seed():
@@ -104,3 +115,33 @@ def test_verdicts_name_reward_hacking():
     assert "reward hacking" in a and "; but open-attribute diversity fell. " in a
     assert "a real gain" in b and "kept" in b and "collapsed" not in b
     assert "**collapsed**" in c
+
+
+def _record(step: int, **z: float) -> dict:
+    """A deciding monitor record whose figures changed by z standard errors (SE 1)."""
+    return {"step": step, "decides": True, "alarm": None, "change": {k: [v, 1.0] for k, v in z.items()}}
+
+
+def test_alarms_are_counted_against_the_truth(tmp_path):
+    from distar.worlds.shapes.guardrails import alarm_counts, read_run
+
+    runs = {
+        # the judge falls with the reward up at step 20, and alignment had fallen by then: a hit
+        "hit": [_record(0), _record(20, reward=5, **{"judge/clip": -4, "metric/alignment": -3})],
+        # an alarm while neither alignment nor true utility fell: a false alarm
+        "false": [_record(0), _record(20, reward=5, diversity=-4, **{"metric/alignment": 0.5})],
+        # the truth fell, the judge did not: a miss
+        "miss": [_record(0), _record(20, reward=5, **{"judge/clip": -1, "metric/true_utility": -2})],
+        "quiet": [_record(0), _record(20, reward=1)],
+    }
+    read = {}
+    for name, records in runs.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "monitor.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        read[name] = read_run(folder, z=3.0)
+    assert read["hit"]["rules"]["judge only"] == [20] and read["false"]["rules"]["judge only"] == []
+    assert read["false"]["rules"]["judge + diversity (default)"] == [20]
+    assert read["miss"]["truth_fell"] == [20] and read["quiet"]["truth_fell"] == []
+    replayed = alarm_counts(list(read.values()), "judge + diversity (default)")
+    assert replayed == {"hits": 1, "false_alarms": 1, "misses": 1, "quiet": 1}

@@ -198,7 +198,7 @@ def train_run(config: TrainConfig) -> dict[str, Any]:
     run_dir = Path(config.output_dir)
     backend.generator.save_pretrained(run_dir / "generator")
     monitored = read_run(run_dir, z=config.monitor.z) if (run_dir / "monitor.jsonl").is_file() else None
-    if monitored and monitored["best_step"] not in (None, monitored["last_step"]):
+    if monitored and monitored["best_step"] not in (None, config.loop.max_steps):
         backend.generator.load_state_dict(load_file(run_dir / "best" / "generator.safetensors"), strict=False)
         backend.generator.save_pretrained(run_dir / "selected_generator")
     clip = config.optim.generator.max_grad_norm

@@ -75,7 +75,7 @@ def replayed_alarms(deciding: Sequence[dict[str, Any]], watched: Sequence[str], 
             k for k in change
             if k.startswith(tuple(watched)) and (1 if k == "drift" else -1) * _z(change[k]) > z
         ]
-        if worse and _z(change["reward"]) > z:
+        if worse and _z(change.get("reward", [None, None])) > z:
             steps.append(record["step"])
     return steps
 
@@ -94,7 +94,6 @@ def read_run(run_dir: Path, *, z: float) -> dict[str, Any]:
         "alarms": alarms,
         "truth_fell": truth_fell,
         "best_step": best,
-        "last_step": deciding[-1]["step"],
         "rules": {name: replayed_alarms(deciding, watched, z) for name, watched in RULES.items()},
     }
 
@@ -167,15 +166,16 @@ def monitor_section(
     start: dict[str, tuple[float, float]],
     out: Path,
 ) -> tuple[list[str], dict[str, Any]]:
-    """The report's monitor section: final against selected checkpoints, alarm counts, the Pareto
-    picture (``pareto.png``); ``settings`` maps a report row (method at α) to its runs."""
+    """The report's monitor section: final against selected checkpoints, alarm counts over the runs
+    with a reward, the Pareto picture (``pareto.png``); ``settings`` maps a report row (method at α)
+    to its runs."""
     from distar.worlds.common import format_ci, markdown_table
 
     lines = ["## The monitor: final against selected checkpoints", ""]
     table, figures, points = [], {}, {}
     for label, members in settings.items():
-        if not all(rows[m].get("monitor") for m in members):
-            continue
+        if not all("selected_as" in rows[m] for m in members):
+            continue  # not monitored, or no reward to select on
         final = {k: [_number(rows[m].get(k)) for m in members] for k in COMPARED}
         chosen = {k: [_number(rows[rows[m]["selected_as"]].get(k)) for m in members] for k in COMPARED}
         hacked = mean_ci95(final["alignment"])[0] < start["alignment"][0] - start["alignment"][1]
@@ -201,7 +201,10 @@ def monitor_section(
         "one-step start's interval.",
         "",
     ]
-    monitored = [rows[m]["monitor"] for members in settings.values() for m in members if rows[m].get("monitor")]
+    monitored = [  # the alarm is about a reward: runs without one are not counted
+        rows[m]["monitor"] for members in settings.values() for m in members
+        if rows[m].get("monitor") and rows[m].get("reward_scale")
+    ]
     counts = alarm_counts(monitored)
     alarmed = counts["hits"] + counts["false_alarms"]
     fell = counts["hits"] + counts["misses"]
