@@ -197,6 +197,22 @@ def test_tensorboard_events_are_written(tmp_path):
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def test_tensorboard_holds_learning_rates_throughput_and_the_config(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = make_config(tmp_path, logging={"report_to": "tensorboard", "every": 2})
+    Trainer(config, GaussianBackend(image=True), MeanReward(), PROMPTS).train()
+    tags: set[str] = set()
+    for events in (tmp_path / "tensorboard").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events.parent))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    for tag in ("lr/generator", "lr/assistant", "time/samples_per_s", "time/images_per_s", "generator/loss"):
+        assert tag in tags, (tag, sorted(tags))
+    hparams = [p.read_text() for p in (tmp_path / "tensorboard").rglob("hparams.yml")]
+    assert hparams and "objective.reward_scale" in hparams[0] and "optim.generator.lr" in hparams[0]
+
+
 @pytest.mark.parametrize("tracker, package", [("tensorboard", "distar[tensorboard]"), ("wandb", "distar[wandb]"),
                                               ("comet_ml", "comet_ml")])
 def test_a_tracker_needs_its_package(tracker, package, tmp_path, monkeypatch):

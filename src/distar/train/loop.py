@@ -59,7 +59,7 @@ from distar.train.monitor import BEST_DIR, Monitor, held_out_split, load_monitor
 logger = logging.getLogger(__name__)
 
 #: Per-step record keys that are measurements of the machine, not of the optimisation.
-TIMING_KEYS = ("time/step_s", "mem/peak_mib")
+TIMING_KEYS = ("time/step_s", "time/samples_per_s", "time/images_per_s", "mem/peak_mib")
 
 
 #: The module each accelerate tracker needs, and where to get it.
@@ -363,6 +363,9 @@ class Trainer:
             if self.monitor is not None:
                 self.monitor.resume(self.step)
         acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
+        for tracker in acc.trackers:
+            if tracker.name == "tensorboard":  # the resolved config as hyper-parameters
+                tracker.store_init_configuration(_flat_config(to_dict(cfg)))
         try:
             return self._run()
         finally:
@@ -448,11 +451,19 @@ class Trainer:
             | ({"skipped_updates": skipped} if skipped else {})
             for i, (row, (_, lr_g, lr_a, skipped)) in enumerate(zip(values.tolist(), window))
         ]
-        records[-1].update({"time/step_s": step_seconds, "mem/peak_mib": peak_memory_mib(acc.device)})
+        cfg = self.config
+        samples = cfg.data.batch_size * cfg.loop.gradient_accumulation_steps * acc.num_processes  # per update
+        records[-1].update({
+            "time/step_s": step_seconds,
+            "time/samples_per_s": samples / step_seconds,  # prompts of the generator updates
+            "time/images_per_s": samples * (1 + cfg.loop.assistant_steps) / step_seconds,  # generator samples made
+            "mem/peak_mib": peak_memory_mib(acc.device),
+        })
         if acc.is_main_process:
             self.log.write(records)
             means = {k: sum(r[k] for r in records) / len(records) for k in keys}
-            acc.log({**means, **{k: records[-1][k] for k in TIMING_KEYS}}, step=self.step)
+            lrs = {k: records[-1][k] for k in ("lr/generator", "lr/assistant")}
+            acc.log({**means, **lrs, **{k: records[-1][k] for k in TIMING_KEYS}}, step=self.step)
         return records
 
     # ------------------------------------------------------------------ sample grids
@@ -689,6 +700,17 @@ class Trainer:
         logger.info("resumed from %s at step %d", path, self.step)
         if self.step == self.config.loop.max_steps:
             logger.info("%s is at loop.max_steps = %d: nothing left to train", path.name, self.step)
+
+
+def _flat_config(data: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """A nested config as dotted keys with scalar values (lists and nulls as text), for tracker hparams."""
+    flat: dict[str, int | float | str | bool] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
 
 
 def _trainer_state(path: Path, max_steps: int) -> dict:
