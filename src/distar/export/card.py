@@ -184,7 +184,7 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
         call_line = "torch.manual_seed(0)\n" + call_line
     no_t5 = ", text_encoder_3=None, tokenizer_3=None" if metadata.get("t5") is False else ""
     dtype = "bfloat16" if metadata.get("family") == "sana" else "float16"  # SANA's Gemma and DC-AE need bf16 or fp32
-    if metadata.get("format") != "lora":
+    if metadata.get("format", "pipeline") == "pipeline":
         return [
             "```python",
             "import torch",
@@ -202,14 +202,22 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
         if _flow(metadata)
         else ("LCMScheduler", f"clip_sample=False, thresholding=False{extra}")
     )
+    file = metadata.get("file")
+    if metadata.get("format") == "single-file":
+        load = [f'pipe = {pipeline_class}.from_single_file("{where}/{file}", config="{base}", torch_dtype=torch.{dtype}).to("cuda")']
+    else:
+        load = [
+            f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.{dtype}{no_t5}).to("cuda")',
+            f'pipe.load_lora_weights("{where}"' + (f', weight_name="{file}")' if file else ")"),
+        ]
     return [
         "```python",
         "import torch",
         f"from diffusers import {scheduler}, {pipeline_class}",
         "",
-        f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.{dtype}{no_t5}).to("cuda")',
+        load[0],
         f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, {options})",
-        f'pipe.load_lora_weights("{where}")',
+        *load[1:],
         call_line,
         "```",
     ]
@@ -238,7 +246,10 @@ def model_card(
     )
     step, init = metadata.get("step"), metadata.get("generator_init")
     trained = f"{step} steps" if step is not None else "a distar run"
-    what = "A LoRA of the UNet" if lora else f"A `{pipeline_class}`"
+    what = {
+        "lora": "A LoRA of the UNet" + (" in kohya's format" if metadata.get("lora_format") == "kohya" else ""),
+        "single-file": f"A `{pipeline_class}` as one checkpoint file in the original key layout",
+    }.get(metadata.get("format", "pipeline"), f"A `{pipeline_class}`")
     base_note = (
         f"The LoRA applies to the generator's initial UNet `{init}`: load that UNet into the pipeline first."
         if lora and init
@@ -302,7 +313,7 @@ def validate_export(folder: str | Path, *, require_license: bool = False) -> dic
         if not file.is_file():
             raise ConfigError(f"{folder}: no {file.name}; not a distar export")
     metadata = json.loads(meta_file.read_text())
-    needed = LORA_WEIGHTS_FILE if metadata.get("format") == "lora" else "model_index.json"
+    needed = metadata.get("file") or (LORA_WEIGHTS_FILE if metadata.get("format") == "lora" else "model_index.json")
     if not (folder / needed).is_file():
         raise ConfigError(f"{folder}: no {needed}")
     absolute = [k for k, v in metadata.items() if isinstance(v, str) and Path(v).is_absolute()]
