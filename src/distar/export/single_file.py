@@ -19,6 +19,7 @@ the penultimate layer), so an SD 2.x file lacks the original's unused last layer
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +28,8 @@ from torch import Tensor
 
 from distar.config import ConfigError
 from distar.rewards.convert import open_clip_state_dict_from_clip
+
+logger = logging.getLogger(__name__)
 
 #: Prefix of each component in the original layout.
 UNET_PREFIX = "model.diffusion_model."
@@ -279,6 +282,14 @@ def write_single_file(pipe: Any, folder: str | Path, metadata: Mapping[str, Any]
     state = single_file_state_dict(pipe)
     save_file(state, str(file), metadata=single_file_metadata(pipe, metadata, title=file.stem))
     workflow = comfyui_workflow(metadata, file.name)
-    if workflow is not None:
+    timesteps = list(metadata.get("timesteps") or [metadata["t_init"]])
+    if workflow is None:
+        logger.info("no %s: ComfyUI's SDTurboScheduler gives no timesteps %s", COMFYUI_WORKFLOW_FILE, timesteps)
+    else:
         (folder / COMFYUI_WORKFLOW_FILE).write_text(json.dumps(workflow, indent=1) + "\n")
+    if timesteps[0] < 999:
+        logger.info(
+            "ComfyUI and A1111 start below timestep 999 from noise weaker than the pure noise this generator "
+            "takes at t_init %d: their image differs from distar's (docs/single-file.md)", timesteps[0]
+        )
     return file
