@@ -67,6 +67,7 @@ def test_single_file_loads_in_diffusers_and_reproduces_generate(family, folders,
     file = single_dir / f"{single_dir.name}.safetensors"
     metadata = json.loads((single_dir / "distar.json").read_text())
     assert metadata["format"] == "single-file" and metadata["file"] == file.name
+    assert f'from_single_file("path/to/this/folder/{file.name}"' in (single_dir / "README.md").read_text()
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipe = cls.from_single_file(str(file), config=str(pipeline_dir), local_files_only=True)
     reference = cls.from_pretrained(pipeline_dir)

@@ -232,7 +232,8 @@ def export_checkpoint(
             pipe.save_pretrained(tmp)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         card = model_card(
-            metadata, type(pipe).__name__, config=config, license=license, eval_dir=eval_dir, repo_id=repo_id
+            metadata, type(pipe).__name__, config=config, license=license, eval_dir=eval_dir, repo_id=repo_id,
+            name=out.name,
         )
         card.save(tmp / "README.md")
         replace_dir(tmp, out)
