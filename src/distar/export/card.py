@@ -174,8 +174,6 @@ def eval_results(eval_dir: str | Path, names: Sequence[str]) -> list[EvalResult]
     file = Path(eval_dir) / "summary.json"
     if not file.is_file():
         raise FileNotFoundError(f"{eval_dir}: no summary.json (not a `distar eval --out` folder)")
-    from distar.eval.report import COLUMNS
-
     summary = json.loads(file.read_text())
     rows = summary.get("models") or []
     row = rows[0] if len(rows) == 1 else next((r for r in rows if r.get("name") in names), None)
@@ -189,7 +187,6 @@ def eval_results(eval_dir: str | Path, names: Sequence[str]) -> list[EvalResult]
             dataset_type=benchmark,
             dataset_name=BENCHMARK_NAMES.get(benchmark, benchmark),
             metric_type=metric,
-            metric_name=COLUMNS.get(metric, (metric,))[0],
             metric_value=round(float(value), 4),
         )
         for metric, value in (row.get("scores") or {}).items()
