@@ -46,6 +46,17 @@ def _suggest(key: str, options: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _foreign_hint(cls: type, key: str, prefix: str) -> str:
+    """Where distar keeps what other trainers call ``key``: a class's ``foreign_keys`` maps such names
+    (diffusers' and TRL's ``learning_rate``, ``max_train_steps``, ...) to its own keys, relative to the
+    class, or to a command-line flag (``--...``)."""
+    targets = getattr(cls, "foreign_keys", {}).get(key)
+    if not targets:
+        return ""
+    names = " and ".join(t if t.startswith("--") else f"'{prefix}{t}'" for t in targets)
+    return f" (distar's name for it: {names})"
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert ``value`` to the annotated type ``tp``."""
     origin = get_origin(tp)
@@ -129,7 +140,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
-        raise ConfigError(f"unknown key '{prefix}{key}'{_suggest(key, list(fields))}")
+        raise ConfigError(f"unknown key '{prefix}{key}'{_foreign_hint(cls, key, prefix) or _suggest(key, list(fields))}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
