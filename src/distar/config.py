@@ -140,7 +140,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
-        raise ConfigError(f"unknown key '{prefix}{key}'{_foreign_hint(cls, key, prefix) or _suggest(key, list(fields))}")
+        hint = _foreign_hint(cls, key, prefix) or _suggest(key, list(fields))
+        raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -81,8 +81,9 @@ def test_licence_override_and_conflict(tiny_dir, tmp_path, perturb):
 def write_eval(folder: Path, models: dict[str, dict[str, float | None]]) -> Path:
     """A ``distar eval --out`` folder (``summary.json`` and ``summary.md``) with these rows' mean scores."""
     folder.mkdir()
-    rows = [ModelResult(name, images=4, scores=scores, sampling={"num_inference_steps": 1}) for name, scores in models.items()]
-    Summary("parti", "PartiPrompts.tsv", prompts=2, seeds=[0, 1], metrics=["pickscore", "clip"], models=rows).write(folder)
+    rows = [ModelResult(name, 4, scores=scores, sampling={"num_inference_steps": 1}) for name, scores in models.items()]
+    summary = Summary("parti", "PartiPrompts.tsv", prompts=2, seeds=[0, 1], metrics=["pickscore", "clip"], models=rows)
+    summary.write(folder)
     return folder
 
 
@@ -98,7 +99,8 @@ def test_training_and_evaluation_sections(snapshot_run, tmp_path):
 
 def test_card_metadata_validates_with_one_step_inference_widget_and_model_index(snapshot_run, tmp_path):
     folder, _ = snapshot_run
-    evaluation = write_eval(tmp_path / "eval", {"base": {"pickscore": 0.21, "clip": None}, "export": {"pickscore": 0.2291, "clip": 31.5}})
+    scores = {"base": {"pickscore": 0.21, "clip": None}, "export": {"pickscore": 0.2291, "clip": 31.5}}
+    evaluation = write_eval(tmp_path / "eval", scores)
     out = export_checkpoint(folder, tmp_path / "export", eval_dir=evaluation)
     card = ModelCard.load(out / "README.md", ignore_metadata_errors=False)  # parses model-index strictly
     data = card.data.to_dict()

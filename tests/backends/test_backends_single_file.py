@@ -38,7 +38,8 @@ def _sdxl_with_distinct_encoders(folder):
         CLIPTextModelWithProjection(config).save_pretrained(folder / "text_encoder_2")
         first = CLIPTextConfig.from_pretrained(folder / "text_encoder").hidden_size
         unet = dict(UNet2DConditionModel.load_config(folder / "unet"))
-        unet.update(cross_attention_dim=first + WIDE, projection_class_embeddings_input_dim=6 * TINY_TIME_EMBED_DIM + WIDE)
+        pooled = 6 * TINY_TIME_EMBED_DIM + WIDE  # micro-conditioning ids and the second encoder's pooled output
+        unet.update(cross_attention_dim=first + WIDE, projection_class_embeddings_input_dim=pooled)
         UNet2DConditionModel.from_config(unet).save_pretrained(folder / "unet")
     return folder
 
@@ -81,7 +82,8 @@ def test_single_file_loads_in_diffusers_and_reproduces_generate(family, folders,
     with safe_open(file, "pt") as f:
         header = f.metadata()
     assert json.loads(header["distar"])["t_init"] == cfg.t_init
-    assert header["modelspec.architecture"] == ("stable-diffusion-xl-v1-base" if family == "sdxl" else "stable-diffusion-v1")
+    architecture = "stable-diffusion-xl-v1-base" if family == "sdxl" else "stable-diffusion-v1"
+    assert header["modelspec.architecture"] == architecture
     workflow = json.loads((single_dir / COMFYUI_WORKFLOW_FILE).read_text())
     nodes = {node["class_type"]: node["inputs"] for node in workflow.values()}
     assert nodes["CheckpointLoaderSimple"]["ckpt_name"] == file.name
@@ -140,7 +142,8 @@ def _transformer(prefix, depth):
     for d in range(depth):
         block = f"{prefix}transformer_blocks.{d}."
         keys |= {f"{block}attn{a}.to_{p}.weight" for a in (1, 2) for p in "qkv"}
-        keys |= _params(block, "attn1.to_out.0", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "norm1", "norm2", "norm3")
+        keys |= _params(block, "attn1.to_out.0", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
+        keys |= _params(block, "norm1", "norm2", "norm3")
     return keys
 
 
@@ -178,7 +181,8 @@ def _ldm_vae(ch, ch_mult, num_res_blocks):
     """``first_stage_model.*`` of the original AutoencoderKL."""
 
     def block(prefix, cin, cout):
-        return _params(prefix, "norm1", "conv1", "norm2", "conv2") | (_params(prefix, "nin_shortcut") if cin != cout else set())
+        shortcut = _params(prefix, "nin_shortcut") if cin != cout else set()
+        return _params(prefix, "norm1", "conv1", "norm2", "conv2") | shortcut
 
     def mid(prefix, c):
         return block(f"{prefix}mid.block_1.", c, c) | block(f"{prefix}mid.block_2.", c, c) | _params(
@@ -186,7 +190,8 @@ def _ldm_vae(ch, ch_mult, num_res_blocks):
         )
 
     keys = _params("", "quant_conv", "post_quant_conv")
-    keys |= _params("encoder.", "conv_in", "norm_out", "conv_out") | _params("decoder.", "conv_in", "norm_out", "conv_out")
+    for coder in ("encoder.", "decoder."):
+        keys |= _params(coder, "conv_in", "norm_out", "conv_out")
     cin = ch
     for i, mult in enumerate(ch_mult):
         for j in range(num_res_blocks):
@@ -207,7 +212,8 @@ def _hf_clip(prefix, layers):
     keys |= _params(f"{prefix}text_model.", "final_layer_norm")
     for i in range(layers):
         layer = f"{prefix}text_model.encoder.layers.{i}."
-        keys |= _params(layer, *(f"self_attn.{p}_proj" for p in "qkv"), "self_attn.out_proj", "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2")
+        keys |= _params(layer, *(f"self_attn.{p}_proj" for p in "qkv"), "self_attn.out_proj")
+        keys |= _params(layer, "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2")
     return keys
 
 

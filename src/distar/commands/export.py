@@ -9,7 +9,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-<step>/ folder, or a run folder (latest)")
     parser.add_argument(
-        "--out", required=True, metavar="DIR", help="output folder (its name also names the file of --format single-file or kohya)"
+        "--out", required=True, metavar="DIR",
+        help="output folder (its name also names the file of --format single-file or kohya)",
     )
     parser.add_argument("--no-ema", action="store_true", help="export the raw generator weights, not the EMA ones")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -178,7 +178,8 @@ def eval_results(eval_dir: str | Path, names: Sequence[str]) -> list[EvalResult]
     rows = summary.get("models") or []
     row = rows[0] if len(rows) == 1 else next((r for r in rows if r.get("name") in names), None)
     if row is None:
-        logger.info("model-index: no row of %s is named %s; the card has the tables only", file, " or ".join(filter(None, names)))
+        named = " or ".join(filter(None, names))
+        logger.info("model-index: no row of %s is named %s; the card has the tables only", file, named)
         return []
     benchmark = str(summary.get("benchmark"))
     return [
@@ -246,7 +247,10 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
     )
     file = metadata.get("file")
     if metadata.get("format") == "single-file":
-        load = [f'pipe = {pipeline_class}.from_single_file("{where}/{file}", config="{base}", torch_dtype=torch.{dtype}).to("cuda")']
+        load = [
+            f'pipe = {pipeline_class}.from_single_file("{where}/{file}", config="{base}",\n'
+            f'                                  torch_dtype=torch.{dtype}).to("cuda")'
+        ]
     else:
         load = [
             f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.{dtype}{no_t5}).to("cuda")',

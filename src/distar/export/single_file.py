@@ -67,6 +67,11 @@ def _renamed(rest: str, renames: Any) -> str:
     return rest
 
 
+def _block_part(kind: str, rest: str) -> str:
+    """Within an original block: the resnet at ``0`` (renamed), the attention at ``1``."""
+    return f"0.{_renamed(rest, _UNET_RESNET)}" if kind == "resnets" else f"1.{rest}"
+
+
 def original_unet_key(key: str, config: Mapping[str, Any]) -> str:
     """The original name of one diffusers UNet weight (``config``: the UNet's config)."""
     per_level = int(config["layers_per_block"]) + 1  # resnets per level in the up path; down: + a downsampler
@@ -76,7 +81,7 @@ def original_unet_key(key: str, config: Mapping[str, Any]) -> str:
     if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
         level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
         index = 1 + level * per_level + j
-        return f"input_blocks.{index}.0.{_renamed(rest, _UNET_RESNET)}" if kind == "resnets" else f"input_blocks.{index}.1.{rest}"
+        return f"input_blocks.{index}.{_block_part(kind, rest)}"
     if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
         return f"input_blocks.{(int(m[1]) + 1) * per_level}.0.op.{m[2]}"
     if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
@@ -86,7 +91,7 @@ def original_unet_key(key: str, config: Mapping[str, Any]) -> str:
     if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
         level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
         index = level * per_level + j
-        return f"output_blocks.{index}.0.{_renamed(rest, _UNET_RESNET)}" if kind == "resnets" else f"output_blocks.{index}.1.{rest}"
+        return f"output_blocks.{index}.{_block_part(kind, rest)}"
     if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
         level = int(m[1])
         has_attention = "CrossAttn" in config["up_block_types"][level]
@@ -126,7 +131,8 @@ def vae_to_original(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for key, value in state.items():
         new = _vae_key(key, levels)
-        out[new] = value[:, :, None, None] if ".mid.attn_1." in new and new.endswith("weight") and value.ndim == 2 else value
+        conv = ".mid.attn_1." in new and new.endswith("weight") and value.ndim == 2
+        out[new] = value[:, :, None, None] if conv else value
     return out
 
 
@@ -249,7 +255,7 @@ def single_file_metadata(pipe: Any, metadata: Mapping[str, Any], title: str) -> 
     import json
 
     timesteps = list(metadata.get("timesteps") or [metadata["t_init"]])
-    side = metadata["resolution"]
+    side, prediction = metadata["resolution"], pipe.scheduler.config.get("prediction_type")
     hint = (
         f"{len(timesteps)} step(s) at timestep(s) {', '.join(map(str, timesteps))} from pure noise, CFG off "
         "(scale 1), LCM sampler; see the distar metadata"
@@ -260,7 +266,7 @@ def single_file_metadata(pipe: Any, metadata: Mapping[str, Any], title: str) -> 
         "modelspec.architecture": _MODELSPEC_ARCHITECTURE[architecture_id(pipe)],
         "modelspec.title": title,
         "modelspec.resolution": f"{side}x{side}",
-        "modelspec.prediction_type": "v" if pipe.scheduler.config.get("prediction_type") == "v_prediction" else "epsilon",
+        "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
         "modelspec.usage_hint": hint,
     }
 
