@@ -50,6 +50,7 @@ def test_kohya_lora_applied_independently_equals_the_merged_export(family, tiny_
     with safe_open(file, "pt") as f:
         header = f.metadata()
     assert (header["ss_network_dim"], float(header["ss_network_alpha"])) == (str(RANK), ALPHA)
+    assert header["ss_base_model_version"] == {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0"}[family]
     assert json.loads((kohya_dir / "distar.json").read_text())["lora_format"] == "kohya"
 
     base = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")

@@ -114,6 +114,18 @@ def test_single_file_export_refuses_other_formats(folders, tmp_path, perturb):
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "b"), "--format", "kohya"]) == 2
 
 
+def test_sd3_has_no_single_file_or_kohya_export(tiny_dir, tmp_path, perturb, capsys):
+    cfg = ModelConfig(family="sd3", pretrained=str(tiny_dir("sd3")), generator_lora_rank=2)
+    checkpoint, _ = write_checkpoint(tmp_path / "run", cfg, build_backend(cfg), perturb)
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "a"), "--format", "single-file"]) == 2
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "b"), "--lora", "--format", "kohya"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert [e for e in errors if "error" in e] == [
+        "distar export: error: --format: only SD 1.x/2.x and SDXL have the original layouts, not StableDiffusion3Pipeline"
+    ] * 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_sd_turbo_denoise():
     assert sd_turbo_denoise([999]) == 1.0
     assert sd_turbo_denoise([399]) == 0.4

@@ -22,14 +22,15 @@ from torch import Tensor, nn
 from distar.config import ConfigError
 from distar.export.single_file import original_unet_key
 
-#: ``ss_base_model_version`` of kohya's metadata per family.
-_BASE_VERSION = {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+#: ``ss_base_model_version`` of kohya's metadata per :func:`~distar.export.single_file.architecture_id`.
+_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_768_v", "sdxl": "sdxl_base_v1-0"}
 
 
 def kohya_lora_state_dict(
-    unet: nn.Module, state: Mapping[str, Tensor] | None = None, *, family: str, dtype: torch.dtype = torch.float32
+    unet: nn.Module, state: Mapping[str, Tensor] | None = None, *, architecture: str, dtype: torch.dtype = torch.float32
 ) -> dict[str, Tensor]:
-    """The UNet's peft adapter as kohya tensors (``state``: the UNet's parameter values to use, e.g. EMA ones)."""
+    """The UNet's peft adapter as kohya tensors (``state``: the UNet's parameter values to use, e.g. EMA
+    ones; ``architecture``: ``sd1``, ``sd2``, ``sd2-v`` or ``sdxl``, which names modules as the original)."""
     from distar.backends.lora import diffusers_lora_state_dict
 
     inner = extract_model_from_parallel(unet)
@@ -40,7 +41,7 @@ def kohya_lora_state_dict(
     out: dict[str, Tensor] = {}
     for key, value in weights.items():
         module, part = key.rsplit(".lora_", 1)
-        if family == "sdxl":
+        if architecture == "sdxl":
             module = original_unet_key(module + ".weight", inner.config).removesuffix(".weight")
         name = "lora_unet_" + module.replace(".", "_")
         out[f"{name}.lora_{'down' if part.startswith('A') else 'up'}.weight"] = value.to(dtype).contiguous()
@@ -53,22 +54,20 @@ def save_kohya_lora(
     file: str | Path,
     state: Mapping[str, Tensor] | None = None,
     *,
-    family: str,
+    architecture: str,
     dtype: torch.dtype = torch.float32,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write :func:`kohya_lora_state_dict` to ``file`` with kohya's ``ss_*`` metadata (rank, alpha,
     base model) and ``distar`` (the export's ``distar.json``); returns the file."""
-    if family not in _BASE_VERSION:
-        raise ConfigError(f"--format kohya: only SD and SDXL UNet LoRAs have a kohya form, not family '{family}'")
     inner = extract_model_from_parallel(unet)
     config = inner.peft_config["default"]
-    tensors = kohya_lora_state_dict(inner, state, family=family, dtype=dtype)
+    tensors = kohya_lora_state_dict(inner, state, architecture=architecture, dtype=dtype)
     info = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.r),
         "ss_network_alpha": str(float(config.lora_alpha)),
-        "ss_base_model_version": _BASE_VERSION[family],
+        "ss_base_model_version": _BASE_VERSION[architecture],
         **({"distar": json.dumps(dict(metadata), sort_keys=True)} if metadata else {}),
     }
     save_file(tensors, str(file), metadata=info)

@@ -186,7 +186,7 @@ def export_checkpoint(
     from distar.backends.lora import lora_layers, save_diffusers_lora
     from distar.export.card import model_card, resolve_license
     from distar.export.kohya import save_kohya_lora
-    from distar.export.single_file import write_single_file
+    from distar.export.single_file import architecture_id, write_single_file
 
     out = Path(out_dir)
     if format not in get_args(ExportFormat):
@@ -223,7 +223,9 @@ def export_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         if format == "kohya":
-            save_kohya_lora(generator, tmp / metadata["file"], state, family=cfg.family, dtype=dtype, metadata=metadata)
+            save_kohya_lora(
+                generator, tmp / metadata["file"], state, architecture=architecture_id(pipe), dtype=dtype, metadata=metadata
+            )
         elif lora:
             save_diffusers_lora(generator, tmp, state=state)
         elif format == "single-file":

@@ -181,14 +181,7 @@ def original_state_dict(unet: Any, vae: Any, text_encoder: Any, text_encoder_2: 
 def single_file_state_dict(pipe: Any) -> dict[str, Tensor]:
     """The weights of a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` in the original
     single-file layout (:func:`original_state_dict`), on the CPU."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)) or pipe.vae is None:
-        raise ConfigError(
-            f"--format single-file: only SD 1.x/2.x and SDXL pipelines have an original single-file layout, "
-            f"not {type(pipe).__name__}"
-        )
-    second = pipe.text_encoder_2 if isinstance(pipe, StableDiffusionXLPipeline) else None
+    second = pipe.text_encoder_2 if architecture_id(pipe) == "sdxl" else None
     return {k: v.cpu() for k, v in original_state_dict(pipe.unet, pipe.vae, pipe.text_encoder, second).items()}
 
 
@@ -202,9 +195,12 @@ _MODELSPEC_ARCHITECTURE = {
 
 
 def architecture_id(pipe: Any) -> str:
-    """``sd1``, ``sd2``, ``sd2-v`` (v-prediction) or ``sdxl``: the original code base's variant of the pipeline."""
-    from diffusers import StableDiffusionXLPipeline
+    """``sd1``, ``sd2``, ``sd2-v`` (v-prediction) or ``sdxl``: the original code base's variant of the
+    pipeline; :class:`ConfigError` for pipelines of other families."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
+        raise ConfigError(f"--format: only SD 1.x/2.x and SDXL have the original layouts, not {type(pipe).__name__}")
     if isinstance(pipe, StableDiffusionXLPipeline):
         return "sdxl"
     if not is_open_clip(pipe.text_encoder):
