@@ -79,6 +79,7 @@ def test_single_file_loads_in_diffusers_and_reproduces_generate(family, folders,
     image = one_step(pipe, generator_call(metadata), seed=7)[0]
     assert (image - read_png(png)).abs().max() <= 2 / 255 + 1e-6
 
+    assert main(["generate", "--model", str(single_dir), "--prompt", PROMPT, "--out", str(tmp_path / "x.png")]) == 2
     with safe_open(file, "pt") as f:
         header = f.metadata()
     assert json.loads(header["distar"])["t_init"] == cfg.t_init

@@ -261,6 +261,12 @@ def load_generator(
             raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a distar export")
         pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent_components(path))
         return pipe, generator_call(json.loads(meta_file.read_text()))
+    if (path / METADATA_FILE).is_file():  # a LoRA or single-file export: weights without their pipeline
+        kind = json.loads((path / METADATA_FILE).read_text()).get("format")
+        raise ConfigError(
+            f"{path}: a {kind} export holds no diffusers pipeline; generate from a plain `distar export` "
+            "folder or from the checkpoint"
+        )
     ckpt = find_checkpoint(path)
     pipe = pipeline_from_checkpoint(ckpt, use_ema, dtype)
     metadata = {**export_metadata(ckpt, use_ema), "resolution": training_resolution(checkpoint_model_config(ckpt), pipe)}
