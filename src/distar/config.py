@@ -46,6 +46,10 @@ def _suggest(key: str, options: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+#: The words YAML 1.1 reads as each boolean: a choice field that offers one of them takes it back.
+_YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
 def _foreign_hint(cls: type, key: str, prefix: str) -> str:
     """Where distar keeps what other trainers call ``key``: a class's ``foreign_keys`` maps such names
     (diffusers' and TRL's ``learning_rate``, ``max_train_steps``, ...) to its own keys, relative to the
@@ -76,6 +80,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{where}: cannot be null")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off/false (yes/on/true) as a boolean
+            words = [a for a in get_args(tp) if isinstance(a, str) and a in _YAML_BOOL_WORDS[value]]
+            value = words[0] if len(words) == 1 else value
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
             raise ConfigError(f"{where}: {_short(value)} is not one of {choices}")

@@ -44,7 +44,7 @@ def _tiny_config(tmp_path, name, precision):
              "loop.max_steps=2", "loop.assistant_steps=1", "objective.reward_scale=0", "rewards=[]"]
     configs = Path(__file__).resolve().parents[2] / "configs"
     return load_config(TrainConfig, configs / "tiny_sd.yaml",
-                       [f"output_dir={tmp_path / name}", f"loop.mixed_precision='{precision}'", *quick])
+                       [f"output_dir={tmp_path / name}", f"loop.mixed_precision={precision}", *quick])
 
 
 def test_a_second_trainer_in_the_process_may_change_precision(tmp_path):

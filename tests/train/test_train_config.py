@@ -133,3 +133,10 @@ def test_foreign_name_on_the_command_line(capsys):
     assert capsys.readouterr().err.strip() == (
         "distar train: error: unknown key 'loop.max_train_steps' (distar's name for it: 'loop.max_steps')"
     )
+
+
+def test_accelerate_spelling_of_no_mixed_precision():
+    """``loop.mixed_precision=no`` (accelerate's spelling, which YAML reads as false) means 'no'."""
+    assert load_config(TrainConfig, overrides=["loop.mixed_precision=no"]).loop.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="loop.mixed_precision: True is not one of 'no', 'fp16', 'bf16'"):
+        load_config(TrainConfig, overrides=["loop.mixed_precision=yes"])
