@@ -19,6 +19,7 @@ from typing import Sequence
 from distar import __version__
 from distar.config import ConfigError
 from distar.errors import RunError, UserError
+from distar.runtime import quiet_libraries
 
 #: (command, module under distar.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
@@ -68,7 +69,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def configure_logging() -> None:
     """Print distar's own info lines (which checkpoint a run resumed from, skipped steps) and
-    warnings on stderr, one line each; other libraries' loggers keep their levels."""
+    warnings on stderr, one line each; other libraries' loggers keep their levels, less the
+    notices that :func:`~distar.runtime.quiet_libraries` drops."""
+    quiet_libraries()
     warnings.showwarning = _one_line_warning
     log = logging.getLogger("distar")
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):

@@ -46,6 +46,21 @@ def _suggest(key: str, options: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+#: The words YAML 1.1 reads as each boolean: a choice field that offers one of them takes it back.
+_YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
+def _foreign_hint(cls: type, key: str, prefix: str) -> str:
+    """Where distar keeps what other trainers call ``key``: a class's ``foreign_keys`` maps such names
+    (diffusers' and TRL's ``learning_rate``, ``max_train_steps``, ...) to its own keys, relative to the
+    class, or to a command-line flag (``--...``)."""
+    targets = getattr(cls, "foreign_keys", {}).get(key)
+    if not targets:
+        return ""
+    names = " and ".join(t if t.startswith("--") else f"'{prefix}{t}'" for t in targets)
+    return f" (distar's name for it: {names})"
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert ``value`` to the annotated type ``tp``."""
     origin = get_origin(tp)
@@ -65,6 +80,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{where}: cannot be null")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off/false (yes/on/true) as a boolean
+            words = [a for a in get_args(tp) if isinstance(a, str) and a in _YAML_BOOL_WORDS[value]]
+            value = words[0] if len(words) == 1 else value
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
             raise ConfigError(f"{where}: {_short(value)} is not one of {choices}")
@@ -129,7 +147,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
-        raise ConfigError(f"unknown key '{prefix}{key}'{_suggest(key, list(fields))}")
+        hint = _foreign_hint(cls, key, prefix) or _suggest(key, list(fields))
+        raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -7,13 +7,17 @@ Imports nothing heavy at module level: commands add :func:`add_threads_argument`
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.util
 import json
+import logging
 import math
 import os
 import platform
 import sys
+import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -162,3 +166,67 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
 def report_threads(threads: int, command: str) -> None:
     """The one stderr line a command prints about the thread count it runs with."""
     print(f"distar {command}: {threads} torch thread(s)", file=sys.stderr, flush=True)
+
+
+#: Other libraries' notices that say nothing about a distar run: (logger, start of the message).
+QUIET_NOTICES: tuple[tuple[str, str], ...] = (
+    # transformers' PIL image processors serve distar's reward models; torchvision is not needed
+    ("transformers.utils.import_utils", "`CLIPImageProcessor` requires torchvision"),
+    ("transformers.utils.import_utils", "`SiglipImageProcessor` requires torchvision"),
+    # a one-step generator starts below the top timestep by design (t_init)
+    ("diffusers.schedulers.scheduling_lcm", "The first timestep on the custom timestep schedule"),
+)
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs ``action(module)`` right after module ``name`` is first imported, then steps aside."""
+
+    def __init__(self, name: str, action: Callable[[types.ModuleType], None]) -> None:
+        self.name, self.action, self.loader = name, action, None
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self.loader.exec_module(module)
+        self.action(module)
+
+
+def when_imported(name: str, action: Callable[[types.ModuleType], None]) -> None:
+    """``action(module)`` now if ``name`` is imported, else right after its first import (so that a
+    command that never loads a library does not pay for importing it)."""
+    if name in sys.modules:
+        action(sys.modules[name])
+    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, action))
+
+
+def quiet_libraries() -> None:
+    """Keep other libraries' lines off stderr where they say nothing about the run: drop the
+    :data:`QUIET_NOTICES` and turn off diffusers' and transformers' weight-loading progress bars (hub
+    download bars stay). For distar's commands and the worker processes of its demos."""
+    for name, start in QUIET_NOTICES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotice) and f.start == start for f in logger.filters):
+            logger.addFilter(_DropNotice(start))
+    for library in ("diffusers", "transformers"):
+        when_imported(f"{library}.utils.logging", lambda module: module.disable_progress_bar())
+

@@ -9,12 +9,14 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 from diffusers import DiffusionPipeline
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, ModelCardData, metadata_load
+from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from distar.backends import ModelConfig, build_backend
 from distar.export.card import hub_id, portable_name, validate_export
 from distar.cli import main
 from distar.config import ConfigError
+from distar.eval.report import ModelResult, Summary
 from distar.export.pipeline import export_checkpoint
 from export_helpers import PROMPT, write_checkpoint
 
@@ -76,16 +78,49 @@ def test_licence_override_and_conflict(tiny_dir, tmp_path, perturb):
     assert card.data.license == "cc-by-nc-4.0" and card.data.base_model == [SD15, "someone/one-step-init"]
 
 
+def write_eval(folder: Path, models: dict[str, dict[str, float | None]]) -> Path:
+    """A ``distar eval --out`` folder (``summary.json`` and ``summary.md``) with these rows' mean scores."""
+    folder.mkdir()
+    rows = [ModelResult(name, 4, scores=scores, sampling={"num_inference_steps": 1}) for name, scores in models.items()]
+    summary = Summary("parti", "PartiPrompts.tsv", prompts=2, seeds=[0, 1], metrics=["pickscore", "clip"], models=rows)
+    summary.write(folder)
+    return folder
+
+
 def test_training_and_evaluation_sections(snapshot_run, tmp_path):
     folder, cfg = snapshot_run
-    evaluation = tmp_path / "eval"
-    evaluation.mkdir()
-    (evaluation / "summary.md").write_text("# Evaluation: parti\n\n## Table 1\n\n| model | PickScore |\n|---|---|\n| g | 0.2291 |\n")
+    evaluation = write_eval(tmp_path / "eval", {"g": {"pickscore": 0.2291, "clip": 31.5}})
     out = export_checkpoint(folder, tmp_path / "export", eval_dir=evaluation)
     text = ModelCard.load(out / "README.md").text
     assert "## Training" in text and "LoRA rank 2" in text and "resolution 32" in text
-    assert "## Evaluation" in text and "### Table 1" in text and "| g | 0.2291 |" in text
+    assert "## Evaluation" in text and "### Table 1" in text and "| g | 1 | 0.2291 | 31.50 |" in text
     assert main(["export", str(folder), "--out", str(tmp_path / "x"), "--eval", str(tmp_path)]) == 2  # no summary.md
+
+
+def test_card_metadata_validates_with_one_step_inference_widget_and_model_index(snapshot_run, tmp_path):
+    folder, _ = snapshot_run
+    scores = {"base": {"pickscore": 0.21, "clip": None}, "export": {"pickscore": 0.2291, "clip": 31.5}}
+    evaluation = write_eval(tmp_path / "eval", scores)
+    out = export_checkpoint(folder, tmp_path / "export", eval_dir=evaluation)
+    card = ModelCard.load(out / "README.md", ignore_metadata_errors=False)  # parses model-index strictly
+    data = card.data.to_dict()
+    assert data["inference"]["parameters"] == {
+        "num_inference_steps": 1, "guidance_scale": 0.0, "timesteps": [399], "width": 32, "height": 32
+    }
+    assert data["widget"][0]["text"] and data["pipeline_tag"] == "text-to-image"
+    name, results = model_index_to_eval_results(data["model-index"])
+    assert name == "export"  # the row named as the export folder, not the baseline
+    assert {(r.metric_type, r.metric_value, r.dataset_type, r.task_type) for r in results} == {
+        ("pickscore", 0.2291, "parti", "text-to-image"), ("clip", 31.5, "parti", "text-to-image")
+    }
+    assert metadata_load(out / "README.md") == data  # huggingface_hub's own front-matter reader agrees
+    assert ModelCardData(**data).to_dict() == data  # round-trips through the Hub's card data class
+
+    plain = export_checkpoint(folder, tmp_path / "plain")  # without --eval: no model-index
+    assert "model-index" not in ModelCard.load(plain / "README.md").data.to_dict()
+    other = write_eval(tmp_path / "eval2", {"a": {"pickscore": 0.2}, "b": {"pickscore": 0.3}})
+    none = export_checkpoint(folder, tmp_path / "none", eval_dir=other)  # no row is the export's
+    assert "model-index" not in ModelCard.load(none / "README.md").data.to_dict()
 
 
 class FakeApi:

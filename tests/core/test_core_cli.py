@@ -91,3 +91,28 @@ def test_a_flag_for_a_boolean_on_by_default_turns_it_off():
     assert "use the EMA weights (this flag turns it off)" in " ".join(parser.format_help().split())
     assert config_flag_values(parser.parse_args(["--no-ema"]), ["ema"]) == {"ema": False}
     assert config_flag_values(parser.parse_args([]), ["ema"]) == {}
+
+
+def test_help_imports_no_torch():
+    """``distar --help`` and every ``distar <cmd> --help`` build their parsers without torch or
+    diffusers (heavy imports wait for ``run``), so help comes at once (bench/cli_help.py times it)."""
+    import subprocess
+    import sys
+
+    from distar.cli import COMMANDS
+
+    script = (
+        "import sys\n"
+        "from distar.cli import main\n"
+        "for argv in sys.argv[1:]:\n"
+        "    try:\n"
+        "        main(argv.split())\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    argvs = ["--help", *(f"{name} --help" for name, _, _ in COMMANDS)]
+    done = subprocess.run([sys.executable, "-c", script, *argvs], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "HEAVY []"
+    assert all(name in done.stdout for name, _, _ in COMMANDS)

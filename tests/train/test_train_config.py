@@ -95,3 +95,48 @@ def test_paper_recipe():
         "inner",
         7.5,
     )
+
+
+#: (override with a diffusers/TRL key, the distar key(s) or flag the error names, a value that key takes)
+FOREIGN = [
+    ("learning_rate", ["optim.generator.lr", "optim.assistant.lr"], "1e-5"),
+    ("optim.generator.learning_rate", ["optim.generator.lr"], "1e-5"),
+    ("optim.assistant.learning_rate", ["optim.assistant.lr"], "1e-5"),
+    ("max_train_steps", ["loop.max_steps"], "10"),
+    ("loop.max_train_steps", ["loop.max_steps"], "10"),
+    ("train_batch_size", ["data.batch_size"], "4"),
+    ("data.train_batch_size", ["data.batch_size"], "4"),
+    ("checkpointing_steps", ["checkpointing.every"], "50"),
+    ("checkpointing.checkpointing_steps", ["checkpointing.every"], "50"),
+    ("resume_from_checkpoint", ["--resume"], "latest"),
+    ("report_to", ["logging.report_to"], "tensorboard"),
+]
+
+
+@pytest.mark.parametrize("key, targets, value", FOREIGN, ids=[f[0] for f in FOREIGN])
+def test_diffusers_and_trl_names_point_to_distar_keys(key, targets, value):
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, overrides=[f"{key}={value}"])
+    message = str(err.value)
+    assert message.startswith(f"unknown key '{key}' (distar's name for it: ") and "\n" not in message
+    for target in targets:
+        assert (target if target.startswith("--") else f"'{target}'") in message
+        if not target.startswith("--"):  # the named key exists and takes the value
+            assert load_config(TrainConfig, overrides=[f"{target}={value}"])
+
+
+def test_foreign_name_on_the_command_line(capsys):
+    from distar.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny_sd.yaml"
+    assert main(["train", "--config", str(config), "--dry-run", "loop.max_train_steps=10"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "distar train: error: unknown key 'loop.max_train_steps' (distar's name for it: 'loop.max_steps')"
+    )
+
+
+def test_accelerate_spelling_of_no_mixed_precision():
+    """``loop.mixed_precision=no`` (accelerate's spelling, which YAML reads as false) means 'no'."""
+    assert load_config(TrainConfig, overrides=["loop.mixed_precision=no"]).loop.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="loop.mixed_precision: True is not one of 'no', 'fp16', 'bf16'"):
+        load_config(TrainConfig, overrides=["loop.mixed_precision=yes"])

@@ -1,4 +1,5 @@
-"""``distar export``: a training checkpoint as a diffusers pipeline (or LoRA) folder with a Hub model card."""
+"""``distar export``: a training checkpoint as a diffusers pipeline (or LoRA) folder, an original-layout
+single file or a kohya LoRA, with a Hub model card."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-<step>/ folder, or a run folder (latest)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (diffusers layout)")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR",
+        help="output folder (its name also names the file of --format single-file or kohya)",
+    )
     parser.add_argument(
         "--best", action="store_true", help="export the run folder's best/ checkpoint (kept by the training monitor)"
     )
@@ -21,6 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write only the generator's LoRA (diffusers' pytorch_lora_weights.safetensors, for "
         "pipe.load_lora_weights) instead of a merged pipeline",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["diffusers", "single-file", "kohya"],
+        default="diffusers",
+        help="diffusers: a pipeline (or LoRA) folder; single-file: one .safetensors in the original SD/SDXL "
+        "key layout for ComfyUI and A1111/Forge, with a ComfyUI workflow; kohya (with --lora): the LoRA as "
+        "a kohya-format .safetensors (lora_unet_* keys, alpha tensors)",
     )
     parser.add_argument("--license", help="licence of the card (default: the base models' licence)")
     parser.add_argument("--eval", metavar="DIR", help="`distar eval --out` folder whose tables go into the card")
@@ -54,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             dtype=dtype,
             lora=args.lora,
+            format=args.format,
             license=args.license,
             eval_dir=args.eval,
             repo_id=args.push_to_hub,

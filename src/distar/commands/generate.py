@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from distar.commands import add_config_flags, config_flag_values
-from distar.eval.models import ModelSpec
+from distar.eval.spec import ModelSpec
 from distar.runtime import add_threads_argument
 
 #: ModelSpec keys given as flags (help, type, choices and default from the fields): how the model is

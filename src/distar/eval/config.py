@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from distar.config import ConfigError, field
-from distar.eval.models import ModelSpec
+from distar.eval.spec import ModelSpec
 from distar.runtime import check_seed
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from distar.config import ConfigError
 
@@ -152,6 +153,48 @@ def generator_call(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return call
 
 
+#: The prompt of the card's snippet and Hub widget.
+WIDGET_PROMPT = "a photo of a corgi in a field of flowers"
+
+#: ``distar eval`` benchmark → the dataset name the card's ``model-index`` shows.
+BENCHMARK_NAMES = {"parti": "PartiPrompts", "coco": "COCO-2014 val captions", "hps": "HPSv2 benchmark"}
+
+
+def inference_parameters(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The Hub inference parameters that run the generator (:func:`generator_call`: its steps, no CFG,
+    its timesteps or sigmas) at the training resolution."""
+    side = metadata.get("resolution")
+    return {**generator_call(metadata), **({"width": side, "height": side} if side else {})}
+
+
+def eval_results(eval_dir: str | Path, names: Sequence[str]) -> list[EvalResult]:
+    """The scores of one model of a ``distar eval --out`` folder (``summary.json``) as the card's
+    ``EvalResult`` entries: its only model, else the one named as one of ``names``; none (with an
+    info line) when no row is the export's."""
+    file = Path(eval_dir) / "summary.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{eval_dir}: no summary.json (not a `distar eval --out` folder)")
+    summary = json.loads(file.read_text())
+    rows = summary.get("models") or []
+    row = rows[0] if len(rows) == 1 else next((r for r in rows if r.get("name") in names), None)
+    if row is None:
+        named = " or ".join(filter(None, names))
+        logger.info("model-index: no row of %s is named %s; the card has the tables only", file, named)
+        return []
+    benchmark = str(summary.get("benchmark"))
+    return [
+        EvalResult(
+            task_type="text-to-image",
+            dataset_type=benchmark,
+            dataset_name=BENCHMARK_NAMES.get(benchmark, benchmark),
+            metric_type=metric,
+            metric_value=round(float(value), 4),
+        )
+        for metric, value in (row.get("scores") or {}).items()
+        if isinstance(value, (int, float)) and math.isfinite(value)
+    ]
+
+
 def _flow(metadata: Mapping[str, Any]) -> bool:
     from distar.backends.config import FLOW_FAMILIES
 
@@ -179,12 +222,12 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
     call = {**generator_call(metadata), "height": side, "width": side}
     arguments = ", ".join(f"{k}={_value(call[k])}" for k in ("num_inference_steps", "guidance_scale"))
     rest = ", ".join(f"{k}={_value(v)}" for k, v in call.items() if k not in ("num_inference_steps", "guidance_scale"))
-    call_line = f'image = pipe("a photo of a corgi in a field of flowers", {arguments},\n             {rest}).images[0]'
+    call_line = f'image = pipe("{WIDGET_PROMPT}", {arguments},\n             {rest}).images[0]'
     if metadata.get("family") in ("sd3", "flux") and steps > 1:  # their pipelines re-noise from the global RNG
         call_line = "torch.manual_seed(0)\n" + call_line
     no_t5 = ", text_encoder_3=None, tokenizer_3=None" if metadata.get("t5") is False else ""
     dtype = "bfloat16" if metadata.get("family") == "sana" else "float16"  # SANA's Gemma and DC-AE need bf16 or fp32
-    if metadata.get("format") != "lora":
+    if metadata.get("format", "pipeline") == "pipeline":
         return [
             "```python",
             "import torch",
@@ -202,14 +245,25 @@ def _snippet(metadata: Mapping[str, Any], pipeline_class: str, where: str) -> li
         if _flow(metadata)
         else ("LCMScheduler", f"clip_sample=False, thresholding=False{extra}")
     )
+    file = metadata.get("file")
+    if metadata.get("format") == "single-file":
+        load = [
+            f'pipe = {pipeline_class}.from_single_file("{where}/{file}", config="{base}",\n'
+            f'                                  torch_dtype=torch.{dtype}).to("cuda")'
+        ]
+    else:
+        load = [
+            f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.{dtype}{no_t5}).to("cuda")',
+            f'pipe.load_lora_weights("{where}"' + (f', weight_name="{file}")' if file else ")"),
+        ]
     return [
         "```python",
         "import torch",
         f"from diffusers import {scheduler}, {pipeline_class}",
         "",
-        f'pipe = {pipeline_class}.from_pretrained("{base}", torch_dtype=torch.{dtype}{no_t5}).to("cuda")',
+        load[0],
         f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, {options})",
-        f'pipe.load_lora_weights("{where}")',
+        *load[1:],
         call_line,
         "```",
     ]
@@ -223,11 +277,19 @@ def model_card(
     license: str | None = None,
     eval_dir: str | Path | None = None,
     repo_id: str | None = None,
+    name: str | None = None,
 ) -> ModelCard:
     """The card of an exported folder (merged pipeline or LoRA, per ``metadata["format"]``); the
-    snippet loads from ``repo_id`` when given."""
+    snippet loads from ``repo_id`` when given.
+
+    The front matter carries the Hub's ``inference`` parameters (:func:`inference_parameters`) and a
+    ``widget`` prompt, so the Hub runs the generator as trained, and, with ``eval_dir``, a
+    ``model-index`` of the ``distar eval`` scores (:func:`eval_results`) under the model name
+    ``repo_id`` or ``name`` (the export folder's)."""
     lora = metadata.get("format") == "lora"
     bases = [b for b in (hub_id(metadata.get("pretrained")), hub_id(metadata.get("generator_init"))) if b]
+    model_name = repo_id or name or "distar-generator"
+    results = eval_results(eval_dir, [model_name, name or "", metadata.get("checkpoint") or ""]) if eval_dir else []
     data = ModelCardData(
         license=license,
         library_name="diffusers",
@@ -235,10 +297,17 @@ def model_card(
         base_model=list(dict.fromkeys(bases)) or None,
         base_model_relation=("adapter" if lora else "finetune") if bases else None,
         tags=TAGS + (["lora"] if lora else []),
+        model_name=model_name if results else None,
+        eval_results=results or None,
+        inference={"parameters": inference_parameters(metadata)},
+        widget=[{"text": WIDGET_PROMPT}],
     )
     step, init = metadata.get("step"), metadata.get("generator_init")
     trained = f"{step} steps" if step is not None else "a distar run"
-    what = "A LoRA of the UNet" if lora else f"A `{pipeline_class}`"
+    what = {
+        "lora": "A LoRA of the UNet" + (" in kohya's format" if metadata.get("lora_format") == "kohya" else ""),
+        "single-file": f"A `{pipeline_class}` as one checkpoint file in the original key layout",
+    }.get(metadata.get("format", "pipeline"), f"A `{pipeline_class}`")
     base_note = (
         f"The LoRA applies to the generator's initial UNet `{init}`: load that UNet into the pipeline first."
         if lora and init
@@ -302,7 +371,7 @@ def validate_export(folder: str | Path, *, require_license: bool = False) -> dic
         if not file.is_file():
             raise ConfigError(f"{folder}: no {file.name}; not a distar export")
     metadata = json.loads(meta_file.read_text())
-    needed = LORA_WEIGHTS_FILE if metadata.get("format") == "lora" else "model_index.json"
+    needed = metadata.get("file") or (LORA_WEIGHTS_FILE if metadata.get("format") == "lora" else "model_index.json")
     if not (folder / needed).is_file():
         raise ConfigError(f"{folder}: no {needed}")
     absolute = [k for k, v in metadata.items() if isinstance(v, str) and Path(v).is_absolute()]

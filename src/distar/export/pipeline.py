@@ -22,7 +22,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, get_args
 
 import torch
 import yaml
@@ -42,6 +42,11 @@ from distar.train.checkpoint import (
     replace_dir,
     resolve_checkpoint,
 )
+
+#: What ``distar export --format`` writes: a diffusers folder (pipeline or LoRA), one original-layout
+#: checkpoint file (SD/SDXL), or a kohya LoRA file.
+ExportFormat = Literal["diffusers", "single-file", "kohya"]
+
 
 def find_checkpoint(path: str | Path) -> Path:
     """A ``checkpoint-<step>/`` folder as given, or the newest one inside a run folder; verified."""
@@ -159,6 +164,7 @@ def export_checkpoint(
     overwrite: bool = False,
     dtype: torch.dtype = torch.float32,
     lora: bool = False,
+    format: ExportFormat = "diffusers",
     license: str | None = None,
     eval_dir: str | Path | None = None,
     repo_id: str | None = None,
@@ -168,15 +174,27 @@ def export_checkpoint(
 
     By default the folder is a complete diffusers pipeline with the LoRA (if any) merged; with
     ``lora`` it holds only the generator's LoRA as diffusers' ``pytorch_lora_weights.safetensors``,
-    for ``pipe.load_lora_weights`` on the reference pipeline. ``license`` overrides the licence read
+    for ``pipe.load_lora_weights`` on the reference pipeline. ``format="single-file"`` (SD/SDXL, no
+    ``lora``) writes the merged pipeline as ``<folder name>.safetensors`` in the original key layout
+    (:mod:`distar.export.single_file`) with a ComfyUI workflow; ``format="kohya"`` (with ``lora``)
+    writes the LoRA as ``<folder name>.safetensors`` in kohya's format (:mod:`distar.export.kohya`).
+    The single file's name is recorded as ``file`` in ``distar.json``. ``license`` overrides the licence read
     from the base models' cards; ``eval_dir`` (a ``distar eval --out`` folder) adds its tables to the
     card; ``repo_id`` is where the card's snippet loads from. The folder is written under a temporary name and renamed when complete.
     """
     from distar.backends.loading import denoiser
     from distar.backends.lora import lora_layers, save_diffusers_lora
     from distar.export.card import model_card, resolve_license
+    from distar.export.kohya import save_kohya_lora
+    from distar.export.single_file import architecture_id, write_single_file
 
     out = Path(out_dir)
+    if format not in get_args(ExportFormat):
+        raise ConfigError(f"--format: expected one of {', '.join(get_args(ExportFormat))}, got '{format}'")
+    if format == "kohya" and not lora:
+        raise ConfigError("--format kohya is a LoRA format: add --lora")
+    if format == "single-file" and lora:
+        raise ConfigError("--format single-file writes the merged generator: drop --lora")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
     ckpt = find_checkpoint(checkpoint_dir)
@@ -198,16 +216,26 @@ def export_checkpoint(
                           " (they overflow it): export in float32")
     metadata = {**export_metadata(ckpt, use_ema), "format": "lora" if lora else "pipeline"}
     metadata["resolution"] = training_resolution(cfg, pipe)
+    if format != "diffusers":
+        metadata.update(format="lora" if lora else "single-file", file=f"{out.name}.safetensors")
+        metadata |= {"lora_format": "kohya"} if lora else {}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        if lora:
+        if format == "kohya":
+            save_kohya_lora(
+                generator, tmp / metadata["file"], state, architecture=architecture_id(pipe), dtype=dtype, metadata=metadata
+            )
+        elif lora:
             save_diffusers_lora(generator, tmp, state=state)
+        elif format == "single-file":
+            write_single_file(pipe, tmp, metadata)
         else:
             pipe.save_pretrained(tmp)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         card = model_card(
-            metadata, type(pipe).__name__, config=config, license=license, eval_dir=eval_dir, repo_id=repo_id
+            metadata, type(pipe).__name__, config=config, license=license, eval_dir=eval_dir, repo_id=repo_id,
+            name=out.name,
         )
         card.save(tmp / "README.md")
         replace_dir(tmp, out)
@@ -233,6 +261,12 @@ def load_generator(
             raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a distar export")
         pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent_components(path))
         return pipe, generator_call(json.loads(meta_file.read_text()))
+    if (path / METADATA_FILE).is_file():  # a LoRA or single-file export: weights without their pipeline
+        kind = json.loads((path / METADATA_FILE).read_text()).get("format")
+        raise ConfigError(
+            f"{path}: a {kind} export holds no diffusers pipeline; generate from a plain `distar export` "
+            "folder or from the checkpoint"
+        )
     ckpt = find_checkpoint(path)
     pipe = pipeline_from_checkpoint(ckpt, use_ema, dtype)
     metadata = {**export_metadata(ckpt, use_ema), "resolution": training_resolution(checkpoint_model_config(ckpt), pipe)}

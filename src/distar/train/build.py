@@ -22,6 +22,28 @@ def load_prompts(data: DataConfig) -> list[str]:
     return list(data.prompts)
 
 
+def release_accelerate_state(config: TrainConfig) -> None:
+    """Let a process that already built an Accelerator (a notebook's earlier trainer) build one with
+    ``config``'s ``loop.mixed_precision`` or device: accelerate keeps one precision and device per
+    process, so a single-process state that differs is reset. Under a distributed launch it cannot be,
+    and a difference stops with a one-line :class:`ConfigError`."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    if not AcceleratorState._shared_state:
+        return
+    state = AcceleratorState()
+    precision = config.loop.mixed_precision
+    cpu = config.loop.cpu or not torch.cuda.is_available()
+    if (precision is None or str(state.mixed_precision) == precision) and (state.device.type == "cpu") == cpu:
+        return
+    if PartialState().num_processes > 1:
+        raise ConfigError(
+            f"loop.mixed_precision: this process already runs accelerate in {state.mixed_precision} on "
+            f"{state.device}, which a distributed launch cannot change; start a new launch for {precision}"
+        )
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def build_trainer(
     config: TrainConfig,
     accelerator: Accelerator | None = None,
@@ -34,7 +56,10 @@ def build_trainer(
     """Backend (``config.model``), reward (``config.rewards``) and prompts (``config.data``, unless
     already read into ``prompts``) on the accelerator's device, wrapped in a Trainer. The reward is
     skipped when no reward terms are set. Offloaded text encoders wait on ``offload_device``;
-    ``trainer_class`` (a Trainer subclass) is built with ``trainer_options`` added to its arguments."""
+    ``trainer_class`` (a Trainer subclass) is built with ``trainer_options`` added to its arguments.
+    Without ``accelerator``, one is made for ``config`` (:func:`release_accelerate_state` first, so a
+    notebook may build trainers of different precisions one after another; an earlier trainer then
+    shares the newer state and should not be trained further)."""
     if config.model is None:
         raise ConfigError("model: the training config needs a `model` section")
     if config.objective.reward_scale != 0.0 and not config.rewards:
@@ -43,7 +68,9 @@ def build_trainer(
     from distar.rewards import build_reward
 
     prompts = load_prompts(config.data) if prompts is None else prompts
-    accelerator = accelerator or make_accelerator(config)
+    if accelerator is None:
+        release_accelerate_state(config)
+        accelerator = make_accelerator(config)
     with accelerator.main_process_first():  # downloads and tiny-model builds happen once
         torch.manual_seed(config.seed)  # LoRA adapters are drawn from the global RNG: same on every process and run
         backend = build_backend(config.model, device=accelerator.device, offload_device=offload_device)

@@ -9,7 +9,7 @@ Steps are Algorithm 1 iterations (di-star-math.md §7): one step = ``loop.assist
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal, Mapping
 
 from distar.backends.config import ModelConfig
 from distar.config import field
@@ -35,6 +35,8 @@ LRSchedule = Literal[
 class DataConfig:
     """Where prompts come from and how each process draws them."""
 
+    foreign_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {"train_batch_size": ("batch_size",)}
+
     source: str | None = field(
         None, help="prompt source: .txt (one per line), .csv/.tsv/.jsonl/.json file, or a datasets hub id"
     )
@@ -52,6 +54,11 @@ class DataConfig:
 @dataclass
 class OptimizerConfig:
     """AdamW hyper-parameters, LR schedule and gradient clipping for one model."""
+
+    foreign_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "learning_rate": ("lr",), "lr_scheduler": ("lr_schedule",), "lr_warmup_steps": ("warmup_steps",),
+        "adam_weight_decay": ("weight_decay",), "adam_epsilon": ("eps",),
+    }
 
     lr: float = field(5e-7, help="peak learning rate")
     betas: list[float] = field([0.9, 0.999], help="AdamW (β1, β2)")
@@ -108,6 +115,8 @@ class EMAConfig:
 class LoopConfig:
     """Length of Algorithm 1, its inner assistant loop, and numerics."""
 
+    foreign_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {"max_train_steps": ("max_steps",)}
+
     max_steps: int = field(1000, help="training steps (generator updates)")
     assistant_steps: int = field(1, help="assistant (DSM) updates per generator update (DMD2: 5)")
     gradient_accumulation_steps: int = field(
@@ -143,6 +152,11 @@ class LoopConfig:
 @dataclass
 class CheckpointConfig:
     """Where and how often to write ``checkpoint-<step>/`` folders."""
+
+    foreign_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "checkpointing_steps": ("every",), "save_steps": ("every",), "checkpoints_total_limit": ("total_limit",),
+        "save_total_limit": ("total_limit",), "resume_from_checkpoint": ("--resume (of distar train)",),
+    }
 
     every: int = field(0, help="save every this many steps; 0 = only at the end")
     total_limit: int | None = field(None, help="keep at most this many checkpoints (oldest removed); null = all")
@@ -271,6 +285,19 @@ class MonitorConfig:
 @dataclass
 class TrainConfig:
     """Everything ``distar train`` needs; saved, resolved, as ``<output_dir>/config.yaml``."""
+
+    #: diffusers' and TRL's training-script names → distar's keys (shown by the unknown-key error).
+    foreign_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "learning_rate": ("optim.generator.lr", "optim.assistant.lr"),
+        "max_train_steps": ("loop.max_steps",), "max_steps": ("loop.max_steps",),
+        "train_batch_size": ("data.batch_size",), "per_device_train_batch_size": ("data.batch_size",),
+        "gradient_accumulation_steps": ("loop.gradient_accumulation_steps",),
+        "mixed_precision": ("loop.mixed_precision",),
+        "checkpointing_steps": ("checkpointing.every",), "save_steps": ("checkpointing.every",),
+        "checkpoints_total_limit": ("checkpointing.total_limit",),
+        "resume_from_checkpoint": ("--resume (of distar train)",),
+        "report_to": ("logging.report_to",), "logging_steps": ("logging.every",),
+    }
 
     model: ModelConfig | None = field(None, help="diffusers backend (null when a Backend is passed in directly)")
     rewards: list[RewardSpec] = field([], help="explicit reward terms r = Σ w_k r_k of Eq. (3.1)")

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from distar.config import field
+from distar.runtime import quiet_libraries
 
 #: ``log(step, terms)``: called after every optimiser step with the batch's loss terms as floats.
 Log = Callable[[int, dict[str, float]], None]
@@ -135,8 +136,9 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list
     return lines
 
 
-def _set_threads(threads: int) -> None:
+def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    quiet_libraries()
 
 
 def run_parallel(
@@ -164,7 +166,7 @@ def run_parallel(
             torch.set_num_threads(before)
         return results
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(fn, **job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             i = futures[future]
