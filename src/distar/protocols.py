@@ -5,7 +5,7 @@
   :mod:`distar.train` drives it without knowing which one it has.
 - :class:`ImageModel` is what the evaluation suite needs from anything that makes images.
 
-Symbols follow ``di-star-math.md``: ``x0`` a clean sample, ``x_t`` its noised version (2.1), ``t`` a
+Symbols follow docs/math.md §0: ``x0`` a clean sample, ``x_t`` its noised version (2.1), ``t`` a
 time in the schedule's own units (integer steps for discrete schedules, floats for continuous ones).
 """
 

@@ -1,4 +1,4 @@
-"""A Gaussian world where every score is exact (di-star-math.md §4 test world).
+"""A Gaussian world where every score is exact (docs/math.md §4, the Gaussian test world).
 
 Generator x0 = A z + b (θ = (A, b)), reference N(μ_r, Σ_r); noising at a fixed t (VP or rectified flow) keeps every
 marginal Gaussian, so s_θ,t and s_ref,t are affine functions known in closed form.

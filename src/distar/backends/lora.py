@@ -1,7 +1,7 @@
 """LoRA (peft) on diffusers UNets and transformers, and the shared layout: the assistant as an adapter on the reference.
 
 In the shared layout one UNet holds the reference's frozen weights plus the assistant's adapter:
-adapters off gives s_ref, adapters on gives s_ψ (di-star-math.md §2). Toggling must be visible to
+adapters off gives s_ref, adapters on gives s_ψ (docs/math.md §2). Toggling must be visible to
 gradient checkpointing, whose backward re-runs a block's forward: :func:`checkpoint_keeping_adapter_state`
 re-runs it in the adapter state of the original forward, not the state at backward time.
 

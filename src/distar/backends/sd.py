@@ -1,6 +1,6 @@
 """Stable Diffusion 1.5/2.x (and pixel-space SD-style) UNets as a DI* :class:`~distar.protocols.Backend`.
 
-Legend (di-star-math.md): ``z`` generator noise, ``x0`` clean latents (or pixels in [-1, 1]),
+Legend (docs/math.md §0): ``z`` generator noise, ``x0`` clean latents (or pixels in [-1, 1]),
 ``x_t = α_t x0 + σ_t ε`` (2.1), ``t`` integer timesteps of the reference's 1000-step schedule.
 Every UNet output is converted to an x0-prediction with the backbone's prediction type (§1).
 """

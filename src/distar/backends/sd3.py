@@ -1,6 +1,6 @@
 """SD3 / SD3.5: an MMDiT flow-matching transformer with CLIP-L, CLIP-G and (optional) T5 text encoders.
 
-Rectified flow (di-star-math.md §1): x_t = (1 − t) x0 + t ε with t = σ ∈ (0, 1], the transformer is
+Rectified flow (docs/math.md §1): x_t = (1 − t) x0 + t ε with t = σ ∈ (0, 1], the transformer is
 fed the timestep 1000·t and predicts the velocity u = ε − x0, so x̂0 = x_t − t û. Prompts are encoded
 as the SD3 pipeline encodes them: per-token embeddings = [CLIP-L ‖ CLIP-G, zero-padded to the T5
 width ; T5 tokens] (T5 zeros without ``text_encoder_3``), pooled = [CLIP-L pooled ‖ CLIP-G pooled].

@@ -1,4 +1,4 @@
-"""Classifier-free guidance (di-star-math.md Eq. 3.5)."""
+"""Classifier-free guidance (docs/math.md §5, Eq. 3.5)."""
 
 from __future__ import annotations
 

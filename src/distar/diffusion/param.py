@@ -1,4 +1,4 @@
-"""Conversions between ε-, x0-, v- and flow-velocity predictions and scores (di-star-math.md §1).
+"""Conversions between ε-, x0-, v- and flow-velocity predictions and scores (docs/math.md §1).
 
 All functions take ``alpha_t``/``sigma_t`` already broadcastable to ``x_t`` (see
 :func:`distar.diffusion.schedule.expand_like`). Prediction-type names follow diffusers:

@@ -1,9 +1,9 @@
-"""Forward-process schedules x_t = α_t x0 + σ_t ε (di-star-math.md Eq. 2.1).
+"""Forward-process schedules x_t = α_t x0 + σ_t ε (docs/math.md §1, Eq. 2.1).
 
 A :class:`Schedule` maps a time tensor to (α_t, σ_t). Discrete schedules (SD 1.5, SDXL: 1000 steps)
 index a table ``alphas_cumprod`` by integer t; continuous ones take float t in (0, 1]. Nothing in
 :mod:`distar.objectives` assumes α_t² + σ_t² = 1: :class:`FlowMatchSchedule` is rectified flow
-(SD3, FLUX, SANA), α_t = 1 − t, σ_t = t (di-star-math.md §1).
+(SD3, FLUX, SANA), α_t = 1 − t, σ_t = t (docs/math.md §1).
 """
 
 from __future__ import annotations

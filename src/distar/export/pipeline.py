@@ -13,7 +13,7 @@ LoRA in diffusers' format instead. Then
     DiffusionPipeline.from_pretrained(DIR)(prompt, num_inference_steps=k, guidance_scale=0, timesteps=[...])
 
 evaluates the generator k times, re-noising its x0 between steps, and decodes the last x0
-(di-star-math.md §2; one step: the network once on z at t_init).
+(docs/math.md §2; one step: the network once on z at t_init).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Diff-Instruct* objectives in pure torch, one function per equation of di-star-math.md.
+"""Diff-Instruct* objectives in pure torch, one function per equation of docs/math.md §1-§6.
 
 - :mod:`~distar.objectives.di_star` — the generator loss (3.4) with its terms: :func:`generator_loss`
   (Theorem 3.1 score divergences, or IKL of §6), :func:`cfg_reward_loss` (Theorem 3.2, 3.6-3.7),

@@ -1,5 +1,5 @@
 """The generator loss of Diff-Instruct*, Eq. (3.4), with its reward, CFG and divergence terms
-(di-star-math.md §3-§6): Theorem 3.1, the implicit CFG reward of Theorem 3.2, the IKL baselines,
+(docs/math.md §3-§6): Theorem 3.1, the implicit CFG reward of Theorem 3.2, the IKL baselines,
 and :class:`DIStarLoss`, the whole per-batch objective of an :class:`ObjectiveConfig`.
 
 Legend (paper symbols): ``x0 = g_θ(z, c)`` generator sample (carries the graph to θ), ``noise`` = ε,

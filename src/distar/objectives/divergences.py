@@ -1,4 +1,4 @@
-"""The divergences of the generator loss, one class each (di-star-math.md Eq. 3.2, 3.8, §6).
+"""The divergences of the generator loss, one class each (docs/math.md §3 Eq. 3.2, §4 Eq. 3.8, §6).
 
 Each class owns what is particular to it: the distance d(y) and its gradient d'(y) (score
 divergences), the time weighting w(t) it gets under ``weighting: x0``, and, for the pseudo-Huber

@@ -1,4 +1,4 @@
-"""Denoising score matching for the assistant (di-star-math.md Eq. 2.2)."""
+"""Denoising score matching for the assistant (docs/math.md §1, Eq. 2.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The objective configuration and the paper's methods as presets (di-star-math.md §6, Table 2).
+"""The objective configuration and the paper's methods as presets (docs/math.md §6, Table 2).
 
 Every method is one configuration of the same loss, reward − divergence:
 

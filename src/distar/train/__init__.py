@@ -1,4 +1,4 @@
-"""Training: Algorithm 1 of Diff-Instruct* (di-star-math.md §7) for any :class:`distar.protocols.Backend`.
+"""Training: Algorithm 1 of Diff-Instruct* (docs/math.md §7) for any :class:`distar.protocols.Backend`.
 
 - :class:`TrainConfig` and its sections (:mod:`distar.train.config`);
 - :class:`Trainer` (:mod:`distar.train.loop`): the accelerate loop, checkpoints, logging, sample grids;

@@ -1,4 +1,4 @@
-"""The two updates of Algorithm 1 (di-star-math.md §7), as per-sample losses over any Backend.
+"""The two updates of Algorithm 1 (docs/math.md §7), as per-sample losses over any Backend.
 
 The trainer averages ``"loss"``, back-propagates and steps the matching optimiser; every other key
 is a per-sample term for logging. Time t and noise ε come from torch's global RNG, so restoring

@@ -2,7 +2,7 @@
 
 Load with ``load_config(TrainConfig, "configs/tiny_sd.yaml", ["optim.generator.lr=1e-5"])``; every
 field is a dotted ``key=value`` override on the command line, and its ``help`` is its documentation.
-Steps are Algorithm 1 iterations (di-star-math.md §7): one step = ``loop.assistant_steps`` assistant
+Steps are Algorithm 1 iterations (docs/math.md §7): one step = ``loop.assistant_steps`` assistant
 (DSM) updates followed by one generator update.
 """
 

@@ -1,4 +1,4 @@
-"""Algorithm 1 of Diff-Instruct* (di-star-math.md §7) on accelerate, for any Backend.
+"""Algorithm 1 of Diff-Instruct* (docs/math.md §7) on accelerate, for any Backend.
 
 Each training step makes ``loop.assistant_steps`` assistant updates (DSM, Eq. 2.2, on detached
 generator samples) and then one generator update (Eq. 3.4, plus 3.6-3.7 in outer-CFG mode), with

@@ -1,4 +1,4 @@
-"""Isotropic Gaussian mixtures in R^d and their exact noised scores (di-star-math.md Eq. 2.1, §1).
+"""Isotropic Gaussian mixtures in R^d and their exact noised scores (docs/math.md §1, Eq. 2.1).
 
 Under x_t = α_t x0 + σ_t ε a mixture Σ_k π_k N(μ_k, s_k² I) stays a mixture,
 Σ_k π_k N(α_t μ_k, v_k I) with v_k = α_t² s_k² + σ_t², so at every t

@@ -1,6 +1,6 @@
 """The reference diffusion model: a pixel-space diffusers ``UNet2DConditionModel`` with CFG.
 
-Trained by v-prediction denoising score matching (di-star-math.md Eq. 2.2 in v form, v = α_t ε − σ_t x0:
+Trained by v-prediction denoising score matching (docs/math.md §1, Eq. 2.2 in v form, v = α_t ε − σ_t x0:
 plain v-MSE is the x0-MSE weighted by λ(t) = α_t²/σ_t² + 1) on rendered images scaled to [−1, 1], with
 the prompt replaced by "" with probability ``cond_dropout`` so the same network gives s(x_t | ∅) for
 classifier-free guidance (Eq. 3.5). The noise levels are drawn as EDM draws them, ln σ ~ N(P_mean, P_std²)
