@@ -53,7 +53,7 @@ def main() -> None:
     t_init = build_record()["config"]["one_step"]["t_init"]
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, base in (("demo 64×2", MonitorConfig(every=20, prompts=64, seeds=[0, 1])), ("default 16×2", MonitorConfig())):
+        for name, base in (("demo 64×2", MonitorConfig(every=30, prompts=64, seeds=[0, 1])), ("default 16×2", MonitorConfig())):
             out = Path(tmp) / name.split()[0]
             config = train_config(
                 asset("reference"), preset("di_star", reward_scale=30.0, guidance_scale=3.0), loop,
@@ -75,7 +75,7 @@ def main() -> None:
     step = statistics.median(step_times)
     print(f"environment: {environment()}")
     print(f"training step (batch {loop.batch_size}): {summary(step_times)}")
-    default_every, demo_every = max(1, loop.steps // 10), 20
+    default_every, demo_every = max(1, loop.steps // 10), 30
     for name, times in pass_times.items():
         one = statistics.median(times)
         print(f"monitor pass, {name}: {summary(times)}; first pass with the drift images: {trainers[name][1]:.1f} s")

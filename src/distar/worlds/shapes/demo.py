@@ -107,7 +107,7 @@ class ShapesDemoConfig:
     reference_sampler: str = field("dpm++", help="the reference row's sampler: dpm++ (DPM-Solver++(2M), Karras σ) or ddim")
     fid_reference_seeds: int = field(4, help="renders per evaluation prompt forming the FID reference set")
     monitor: MonitorConfig = field(
-        MonitorConfig(every=20, prompts=64, seeds=[0, 1]),
+        MonitorConfig(every=30, prompts=64, seeds=[0, 1]),
         help="the training monitor of every run (judge: the CLIP analogue; truth metrics: alignment and true "
         "utility, never selected on; docs/monitor.md)",
     )
