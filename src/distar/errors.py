@@ -1,6 +1,6 @@
 """Errors shown to the user as one line, never a traceback: ``distar`` exits with status 2 on a
 :class:`UserError` (or a :class:`~distar.config.ConfigError`), and with status 1 on a
-:class:`RunError`, a run that started and had to stop."""
+:class:`RunError`, a run that started and had to stop (with :attr:`Preempted.status` for one stopped by a signal)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ class UserError(Exception):
 
 class RunError(RuntimeError):
     """A run stopped for a reason reported in one line: non-finite steps, a failed checkpoint write."""
+
+
+class Preempted(RunError):
+    """A run stopped by a signal (see :mod:`distar.train.preemption`); ``distar`` exits with ``status``."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def first_line(err: BaseException) -> str:

@@ -55,7 +55,7 @@ TRASH_PREFIX = ".trash-"
 #: What a run folder holds besides its checkpoints; ``--overwrite`` removes exactly these.
 RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, "samples", "tensorboard")
 
-#: Test hook: ``DISTAR_KILL_AT=<point>:<step>`` SIGKILLs the process at that point (see :func:`kill_point`).
+#: Test hook: ``DISTAR_KILL_AT=<point>:<step>[:<signal>]`` signals the process at that point (see :func:`kill_point`).
 KILL_ENV = "DISTAR_KILL_AT"
 
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -67,10 +67,13 @@ class CheckpointError(ConfigError):
 
 
 def kill_point(point: str, step: int) -> None:
-    """SIGKILL this process when ``$DISTAR_KILL_AT`` is ``<point>:<step>``: lets tests stop a real run
-    inside a checkpoint write or a pruning, deterministically. Does nothing otherwise."""
-    if os.environ.get(KILL_ENV) == f"{point}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Send this process SIGKILL when ``$DISTAR_KILL_AT`` is ``<point>:<step>``, or the signal named by
+    ``<point>:<step>:<signal>`` (e.g. ``step:3:SIGTERM``; several entries are separated by commas): lets
+    tests stop a real run inside a checkpoint write or a pruning, deterministically. Does nothing otherwise."""
+    for entry in os.environ.get(KILL_ENV, "").split(","):
+        parts = entry.split(":")
+        if parts[:2] == [point, str(step)]:
+            os.kill(os.getpid(), signal.Signals[parts[2]] if len(parts) > 2 else signal.SIGKILL)
 
 
 def rng_state_file(rank: int) -> str:

@@ -15,6 +15,7 @@ from distar.backends.config import ModelConfig
 from distar.config import field
 from distar.objectives.presets import ObjectiveConfig
 from distar.rewards.spec import RewardSpec
+from distar.train.preemption import signal_number
 
 #: Sanity bounds: values past them are typos (``1e12``), not runs anyone can finish.
 MAX_BATCH_SIZE = 65_536
@@ -126,6 +127,11 @@ class LoopConfig:
         help="stop (exit code 1) after this many consecutive steps with a non-finite loss or gradient "
         "norm; each such update is skipped",
     )
+    stop_signals: list[str] = field(
+        ["SIGTERM", "SIGINT", "SIGUSR1"],
+        help="signals that make the run finish its step, save a checkpoint and exit 75; a second one stops "
+        "at once without saving (see docs/training.md, Preemption)",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_steps <= MAX_STEPS:
@@ -138,6 +144,8 @@ class LoopConfig:
             raise ValueError("threads must be >= 1 (or null)")
         if not 1 <= self.gradient_accumulation_steps <= MAX_ASSISTANT_STEPS:
             raise ValueError(f"gradient_accumulation_steps must be in [1, {MAX_ASSISTANT_STEPS}]")
+        for name in self.stop_signals:
+            signal_number(name)
 
 
 @dataclass

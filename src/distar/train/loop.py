@@ -54,6 +54,7 @@ from distar.train.algorithm import assistant_losses, generator_losses
 from distar.train.config import OptimizerConfig, TrainConfig
 from distar.train.data import PromptStream
 from distar.train.logs import JsonlLog, image_grid, peak_memory_mib, save_png
+from distar.train.preemption import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class Trainer:
         self._skipped: list[str] = []  # the updates skipped in the current step
         self.log = JsonlLog(self.output_dir / ckpt.LOG_FILE)
         self._sampling = config.sampling.every > 0
+        self.stop_signals = StopSignals(config.loop.stop_signals, last_checkpoint=self._last_checkpoint)
 
     def _make_optimizer(self, params: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
         """The optimiser of one network's trainable ``params`` (:func:`make_optimizer`)."""
@@ -344,7 +346,8 @@ class Trainer:
             self.log.truncate_after(self.step)
         acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
         try:
-            return self._run()
+            with self.stop_signals:
+                return self._run()
         finally:
             acc.end_training()
 
@@ -385,10 +388,11 @@ class Trainer:
             window.append((self.train_step(), *lrs, len(self._skipped)))
             busy += time.perf_counter() - start
             ckpt.kill_point("step", self.step)
+            preempted = self.stop_signals.agreed(acc)  # a stop signal: save this step, then stop
             bar.update(1)
             last = self.step == cfg.loop.max_steps
             saving = cfg.checkpointing
-            save = (saving.every and self.step % saving.every == 0) or (last and saving.save_final)
+            save = (saving.every and self.step % saving.every == 0) or (last and saving.save_final) or preempted
             stop = self.consecutive_bad_steps >= cfg.loop.max_bad_steps
             # A checkpoint's step must be in log.jsonl before the checkpoint exists: flush first.
             if self.step % cfg.logging.every == 0 or last or save or stop:
@@ -405,7 +409,10 @@ class Trainer:
             if self._sampling and self.step % every == 0:
                 self.sample()
             if save:
-                self.save_checkpoint()
+                saved = self.save_checkpoint()
+                if preempted and not last:
+                    bar.close()
+                    raise self.stop_signals.stopped(self.step, saved)
         bar.close()
         return records
 
