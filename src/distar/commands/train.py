@@ -7,6 +7,7 @@ Multi-process runs go through a launcher, e.g. ``accelerate launch -m distar tra
 from __future__ import annotations
 
 import argparse
+import os
 
 from distar.runtime import add_threads_argument
 
@@ -47,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from distar.io import writable_dir
     from distar.train import checkpoint as ckpt
     from distar.train.build import load_prompts
+    from distar.train.runfolder import RunLock
 
     # Every input is checked before a model is built.
     writable_dir(config.output_dir, "output_dir")
+    if os.environ.get("RANK", "0") == "0":  # rank 0 of this run will lock the folder: is another run there?
+        RunLock(config.output_dir).check_free()
     prompts = load_prompts(config.data)
     resume = args.resume
     if resume is None:

@@ -55,6 +55,7 @@ from distar.train.config import OptimizerConfig, TrainConfig
 from distar.train.data import PromptStream
 from distar.train.logs import JsonlLog, image_grid, peak_memory_mib, save_png
 from distar.train.preemption import StopSignals
+from distar.train.runfolder import RunLock, on_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -332,34 +333,41 @@ class Trainer:
     def train(self, resume: str | None = None, *, overwrite: bool = False) -> list[dict[str, float]]:
         """Run (or, with ``resume`` = ``"latest"`` or a checkpoint path, continue) to ``loop.max_steps``.
 
-        A folder that already holds a run is refused unless ``resume`` is given or ``overwrite`` (which
+        The main process locks the run folder for the run (:mod:`distar.train.runfolder`): a folder another
+        run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given or ``overwrite`` (which
         removes the old run's checkpoints, log, samples and tensorboard files). Returns the records of
         the steps run by this call (also appended to ``log.jsonl``, including every step up to each
         checkpoint). Raises :class:`~distar.errors.RunError` when ``loop.max_bad_steps`` steps in a row
         are non-finite or a checkpoint cannot be written.
         """
         acc, cfg = self.accelerator, self.config
-        self._prepare_folder(resume, overwrite)
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
-            self.log.truncate_after(self.step)
-        acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
+        lock = RunLock(self.output_dir)
+        on_main_process(acc, lock.acquire)  # one writer per run folder: rank 0 holds the lock
         try:
-            with self.stop_signals:
-                return self._run()
+            self._prepare_folder(resume, overwrite)
+            if acc.is_main_process:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
+                self.log.truncate_after(self.step)
+            acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
+            try:
+                with self.stop_signals:
+                    return self._run()
+            finally:
+                acc.end_training()
         finally:
-            acc.end_training()
+            lock.release()
 
     def _prepare_folder(self, resume: str | None, overwrite: bool) -> None:
-        """Load the checkpoint to resume from, or make sure a new run does not mix with an old one."""
+        """Load the checkpoint to resume from (chosen once, by the main process), or make sure a new run
+        does not mix with an old one."""
         if resume is not None and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if resume is None:
             ckpt.check_new_run(self.output_dir, overwrite=overwrite)
             if overwrite and self.accelerator.is_main_process:
                 ckpt.clear_run(self.output_dir)
-        elif (path := ckpt.resolve_checkpoint(resume, self.output_dir)) is None:
+        elif (path := on_main_process(self.accelerator, lambda: ckpt.resolve_checkpoint(resume, self.output_dir))) is None:
             logger.info("no checkpoint in %s yet: starting a new run", self.output_dir)
         else:
             self.load_checkpoint(path)
