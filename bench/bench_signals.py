@@ -53,7 +53,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "distar", "train", "--config", str(CONFIG), f"output_dir={straight}", *COMMON],
                    check=True, capture_output=True)
     reference = losses(straight)
-    signals = saved = lossless = exact = 0
+    signals = saved = stops = lossless = exact = 0
     statuses: dict[int, int] = {}
     for run in range(args.runs):
         out = root / f"run{run}"
@@ -69,12 +69,13 @@ def main() -> None:
             tail = proc.stderr.read()
             status = proc.wait()
             statuses[status] = statuses.get(status, 0) + 1
-            if status == 75 and "saved" in tail:
-                saved += 1
-                lossless += checkpoints(out)[-1] == losses(out)[-1]["step"]
+            saved += status == 75 and "saved" in tail
+            stops += 1
+            lossless += bool(checkpoints(out)) and checkpoints(out)[-1] == losses(out)[-1]["step"]
         exact += losses(out) == reference
-    print(f"signals sent {signals}; saved {saved}/{signals}; 0 steps lost {lossless}/{saved}; "
-          f"exit statuses {statuses}; resumed runs exact {exact}/{args.runs}")
+    print(f"signals sent {signals}, {saved} of them during training: each saved its step (exit 75); "
+          f"process ends with 0 steps lost {lossless}/{stops}; exit statuses {statuses}; "
+          f"resumed runs exact {exact}/{args.runs}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from distar.cli import main
 from distar.config import ConfigError
 from distar.train import checkpoint as ckpt
 from distar.train.loop import Trainer
-from distar.train.runfolder import LOCK_FILE, RunLock
+from distar.train.runfolder import LOCK_FILE, RunLock, check_overwrite
 
 HOLD = "import sys, time; from distar.train.runfolder import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 
@@ -113,3 +113,53 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# ---------------------------------------------------------------------- --overwrite
+
+
+def test_overwrite_removes_only_what_distar_wrote_and_refuses_a_folder_with_user_files(tmp_path, capfd):
+    out = tmp_path / "run"
+    assert train(out, "sampling.every=4", "logging.report_to=tensorboard") == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert any(n.startswith("samples/") for n in written) and any(n.startswith("tensorboard/") for n in written)
+    user_files = {"samples/holiday.png": b"png", "checkpoint-8/thesis.tex": b"tex", "tensorboard/notes.txt": b"n", "notes.txt": b"n"}
+    for name, data in user_files.items():
+        (out / name).write_bytes(data)
+        capfd.readouterr()
+        assert train(out, "--overwrite") == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert err == [f"distar train: error: --overwrite: {out} holds 1 file(s) distar did not write (e.g. {name}); move them out or choose another output_dir"]
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(written + [name])
+        (out / name).unlink()
+    assert train(out, "--overwrite", "loop.max_steps=2") == 0
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [2] and not (out / "samples").exists()
+
+
+def test_an_old_checkpoint_is_distars_only_when_its_manifest_lists_every_file(tmp_path):
+    out = tmp_path / "run"
+    assert train(out, "loop.max_steps=2") == 0
+    (out / "checkpoint-2" / "manifest.json").unlink()
+    with pytest.raises(ConfigError, match="did not write"):
+        check_overwrite(out)
+
+
+@pytest.mark.parametrize("where", ["/", "home"])
+def test_the_root_and_the_home_folder_are_refused_as_run_folders(tmp_path, monkeypatch, capfd, where):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = "/" if where == "/" else str(tmp_path)
+    for args in ([], ["--overwrite"]):
+        assert train(Path(folder), *args) == 2
+        what = "/" if where == "/" else "the home folder"
+        assert capfd.readouterr().err.strip().splitlines()[-1] == (
+            f"distar train: error: output_dir: {folder} is {what}; give a folder of its own to the run"
+        )
+    assert not (Path(folder) / ckpt.CONFIG_FILE).exists() and not (Path(folder) / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("project", ["../../escape", "/tmp/abs", "..", "a\\b"])
+def test_a_tracker_project_must_stay_inside_the_run_folder(tmp_path, capfd, project):
+    out = tmp_path / "deep" / "run"
+    assert train(out, f"logging.project={project}", "logging.report_to=tensorboard") == 2
+    assert "must be a plain name (it names a folder inside the run folder)" in capfd.readouterr().err
+    assert not (tmp_path / "deep").exists()

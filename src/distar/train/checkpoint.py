@@ -52,7 +52,7 @@ MANIFEST_FILE = "manifest.json"
 LOG_FILE = "log.jsonl"
 TRASH_PREFIX = ".trash-"
 
-#: What a run folder holds besides its checkpoints; ``--overwrite`` removes exactly these.
+#: What a run folder holds besides its checkpoints (see :mod:`distar.train.runfolder` for ``--overwrite``).
 RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, "samples", "tensorboard")
 
 #: Test hook: ``DISTAR_KILL_AT=<point>:<step>[:<signal>]`` signals the process at that point (see :func:`kill_point`).
@@ -242,12 +242,17 @@ def replace_dir(tmp: Path, final: Path) -> None:
     _fsync(final.parent)
 
 
+def is_leftover(name: str) -> bool:
+    """Whether ``name`` is what an interrupted save or pruning leaves (``.checkpoint-<step>.tmp``, ``.trash-*``)."""
+    return bool(_LEFTOVER_NAME.match(name))
+
+
 def remove_leftovers(output_dir: str | Path) -> list[Path]:
     """Delete what an interrupted save or pruning left behind (``.checkpoint-<step>.tmp``, ``.trash-*``)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    leftovers = [p for p in root.iterdir() if _LEFTOVER_NAME.match(p.name)]
+    leftovers = [p for p in root.iterdir() if is_leftover(p.name)]
     for path in leftovers:
         if path.is_dir():
             shutil.rmtree(path)
@@ -268,17 +273,6 @@ def check_new_run(output_dir: str | Path, *, overwrite: bool) -> None:
         raise ConfigError(
             f"{output_dir} already holds a run: pass --resume latest to continue it or --overwrite to replace it"
         )
-
-
-def clear_run(output_dir: str | Path) -> None:
-    """Remove a previous run's files (checkpoints, log, config, samples, tensorboard); other files stay."""
-    root = Path(output_dir)
-    for path in [p for _, p in list_checkpoints(root)] + [root / name for name in RUN_ENTRIES]:
-        if path.is_dir():
-            remove_dir(path)
-        elif path.exists():
-            path.unlink()
-    remove_leftovers(root)
 
 
 # ---------------------------------------------------------------------- file contents

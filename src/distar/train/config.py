@@ -179,6 +179,8 @@ class LoggingConfig:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError("every must be >= 1")
+        if not self.project.strip() or self.project in (".", "..") or any(c in self.project for c in "/\\\0"):
+            raise ValueError(f"project: {self.project[:40]!r} must be a plain name (it names a folder inside the run folder)")
         for name in self.report_to.split(","):
             if name.strip() not in (*TRACKERS, "all", "none"):
                 raise ValueError(f"report_to: unknown tracker {name.strip()!r} (choose from {', '.join(TRACKERS)}, all, none)")

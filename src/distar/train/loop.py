@@ -55,7 +55,7 @@ from distar.train.config import OptimizerConfig, TrainConfig
 from distar.train.data import PromptStream
 from distar.train.logs import JsonlLog, image_grid, peak_memory_mib, save_png
 from distar.train.preemption import StopSignals
-from distar.train.runfolder import RunLock, on_main_process
+from distar.train.runfolder import TENSORBOARD, RunLock, clear_run, on_main_process, record_written
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         cpu=config.loop.cpu or not torch.cuda.is_available(),
         log_with=trackers or None,
         project_config=ProjectConfiguration(
-            project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "tensorboard")
+            project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / TENSORBOARD)
         ),
         step_scheduler_with_optimizer=False,
     )
@@ -335,28 +335,29 @@ class Trainer:
 
         The main process locks the run folder for the run (:mod:`distar.train.runfolder`): a folder another
         run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given or ``overwrite`` (which
-        removes the old run's checkpoints, log, samples and tensorboard files). Returns the records of
+        removes only the files the old run wrote, see :func:`~distar.train.runfolder.clear_run`). Returns the records of
         the steps run by this call (also appended to ``log.jsonl``, including every step up to each
         checkpoint). Raises :class:`~distar.errors.RunError` when ``loop.max_bad_steps`` steps in a row
         are non-finite or a checkpoint cannot be written.
         """
         acc, cfg = self.accelerator, self.config
         lock = RunLock(self.output_dir)
-        on_main_process(acc, lock.acquire)  # one writer per run folder: rank 0 holds the lock
-        try:
-            self._prepare_folder(resume, overwrite)
-            if acc.is_main_process:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
-                self.log.truncate_after(self.step)
-            acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
+        with self.stop_signals:  # from here on a stop signal saves the step the run reaches
+            on_main_process(acc, lock.acquire)  # one writer per run folder: rank 0 holds the lock
             try:
-                with self.stop_signals:
+                self._prepare_folder(resume, overwrite)
+                if acc.is_main_process:
+                    self.output_dir.mkdir(parents=True, exist_ok=True)
+                    record_written(self.output_dir, ckpt.CONFIG_FILE, ckpt.LOG_FILE, *[TENSORBOARD] * bool(cfg.logging.trackers))
+                    save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
+                    self.log.truncate_after(self.step)
+                acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
+                try:
                     return self._run()
+                finally:
+                    acc.end_training()
             finally:
-                acc.end_training()
-        finally:
-            lock.release()
+                lock.release()
 
     def _prepare_folder(self, resume: str | None, overwrite: bool) -> None:
         """Load the checkpoint to resume from (chosen once, by the main process), or make sure a new run
@@ -366,7 +367,7 @@ class Trainer:
         if resume is None:
             ckpt.check_new_run(self.output_dir, overwrite=overwrite)
             if overwrite and self.accelerator.is_main_process:
-                ckpt.clear_run(self.output_dir)
+                clear_run(self.output_dir)
         elif (path := on_main_process(self.accelerator, lambda: ckpt.resolve_checkpoint(resume, self.output_dir))) is None:
             logger.info("no checkpoint in %s yet: starting a new run", self.output_dir)
         else:
@@ -480,6 +481,7 @@ class Trainer:
         for name, images in grids.items():
             grid = image_grid(images.clamp(0, 1), rows=len(self.sample_prompts))
             suffix = "-ema" if name.endswith("ema") else ""
+            record_written(self.output_dir, f"samples/step-{self.step:06d}{suffix}.png")
             save_png(grid, folder / f"step-{self.step:06d}{suffix}.png")
             for tracker in self.accelerator.trackers:
                 if tracker.name == "tensorboard":

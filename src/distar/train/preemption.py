@@ -64,6 +64,8 @@ class StopSignals:
         self._done = threading.Event()
 
     def __enter__(self) -> StopSignals:
+        self.received = None
+        self._done.clear()
         if threading.current_thread() is not threading.main_thread():
             return self
         for sig in self.signals:
