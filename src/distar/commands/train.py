@@ -49,10 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from distar.io import writable_dir
     from distar.train import checkpoint as ckpt
     from distar.train.build import load_prompts
+    from distar.train.loop import check_precision
     from distar.train.runfolder import RunLock, check_overwrite, check_run_folder
 
     # Every input is checked before a model is built.
     check_run_folder(config.output_dir)
+    check_precision(config)
     writable_dir(config.output_dir, "output_dir")
     if os.environ.get("RANK", "0") == "0":  # rank 0 of this run will lock the folder: is another run there?
         RunLock(config.output_dir).check_free()

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import pickle
 import shutil
 import time
@@ -67,6 +68,18 @@ TIMING_KEYS = ("time/step_s", "mem/peak_mib")
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "distar[tensorboard]"), "wandb": ("wandb", "distar[wandb]")}
 
 
+def uses_cpu(config: TrainConfig) -> bool:
+    """Whether the run is on the CPU (``loop.cpu``, or no GPU)."""
+    return config.loop.cpu or not torch.cuda.is_available()
+
+
+def check_precision(config: TrainConfig) -> None:
+    """Refuse fp16 autocast on the CPU (accelerate would ignore it): one-line ConfigError."""
+    precision = config.loop.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if precision == "fp16" and uses_cpu(config):
+        raise ConfigError("loop.mixed_precision: fp16 needs a CUDA GPU; on the CPU use bf16 or no")
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """The Accelerator for ``config``: precision, trackers, and CPU/gloo when no GPU is used.
 
@@ -86,11 +99,12 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
                 f"logging.report_to: {name} needs the {module} package (pip install '{package}'), "
                 "or set logging.report_to=none"
             )
+    check_precision(config)
     if config.loop.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return Accelerator(
         mixed_precision=config.loop.mixed_precision,
-        cpu=config.loop.cpu or not torch.cuda.is_available(),
+        cpu=uses_cpu(config),
         log_with=trackers or None,
         project_config=ProjectConfiguration(
             project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / TENSORBOARD)
@@ -338,7 +352,8 @@ class Trainer:
         removes only the files the old run wrote, see :func:`~distar.train.runfolder.clear_run`). Returns the records of
         the steps run by this call (also appended to ``log.jsonl``, including every step up to each
         checkpoint). Raises :class:`~distar.errors.RunError` when ``loop.max_bad_steps`` steps in a row
-        are non-finite or a checkpoint cannot be written.
+        are non-finite, when the run ends on a step with a skipped (non-finite) update, or when a
+        checkpoint cannot be written.
         """
         acc, cfg = self.accelerator, self.config
         lock = RunLock(self.output_dir)
@@ -353,9 +368,15 @@ class Trainer:
                     self.log.truncate_after(self.step)
                 acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
                 try:
-                    return self._run()
+                    records = self._run()
                 finally:
                     acc.end_training()
+                if self.consecutive_bad_steps:
+                    raise RunError(
+                        f"finished at step {self.step}, but its last {self.consecutive_bad_steps} step(s) skipped "
+                        f"non-finite updates: the weights may be useless; {self._last_checkpoint()}"
+                    )
+                return records
             finally:
                 lock.release()
 
