@@ -13,6 +13,10 @@ class RunError(RuntimeError):
     """A run stopped for a reason reported in one line: non-finite steps, a failed checkpoint write."""
 
 
+class Cancelled(Exception):
+    """Work stopped part-way because nobody waits for its result any more (e.g. a client went away)."""
+
+
 class Preempted(RunError):
     """A run stopped by a signal (see :mod:`distar.train.preemption`); ``distar`` exits with ``status``."""
 
