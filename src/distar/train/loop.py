@@ -377,6 +377,9 @@ class Trainer:
                         f"non-finite updates: the weights may be useless; {self._last_checkpoint()}"
                     )
                 return records
+            except OSError as err:  # a full disk at config.yaml, log.jsonl or a sample grid
+                where = err.filename or "a run file"
+                raise RunError(f"could not write {where} ({err.strerror or err}); {self._last_checkpoint()}") from None
             finally:
                 lock.release()
 
