@@ -290,10 +290,8 @@ def config_yaml(obj: Any) -> str:
 
 
 def save_config(obj: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically (a full disk leaves the old file, not a part)."""
-    from distar.io import write_atomic
-
-    write_atomic(Path(path), config_yaml(obj).encode())
+    """Write the resolved config as YAML."""
+    Path(path).write_text(config_yaml(obj))
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, **kwargs: Any) -> Any:

@@ -45,8 +45,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from distar.backends.lora import save_checkpoint_lora
-from distar.config import ConfigError, save_config, to_dict
+from distar.config import ConfigError, config_yaml, save_config, to_dict
 from distar.errors import RunError, first_line
+from distar.io import write_atomic
 from distar.objectives.di_star import DIStarLoss
 from distar.protocols import Backend
 from distar.rewards.base import Reward
@@ -348,8 +349,10 @@ class Trainer:
         """Run (or, with ``resume`` = ``"latest"`` or a checkpoint path, continue) to ``loop.max_steps``.
 
         The main process locks the run folder for the run (:mod:`distar.train.runfolder`): a folder another
-        run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given or ``overwrite`` (which
-        removes only the files the old run wrote, see :func:`~distar.train.runfolder.clear_run`). Returns the records of
+        run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given
+        or ``overwrite`` (which removes only the files the old run wrote, see
+        :func:`~distar.train.runfolder.clear_run`). A stop signal saves the step reached and raises
+        :class:`~distar.errors.Preempted` (:mod:`distar.train.preemption`). Returns the records of
         the steps run by this call (also appended to ``log.jsonl``, including every step up to each
         checkpoint). Raises :class:`~distar.errors.RunError` when ``loop.max_bad_steps`` steps in a row
         are non-finite, when the run ends on a step with a skipped (non-finite) update, or when a
@@ -363,8 +366,9 @@ class Trainer:
                 self._prepare_folder(resume, overwrite)
                 if acc.is_main_process:
                     self.output_dir.mkdir(parents=True, exist_ok=True)
-                    record_written(self.output_dir, ckpt.CONFIG_FILE, ckpt.LOG_FILE, *[TENSORBOARD] * bool(cfg.logging.trackers))
-                    save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
+                    tracker_files = [TENSORBOARD] if cfg.logging.trackers else []
+                    record_written(self.output_dir, ckpt.CONFIG_FILE, ckpt.LOG_FILE, *tracker_files)
+                    write_atomic(self.output_dir / ckpt.CONFIG_FILE, config_yaml(cfg).encode())
                     self.log.truncate_after(self.step)
                 acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
                 try:
