@@ -102,7 +102,7 @@ def writable_dir(path: str | Path, what: str) -> Path:
     if not text.strip() or "\0" in text:
         raise ConfigError(f"{what}: {text[:80]!r} is not a usable folder name")
     folder = Path(text)
-    probe = folder / ".distar-write-check"
+    probe = folder / f".distar-write-check-{os.getpid()}"  # one per process: ranks check the same folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")

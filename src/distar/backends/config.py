@@ -205,8 +205,11 @@ class ModelConfig:
             raise ConfigError(f"model.generator_init: no such file or folder: {self.generator_init}")
         if init is not None and init.exists() and not (init.is_file() or init.is_dir()):
             raise ConfigError(f"model.generator_init: {self.generator_init} is not a regular file or a folder")
-        if init is not None and init.is_dir() and not any((init / sub / "config.json").is_file() for sub in ("", "unet", "transformer")):
-            raise ConfigError(f"model.generator_init: {self.generator_init} holds no diffusers model (config.json, unet/ or transformer/)")
+        model_folders = ("", "unet", "transformer")
+        if init is not None and init.is_dir() and not any((init / sub / "config.json").is_file() for sub in model_folders):
+            raise ConfigError(
+                f"model.generator_init: {self.generator_init} holds no diffusers model (config.json, unet/ or transformer/)"
+            )
         if self.resolution is not None and not 0 < self.resolution <= MAX_RESOLUTION:
             raise ConfigError(f"model.resolution: must be in 1..{MAX_RESOLUTION}, got {str(self.resolution)[:30]}")
 

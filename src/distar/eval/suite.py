@@ -89,7 +89,8 @@ class ModelFiles:
                 warnings.warn(f"{self.scores}: ignoring unreadable line {number}", EvalWarning, stacklevel=2)
                 continue
             for name in [k for k, v in row.items() if k not in RECORD_TEXT and not _is_score(v)]:
-                warnings.warn(f"{self.scores}: line {number}: {name} is not a finite number, scored again", EvalWarning, stacklevel=2)
+                message = f"{self.scores}: line {number}: {name} is not a finite number, scored again"
+                warnings.warn(message, EvalWarning, stacklevel=2)
                 del row[name]
             key = (row["index"], row["seed"])
             if row.pop("new", False) or key not in records:
@@ -288,7 +289,8 @@ class _Run:
             digest = hashlib.sha256(json.dumps([(r["index"], r["seed"]) for r in records]).encode()).hexdigest()[:16]
             cached = _read_json(files.set_metrics) or {}
             entry = cached.get(metric.name)
-            if metric.signature is not None and isinstance(entry, dict) and (entry.get("images"), entry.get("signature")) == (digest, metric.signature):
+            done = isinstance(entry, dict) and (entry.get("images"), entry.get("signature")) == (digest, metric.signature)
+            if metric.signature is not None and done:
                 continue
             if loaded is None:
                 loaded = metric.load()  # type: ignore[assignment]

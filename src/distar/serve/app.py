@@ -215,7 +215,8 @@ def create_app(
         origin = request.headers.get("origin")
         same = origin is not None and origin.split("://", 1)[-1] == request.headers.get("host")
         if origin is not None and not same and origin not in allow_origins and "*" not in allow_origins:
-            return _error(403, f"cross-origin request from {origin[:100]} refused (start the server with --allow-origin to allow it)")
+            refusal = f"cross-origin request from {origin[:100]} refused (start the server with --allow-origin to allow it)"
+            return _error(403, refusal)
         body = b""
         try:
             async for chunk in request.stream():

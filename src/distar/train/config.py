@@ -54,7 +54,8 @@ class DataConfig:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}]")
         if long := [i for i, p in enumerate(self.prompts) if len(p) > MAX_PROMPT_CHARS]:
-            raise ValueError(f"prompts: prompt {long[0]} has {len(self.prompts[long[0]])} characters, at most {MAX_PROMPT_CHARS}")
+            size = len(self.prompts[long[0]])
+            raise ValueError(f"prompts: prompt {long[0]} has {size} characters, at most {MAX_PROMPT_CHARS}")
 
 
 @dataclass
@@ -245,7 +246,11 @@ class TrainConfig:
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**32 - 1 - 1024] (one seed per process), got {str(self.seed)[:30]}")
         for name, opt in (("generator", self.optim.generator), ("assistant", self.optim.assistant)):
-            if opt.lr_schedule == "polynomial" and opt.warmup_steps >= self.loop.max_steps:
-                raise ValueError(f"optim.{name}: the polynomial schedule needs warmup_steps < loop.max_steps = {self.loop.max_steps}")
-            if opt.lr_schedule == "polynomial" and opt.lr <= POLYNOMIAL_LR_END:
+            if opt.lr_schedule != "polynomial":
+                continue
+            if opt.warmup_steps >= self.loop.max_steps:
+                raise ValueError(
+                    f"optim.{name}: the polynomial schedule needs warmup_steps < loop.max_steps = {self.loop.max_steps}"
+                )
+            if opt.lr <= POLYNOMIAL_LR_END:
                 raise ValueError(f"optim.{name}: the polynomial schedule decays to {POLYNOMIAL_LR_END:g}; lr must be larger")

@@ -98,7 +98,8 @@ class StopSignals:
     def stopped(self, step: int, saved: Path) -> Preempted:
         """The error that ends a run stopped by a signal after step ``step``, saved as checkpoint ``saved``."""
         sig = self.received.name if self.received else "a stop signal to another process"
-        return Preempted(f"stopped by {sig} after step {step}: saved {saved} (continue with --resume latest)", EXIT_PREEMPTED)
+        message = f"stopped by {sig} after step {step}: saved {saved} (continue with --resume latest)"
+        return Preempted(message, EXIT_PREEMPTED)
 
     def agreed(self, accelerator: Accelerator) -> bool:
         """Whether any process received a stop signal (the same answer on every process)."""

@@ -67,7 +67,7 @@ class RunLock:
             holder = _read(fd)
             os.close(fd)
             if err.errno in _NO_LOCKS:
-                logger.warning("%s: the file system cannot lock files: a second run here would not be refused", self.path)
+                logger.warning("%s: the file system cannot lock files: a second run would not be refused", self.path)
                 return
             raise ConfigError(
                 f"{self.path.parent} is in use by another run ({holder or 'holder unknown'}): wait for it to end, "
@@ -75,7 +75,8 @@ class RunLock:
             ) from None
         if stale := _read(fd):
             logger.info("took over the lock of a run that is gone (%s)", stale)
-        record = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = f"pid {os.getpid()} on {socket.gethostname()} since {since}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)
         self._fd = fd
@@ -174,7 +175,8 @@ def check_run_folder(output_dir: str | Path) -> None:
     """Refuse ``/`` and the home folder as a run folder (one-line :class:`~distar.config.ConfigError`)."""
     root = Path(output_dir).expanduser().resolve()
     if root == Path(root.anchor) or root == Path.home().resolve():
-        raise ConfigError(f"output_dir: {output_dir} is {'/' if root == Path(root.anchor) else 'the home folder'}; give a folder of its own to the run")
+        what = "/" if root == Path(root.anchor) else "the home folder"
+        raise ConfigError(f"output_dir: {output_dir} is {what}; give a folder of its own to the run")
 
 
 def check_overwrite(output_dir: str | Path) -> None:
