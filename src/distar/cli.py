@@ -4,7 +4,8 @@ Each command lives in ``distar/commands/<name>.py`` with ``add_arguments(parser)
 ``run(args) -> int``; heavy imports happen inside ``run`` so ``distar --help`` stays fast.
 Expected failures print one line, never a traceback: bad input (config, file, checkpoint) exits 2,
 a run that had to stop (:class:`~distar.errors.RunError`) exits 1, or 3 when the monitor's
-reward-hacking alarm stopped it.
+reward-hacking alarm stopped it, and a run stopped by a signal exits 75 once its checkpoint is saved
+(:mod:`distar.train.preemption`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Sequence
 
 from distar import __version__
 from distar.config import ConfigError
-from distar.errors import RunError, UserError
+from distar.errors import Preempted, RunError, UserError
 from distar.runtime import quiet_libraries
 
 #: (command, module under distar.commands, one-line help)
@@ -99,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, ConfigError, FileNotFoundError) as err:
         print(f"distar {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:
+        print(f"distar {args.command}: {err}", file=sys.stderr)
+        return err.status
     except RunError as err:
         print(f"distar {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -11,7 +11,9 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import reprlib
+import stat
 import types
 import typing
 from pathlib import Path
@@ -29,6 +31,8 @@ class ConfigError(ValueError):
 #: Bounds on what a config file may expand to: nodes after aliases are resolved, and nesting depth.
 MAX_NODES = 100_000
 MAX_DEPTH = 32
+#: The largest config file (and override) read: prompt lists this long belong in a prompt file.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 _REPR = reprlib.Repr()
@@ -206,7 +210,7 @@ def _check_size(data: Any) -> None:
         for child in children:
             total += size(child, depth + 1)
             if total > MAX_NODES:
-                raise ConfigError(f"expands to more than {MAX_NODES} values (YAML aliases?)")
+                raise ConfigError(f"holds more than {MAX_NODES} values (YAML aliases included)")
         sizes[id(obj)] = total
         return total
 
@@ -228,6 +232,8 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: invalid YAML{at} ({problem})") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{where}: {str(err).split(';')[0][:120]}") from None
     return data
 
 
@@ -255,6 +261,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{_short(item)[1:-1]}' is not of the form key=value")
+        if len(item) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"override '{_short(item)[1:-1]}': longer than {MAX_CONFIG_BYTES >> 20} MiB")
         key, raw = item.split("=", 1)
         if not all(part.strip() for part in key.strip().split(".")):
             raise ConfigError(f"override '{_short(item)[1:-1]}': empty key")
@@ -267,7 +275,16 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping of a YAML config file, parsed strictly (:func:`parse_yaml`); one-line errors."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block, /dev/zero never ends
+            raise ConfigError(f"{path}: not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, the limit for a config file "
+                "(put long prompt lists in a prompt file: data.source)"
+            )
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except UnicodeDecodeError:

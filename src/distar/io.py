@@ -54,10 +54,17 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: readers see
-    the old file or the whole new one, never a part."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    the old file or the whole new one, never a part. A failed write (a full disk) removes the temporary
+    file and raises an OSError naming ``path``."""
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -95,7 +102,7 @@ def writable_dir(path: str | Path, what: str) -> Path:
     if not text.strip() or "\0" in text:
         raise ConfigError(f"{what}: {text[:80]!r} is not a usable folder name")
     folder = Path(text)
-    probe = folder / ".distar-write-check"
+    probe = folder / f".distar-write-check-{os.getpid()}"  # one per process: ranks check the same folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")

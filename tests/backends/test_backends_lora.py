@@ -150,3 +150,11 @@ def test_memory_options_take_effect(make_backend):
     # bfloat16 frozen weights: reference, VAE and text encoders at half the bytes; trainables unchanged.
     bf16 = make_backend("sdxl", dtype="bfloat16")
     assert _unique_param_bytes(default) - _unique_param_bytes(bf16) == (unet + frozen_rest) // 2
+
+
+@pytest.mark.parametrize("targets", [["nope"], ["to_q", "nope"]])
+def test_lora_targets_that_match_no_module_are_one_line_errors(make_backend, targets):
+    from distar.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model.lora_target_modules: 'nope' match no module of the UNet2DConditionModel \(it has e.g. to_q"):
+        make_backend("sd", generator_lora_rank=2, lora_target_modules=targets)

@@ -10,6 +10,7 @@ import torch
 from eval_fakes import Brightness, FakeModel
 
 from distar.config import ConfigError
+from distar.errors import UserError
 from distar.eval import Diversity, evaluate
 from distar.eval.benchmarks import PromptItem
 from distar.eval.cost import measure_cost
@@ -110,3 +111,62 @@ def test_measure_cost_warms_up_then_times():
     assert len(model.calls) == 4 + 10  # one warm-up batch, then the timed images
     assert [p for p, _ in model.calls[4:]] == ["p", "q", "r"] * 3 + ["p"]
     assert cost.images_timed == 10 and cost.batch_size == 4 and cost.peak_memory_gib > 0
+
+
+#: Damage to one line of a model's scores.jsonl (the record of prompt 1, seed 0), as text → new line.
+LINE_DAMAGE = {
+    "non-UTF-8 byte": lambda line: line[:10] + "\udcff" + line[10:],
+    "string score": lambda line: line.replace('"aesthetic": ', '"aesthetic": "x", "was": '),
+    "list score": lambda line: line.replace('"aesthetic": ', '"aesthetic": [1], "was": '),
+    "index 1e400": lambda line: line.replace('"index": 1', '"index": 1e400'),
+    "float index, bool seed": lambda line: line.replace('"index": 1', '"index": 1.7').replace('"seed": 0', '"seed": true'),
+    "NaN score": lambda line: line.replace('"aesthetic": ', '"aesthetic": NaN, "was": '),
+    "Infinity score": lambda line: line.replace('"aesthetic": ', '"aesthetic": Infinity, "was": '),
+    "negative index": lambda line: line.replace('"index": 1', '"index": -1'),
+    "deep nesting": lambda line: line.replace('"aesthetic": ', '"aesthetic": ' + "[" * 5000 + "]" * 5000 + ', "was": '),
+    "not an object": lambda line: "[1, 2, 3]",
+    "truncated": lambda line: line[: len(line) // 2],
+}
+
+
+@pytest.mark.parametrize("damage", sorted(LINE_DAMAGE))
+def test_a_damaged_score_line_is_reported_and_scored_again(tmp_path, styles_benchmark, damage):
+    evaluate([FakeModel("a")], styles_benchmark, [Brightness()], tmp_path, timing_images=0)
+    before = json.loads((tmp_path / "summary.json").read_text())["models"][0]["scores"]
+    files = ModelFiles(tmp_path, "a")
+    lines = files.scores.read_text().splitlines()
+    target = next(i for i, l in enumerate(lines) if '"index": 1,' in l and '"seed": 0' in l and '"aesthetic"' in l)
+    lines[target] = LINE_DAMAGE[damage](lines[target])
+    files.scores.write_bytes(("\n".join(lines) + "\n").encode("utf-8", errors="surrogateescape"))
+    metric = Brightness()
+    with pytest.warns(EvalWarning, match=r"unreadable line|not a finite number, scored again"):
+        summary = evaluate([FakeModel("a")], styles_benchmark, [metric], tmp_path, timing_images=0)
+    assert metric.scored == 1  # the damaged row, and only it
+    assert summary.models[0].scores["aesthetic"] == pytest.approx(before["aesthetic"], abs=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["scores folder", "cost list", "cost folder", "set_metrics list", "cost not UTF-8"])
+def test_damaged_files_of_a_results_folder_are_one_line_or_made_again(tmp_path, styles_benchmark, damage):
+    evaluate([FakeModel("a")], styles_benchmark, [Brightness()], tmp_path, timing_images=2)
+    files = ModelFiles(tmp_path, "a")
+    if damage.endswith("folder"):
+        path = files.scores if damage.startswith("scores") else files.cost
+        path.unlink()
+        path.mkdir()
+        with pytest.raises(UserError, match=rf"{path.name}: not a file; move it away"):
+            evaluate([FakeModel("a")], styles_benchmark, [Brightness()], tmp_path, timing_images=2)
+        return
+    path = files.set_metrics if damage.startswith("set_metrics") else files.cost
+    path.write_bytes(b"\xff\xfe" if damage.endswith("UTF-8") else b"[1, 2]")
+    summary = evaluate([FakeModel("a")], styles_benchmark, [Brightness()], tmp_path, timing_images=2)
+    assert summary.models[0].images == 4
+
+
+def test_non_finite_scores_are_flagged_in_the_summary(tmp_path, styles_benchmark):
+    evaluate([FakeModel("a")], styles_benchmark, [Brightness()], tmp_path, timing_images=0)
+    files = ModelFiles(tmp_path, "a")
+    files.append([{"index": 2, "seed": 0, "aesthetic": None}])  # a score that was not finite when made
+    summary = evaluate([FakeModel("a")], styles_benchmark, [Brightness()], tmp_path, timing_images=0)
+    assert "aesthetic: 1 non-finite score(s) left out of the mean" in summary.models[0].failures
+    assert "1 non-finite score(s)" in (tmp_path / "summary.md").read_text()
+    assert "1 non-finite score(s)" in (tmp_path / "summary.json").read_text()

@@ -12,6 +12,7 @@ from torch import nn
 
 from distar.config import ConfigError
 from distar.train import checkpoint as ckpt
+from distar.train.runfolder import clear_run, record_written
 
 
 def draws() -> tuple[float, float, list[float]]:
@@ -115,8 +116,12 @@ def test_one_run_per_folder(tmp_path):
     with pytest.raises(ConfigError, match="already holds a run: pass --resume latest .* or --overwrite"):
         ckpt.check_new_run(tmp_path, overwrite=False)
     ckpt.check_new_run(tmp_path, overwrite=True)
-    ckpt.clear_run(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and not ckpt.holds_run(tmp_path)
+    with pytest.raises(ConfigError, match="holds 2 file.s. distar did not write .e.g. log.jsonl."):
+        clear_run(tmp_path)  # log.jsonl is not in the folder's list of what distar wrote, notes.txt is not distar's
+    record_written(tmp_path, ckpt.LOG_FILE)
+    (tmp_path / "notes.txt").unlink()
+    clear_run(tmp_path)
+    assert list(tmp_path.iterdir()) == [] and not ckpt.holds_run(tmp_path)
 
 
 def test_replace_dir_swaps_in_the_new_folder(tmp_path):

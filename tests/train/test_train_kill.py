@@ -89,7 +89,7 @@ def test_kill_inside_a_checkpoint_write_and_inside_pruning_then_resume_is_exact(
     assert_checkpoints_verify(out)
     train_here(out, "--resume", "latest")
     assert f"distar: resumed from {out / 'checkpoint-6'} at step 6" in capfd.readouterr().err
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # leftovers cleared
+    assert not [p for p in out.iterdir() if ckpt.is_leftover(p.name)]  # leftovers cleared
     assert_checkpoints_verify(out)
     assert losses(out) == straight
 

@@ -304,6 +304,15 @@ def test_a_non_finite_step_is_skipped_logged_and_counted(tmp_path, caplog):
     assert not all(torch.equal(a, b) for a, b in zip(generator, trainer.backend.generator.parameters()))
 
 
+def test_a_run_that_ends_on_skipped_steps_is_an_error(tmp_path):
+    config = make_config(tmp_path, loop={"max_steps": 4, "assistant_steps": 1, "max_bad_steps": 3})
+    with pytest.raises(RunError, match=r"^finished at step 4, but its last 2 step\(s\) skipped non-finite updates: .*checkpoint-4$"):
+        Trainer(config, GaussianBackend(), poisoned_reward({2, 3}), PROMPTS).train()
+    (tmp_path / "ok").mkdir()
+    config = make_config(tmp_path / "ok", loop={"max_steps": 4, "assistant_steps": 1, "max_bad_steps": 3})
+    assert len(Trainer(config, GaussianBackend(), poisoned_reward({1}), PROMPTS).train()) == 4  # recovered: fine
+
+
 @pytest.mark.parametrize(
     "every, message",
     [

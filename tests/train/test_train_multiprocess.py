@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from train_helpers import PROMPTS
 
+from distar.train import checkpoint as ckpt
 from distar.train.loop import TIMING_KEYS
 
 
@@ -70,3 +74,27 @@ def test_two_process_cli_on_the_tiny_sd_pipeline_with_lora(tmp_path):
         assert state["world_size"] == 2 and state["step"] == step
     assert (tmp_path / "checkpoint-2" / "rng_state_1.json").is_file()
     assert [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_stop_signal_to_one_rank_stops_both_after_the_same_step(tmp_path):
+    """SIGTERM to one of two torchrun workers: both finish the same step, save it together and exit 75."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny_sd.yaml"
+    overrides = [f"output_dir={tmp_path}", "loop.max_steps=100000", "loop.assistant_steps=1", "checkpointing.every=2",
+                 "checkpointing.total_limit=2", "sampling.every=0", "logging.progress_bar=false"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "distar", "train", "--config", str(config), *overrides]
+    launcher = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "checkpoint-2").is_dir():
+        assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+        time.sleep(0.1)
+    workers = sorted(int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split())
+    os.kill(workers[-1], signal.SIGTERM)
+    err = launcher.communicate(timeout=300)[1]
+    stops = re.findall(r"distar train: stopped by (.+) after step (\d+): saved (\S+)", err)
+    assert len(stops) == 2 and stops[0][1] == stops[1][1], err[-3000:]
+    assert sorted(s[0] for s in stops) == ["SIGTERM", "a stop signal to another process"]
+    step = int(stops[0][1])
+    state = json.loads((tmp_path / f"checkpoint-{step}" / "trainer_state.json").read_text())
+    assert state == state | {"step": step, "world_size": 2}
+    assert ckpt.verify_checkpoint(tmp_path / f"checkpoint-{step}") is None
+    assert launcher.returncode != 0  # torchrun reports its workers' exit status 75 as a failure

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from distar.config import ConfigError, field
@@ -20,6 +22,10 @@ TINY_MODELS: dict[str, dict[str, object]] = {
     "flux": dict(family="flux"),
     "sana": dict(family="sana"),
 }
+
+#: Sanity bounds, checked before any model is built: past them a typo allocates absurdly.
+MAX_RESOLUTION = 4096
+MAX_LORA_RANK = 1024
 
 #: Families whose denoiser is a flow-matching transformer (velocity prediction, t = σ ∈ (0, 1]).
 FLOW_FAMILIES = ("sd3", "flux", "sana")
@@ -186,12 +192,26 @@ class ModelConfig:
         if self.guidance < 0:
             raise ConfigError(f"model.guidance: must be >= 0, got {self.guidance}")
         for name in ("generator_lora_rank", "assistant_lora_rank"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"model.{name}: must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) <= MAX_LORA_RANK:
+                raise ConfigError(f"model.{name}: must be in 0..{MAX_LORA_RANK}, got {str(getattr(self, name))[:30]}")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
+            raise ConfigError(f"model.lora_alpha: must be finite and > 0 (or null), got {self.lora_alpha}")
+        if not self.lora_target_modules or not all(m.strip() for m in self.lora_target_modules):
+            raise ConfigError("model.lora_target_modules: must name at least one module (no empty names)")
         if self.prompt_cache_size < 0:
             raise ConfigError(f"model.prompt_cache_size: must be >= 0, got {self.prompt_cache_size}")
-        if self.resolution is not None and self.resolution <= 0:
-            raise ConfigError(f"model.resolution: must be positive, got {self.resolution}")
+        init = Path(self.generator_init) if self.generator_init else None
+        if init is not None and (init.is_absolute() or self.generator_init.startswith(".")) and not init.exists():
+            raise ConfigError(f"model.generator_init: no such file or folder: {self.generator_init}")
+        if init is not None and init.exists() and not (init.is_file() or init.is_dir()):
+            raise ConfigError(f"model.generator_init: {self.generator_init} is not a regular file or a folder")
+        model_folders = ("", "unet", "transformer")
+        if init is not None and init.is_dir() and not any((init / sub / "config.json").is_file() for sub in model_folders):
+            raise ConfigError(
+                f"model.generator_init: {self.generator_init} holds no diffusers model (config.json, unet/ or transformer/)"
+            )
+        if self.resolution is not None and not 0 < self.resolution <= MAX_RESOLUTION:
+            raise ConfigError(f"model.resolution: must be in 1..{MAX_RESOLUTION}, got {str(self.resolution)[:30]}")
 
     @property
     def generator_timesteps(self) -> list[int]:

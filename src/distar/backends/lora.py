@@ -30,6 +30,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from torch import Tensor, nn
 
+from distar.backends.config import DEFAULT_LORA_TARGETS
+from distar.config import ConfigError
+
 #: File name diffusers' ``load_lora_weights`` looks for in a folder.
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 #: The EMA generator's LoRA in checkpoints: ``load_lora_weights(folder, weight_name=LORA_EMA_WEIGHTS_FILE)``.
@@ -37,7 +40,23 @@ LORA_EMA_WEIGHTS_FILE = "pytorch_lora_weights_ema.safetensors"
 
 
 def add_lora(unet: ModelMixin, rank: int, alpha: float | None, target_modules: list[str]) -> None:
-    """Inject a trainable float32 LoRA adapter (B = 0 at start: output unchanged); freeze the rest."""
+    """Inject a trainable float32 LoRA adapter (B = 0 at start: output unchanged); freeze the rest.
+
+    Raises a one-line :class:`~distar.config.ConfigError` when no target names a module of ``unet``, or
+    when a list other than the default (which spans the UNet and transformer families) names one that
+    matches nothing."""
+    names = [name for name, _ in unet.named_modules()]
+
+    def unmatched(targets: list[str]) -> list[str]:
+        return [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+
+    missing = unmatched(target_modules)
+    if len(missing) == len(target_modules) or (missing and list(target_modules) != DEFAULT_LORA_TARGETS):
+        usable = [t for t in DEFAULT_LORA_TARGETS if t not in unmatched(DEFAULT_LORA_TARGETS)]
+        raise ConfigError(
+            f"model.lora_target_modules: {', '.join(map(repr, missing[:5]))} match no module of the "
+            f"{type(unet).__name__} (it has e.g. {', '.join(usable[:8])})"
+        )
     unet.requires_grad_(False)
     unet.add_adapter(
         LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=target_modules, init_lora_weights=True)

@@ -6,9 +6,6 @@ import argparse
 
 from distar.runtime import add_threads_argument
 
-#: Hosts that only this machine can reach; any other needs ``--allow-remote``.
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
 #: The models are fixed when the server starts; the page cannot name others.
 MODEL_FLAGS = {
     "--model": "one-step model: `distar export` folder, training checkpoint, run folder (latest checkpoint, EMA "
@@ -24,7 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument(
-        "--allow-remote", action="store_true", help="allow a --host other than localhost (anyone who can reach it can generate)"
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other than localhost, and requests naming any host (anyone who can reach it can generate)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages of this origin (e.g. https://example.org; '*' for any) call /generate; by default "
+        "only the server's own page can (repeatable)",
     )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_threads_argument(parser)
@@ -38,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise UserError("needs the serve extra: pip install 'distar[serve]'") from None
+    from distar.serve import LOCAL_HOSTS
+
     if args.host not in LOCAL_HOSTS and not args.allow_remote:
         raise UserError(f"--host {args.host} serves to other machines; pass --allow-remote to confirm")
     if not 0 < args.port < 65536:
@@ -59,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
     report_threads(configure_threads(args.threads, parameters=parameters, device=device), "serve")
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {models.one_step_name} at http://{host}:{args.port}/ (Ctrl+C to stop)", flush=True)
-    uvicorn.run(create_app(models), host=args.host, port=args.port, log_level="warning")
+    app = create_app(models, allow_remote=args.allow_remote, allow_origins=args.allow_origin)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -7,6 +7,7 @@ Multi-process runs go through a launcher, e.g. ``accelerate launch -m distar tra
 from __future__ import annotations
 
 import argparse
+import os
 
 from distar.runtime import add_threads_argument
 
@@ -27,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "there is none) or from a checkpoint folder",
     )
     start.add_argument(
-        "--overwrite", action="store_true", help="replace the run already in output_dir (its checkpoints and log)"
+        "--overwrite", action="store_true", help="replace the run already in output_dir: removes only what distar wrote there, and refuses a folder "
+        "holding anything else"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     add_threads_argument(parser)
@@ -47,13 +49,21 @@ def run(args: argparse.Namespace) -> int:
     from distar.io import writable_dir
     from distar.train import checkpoint as ckpt
     from distar.train.build import load_prompts
+    from distar.train.loop import check_precision
+    from distar.train.runfolder import RunLock, check_overwrite, check_run_folder
 
     # Every input is checked before a model is built.
+    check_run_folder(config.output_dir)
+    check_precision(config)
     writable_dir(config.output_dir, "output_dir")
+    if os.environ.get("RANK", "0") == "0":  # rank 0 of this run will lock the folder: is another run there?
+        RunLock(config.output_dir).check_free()
     prompts = load_prompts(config.data)
     resume = args.resume
     if resume is None:
         ckpt.check_new_run(config.output_dir, overwrite=args.overwrite)
+        if args.overwrite:
+            check_overwrite(config.output_dir)
     elif (found := ckpt.resolve_checkpoint(resume, config.output_dir)) is not None:
         resume = str(found)  # the trainer verifies it again (from a cache), without repeating what was skipped
     from distar.runtime import configure_threads, count_parameters, report_threads

@@ -11,13 +11,13 @@ from __future__ import annotations
 import gc
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from distar.config import ConfigError
-from distar.errors import first_line
+from distar.errors import Cancelled, first_line
 from distar.eval.spec import ModelSpec, parse_model_spec
 
 __all__ = ["DiffusersModel", "ModelSpec", "distar_metadata", "is_training_checkpoint", "parse_model_spec"]
@@ -52,6 +52,17 @@ def distar_metadata(path: str | Path) -> dict[str, Any] | None:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _stopper(stop: Callable[[], bool]) -> Callable[..., dict]:
+    """A diffusers ``callback_on_step_end`` that raises :class:`~distar.errors.Cancelled` once ``stop()``."""
+
+    def check(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        if stop():
+            raise Cancelled("sampling stopped")
+        return tensors
+
+    return check
 
 
 class DiffusersModel:
@@ -132,8 +143,11 @@ class DiffusersModel:
         return options | {k: v for k, v in given.items() if v is not None}
 
     @torch.no_grad()
-    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
-        """Images (B, 3, H, W) in [0, 1] (float32, CPU), one per (prompt, seed)."""
+    def generate_images(
+        self, prompts: Sequence[str], seeds: Sequence[int], stop: Callable[[], bool] | None = None
+    ) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] (float32, CPU), one per (prompt, seed). A pipeline run raises
+        :class:`~distar.errors.Cancelled` after the first step at which ``stop()`` is true."""
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         options = self.sampling_options()
@@ -145,6 +159,8 @@ class DiffusersModel:
             images = generator_images(self.pipeline, prompts, seeds, call=options, **size)
         else:
             generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+            if stop is not None:
+                options["callback_on_step_end"] = _stopper(stop)
             images = self.pipeline(prompt=list(prompts), generator=generators, output_type="pt", **options).images
         return images.float().clamp(0, 1).cpu()
 

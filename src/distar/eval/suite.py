@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections import defaultdict
@@ -54,6 +55,8 @@ class EvalWarning(UserWarning):
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    if path.is_dir():
+        raise UserError(f"{path}: not a file; move it away and run again")
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
@@ -72,17 +75,24 @@ class ModelFiles:
         return self.images / f"{key[0]:05d}_s{key[1]}.png"
 
     def read_records(self) -> dict[Key, dict[str, Any]]:
-        """Merged records by (index, seed); a torn last line (killed mid-write) is ignored."""
+        """Merged records by (index, seed). A line that is not a record (torn by a kill, not UTF-8, an index
+        or seed that is not a non-negative integer) is ignored with a warning, and so is a score that is not
+        a finite number (or null): what it held is made or scored again."""
         records: dict[Key, dict[str, Any]] = {}
-        if not self.scores.is_file():
+        if not self.scores.exists():
             return records
-        for number, line in enumerate(self.scores.read_text().splitlines(), 1):
-            try:
-                row = json.loads(line)
-                key = (int(row["index"]), int(row["seed"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        if not self.scores.is_file():
+            raise UserError(f"{self.scores}: not a file; move it away and run again to score the images again")
+        for number, line in enumerate(self.scores.read_bytes().splitlines(), 1):
+            row = _parse_record(line)
+            if row is None:
                 warnings.warn(f"{self.scores}: ignoring unreadable line {number}", EvalWarning, stacklevel=2)
                 continue
+            for name in [k for k, v in row.items() if k not in RECORD_TEXT and not _is_score(v)]:
+                message = f"{self.scores}: line {number}: {name} is not a finite number, scored again"
+                warnings.warn(message, EvalWarning, stacklevel=2)
+                del row[name]
+            key = (row["index"], row["seed"])
             if row.pop("new", False) or key not in records:
                 records[key] = row
             else:
@@ -101,11 +111,35 @@ class ModelFiles:
             os.fsync(f.fileno())
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+#: Record fields that are text (the others are scores); ``group`` may be null.
+RECORD_TEXT = {"prompt": (str,), "group": (str, type(None)), "image": (str,), "new": (bool,)}
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    """A scores.jsonl line as a record, or None when it is not one (see :meth:`ModelFiles.read_records`)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
+    if not isinstance(row, dict) or not all(type(row.get(k)) is int and row[k] >= 0 for k in ("index", "seed")):
+        return None
+    if not all(isinstance(row[k], kinds) for k, kinds in RECORD_TEXT.items() if k in row):
+        return None
+    return row
+
+
+def _is_score(value: Any) -> bool:
+    """A stored score: a finite number, or null (a non-finite score, reported when it was made)."""
+    return value is None or (type(value) in (int, float) and math.isfinite(value))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file of the results folder; None when it is missing or damaged (made again)."""
+    try:
+        value = json.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _is_valid_image(path: Path) -> bool:
@@ -255,7 +289,8 @@ class _Run:
             digest = hashlib.sha256(json.dumps([(r["index"], r["seed"]) for r in records]).encode()).hexdigest()[:16]
             cached = _read_json(files.set_metrics) or {}
             entry = cached.get(metric.name)
-            if metric.signature is not None and entry and (entry["images"], entry["signature"]) == (digest, metric.signature):
+            done = isinstance(entry, dict) and (entry.get("images"), entry.get("signature")) == (digest, metric.signature)
+            if metric.signature is not None and done:
                 continue
             if loaded is None:
                 loaded = metric.load()  # type: ignore[assignment]
@@ -287,6 +322,8 @@ class _Run:
                 result.extras.update({k: v for k, v in values.items() if k != metric.name})
                 continue
             result.scores[metric.name] = _mean(r.get(metric.name) for r in records)
+            if nulls := sum(metric.name in r and r[metric.name] is None for r in records):
+                result.failures.append(f"{metric.name}: {nulls} non-finite score(s) left out of the mean")
             if self.benchmark.group_kind:
                 by_group = defaultdict(list)
                 for r in records:

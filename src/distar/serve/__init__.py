@@ -4,3 +4,6 @@
 requests one at a time, keeping only each client's latest; :mod:`.app` is the Starlette app (the
 page, ``GET /info``, ``POST /generate``). Needs the ``serve`` extra (``pip install 'distar[serve]'``).
 """
+
+#: Names of this machine (in ``--host`` and in a request's ``Host`` header); others need ``--allow-remote``.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

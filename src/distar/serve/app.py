@@ -3,9 +3,14 @@
 ``POST /generate`` takes a JSON object (fields of :class:`GenerateRequest`) and answers either JSON
 (``format: "json"``, the default; images as base64 PNG) or one PNG (``format: "png"``: the one-step
 images in a row, the reference's in a second row; timings in ``X-One-Step-Ms``/``X-Reference-Ms``).
-Errors are JSON ``{"error": "..."}``: 400 unreadable body, 413 body too large, 422 invalid field,
-409 superseded by a newer request of the same ``client``, 503 queue full. The models are fixed when
-the server starts; no request field names a file or a model.
+Errors are JSON ``{"error": "..."}``: 400 unreadable body (or JSON nested deeper than
+:data:`MAX_JSON_DEPTH`), 403 a cross-origin request, 413 body too large, 422 invalid field, 409
+superseded by a newer request of the same ``client``, 503 queue full; a ``Host`` header that names
+another machine gets 400 unless the server allows remote clients. The models are fixed when the server
+starts; no request field names a file or a model.
+
+A request whose client goes away is cancelled if it is still queued (the queue skips it); one already
+running finishes and its answer is dropped. Each disconnect is logged in one line.
 """
 
 from __future__ import annotations
@@ -15,20 +20,25 @@ import base64
 import contextlib
 import dataclasses
 import json
+import logging
 import math
+import threading
 import time
 from importlib import resources
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Callable, Literal, Sequence
 
 import torch
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from torch import Tensor
 
 from distar.config import ConfigError, field, from_dict
+from distar.errors import Cancelled
 from distar.io import png_bytes
+from distar.serve import LOCAL_HOSTS
 from distar.serve.models import ServedModels
 from distar.serve.queue import LatestPerClient, QueueFull, Superseded
 from distar.train.logs import image_grid
@@ -39,6 +49,9 @@ MAX_STEPS = 100
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**53 - 1  # exact in JavaScript numbers
 MAX_BODY_BYTES = 16_384
+MAX_JSON_DEPTH = 8
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -56,6 +69,10 @@ class GenerateRequest:
     client: str | None = field(None, help="page or script id: its newer request replaces its queued one")
 
     def __post_init__(self) -> None:
+        for name in ("prompt", "client"):
+            text = getattr(self, name)
+            if text is not None and not _is_unicode(text):
+                raise ConfigError(f"{name}: not valid Unicode (a lone surrogate such as \\ud800)")
         if not self.prompt.strip():
             raise ConfigError("prompt: is empty")
         if len(self.prompt) > MAX_PROMPT_CHARS:
@@ -95,15 +112,55 @@ def _timed(fn: Any, *args: Any) -> tuple[Tensor, float]:
     return images, round((time.perf_counter() - start) * 1000, 2)
 
 
-def generate(models: ServedModels, req: GenerateRequest) -> Generated:
-    """Run the request on the models (called on the queue's worker thread only)."""
+def generate(models: ServedModels, req: GenerateRequest, stop: Callable[[], bool] = lambda: False) -> Generated:
+    """Run the request on the models (called on the queue's worker thread only); raises
+    :class:`~distar.errors.Cancelled` at the first reference step (or before it) at which ``stop()``."""
     prompts, seeds = [req.prompt] * req.n, req.seeds
     one, one_ms = _timed(models.one_step.generate_images, prompts, seeds) if req.one_step else (None, None)
     ref = ref_ms = guidance = None
     if req.reference and models.reference is not None:
+        if stop():
+            raise Cancelled("request dropped")
         guidance = models.reference.guidance if req.guidance is None else req.guidance
-        ref, ref_ms = _timed(models.reference.generate_images, prompts, seeds, req.steps, guidance)
+        ref, ref_ms = _timed(models.reference.generate_images, prompts, seeds, req.steps, guidance, stop)
     return Generated(one, one_ms, ref, ref_ms, guidance)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (JSON's ``\\ud800`` escapes decode to lone surrogates that do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _host_name(header: str) -> str:
+    """The host of a ``Host`` header: ``localhost:7860`` → ``localhost``, ``[::1]:7860`` → ``::1``."""
+    if header.startswith("["):
+        return header[1 : header.find("]")]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _peer(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "a client"
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone away (the body must have been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -126,10 +183,16 @@ def _png_response(out: Generated) -> Response:
     return Response(png_bytes(image_grid(torch.cat(rows), rows=len(rows))), media_type="image/png", headers=headers)
 
 
-def create_app(models: ServedModels, max_pending: int = 32) -> Starlette:
-    """The app serving ``models``; requests are run one at a time by a :class:`LatestPerClient` queue."""
-    queue: LatestPerClient[GenerateRequest, Generated] = LatestPerClient(
-        lambda req: generate(models, req), max_pending=max_pending
+def create_app(
+    models: ServedModels, max_pending: int = 32, *, allow_remote: bool = False, allow_origins: Sequence[str] = ()
+) -> Starlette:
+    """The app serving ``models``; requests are run one at a time by a :class:`LatestPerClient` queue.
+
+    Unless ``allow_remote``, a request whose ``Host`` header names another machine is refused (a web
+    page cannot reach the server by DNS rebinding). A ``POST /generate`` from a web page of another
+    origin is refused unless its ``Origin`` is in ``allow_origins`` (``"*"``: any)."""
+    queue: LatestPerClient[tuple[GenerateRequest, threading.Event], Generated] = LatestPerClient(
+        lambda job: generate(models, job[0], job[1].is_set), max_pending=max_pending
     )
     page = resources.files("distar.serve").joinpath("page.html").read_text(encoding="utf-8")
     info = {
@@ -149,29 +212,53 @@ def create_app(models: ServedModels, max_pending: int = 32) -> Starlette:
         return JSONResponse(info | {"waiting": queue.waiting})
 
     async def post_generate(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        same = origin is not None and origin.split("://", 1)[-1] == request.headers.get("host")
+        if origin is not None and not same and origin not in allow_origins and "*" not in allow_origins:
+            refusal = f"cross-origin request from {origin[:100]} refused (start the server with --allow-origin to allow it)"
+            return _error(403, refusal)
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        except ClientDisconnect:
+            logger.info("client %s went away while sending its request", _peer(request))
+            return Response(status_code=400)
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return _error(400, "request body is not JSON")
         if not isinstance(data, dict):
             return _error(400, "request body must be a JSON object")
+        if _depth(data) > MAX_JSON_DEPTH:
+            return _error(400, f"request body nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             req = from_dict(GenerateRequest, data)
         except ConfigError as err:
             return _error(422, str(err))
         if req.reference and models.reference is None:
             return _error(422, "reference: this server has no reference model (start it with --reference)")
+        stop = threading.Event()
         try:
-            out = await asyncio.wrap_future(queue.submit(req, req.client))
-        except Superseded as err:
-            return _error(409, str(err), superseded=True)
+            future = queue.submit((req, stop), req.client)
         except QueueFull as err:
             return _error(503, str(err))
+        result, gone = asyncio.wrap_future(future), asyncio.ensure_future(_disconnected(request))
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not result.done():
+            queued = future.cancel()
+            stop.set()
+            result.cancel()
+            what = "its queued request is cancelled" if queued else "its running request is stopped"
+            logger.info("client %s went away: %s", _peer(request), what)
+            return Response(status_code=400)
+        gone.cancel()
+        try:
+            out = result.result()
+        except Superseded as err:
+            return _error(409, str(err), superseded=True)
         if req.format == "png":
             return _png_response(out)
         return JSONResponse(
@@ -198,4 +285,21 @@ def create_app(models: ServedModels, max_pending: int = 32) -> Starlette:
         yield
         queue.close()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [] if allow_remote else [Middleware(LocalHostOnly)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+class LocalHostOnly:
+    """ASGI middleware: 400 for an HTTP request whose ``Host`` header does not name this machine."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if _host_name(host) not in LOCAL_HOSTS:
+                response = _error(400, f"Host {host[:100]!r} is not this machine (start the server with --allow-remote)")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -32,8 +32,10 @@ class Reference(Protocol):
     name: str
     guidance: float
 
-    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float) -> Tensor:
-        """Images (B, 3, H, W) in [0, 1], one per (prompt, seed)."""
+    def generate_images(
+        self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, stop: Callable[[], bool] | None = None
+    ) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1], one per (prompt, seed); :class:`~distar.errors.Cancelled` once ``stop()``."""
         ...
 
 
@@ -54,9 +56,11 @@ class DiffusersReference:
         self.model, self.name, self.guidance = model, model.spec.path, guidance
         model.pipeline  # load now, not on the first request
 
-    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float) -> Tensor:
+    def generate_images(
+        self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, stop: Callable[[], bool] | None = None
+    ) -> Tensor:
         spec = dataclasses.replace(self.model.spec, steps=steps, guidance=guidance)
-        return DiffusersModel(spec, pipeline=self.model.pipeline).generate_images(prompts, seeds)
+        return DiffusersModel(spec, pipeline=self.model.pipeline).generate_images(prompts, seeds, stop)
 
 
 class PixelReference:
@@ -73,9 +77,11 @@ class PixelReference:
         self.sampler.text_encoder.to(device)
         self.name, self.guidance = name or str(folder), guidance
 
-    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float) -> Tensor:
+    def generate_images(
+        self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, stop: Callable[[], bool] | None = None
+    ) -> Tensor:
         self.sampler.steps, self.sampler.guidance_scale = steps, guidance
-        return self.sampler.generate_images(prompts, seeds)
+        return self.sampler.generate_images(prompts, seeds, stop)
 
 
 def is_pixel_folder(path: str | Path) -> bool:

@@ -51,6 +51,8 @@ class LatestPerClient(Generic[J, R]):
         with self._cond:
             if self._closed:
                 raise RuntimeError("the generation queue is closed")
+            for gone in [k for k, (_, f) in self._pending.items() if f.cancelled()]:  # their clients went away
+                del self._pending[gone]
             replaced = self._pending.get(key)
             if replaced is None and len(self._pending) >= self.max_pending:
                 raise QueueFull(f"{self.max_pending} requests are already waiting")
@@ -62,9 +64,9 @@ class LatestPerClient(Generic[J, R]):
 
     @property
     def waiting(self) -> int:
-        """Jobs queued and not yet started."""
+        """Jobs queued, not yet started and not cancelled."""
         with self._cond:
-            return len(self._pending)
+            return sum(not f.cancelled() for _, f in self._pending.values())
 
     def _work(self) -> None:
         while True:

@@ -53,13 +53,10 @@ LOG_FILE = "log.jsonl"
 TRASH_PREFIX = ".trash-"
 BEST_DIR = "best"
 
-#: What a run folder holds besides its checkpoints; ``--overwrite`` removes exactly these.
-RUN_ENTRIES = (
-    CONFIG_FILE, LOG_FILE, "samples", "tensorboard",
-    "best", "best.json", "monitor", "monitor.jsonl", "monitor.png", "monitor_grid.png",
-)
+#: What a run folder holds besides its checkpoints (see :mod:`distar.train.runfolder` for ``--overwrite``).
+RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, "samples", "tensorboard")
 
-#: Test hook: ``DISTAR_KILL_AT=<point>:<step>`` SIGKILLs the process at that point (see :func:`kill_point`).
+#: Test hook: ``DISTAR_KILL_AT=<point>:<step>[:<signal>]`` signals the process at that point (see :func:`kill_point`).
 KILL_ENV = "DISTAR_KILL_AT"
 
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -71,10 +68,13 @@ class CheckpointError(ConfigError):
 
 
 def kill_point(point: str, step: int) -> None:
-    """SIGKILL this process when ``$DISTAR_KILL_AT`` is ``<point>:<step>``: lets tests stop a real run
-    inside a checkpoint write or a pruning, deterministically. Does nothing otherwise."""
-    if os.environ.get(KILL_ENV) == f"{point}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Send this process SIGKILL when ``$DISTAR_KILL_AT`` is ``<point>:<step>``, or the signal named by
+    ``<point>:<step>:<signal>`` (e.g. ``step:3:SIGTERM``; several entries are separated by commas): lets
+    tests stop a real run inside a checkpoint write or a pruning, deterministically. Does nothing otherwise."""
+    for entry in os.environ.get(KILL_ENV, "").split(","):
+        parts = entry.split(":")
+        if parts[:2] == [point, str(step)]:
+            os.kill(os.getpid(), signal.Signals[parts[2]] if len(parts) > 2 else signal.SIGKILL)
 
 
 def rng_state_file(rank: int) -> str:
@@ -243,12 +243,17 @@ def replace_dir(tmp: Path, final: Path) -> None:
     _fsync(final.parent)
 
 
+def is_leftover(name: str) -> bool:
+    """Whether ``name`` is what an interrupted save or pruning leaves (``.checkpoint-<step>.tmp``, ``.trash-*``)."""
+    return bool(_LEFTOVER_NAME.match(name))
+
+
 def remove_leftovers(output_dir: str | Path) -> list[Path]:
     """Delete what an interrupted save or pruning left behind (``.checkpoint-<step>.tmp``, ``.trash-*``)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    leftovers = [p for p in root.iterdir() if _LEFTOVER_NAME.match(p.name)]
+    leftovers = [p for p in root.iterdir() if is_leftover(p.name)]
     for path in leftovers:
         if path.is_dir():
             shutil.rmtree(path)
@@ -277,17 +282,6 @@ def check_new_run(output_dir: str | Path, *, overwrite: bool) -> None:
         raise ConfigError(
             f"{output_dir} already holds a run: pass --resume latest to continue it or --overwrite to replace it"
         )
-
-
-def clear_run(output_dir: str | Path) -> None:
-    """Remove a previous run's files (checkpoints, log, config, samples, tensorboard); other files stay."""
-    root = Path(output_dir)
-    for path in [p for _, p in list_checkpoints(root)] + [root / name for name in RUN_ENTRIES]:
-        if path.is_dir():
-            remove_dir(path)
-        elif path.exists():
-            path.unlink()
-    remove_leftovers(root)
 
 
 # ---------------------------------------------------------------------- file contents

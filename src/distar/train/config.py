@@ -8,6 +8,7 @@ Steps are Algorithm 1 iterations (docs/math.md §7): one step = ``loop.assistant
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Mapping
 
@@ -15,12 +16,17 @@ from distar.backends.config import ModelConfig
 from distar.config import field
 from distar.objectives.presets import ObjectiveConfig
 from distar.rewards.spec import RewardSpec
+from distar.train.preemption import signal_number
 
 #: Sanity bounds: values past them are typos (``1e12``), not runs anyone can finish.
 MAX_BATCH_SIZE = 65_536
 MAX_STEPS = 10**9
 MAX_ASSISTANT_STEPS = 1000
 MAX_SEED = 2**32 - 1 - 1024  # process r seeds with seed + r
+MAX_SAMPLE_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
+MAX_THREADS = 1024
+MAX_PROMPT_CHARS = 10_000  # as in prompt files (distar.io)
+POLYNOMIAL_LR_END = 1e-7  # diffusers' polynomial schedule decays to this
 
 #: accelerate's tracker names (``accelerate.utils.LoggerType``), for ``logging.report_to``.
 TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "aim", "swanlab")
@@ -49,6 +55,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}]")
+        if long := [i for i, p in enumerate(self.prompts) if len(p) > MAX_PROMPT_CHARS]:
+            size = len(self.prompts[long[0]])
+            raise ValueError(f"prompts: prompt {long[0]} has {size} characters, at most {MAX_PROMPT_CHARS}")
 
 
 @dataclass
@@ -75,6 +84,10 @@ class OptimizerConfig:
             raise ValueError("betas must be two numbers in [0, 1)")
         if self.warmup_steps < 0:
             raise ValueError("warmup_steps must be >= 0")
+        if not 0 < self.eps < 1:
+            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError("max_grad_norm must be > 0 (or null for no clipping)")
 
@@ -105,6 +118,10 @@ class EMAConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:
             raise ValueError("decay must be in [0, 1)")
+        if self.update_after_step < 0:
+            raise ValueError(f"update_after_step must be >= 0, got {self.update_after_step}")
+        if not (0 < self.inv_gamma < math.inf and 0 < self.power < math.inf):
+            raise ValueError(f"inv_gamma and power must be finite and > 0, got {self.inv_gamma} and {self.power}")
 
     @property
     def enabled(self) -> bool:
@@ -135,6 +152,11 @@ class LoopConfig:
         help="stop (exit code 1) after this many consecutive steps with a non-finite loss or gradient "
         "norm; each such update is skipped",
     )
+    stop_signals: list[str] = field(
+        ["SIGTERM", "SIGINT", "SIGUSR1"],
+        help="signals that make the run finish its step, save a checkpoint and exit 75; a second one stops "
+        "at once without saving (see docs/training.md, Preemption)",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_steps <= MAX_STEPS:
@@ -143,10 +165,12 @@ class LoopConfig:
             raise ValueError(f"assistant_steps must be in [1, {MAX_ASSISTANT_STEPS}]")
         if self.max_bad_steps < 1:
             raise ValueError("max_bad_steps must be >= 1")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError("threads must be >= 1 (or null)")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads must be in [1, {MAX_THREADS}] (or null)")
         if not 1 <= self.gradient_accumulation_steps <= MAX_ASSISTANT_STEPS:
             raise ValueError(f"gradient_accumulation_steps must be in [1, {MAX_ASSISTANT_STEPS}]")
+        for name in self.stop_signals:
+            signal_number(name)
 
 
 @dataclass
@@ -185,6 +209,8 @@ class LoggingConfig:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError("every must be >= 1")
+        if not self.project.strip() or self.project in (".", "..") or any(c in self.project for c in "/\\\0"):
+            raise ValueError(f"project: {self.project[:40]!r} must be a plain name (it names a folder inside the run folder)")
         for name in self.report_to.split(","):
             if name.strip() not in (*TRACKERS, "all", "none"):
                 raise ValueError(f"report_to: unknown tracker {name.strip()!r} (choose from {', '.join(TRACKERS)}, all, none)")
@@ -209,6 +235,8 @@ class SamplingConfig:
             raise ValueError("every must be >= 0")
         if self.every and not self.seeds:
             raise ValueError("seeds must not be empty when sampling is on")
+        if bad := [s for s in self.seeds if not 0 <= s <= MAX_SAMPLE_SEED]:
+            raise ValueError(f"seeds must be in [0, 2**63 - 1], got {str(bad[0])[:30]}")
 
 
 #: What the monitor's alarm and guarded selection can watch (docs/monitor.md).
@@ -315,4 +343,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be in [0, 2**32 - 1 - 1024] (one seed per process), got {self.seed}")
+            raise ValueError(f"seed must be in [0, 2**32 - 1 - 1024] (one seed per process), got {str(self.seed)[:30]}")
+        for name, opt in (("generator", self.optim.generator), ("assistant", self.optim.assistant)):
+            if opt.lr_schedule != "polynomial":
+                continue
+            if opt.warmup_steps >= self.loop.max_steps:
+                raise ValueError(
+                    f"optim.{name}: the polynomial schedule needs warmup_steps < loop.max_steps = {self.loop.max_steps}"
+                )
+            if opt.lr <= POLYNOMIAL_LR_END:
+                raise ValueError(f"optim.{name}: the polynomial schedule decays to {POLYNOMIAL_LR_END:g}; lr must be larger")

@@ -66,9 +66,14 @@ class JsonlLog:
         tmp.replace(self.path)
 
     def write(self, records: Iterable[dict[str, float]]) -> None:
-        with self.path.open("a") as f:
-            for record in records:
-                f.write(json.dumps({k: _json_value(v) for k, v in record.items()}, allow_nan=False) + "\n")
+        """Append ``records``; a failed write (a full disk) raises an OSError naming the file, and the torn
+        line it may leave is dropped on resume."""
+        lines = "".join(json.dumps({k: _json_value(v) for k, v in r.items()}, allow_nan=False) + "\n" for r in records)
+        try:
+            with self.path.open("a") as f:
+                f.write(lines)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
 
     def read(self) -> list[dict[str, float]]:
         return [record for _, record in self._lines()]
@@ -82,9 +87,7 @@ def image_grid(images: Tensor, rows: int) -> Tensor:
 
 
 def save_png(image: Tensor, path: str | Path) -> None:
-    """Write a (3, H, W) image in [0, 1] as PNG."""
-    from PIL import Image
+    """Write a (3, H, W) image in [0, 1] as PNG, atomically."""
+    from distar.io import png_bytes, write_atomic
 
-    from distar.io import to_uint8
-
-    Image.fromarray(to_uint8(image)).save(path)
+    write_atomic(Path(path), png_bytes(image))

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import pickle
 import shutil
 import time
@@ -44,8 +45,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from distar.backends.lora import save_checkpoint_lora
-from distar.config import ConfigError, save_config, to_dict
+from distar.config import ConfigError, config_yaml, save_config, to_dict
 from distar.errors import HackingAlarm, RunError, first_line
+from distar.io import write_atomic
 from distar.objectives.di_star import DIStarLoss
 from distar.protocols import Backend
 from distar.rewards.base import Reward
@@ -55,6 +57,8 @@ from distar.train.config import OptimizerConfig, TrainConfig
 from distar.train.data import PromptStream
 from distar.train.logs import JsonlLog, image_grid, peak_memory_mib, save_png
 from distar.train.monitor import BEST_DIR, Monitor, held_out_split, load_monitor_models, reference_images
+from distar.train.preemption import StopSignals
+from distar.train.runfolder import TENSORBOARD, RunLock, clear_run, on_main_process, record_written
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,18 @@ TIMING_KEYS = ("time/step_s", "time/samples_per_s", "time/images_per_s", "mem/pe
 
 #: The module each accelerate tracker needs, and where to get it.
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "distar[tensorboard]"), "wandb": ("wandb", "distar[wandb]")}
+
+
+def uses_cpu(config: TrainConfig) -> bool:
+    """Whether the run is on the CPU (``loop.cpu``, or no GPU)."""
+    return config.loop.cpu or not torch.cuda.is_available()
+
+
+def check_precision(config: TrainConfig) -> None:
+    """Refuse fp16 autocast on the CPU (accelerate would ignore it): one-line ConfigError."""
+    precision = config.loop.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if precision == "fp16" and uses_cpu(config):
+        raise ConfigError("loop.mixed_precision: fp16 needs a CUDA GPU; on the CPU use bf16 or no")
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -85,14 +101,15 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
                 f"logging.report_to: {name} needs the {module} package (pip install '{package}'), "
                 "or set logging.report_to=none"
             )
+    check_precision(config)
     if config.loop.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return Accelerator(
         mixed_precision=config.loop.mixed_precision,
-        cpu=config.loop.cpu or not torch.cuda.is_available(),
+        cpu=uses_cpu(config),
         log_with=trackers or None,
         project_config=ProjectConfiguration(
-            project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "tensorboard")
+            project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / TENSORBOARD)
         ),
         step_scheduler_with_optimizer=False,
     )
@@ -204,6 +221,7 @@ class Trainer:
         self._skipped: list[str] = []  # the updates skipped in the current step
         self.log = JsonlLog(self.output_dir / ckpt.LOG_FILE)
         self._sampling = config.sampling.every > 0
+        self.stop_signals = StopSignals(config.loop.stop_signals, last_checkpoint=self._last_checkpoint)
 
     def _make_monitor(self, held_out: list[str], reward: Reward | None) -> Monitor | None:
         """The held-out monitor (:mod:`distar.train.monitor`), or None when it is off or cannot run."""
@@ -348,40 +366,62 @@ class Trainer:
     def train(self, resume: str | None = None, *, overwrite: bool = False) -> list[dict[str, float]]:
         """Run (or, with ``resume`` = ``"latest"`` or a checkpoint path, continue) to ``loop.max_steps``.
 
-        A folder that already holds a run is refused unless ``resume`` is given or ``overwrite`` (which
-        removes the old run's checkpoints, log, samples and tensorboard files). Returns the records of
+        The main process locks the run folder for the run (:mod:`distar.train.runfolder`): a folder another
+        run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given
+        or ``overwrite`` (which removes only the files the old run wrote, see
+        :func:`~distar.train.runfolder.clear_run`). A stop signal saves the step reached and raises
+        :class:`~distar.errors.Preempted` (:mod:`distar.train.preemption`). Returns the records of
         the steps run by this call (also appended to ``log.jsonl``, including every step up to each
         checkpoint). Raises :class:`~distar.errors.RunError` when ``loop.max_bad_steps`` steps in a row
-        are non-finite or a checkpoint cannot be written.
+        are non-finite, when the run ends on a step with a skipped (non-finite) update, or when a
+        checkpoint cannot be written.
         """
         acc, cfg = self.accelerator, self.config
-        self._prepare_folder(resume, overwrite)
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.output_dir / ckpt.CONFIG_FILE)
-            self.log.truncate_after(self.step)
-            if self.monitor is not None:
-                self.monitor.resume(self.step)
-        acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
-        for tracker in acc.trackers:
-            if tracker.name == "tensorboard":  # the resolved config as hyper-parameters
-                tracker.store_init_configuration(_flat_config(to_dict(cfg)))
-        try:
-            return self._run()
-        finally:
-            if self.monitor is not None and acc.is_main_process:
-                self.monitor.draw()
-            acc.end_training()
+        lock = RunLock(self.output_dir)
+        with self.stop_signals:  # from here on a stop signal saves the step the run reaches
+            on_main_process(acc, lock.acquire)  # one writer per run folder: rank 0 holds the lock
+            try:
+                self._prepare_folder(resume, overwrite)
+                if acc.is_main_process:
+                    self.output_dir.mkdir(parents=True, exist_ok=True)
+                    tracker_files = [TENSORBOARD] if cfg.logging.trackers else []
+                    record_written(self.output_dir, ckpt.CONFIG_FILE, ckpt.LOG_FILE, *tracker_files)
+                    write_atomic(self.output_dir / ckpt.CONFIG_FILE, config_yaml(cfg).encode())
+                    self.log.truncate_after(self.step)
+                    if self.monitor is not None:
+                        self.monitor.resume(self.step)
+                acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
+                for tracker in acc.trackers:
+                    if tracker.name == "tensorboard":  # the resolved config as hyper-parameters
+                        tracker.store_init_configuration(_flat_config(to_dict(cfg)))
+                try:
+                    records = self._run()
+                finally:
+                    if self.monitor is not None and acc.is_main_process:
+                        self.monitor.draw()
+                    acc.end_training()
+                if self.consecutive_bad_steps:
+                    raise RunError(
+                        f"finished at step {self.step}, but its last {self.consecutive_bad_steps} step(s) skipped "
+                        f"non-finite updates: the weights may be useless; {self._last_checkpoint()}"
+                    )
+                return records
+            except OSError as err:  # a full disk at config.yaml, log.jsonl or a sample grid
+                where = err.filename or "a run file"
+                raise RunError(f"could not write {where} ({err.strerror or err}); {self._last_checkpoint()}") from None
+            finally:
+                lock.release()
 
     def _prepare_folder(self, resume: str | None, overwrite: bool) -> None:
-        """Load the checkpoint to resume from, or make sure a new run does not mix with an old one."""
+        """Load the checkpoint to resume from (chosen once, by the main process), or make sure a new run
+        does not mix with an old one."""
         if resume is not None and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if resume is None:
             ckpt.check_new_run(self.output_dir, overwrite=overwrite)
             if overwrite and self.accelerator.is_main_process:
-                ckpt.clear_run(self.output_dir)
-        elif (path := ckpt.resolve_checkpoint(resume, self.output_dir)) is None:
+                clear_run(self.output_dir)
+        elif (path := on_main_process(self.accelerator, lambda: ckpt.resolve_checkpoint(resume, self.output_dir))) is None:
             logger.info("no checkpoint in %s yet: starting a new run", self.output_dir)
         else:
             self.load_checkpoint(path)
@@ -412,10 +452,11 @@ class Trainer:
             window.append((self.train_step(), *lrs, len(self._skipped)))
             busy += time.perf_counter() - start
             ckpt.kill_point("step", self.step)
+            preempted = self.stop_signals.agreed(acc)  # a stop signal: save this step, then stop
             bar.update(1)
             last = self.step == cfg.loop.max_steps
             saving = cfg.checkpointing
-            save = (saving.every and self.step % saving.every == 0) or (last and saving.save_final)
+            save = (saving.every and self.step % saving.every == 0) or (last and saving.save_final) or preempted
             stop = self.consecutive_bad_steps >= cfg.loop.max_bad_steps
             # A checkpoint's step must be in log.jsonl before the checkpoint exists: flush first.
             if self.step % cfg.logging.every == 0 or last or save or stop:
@@ -434,7 +475,10 @@ class Trainer:
             if self.monitor is not None and self.step % self.monitor_every == 0:
                 self.monitor_step()  # before the checkpoint: a checkpoint's step has its monitor record
             if save:
-                self.save_checkpoint()
+                saved = self.save_checkpoint()
+                if preempted and not last:
+                    bar.close()
+                    raise self.stop_signals.stopped(self.step, saved)
         bar.close()
         return records
 
@@ -516,6 +560,7 @@ class Trainer:
         for name, images in grids.items():
             grid = image_grid(images.clamp(0, 1), rows=len(self.sample_prompts))
             suffix = "-ema" if name.endswith("ema") else ""
+            record_written(self.output_dir, f"samples/step-{self.step:06d}{suffix}.png")
             save_png(grid, folder / f"step-{self.step:06d}{suffix}.png")
             for tracker in self.accelerator.trackers:
                 if tracker.name == "tensorboard":
@@ -564,6 +609,8 @@ class Trainer:
                 key = json.dumps([prompts, seeds, cfg.drift_steps, cfg.drift_guidance, self.config.objective.guidance_scale,
                                   to_dict(self.config.model)], default=str)
                 cache = Path(cfg.reference_images or self.output_dir / "monitor" / "reference.safetensors")
+                if cfg.reference_images is None:
+                    record_written(self.output_dir, "monitor/reference.safetensors", "monitor/reference.json")
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
                     monitor.set_reference(reference_images(cache=cache, key=key, make=lambda: self._reference_images(prompts, seeds)))
             decision = [monitor.record(self.step, images)]

@@ -43,6 +43,7 @@ from distar.rewards.base import Reward, WeightedReward
 from distar.train.checkpoint import BEST_DIR, kill_point
 from distar.train.config import MonitorConfig
 from distar.train.logs import JsonlLog
+from distar.train.runfolder import record_written
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,8 @@ class Monitor:
 
     def resume(self, step: int) -> None:
         """Keep the records before this (re)start: those up to ``step`` when resuming a checkpoint at
-        ``step`` > 0 (its own record was written before it), none when starting at step 0."""
+        ``step`` > 0 (its own record was written before it), none when starting at step 0. Main process only."""
+        record_written(self.output_dir, MONITOR_FILE, CURVES_FILE, GRID_FILE, f"{BEST_DIR}.json")
         self.log.truncate_after(step if step > 0 else -1)
         self.state = {}
         for record in self.records():
@@ -370,6 +372,7 @@ class Monitor:
         n = min(self.config.grid, len(self.prompts)) * len(self.seeds)
         folder = self.output_dir / MONITOR_DIR
         folder.mkdir(parents=True, exist_ok=True)
+        record_written(self.output_dir, f"{MONITOR_DIR}/step-{step:06d}.png")
         save_png(image_grid(images[:n].float().clamp(0, 1), rows=1), folder / f"step-{step:06d}.png")
 
     def draw(self) -> None:

@@ -32,6 +32,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from distar.config import field
 from distar.diffusion import cfg_combine
+from distar.errors import Cancelled
 from distar.io import write_atomic
 from distar.rewards.hub import quiet_transformers
 from distar.worlds.common import FitState, Log, TrainLoop, fit
@@ -324,12 +325,18 @@ class ReferenceSampler:
         )
 
     @torch.no_grad()
-    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
+    def generate_images(
+        self, prompts: Sequence[str], seeds: Sequence[int], stop: Callable[[], bool] | None = None
+    ) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1]; raises :class:`~distar.errors.Cancelled` at the first step at
+        which ``stop()`` is true."""
         device = self.unet.device
         cond = encode_prompts(self.text_encoder, self.tokenizer, list(prompts) + [""] * len(prompts))
         x = seeded_noise(seeds).to(device)
         self.scheduler.set_timesteps(self.steps)
         for t in self.scheduler.timesteps:
+            if stop is not None and stop():
+                raise Cancelled("sampling stopped")
             v_c, v_u = self.unet(torch.cat([x, x]), t, cond).sample.chunk(2)
             x = self.scheduler.step(cfg_combine(v_c, v_u, self.guidance_scale), t, x).prev_sample
         return ((x + 1) / 2).clamp(0, 1).cpu()
