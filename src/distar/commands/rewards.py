@@ -37,7 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'image' and 'prompt' fields, or one prompt text for every image",
     )
     parser.add_argument(
-        "--rewards", default="pickscore", help=f"comma list of {','.join(REWARD_NAMES)} (default: pickscore)"
+        "--rewards", default="pickscore",
+        help=f"comma list of {','.join(REWARD_NAMES)} or reward plugins (module:Class or an installed entry "
+        "point; docs/rewards-own.md) (default: pickscore)",
+    )
+    parser.add_argument(
+        "--options", action="append", default=[], metavar="NAME=JSON",
+        help="keyword arguments of a reward plugin's class as a JSON object (repeatable)",
     )
     parser.add_argument(
         "--model-path", action="append", default=[], metavar="NAME=PATH",
@@ -86,19 +92,35 @@ def run(args: argparse.Namespace) -> int:
     from distar.errors import UserError
     from distar.io import load_image, safe_name, writable_dir
     from distar.rewards import load_reward
+    from distar.rewards.plugins import is_plugin_name
     from distar.runtime import torch_device
 
     names = [n.strip() for n in args.rewards.split(",") if n.strip()]
-    unknown = [n for n in names if n not in REWARD_NAMES]
+    unknown = [n for n in names if n not in REWARD_NAMES and not is_plugin_name(n)]
     if not names or unknown:
         bad = unknown[0] if unknown else ""
-        raise UserError(f"--rewards: unknown reward '{bad}' (choose from {', '.join(REWARD_NAMES)})")
+        raise UserError(
+            f"--rewards: unknown reward '{bad}' (choose from {', '.join(REWARD_NAMES)}, "
+            "or a plugin as module:Class or an installed entry point)"
+        )
+    builtin = [n for n in names if n in REWARD_NAMES]
     paths: dict[str, str] = {}
     for item in args.model_path:
         name, sep, path = item.partition("=")
-        if not sep or name not in names:
-            raise UserError(f"--model-path '{item}': expected NAME=PATH with NAME one of {', '.join(names)}")
+        if not sep or name not in builtin:
+            raise UserError(f"--model-path '{item}': expected NAME=PATH with NAME one of {', '.join(builtin)}")
         paths[name] = path
+    plugin_options: dict[str, dict] = {}
+    for item in args.options:
+        name, sep, text = item.partition("=")
+        if not sep or name not in names or name in builtin:
+            raise UserError(f"--options '{item}': expected NAME=JSON with NAME one of the plugins in --rewards")
+        try:
+            plugin_options[name] = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"--options '{item}': not JSON ({err.msg})") from None
+        if not isinstance(plugin_options[name], dict):
+            raise UserError(f"--options '{item}': expected a JSON object")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     pairs = _pairs(Path(args.images), args.prompts)
@@ -111,7 +133,10 @@ def run(args: argparse.Namespace) -> int:
     form = {"form": options.pop("form")} if "form" in options else {}
     scores: dict[str, list[float]] = {}
     for name in names:
-        spec = RewardSpec(name, path=paths.get(name), **options, **(form if name == "pickscore" else {}))
+        if name in builtin:
+            spec = RewardSpec(name, path=paths.get(name), **options, **(form if name == "pickscore" else {}))
+        else:
+            spec = RewardSpec(name, options=plugin_options.get(name, {}), dtype=options.get("dtype"))
         reward = load_reward(spec, device=device)
         values: list[float] = []
         for start in tqdm(range(0, len(pairs), args.batch_size), desc=name, disable=len(pairs) <= args.batch_size):
