@@ -93,7 +93,7 @@ def evaluation_inputs(images: Tensor, reward: Reward) -> Tensor:
 def parse_metric_names(text: str | Sequence[str]) -> list[str]:
     """``"pickscore,clip"`` (or a list) → validated, de-duplicated names; reward plugins
     (:mod:`distar.rewards.plugins`) are per-image metrics under their own name."""
-    from distar.rewards.plugins import is_plugin_name
+    from distar.rewards.spec import is_plugin_name
 
     items = [n.strip() for n in (text.split(",") if isinstance(text, str) else list(text))]
     names = list(dict.fromkeys(n if is_plugin_name(n) else n.lower() for n in items if n))
@@ -125,7 +125,7 @@ def metric_loaders(
     diversity features (as for ``"clip"``; default ``openai/clip-vit-large-patch14``); ``options[name]``
     are the keyword arguments of a reward plugin's class."""
     paths = dict(paths or {})
-    from distar.rewards.plugins import is_plugin_name
+    from distar.rewards.spec import is_plugin_name
 
     unknown = sorted(n for n in set(paths) - set(METRIC_NAMES) if not is_plugin_name(n))
     if unknown:

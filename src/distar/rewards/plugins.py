@@ -22,7 +22,6 @@ import torch
 from distar.config import ConfigError
 from distar.errors import first_line
 from distar.rewards.base import Reward
-from distar.rewards.spec import REWARD_NAMES
 
 #: Entry-point group under which installed packages register reward classes.
 ENTRY_POINT_GROUP = "distar.rewards"
@@ -31,11 +30,6 @@ ENTRY_POINT_GROUP = "distar.rewards"
 def registered_plugins() -> dict[str, importlib.metadata.EntryPoint]:
     """The installed reward plugins: entry-point name → entry point (group :data:`ENTRY_POINT_GROUP`)."""
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def is_plugin_name(name: str) -> bool:
-    """Whether ``name`` names a plugin: ``module:Class``, or a registered entry point that is no built-in name."""
-    return ":" in name or (name not in REWARD_NAMES and name in registered_plugins())
 
 
 def plugin_class(name: str) -> type[Reward]:

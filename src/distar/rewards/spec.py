@@ -18,6 +18,18 @@ REWARD_NAMES: tuple[str, ...] = ("pickscore", "clip", "hpsv2", "hpsv2.1", "image
 TINY = "tiny"
 
 
+def is_plugin_name(name: str) -> bool:
+    """Whether ``name`` names a reward plugin: ``module:Class``, or an installed entry point of group
+    ``distar.rewards`` that is no built-in name."""
+    if ":" in name:
+        return True
+    if name in REWARD_NAMES:
+        return False
+    from distar.rewards.plugins import registered_plugins
+
+    return name in registered_plugins()
+
+
 @dataclass
 class RewardSpec:
     """One reward term: which model, where its weights are, and its weight in the sum."""
@@ -59,8 +71,6 @@ class RewardSpec:
     def is_plugin(self) -> bool:
         """Whether ``name`` names a plugin class (``module:Class`` or a registered entry point of group
         ``distar.rewards``) rather than a built-in reward."""
-        from distar.rewards.plugins import is_plugin_name
-
         return is_plugin_name(self.name)
 
     def __post_init__(self) -> None:

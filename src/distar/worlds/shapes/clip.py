@@ -6,7 +6,8 @@
   consistent with the image (prompt) by the renderer's ground truth (multi-positive CLIP loss).
 - the **PickScore analogue**: the CLIP analogue fine-tuned on simulated human choices with the
   Bradley–Terry loss −log σ(s (cos_A − cos_B)) of the chosen image, s = exp(logit_scale)
-  (as PickScore fine-tunes CLIP-H on Pick-a-Pic).
+  (as PickScore fine-tunes CLIP-H on Pick-a-Pic; the loss is :mod:`distar.rewards.preference`'s, which
+  ``distar rewards train`` minimises too).
 
 Both are saved as ``CLIPModel`` folders with the tokenizer and a ``preprocessor_config.json`` for
 32-px images, so :class:`distar.rewards.clip.PickScore` loads them unchanged.
@@ -26,6 +27,8 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenize
 
 from distar.config import field
 from distar.worlds.common import Log, TrainLoop, fit
+from distar.rewards.preference import bradley_terry_loss
+from distar.rewards.preference import preference_logits as log_odds
 from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, ImageTransform
 from distar.worlds.shapes.data import SceneSampler, consistency, contrast, describe, render_batch
 from distar.worlds.shapes.grammar import IMAGE_SIZE
@@ -177,7 +180,7 @@ def preference_logits(model: CLIPModel, tokenizer: CLIPTokenizer, pairs: Prefere
     text = text_embeddings(model, tokenizer, pairs.prompts)
     cos_a = (image_embeddings(model, pairs.image_a) * text).sum(-1)
     cos_b = (image_embeddings(model, pairs.image_b) * text).sum(-1)
-    return model.logit_scale.exp() * (cos_a - cos_b)
+    return log_odds(model.logit_scale, cos_a, cos_b)
 
 
 def train_reward(
@@ -189,7 +192,7 @@ def train_reward(
     def step_loss() -> dict[str, Tensor]:
         pairs = preference_pairs(loop.batch_size, loop.seed * 100003 + next(counter), weights)
         logits = preference_logits(model, tokenizer, pairs)
-        loss = F.binary_cross_entropy_with_logits(logits, pairs.choice)
+        loss = bradley_terry_loss(logits, pairs.choice)
         accuracy = ((logits > 0).float() == pairs.choice).float().mean()
         return {"loss": loss, "accuracy": accuracy}
 
