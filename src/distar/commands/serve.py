@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-remote", action="store_true", help="allow a --host other than localhost (anyone who can reach it can generate)"
     )
+    parser.add_argument(
+        "--collect", metavar="DIR",
+        help="also serve /collect, a page that records which of two images the user prefers into DIR "
+        "(pairs.jsonl and images/, the layout `distar rewards train --data DIR` reads)",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_threads_argument(parser)
 
@@ -46,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from distar.eval.models import default_device
+    from distar.io import writable_dir
     from distar.runtime import configure_threads, report_threads, stored_parameters
     from distar.serve.app import create_app
     from distar.serve.models import load_models
     from distar.worlds.shapes.assets import ASSETS_DIR
 
+    collect = writable_dir(args.collect, "--collect") if args.collect is not None else None
     device = torch.device(args.device or default_device())
     print(f"loading {args.model or 'the shapes world models'} on {device} ...", flush=True)
     models = load_models(args.model, args.reference, device)
@@ -58,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     parameters = None if None in sizes else sum(sizes)
     report_threads(configure_threads(args.threads, parameters=parameters, device=device), "serve")
     host = f"[{args.host}]" if ":" in args.host else args.host
+    more_routes = None
+    if collect is not None:
+        from distar.serve.collect import collection_routes
+
+        more_routes = lambda queue: collection_routes(models, queue, collect)  # noqa: E731
+        print(f"collecting choices into {collect} at http://{host}:{args.port}/collect", flush=True)
     print(f"serving {models.one_step_name} at http://{host}:{args.port}/ (Ctrl+C to stop)", flush=True)
-    uvicorn.run(create_app(models), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(models, more_routes=more_routes), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -18,7 +18,7 @@ import json
 import math
 import time
 from importlib import resources
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Callable, Literal
 
 import torch
 from starlette.applications import Starlette
@@ -126,8 +126,13 @@ def _png_response(out: Generated) -> Response:
     return Response(png_bytes(image_grid(torch.cat(rows), rows=len(rows))), media_type="image/png", headers=headers)
 
 
-def create_app(models: ServedModels, max_pending: int = 32) -> Starlette:
-    """The app serving ``models``; requests are run one at a time by a :class:`LatestPerClient` queue."""
+def create_app(
+    models: ServedModels,
+    max_pending: int = 32,
+    more_routes: Callable[[LatestPerClient[GenerateRequest, Generated]], list[Route]] | None = None,
+) -> Starlette:
+    """The app serving ``models``; requests are run one at a time by a :class:`LatestPerClient` queue.
+    ``more_routes(queue)`` adds routes that generate on the same queue (the collection page)."""
     queue: LatestPerClient[GenerateRequest, Generated] = LatestPerClient(
         lambda req: generate(models, req), max_pending=max_pending
     )
@@ -192,6 +197,8 @@ def create_app(models: ServedModels, max_pending: int = 32) -> Starlette:
         Route("/info", get_info),
         Route("/generate", post_generate, methods=["POST"]),
     ]
+    if more_routes is not None:
+        routes += more_routes(queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
