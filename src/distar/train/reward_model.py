@@ -6,7 +6,7 @@ a win each. Every weight of the ``CLIPModel`` trains (both towers, projections, 
 a linear warm-up and a cosine decay; the model stays in eval mode (CLIP has no dropout to turn on).
 
 The pairs are split by prompt, with a fixed seed, into training pairs and held-out pairs (no prompt in
-both). The order of the training pairs is a function of the step (a fresh permutation per epoch), so a
+both), unless ``heldout_data`` names the held-out pairs. The order of the training pairs is a function of the step (a fresh permutation per epoch), so a
 run resumed from a checkpoint takes the very batches, and ends with the very weights, of the run that was
 never stopped. The output folder, once done, is a ``CLIPModel`` folder with tokenizer and
 ``preprocessor_config.json`` that loads as ``rewards: [{name: pickscore, path: OUT}]``, plus
@@ -82,6 +82,9 @@ class RewardTrainConfig:
     weight_decay: float = field(0.35, help="AdamW weight decay (PickScore's)")
     max_grad_norm: float | None = field(1.0, help="clip the gradient norm to this (null: never)")
     heldout: float = field(0.1, help="fraction of the prompts whose pairs are held out for the report")
+    heldout_data: str | None = field(
+        None, help="pairs held out for the report, in any layout of `data` (then every pair of `data` trains)"
+    )
     seed: int = field(0, help="seed of the held-out split and of the batch order")
     eval_batch_size: int = field(32, help="pairs per forward pass in the held-out evaluation")
     calibration_bins: int = field(10, help="bins of the model's probability in the calibration table")
@@ -193,7 +196,10 @@ def train_reward_model(
     out = Path(config.out)
     device = device or torch_device(config.device)
     pairs = read_pairs(config.data)
-    train_pairs, heldout_pairs = split_by_prompt(pairs, config.heldout, config.seed)
+    if config.heldout_data is None:
+        train_pairs, heldout_pairs = split_by_prompt(pairs, config.heldout, config.seed)
+    else:
+        train_pairs, heldout_pairs = pairs, read_pairs(config.heldout_data)
     checkpoint = resolve_checkpoint("latest", out) if resume else None
     if not resume:
         check_new_run(out, overwrite=overwrite)
@@ -287,7 +293,8 @@ def train_reward_model(
 
 def _resumable(config: RewardTrainConfig) -> dict[str, Any]:
     """The settings a checkpoint must share with the run that resumes it."""
-    keys = ("data", "base", "steps", "batch_size", "lr", "warmup_steps", "weight_decay", "max_grad_norm", "heldout", "seed")
+    keys = ("data", "base", "steps", "batch_size", "lr", "warmup_steps", "weight_decay", "max_grad_norm", "heldout",
+            "heldout_data", "seed")
     return {k: getattr(config, k) for k in keys}
 
 
