@@ -126,6 +126,15 @@ def test_an_interrupted_run_resumes_exactly(
     assert sorted(p.name for p in split.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
 
 
+def test_held_out_pairs_can_be_given_apart(pairs_file: Path, base: Path, tmp_path: Path) -> None:
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(line.replace('"images/', f'"{pairs_file.parent}/images/') + "\n"
+                                for line in pairs_file.read_text().splitlines()[:10]))
+    assert train_reward(pairs_file, base, tmp_path / "out", "steps=1", f"heldout_data={held_out}") == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["train_pairs"], report["heldout_pairs"]) == (len(read_pairs(pairs_file)), 10)
+
+
 def test_ties_count_half_in_the_loss_and_the_report() -> None:
     logits, labels = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.0, 0.0, 0.5])
     stats = agreement_stats(logits, labels, bins=2)

@@ -219,7 +219,9 @@ def train_reward_model(
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     scorer = PairScorer(reward, device)
-    evaluate = lambda: scorer.evaluate(heldout_pairs, batch_size=config.eval_batch_size, bins=config.calibration_bins)  # noqa: E731
+
+    def evaluate() -> dict[str, Any]:
+        return scorer.evaluate(heldout_pairs, batch_size=config.eval_batch_size, bins=config.calibration_bins)
 
     start, state = 0, {}
     if checkpoint is not None:
