@@ -124,7 +124,8 @@ def test_an_installed_entry_point_names_a_plugin(plugin: str, tmp_path: Path, mo
     dist = tmp_path / "site" / "my_reward-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-reward\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[distar.rewards]\nmy-bright = {plugin}:Brightness\nclip = {plugin}:Detached\n")
+    entry_points = f"[distar.rewards]\nmy-bright = {plugin}:Brightness\nclip = {plugin}:Detached\n"
+    (dist / "entry_points.txt").write_text(entry_points)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     spec = RewardSpec("my-bright", options={"offset": 3})
     assert spec.is_plugin and not RewardSpec("clip").is_plugin  # a built-in name wins over an entry point

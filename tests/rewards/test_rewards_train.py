@@ -39,7 +39,8 @@ def write_pairs(folder: Path, *, prompts: int = 40, per_prompt: int = 6, seed: i
                 names.append(name)
             gap = float(brightness[0] - brightness[1])
             label = 0.5 if abs(gap) < 0.05 else (0 if gap > 0 else 1)
-            lines.append(json.dumps({"prompt": f"picture {p}", "image_0": names[0], "image_1": names[1], "label": label}))
+            record = {"prompt": f"picture {p}", "image_0": names[0], "image_1": names[1], "label": label}
+            lines.append(json.dumps(record))
     (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     return folder / "pairs.jsonl"
 

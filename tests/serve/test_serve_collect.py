@@ -126,7 +126,8 @@ def test_the_page_records_five_choices_by_click_and_key(collecting: tuple[str, P
     before = len(lines(folder))
     wait = WebDriverWait(browser, 30, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(url + "collect")
-    box = wait.until(lambda d: d.find_element(By.ID, "prompt") if d.find_element(By.ID, "prompt").get_attribute("value") else None)
+    box = browser.find_element(By.ID, "prompt")
+    wait.until(lambda d: box.get_attribute("value"))  # the example prompt, once the page has started
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(Keys.DELETE)
     box.send_keys(PROMPT, Keys.ENTER)
@@ -143,7 +144,8 @@ def test_the_page_records_five_choices_by_click_and_key(collecting: tuple[str, P
     ]
     token = ""
     for action, _ in steps:
-        token = wait.until(lambda d: (t := d.find_element(By.ID, "pair").get_attribute("data-token")) and t != token and t)
+        shown = token
+        token = wait.until(lambda d: (t := d.find_element(By.ID, "pair").get_attribute("data-token")) != shown and t)
         action()
     expected = [label for _, label in steps if label is not None]
     wait.until(lambda d: d.find_element(By.ID, "count").get_attribute("data-recorded") == str(before + len(expected)))

@@ -39,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "scaled image-text cosines (ties as half wins); the output folder loads as "
         "rewards: [{name: pickscore, path: OUT}]. Settings: --dry-run lists them.",
     )
-    train.add_argument("--data", required=True, help="a JSONL of prompt/image_0/image_1/label, a collection folder, or Pick-a-Pic parquet")
+    train.add_argument(
+        "--data", required=True,
+        help="a JSONL of prompt/image_0/image_1/label, a collection folder, or Pick-a-Pic parquet",
+    )
     train.add_argument("--base", required=True, help="the CLIPModel to start from: folder or hub id")
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")

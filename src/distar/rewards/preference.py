@@ -103,7 +103,8 @@ def _read_jsonl(path: Path) -> list[PreferencePair]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise UserError(f"{where}: not JSON ({err.msg})") from None
-        missing = [k for k in ("prompt", "image_0", "image_1", "label") if not isinstance(record, dict) or k not in record]
+        fields = ("prompt", "image_0", "image_1", "label")
+        missing = [k for k in fields if not isinstance(record, dict) or k not in record]
         if missing:
             raise UserError(f"{where}: missing {', '.join(missing)} (a pair has prompt, image_0, image_1, label)")
         images = []
@@ -159,7 +160,9 @@ def agreement_stats(logits: Tensor, labels: Tensor, *, bins: int = 10) -> dict[s
         count = int(members.sum())
         if count:
             mean_p, observed = float(probability[members].mean()), float(wins_0[members].mean())
-            calibration.append({"bin": [b / bins, (b + 1) / bins], "pairs": count, "mean_p": mean_p, "observed": observed})
+            calibration.append(
+                {"bin": [b / bins, (b + 1) / bins], "pairs": count, "mean_p": mean_p, "observed": observed}
+            )
             ece += count * abs(observed - mean_p)
     n = len(labels)
     return {

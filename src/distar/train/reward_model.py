@@ -6,8 +6,8 @@ a win each. Every weight of the ``CLIPModel`` trains (both towers, projections, 
 a linear warm-up and a cosine decay; the model stays in eval mode (CLIP has no dropout to turn on).
 
 The pairs are split by prompt, with a fixed seed, into training pairs and held-out pairs (no prompt in
-both), unless ``heldout_data`` names the held-out pairs. The order of the training pairs is a function of the step (a fresh permutation per epoch), so a
-run resumed from a checkpoint takes the very batches, and ends with the very weights, of the run that was
+both), unless ``heldout_data`` names the held-out pairs. The order of the training pairs is a function of
+the step (a fresh permutation per epoch), so a run resumed from a checkpoint takes the very batches, and ends with the very weights, of the run that was
 never stopped. The output folder, once done, is a ``CLIPModel`` folder with tokenizer and
 ``preprocessor_config.json`` that loads as ``rewards: [{name: pickscore, path: OUT}]``, plus
 ``report.json`` / ``report.md`` (held-out agreement, tie-aware accuracy and calibration, before and
@@ -72,9 +72,15 @@ REPORT_FILE = "report.json"
 class RewardTrainConfig:
     """Fine-tuning a reward model on preference pairs (``distar rewards train``)."""
 
-    data: str = field(help="pairs: a JSONL (prompt, image_0, image_1, label), a collection folder, or Pick-a-Pic parquet")
+    data: str = field(
+        help="pairs: a JSONL (prompt, image_0, image_1, label), a collection folder, or Pick-a-Pic parquet"
+    )
     base: str = field(help="the CLIPModel to start from: a folder or hub id (PickScore, a CLIP, a tiny one)")
     out: str = field(help="output folder: the trained model, its report, log and checkpoints")
+    processor: str | None = field(
+        None, help="folder or hub id of the tokenizer and preprocessor config when `base` has none "
+        "(default: PickScore's, laion/CLIP-ViT-H-14-laion2B-s32B-b79K)",
+    )
     steps: int = field(1000, help="optimiser steps")
     batch_size: int = field(16, help="pairs per step")
     lr: float = field(3e-6, help="AdamW peak learning rate (PickScore's), linear warm-up then cosine decay to 0")
@@ -210,7 +216,9 @@ def train_reward_model(
         (out / REPORT_FILE).unlink(missing_ok=True)
         (out / LOG_FILE).unlink(missing_ok=True)
 
-    spec = RewardSpec("pickscore", path=config.base, local_files_only=config.local_files_only)
+    spec = RewardSpec(
+        "pickscore", path=config.base, processor=config.processor, local_files_only=config.local_files_only
+    )
     reward = PickScore.from_spec(spec)
     reward.to(device=device, dtype=torch.float32)
     model = reward.model
@@ -295,8 +303,10 @@ def train_reward_model(
 
 def _resumable(config: RewardTrainConfig) -> dict[str, Any]:
     """The settings a checkpoint must share with the run that resumes it."""
-    keys = ("data", "base", "steps", "batch_size", "lr", "warmup_steps", "weight_decay", "max_grad_norm", "heldout",
-            "heldout_data", "seed")
+    keys = (
+        "data", "base", "processor", "steps", "batch_size", "lr", "warmup_steps", "weight_decay", "max_grad_norm",
+        "heldout", "heldout_data", "seed",
+    )
     return {k: getattr(config, k) for k in keys}
 
 

@@ -140,7 +140,9 @@ def train_config(
             t_init=t_init,
             generator_init=str(generator_init) if generator_init else None,
         ),
-        rewards=[reward if isinstance(reward, RewardSpec) else RewardSpec("pickscore", path=str(reward))] if reward else [],
+        rewards=[] if reward is None else [
+            reward if isinstance(reward, RewardSpec) else RewardSpec("pickscore", path=str(reward))
+        ],
         objective=objective,
         data=DataConfig(prompts=list(prompts), batch_size=loop.batch_size),
         optim=OptimConfig(
