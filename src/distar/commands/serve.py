@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="let web pages of this origin (e.g. https://example.org; '*' for any) call /generate; by default "
         "only the server's own page can (repeatable)",
     )
+    parser.add_argument(
+        "--collect", metavar="DIR",
+        help="also serve /collect, a page that records which of two images the user prefers into DIR "
+        "(pairs.jsonl and images/, the layout `distar rewards train --data DIR` reads)",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_threads_argument(parser)
 
@@ -55,11 +60,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from distar.eval.models import default_device
+    from distar.io import writable_dir
     from distar.runtime import configure_threads, report_threads, stored_parameters
     from distar.serve.app import create_app
     from distar.serve.models import load_models
     from distar.worlds.shapes.assets import ASSETS_DIR
 
+    collect = writable_dir(args.collect, "--collect") if args.collect is not None else None
     device = torch.device(args.device or default_device())
     print(f"loading {args.model or 'the shapes world models'} on {device} ...", flush=True)
     models = load_models(args.model, args.reference, device)
@@ -67,7 +74,13 @@ def run(args: argparse.Namespace) -> int:
     parameters = None if None in sizes else sum(sizes)
     report_threads(configure_threads(args.threads, parameters=parameters, device=device), "serve")
     host = f"[{args.host}]" if ":" in args.host else args.host
+    more_routes = None
+    if collect is not None:
+        from distar.serve.collect import collection_routes
+
+        more_routes = lambda queue: collection_routes(models, queue, collect)  # noqa: E731
+        print(f"collecting choices into {collect} at http://{host}:{args.port}/collect", flush=True)
     print(f"serving {models.one_step_name} at http://{host}:{args.port}/ (Ctrl+C to stop)", flush=True)
-    app = create_app(models, allow_remote=args.allow_remote, allow_origins=args.allow_origin)
+    app = create_app(models, allow_remote=args.allow_remote, allow_origins=args.allow_origin, more_routes=more_routes)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from distar.config import ConfigError, field
 from distar.eval.spec import ModelSpec
@@ -22,10 +22,14 @@ class EvalConfig:
     )
     metrics: list[str] = field(
         ["imagereward", "aesthetic", "pickscore", "clip"],
-        help="imagereward, aesthetic, pickscore, clip, hpsv2, hpsv2.1, fid, diversity, prompt_diversity",
+        help="imagereward, aesthetic, pickscore, clip, hpsv2, hpsv2.1, fid, diversity, prompt_diversity, "
+        "or a reward plugin (module:Class or an installed entry point)",
     )
     metric_paths: dict[str, str] = field(
         {}, help="metric → model location (hub id, folder, file; 'tiny' = tiny random reward model)"
+    )
+    metric_options: dict[str, dict[str, Any]] = field(
+        {}, help="reward plugin metric → keyword arguments of its class (docs/rewards-own.md)"
     )
     out_dir: str = field("eval", help="results folder (re-running with it resumes)")
     num_images: int | None = field(

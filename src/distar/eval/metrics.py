@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -91,12 +91,18 @@ def evaluation_inputs(images: Tensor, reward: Reward) -> Tensor:
 
 
 def parse_metric_names(text: str | Sequence[str]) -> list[str]:
-    """``"pickscore,clip"`` (or a list) → validated, de-duplicated names."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    names = list(dict.fromkeys(n.strip().lower() for n in items if n.strip()))
-    unknown = [n for n in names if n not in METRIC_NAMES]
+    """``"pickscore,clip"`` (or a list) → validated, de-duplicated names; reward plugins
+    (:mod:`distar.rewards.plugins`) are per-image metrics under their own name."""
+    from distar.rewards.spec import is_plugin_name
+
+    items = [n.strip() for n in (text.split(",") if isinstance(text, str) else list(text))]
+    names = list(dict.fromkeys(n if is_plugin_name(n) else n.lower() for n in items if n))
+    unknown = [n for n in names if n not in METRIC_NAMES and not is_plugin_name(n)]
     if unknown:
-        raise ConfigError(f"unknown metric '{unknown[0]}' (choose from {', '.join(METRIC_NAMES)})")
+        raise ConfigError(
+            f"unknown metric '{unknown[0]}' (choose from {', '.join(METRIC_NAMES)}, "
+            "or a reward plugin as module:Class or an installed entry point)"
+        )
     if not names:
         raise ConfigError("no metrics given")
     return names
@@ -106,6 +112,7 @@ def metric_loaders(
     names: Sequence[str],
     *,
     paths: Mapping[str, str] | None = None,
+    options: Mapping[str, dict[str, Any]] | None = None,
     device: torch.device | str = "cpu",
     dtype: str | None = None,
     fid_reference: str | None = None,
@@ -115,15 +122,27 @@ def metric_loaders(
     """Lazy loaders for metric ``names``; ``paths[name]`` is a model location (hub id, folder, file,
     or ``"tiny"`` for a tiny random model); ``paths["fid"]`` is the Inception torchscript file and
     ``paths["diversity"]`` (``paths["prompt_diversity"]``) the CLIP model whose image tower gives the
-    diversity features (as for ``"clip"``; default ``openai/clip-vit-large-patch14``)."""
+    diversity features (as for ``"clip"``; default ``openai/clip-vit-large-patch14``); ``options[name]``
+    are the keyword arguments of a reward plugin's class."""
     paths = dict(paths or {})
-    unknown = sorted(set(paths) - set(METRIC_NAMES))
+    from distar.rewards.spec import is_plugin_name
+
+    unknown = sorted(n for n in set(paths) - set(METRIC_NAMES) if not is_plugin_name(n))
     if unknown:
         raise ConfigError(f"--metric-path for unknown metric '{unknown[0]}'")
+    plugin_paths = sorted(n for n in paths if is_plugin_name(n))
+    if plugin_paths:
+        raise ConfigError(f"--metric-path for reward plugin '{plugin_paths[0]}': plugins take metric_options, not a path")
+    options = dict(options or {})
+    not_plugins = sorted(n for n in options if not is_plugin_name(n))
+    if not_plugins:
+        raise ConfigError(f"metric_options: '{not_plugins[0]}' is not a reward plugin (options are for plugins only)")
     loaders = []
     for name in parse_metric_names(names):
         path = paths.get(name)
-        if name in REWARD_NAMES:
+        if is_plugin_name(name):
+            loaders.append(LazyMetric(name, "image", _plugin_loader(name, options.get(name, {}), device, dtype)))
+        elif name in REWARD_NAMES:
             loaders.append(LazyMetric(name, "image", _reward_loader(name, path, device, dtype, local_files_only)))
         elif name == "fid":
             if fid_reference is None:
@@ -149,6 +168,21 @@ def _reward_loader(
         from distar.rewards import load_reward
 
         return load_reward(name, path=path, device=device, dtype=dtype, local_files_only=local_files_only)
+
+    return load
+
+
+def _plugin_loader(
+    name: str, options: dict[str, Any], device: torch.device | str, dtype: str | None
+) -> Callable[[], Reward]:
+    from distar.rewards import RewardSpec
+
+    spec = RewardSpec(name, options=options)  # imports the plugin now: a broken one is refused before generation
+
+    def load() -> Reward:
+        from distar.rewards import load_reward
+
+        return load_reward(spec, device=device, dtype=dtype)
 
     return load
 

@@ -436,6 +436,7 @@ def run_eval(config: EvalConfig, *, threads: int | None = None) -> Summary:
     metrics = metric_loaders(
         config.metrics,
         paths=config.metric_paths,
+        options=config.metric_options,
         device=device,
         dtype=config.metric_dtype,
         fid_reference=config.fid_reference,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import torch
 from torch import Tensor, nn
 
 
@@ -22,6 +23,22 @@ class Reward(nn.Module, ABC):
 
     def __init__(self) -> None:
         super().__init__()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (cpu for a reward without weights)."""
+        tensor = next(self._tensors(), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point weights (float32 for a reward without weights)."""
+        tensor = next((t for t in self._tensors() if t.is_floating_point()), None)
+        return tensor.dtype if tensor is not None else torch.float32
+
+    def _tensors(self) -> Iterator[Tensor]:
+        yield from self.parameters()
+        yield from self.buffers()
 
     def freeze(self) -> "Reward":
         """Put the model in eval mode (dropout/drop-path off) and stop parameter gradients."""

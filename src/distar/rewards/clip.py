@@ -103,7 +103,7 @@ class CLIPSimilarityReward(Reward):
         self.transform = transform
         self.scale = float(scale)
         self.max_length = min(int(tokenizer.model_max_length), model.config.text_config.max_position_embeddings)
-        self.text_cache = PromptCache(self._embed_text)
+        self.text_cache = PromptCache(self.embed_text)
         self.freeze()
 
     def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "CLIPSimilarityReward":
@@ -111,7 +111,9 @@ class CLIPSimilarityReward(Reward):
         self.text_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def _embed_text(self, prompts: list[str]) -> Tensor:
+    def embed_text(self, prompts: list[str]) -> Tensor:
+        """(B, D) unit-norm float32 text embeddings, computed now (not cached) and differentiable in the
+        text tower's weights (reward model training)."""
         device = self.model.text_projection.weight.device
         tokens = self.tokenizer(
             prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -125,7 +127,11 @@ class CLIPSimilarityReward(Reward):
 
     def image_embeddings(self, images: Tensor) -> Tensor:
         """(B, D) unit-norm float32 image embeddings of images (B, 3, H, W) in [0, 1], differentiable."""
-        pixels = self.transform(images).to(self.model.visual_projection.weight.dtype)
+        return self.pixel_embeddings(self.transform(images))
+
+    def pixel_embeddings(self, pixels: Tensor) -> Tensor:
+        """(B, D) unit-norm float32 image embeddings of pixels already through :attr:`transform`."""
+        pixels = pixels.to(self.model.visual_projection.weight.dtype)
         pooled = self.model.vision_model(pixel_values=pixels).pooler_output
         return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
 

@@ -18,13 +18,26 @@ REWARD_NAMES: tuple[str, ...] = ("pickscore", "clip", "hpsv2", "hpsv2.1", "image
 TINY = "tiny"
 
 
+def is_plugin_name(name: str) -> bool:
+    """Whether ``name`` names a reward plugin: ``module:Class``, or an installed entry point of group
+    ``distar.rewards`` that is no built-in name."""
+    if ":" in name:
+        return True
+    if name in REWARD_NAMES:
+        return False
+    from distar.rewards.plugins import registered_plugins
+
+    return name in registered_plugins()
+
+
 @dataclass
 class RewardSpec:
     """One reward term: which model, where its weights are, and its weight in the sum."""
 
     name: str = field(
-        help=f"reward model: one of {', '.join(REWARD_NAMES)}, or a plugin: 'package.module:Class' "
-        "(a distar.rewards.base.Reward subclass built with `options`)"
+        help=f"reward model: one of {', '.join(REWARD_NAMES)}, or a plugin: 'package.module:Class' or the name "
+        "of an installed entry point of group distar.rewards (a distar.rewards.base.Reward subclass built with "
+        "`options`; docs/rewards-own.md)"
     )
     weight: float = field(1.0, help="weight w_k of this term in r = Σ_k w_k r_k")
     path: str | None = field(
@@ -56,8 +69,9 @@ class RewardSpec:
 
     @property
     def is_plugin(self) -> bool:
-        """Whether ``name`` names a plugin class (``module:Class``) rather than a built-in reward."""
-        return ":" in self.name
+        """Whether ``name`` names a plugin class (``module:Class`` or a registered entry point of group
+        ``distar.rewards``) rather than a built-in reward."""
+        return is_plugin_name(self.name)
 
     def __post_init__(self) -> None:
         if self.is_plugin:
@@ -66,10 +80,11 @@ class RewardSpec:
             plugin_class(self.name)  # imports now: a broken plugin is refused before any model loads
             return
         if self.options:
-            raise ConfigError(f"reward '{self.name}': options are only for plugin rewards (module:Class)")
+            raise ConfigError(f"reward '{self.name}': options are only for plugin rewards (module:Class or entry point)")
         if self.name not in REWARD_NAMES:
             raise ConfigError(
-                f"unknown reward '{self.name}' (choose from {', '.join(REWARD_NAMES)}, or name a plugin as module:Class)"
+                f"unknown reward '{self.name}' (choose from {', '.join(REWARD_NAMES)}, "
+                "a plugin as module:Class, or an installed entry point)"
             )
         if self.form != "cosine" and self.name != "pickscore":
             raise ConfigError(f"reward '{self.name}': form '{self.form}' is only defined for pickscore")

@@ -184,13 +184,19 @@ def _png_response(out: Generated) -> Response:
 
 
 def create_app(
-    models: ServedModels, max_pending: int = 32, *, allow_remote: bool = False, allow_origins: Sequence[str] = ()
+    models: ServedModels,
+    max_pending: int = 32,
+    *,
+    allow_remote: bool = False,
+    allow_origins: Sequence[str] = (),
+    more_routes: Callable[[LatestPerClient[tuple[GenerateRequest, threading.Event], Generated]], list[Route]] | None = None,
 ) -> Starlette:
     """The app serving ``models``; requests are run one at a time by a :class:`LatestPerClient` queue.
 
     Unless ``allow_remote``, a request whose ``Host`` header names another machine is refused (a web
     page cannot reach the server by DNS rebinding). A ``POST /generate`` from a web page of another
-    origin is refused unless its ``Origin`` is in ``allow_origins`` (``"*"``: any)."""
+    origin is refused unless its ``Origin`` is in ``allow_origins`` (``"*"``: any). ``more_routes(queue)``
+    adds routes that generate on the same queue (the collection page)."""
     queue: LatestPerClient[tuple[GenerateRequest, threading.Event], Generated] = LatestPerClient(
         lambda job: generate(models, job[0], job[1].is_set), max_pending=max_pending
     )
@@ -279,6 +285,8 @@ def create_app(
         Route("/info", get_info),
         Route("/generate", post_generate, methods=["POST"]),
     ]
+    if more_routes is not None:
+        routes += more_routes(queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -65,16 +65,23 @@ def build_trainer(
     if config.objective.reward_scale != 0.0 and not config.rewards:
         raise ConfigError(f"objective.reward_scale is {config.objective.reward_scale:g} but `rewards` is empty")
     from distar.backends import build_backend
-    from distar.rewards import build_reward
+    from distar.rewards import WeightedReward, build_reward
+    from distar.rewards.plugins import probe_reward
 
     prompts = load_prompts(config.data) if prompts is None else prompts
     if accelerator is None:
         release_accelerate_state(config)
         accelerator = make_accelerator(config)
     with accelerator.main_process_first():  # downloads and tiny-model builds happen once
-        torch.manual_seed(config.seed)  # LoRA adapters are drawn from the global RNG: same on every process and run
-        backend = build_backend(config.model, device=accelerator.device, offload_device=offload_device)
+        # The reward first: a plugin that breaks the reward contract is refused before the generator loads.
         reward = None
         if config.rewards:
             reward = build_reward(config.rewards, device=accelerator.device, dtype=config.model.dtype)
+            terms = reward.rewards if isinstance(reward, WeightedReward) else [reward]
+            for spec, term in zip(config.rewards, terms):
+                if spec.is_plugin:
+                    differentiable = config.objective.reward_scale != 0.0
+                    probe_reward(term, prompts[0], name=spec.name, differentiable=differentiable)
+        torch.manual_seed(config.seed)  # LoRA adapters are drawn from the global RNG: same on every process and run
+        backend = build_backend(config.model, device=accelerator.device, offload_device=offload_device)
     return trainer_class(config, backend, reward, prompts, accelerator=accelerator, **trainer_options)

@@ -43,6 +43,7 @@ WRITTEN_FILE = ".distar-written"
 #: Where a tensorboard tracker writes, and how its event files are named.
 TENSORBOARD = "tensorboard"
 _EVENTS_PREFIX = "events.out.tfevents."
+_HPARAMS = "hparams.yml"  # the run's config as the tensorboard tracker stores it
 
 #: Errors meaning the file system cannot lock (some network or FUSE file systems).
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -166,7 +167,7 @@ def _foreign_files(root: Path) -> list[str]:
             or top in (LOCK_FILE, WRITTEN_FILE)
             or ckpt.is_leftover(top)
             or (top in checkpoints and rel.relative_to(top).as_posix() in checkpoints[top])
-            or (top == TENSORBOARD and TENSORBOARD in written and path.name.startswith(_EVENTS_PREFIX))
+            or (top == TENSORBOARD and TENSORBOARD in written and (path.name.startswith(_EVENTS_PREFIX) or path.name == _HPARAMS))
         )
         if not ours:
             foreign.append(rel.as_posix())

@@ -6,7 +6,8 @@
   consistent with the image (prompt) by the renderer's ground truth (multi-positive CLIP loss).
 - the **PickScore analogue**: the CLIP analogue fine-tuned on simulated human choices with the
   Bradley–Terry loss −log σ(s (cos_A − cos_B)) of the chosen image, s = exp(logit_scale)
-  (as PickScore fine-tunes CLIP-H on Pick-a-Pic).
+  (as PickScore fine-tunes CLIP-H on Pick-a-Pic; the loss is :mod:`distar.rewards.preference`'s, which
+  ``distar rewards train`` minimises too).
 
 Both are saved as ``CLIPModel`` folders with the tokenizer and a ``preprocessor_config.json`` for
 32-px images, so :class:`distar.rewards.clip.PickScore` loads them unchanged.
@@ -15,17 +16,22 @@ Both are saved as ``CLIPModel`` folders with the tokenizer and a ``preprocessor_
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from distar.config import field
+from distar.io import to_uint8, write_atomic
 from distar.worlds.common import Log, TrainLoop, fit
+from distar.rewards.preference import bradley_terry_loss
+from distar.rewards.preference import preference_logits as log_odds
 from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, ImageTransform
 from distar.worlds.shapes.data import SceneSampler, consistency, contrast, describe, render_batch
 from distar.worlds.shapes.grammar import IMAGE_SIZE
@@ -172,12 +178,37 @@ def preference_pairs(n: int, seed: int, weights: UtilityWeights) -> PreferencePa
     return PreferencePairs(prompts, images[0], images[1], u_a, u_b, choice)
 
 
+def reward_training_pairs(loop: TrainLoop, weights: UtilityWeights, step: int) -> PreferencePairs:
+    """The pairs :func:`train_reward` trains on at ``step`` (fresh ones each step, from the loop's seed)."""
+    return preference_pairs(loop.batch_size, loop.seed * 100003 + step, weights)
+
+
+def export_choices(pairs: Iterable[PreferencePairs], folder: str | Path, name: str) -> Path:
+    """Write simulated choices as ``folder/name`` in the JSONL layout of :mod:`distar.rewards.preference`
+    (label: the chosen image's index), the images as PNG under ``folder/images/<name stem>/``."""
+    folder = Path(folder)
+    images = folder / "images" / Path(name).stem
+    images.mkdir(parents=True, exist_ok=True)
+    lines, index = [], 0
+    for batch in pairs:
+        for prompt, a, b, chose_a in zip(batch.prompts, batch.image_a, batch.image_b, batch.choice.tolist()):
+            files = [images / f"{index:06d}_{side}.png" for side in "ab"]
+            for file, image in zip(files, (a, b)):
+                Image.fromarray(to_uint8(image)).save(file)
+            record = {"prompt": prompt, "image_0": files[0].relative_to(folder).as_posix(),
+                      "image_1": files[1].relative_to(folder).as_posix(), "label": 0 if chose_a else 1}
+            lines.append(json.dumps(record))
+            index += 1
+    write_atomic(folder / name, ("\n".join(lines) + "\n").encode())
+    return folder / name
+
+
 def preference_logits(model: CLIPModel, tokenizer: CLIPTokenizer, pairs: PreferencePairs) -> Tensor:
     """s (cos_A − cos_B) per pair: the model's log-odds that A is preferred."""
     text = text_embeddings(model, tokenizer, pairs.prompts)
     cos_a = (image_embeddings(model, pairs.image_a) * text).sum(-1)
     cos_b = (image_embeddings(model, pairs.image_b) * text).sum(-1)
-    return model.logit_scale.exp() * (cos_a - cos_b)
+    return log_odds(model.logit_scale, cos_a, cos_b)
 
 
 def train_reward(
@@ -187,9 +218,9 @@ def train_reward(
     counter = iter(range(10**9))
 
     def step_loss() -> dict[str, Tensor]:
-        pairs = preference_pairs(loop.batch_size, loop.seed * 100003 + next(counter), weights)
+        pairs = reward_training_pairs(loop, weights, next(counter))
         logits = preference_logits(model, tokenizer, pairs)
-        loss = F.binary_cross_entropy_with_logits(logits, pairs.choice)
+        loss = bradley_terry_loss(logits, pairs.choice)
         accuracy = ((logits > 0).float() == pairs.choice).float().mean()
         return {"loss": loss, "accuracy": accuracy}
 

@@ -95,6 +95,10 @@ class ShapesDemoConfig:
         help="further method@α settings to train (default: Diff-Instruct++ at a reward weight like DI*'s at α = 30, "
         "and DI* at a large α, where alignment and diversity fall)",
     )
+    reward: str | None = field(
+        None, help="the reward the methods with one train on: the models' learned reward (default), or a reward "
+        "plugin (module:Class), e.g. distar.worlds.shapes.utility:TrueUtility, the hidden human's own utility",
+    )
     guidance_scale: float = field(3.0, help="CFG ω: inner CFG of the divergence and the reference row's sampler")
     train: OneStepLoop = field(
         OneStepLoop(steps=120, train_prompts=2000, seed=5), help="training of each run (steps: --steps)"
@@ -121,6 +125,11 @@ class ShapesDemoConfig:
             raise ValueError("training_seeds must be ≥ 1")
         if not self.seeds:
             raise ValueError("seeds must name at least one evaluation seed")
+        if self.reward is not None:
+            from distar.rewards import RewardSpec
+
+            if not RewardSpec(self.reward).is_plugin:
+                raise ValueError(f"reward: {self.reward!r} is not a reward plugin (module:Class)")
         self.extra_settings()  # checked before any model is built
 
     def extra_settings(self) -> list[tuple[str, float]]:
@@ -507,6 +516,7 @@ def run(args: argparse.Namespace) -> int:
 
 def train_stage(cfg: ShapesDemoConfig, runs: Sequence[Run], out: Path, jobs: int, args: argparse.Namespace) -> list[dict]:
     """Stage 2: every run's :class:`TrainConfig`, trained in parallel processes at this process's thread count."""
+    from distar.rewards import RewardSpec
     from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record
     from distar.worlds.shapes.guardrails import monitor_config
     from distar.worlds.shapes.one_step import train_config
@@ -521,7 +531,8 @@ def train_stage(cfg: ShapesDemoConfig, runs: Sequence[Run], out: Path, jobs: int
         loop = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * r.seed_index)
         config = train_config(
             reference, objective_for(r, cfg), loop, prompts, out / "runs" / r.key, t_init,
-            reward=reward_dir if r.reward_scale else None, generator_init=init, progress_bar=False,
+            reward=(RewardSpec(cfg.reward) if cfg.reward else reward_dir) if r.reward_scale else None,
+            generator_init=init, progress_bar=False,
         )
         loop_config = dataclasses.replace(config.loop, cpu=args.device == "cpu")
         configs.append({"config": dataclasses.replace(config, loop=loop_config, monitor=monitor)})

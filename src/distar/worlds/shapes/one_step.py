@@ -128,11 +128,12 @@ def train_config(
     prompts: Sequence[str],
     output_dir: Path,
     t_init: int,
-    reward: Path | None = None,
+    reward: Path | RewardSpec | None = None,
     generator_init: Path | None = None,
     progress_bar: bool = True,
 ) -> TrainConfig:
-    """A :class:`TrainConfig` for one run on the world's reference (CPU, no checkpoints but the last, no monitor)."""
+    """A :class:`TrainConfig` for one run on the world's reference (CPU, no checkpoints but the last, no monitor);
+    ``reward`` is a learned reward's folder (loaded as PickScore) or any reward term."""
     return TrainConfig(
         model=ModelConfig(
             family="sd",
@@ -140,7 +141,9 @@ def train_config(
             t_init=t_init,
             generator_init=str(generator_init) if generator_init else None,
         ),
-        rewards=[RewardSpec("pickscore", path=str(reward))] if reward else [],
+        rewards=[] if reward is None else [
+            reward if isinstance(reward, RewardSpec) else RewardSpec("pickscore", path=str(reward))
+        ],
         objective=objective,
         data=DataConfig(prompts=list(prompts), batch_size=loop.batch_size),
         optim=OptimConfig(
