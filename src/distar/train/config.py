@@ -36,10 +36,16 @@ class DataConfig:
     """Where prompts come from and how each process draws them."""
 
     source: str | None = field(
-        None, help="prompt source: .txt (one per line), .csv/.tsv/.jsonl/.json file, or a datasets hub id"
+        None,
+        help="prompt source: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet file, a datasets "
+        "save_to_disk folder, or a datasets hub id",
     )
-    column: str | None = field(None, help="prompt column of a table/JSONL/hub source (default: prompt, caption, text)")
-    split: str = field("train", help="split of a datasets hub source")
+    column: str | None = field(
+        None, help="prompt column of a table/JSONL/parquet/datasets source (default: prompt, caption, text, TEXT)"
+    )
+    split: str = field("train", help="split of a datasets folder or hub source")
+    name: str | None = field(None, help="configuration name of a datasets hub source")
+    streaming: bool = field(False, help="stream a hub source's prompt column instead of downloading the dataset")
     prompts: list[str] = field([], help="inline prompts, used when `source` is not set")
     batch_size: int = field(1, help="prompts per process for each assistant and each generator update")
     shuffle: bool = field(True, help="reshuffle every epoch with seed + epoch (same order on every process)")
