@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from train_helpers import PROMPTS
+import pytest
+import torch
+from ddp_worker import PromptsSeen, worker_config
+from train_helpers import PROMPTS, GaussianBackend, MeanReward
 
+from distar.train import Trainer
 from distar.train.loop import TIMING_KEYS
 
 
@@ -29,9 +33,10 @@ def test_two_process_run_trains_in_sync_and_checkpoints(tmp_path):
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert all(r["distributed_type"] == "DistributedType.MULTI_CPU" for r in ranks)
     assert all(r["wrapped"] == "DistributedDataParallel" for r in ranks)
-    # Each process reads its own shard: the first epochs (5 prompts each) are disjoint and cover all.
-    firsts = [r["prompts"][: len(PROMPTS) // 2] for r in ranks]
-    assert not set(firsts[0]) & set(firsts[1]) and set(firsts[0]) | set(firsts[1]) == set(PROMPTS)
+    # Each process reads its own slice of the global batches (4 prompts each): the first epoch is rank 0's
+    # first batch, rank 1's, then the start of rank 0's second.
+    first_epoch = ranks[0]["prompts"][:4] + ranks[1]["prompts"][:4] + ranks[0]["prompts"][4:6]
+    assert sorted(first_epoch) == sorted(PROMPTS)
     # Different data on each rank, yet identical generators after the steps: gradients were all-reduced.
     assert ranks[0]["generator"] == ranks[1]["generator"]
     assert ranks[0]["generator"]["a"] != [1.0, 1.0]  # and it did train
@@ -70,3 +75,39 @@ def test_two_process_cli_on_the_tiny_sd_pipeline_with_lora(tmp_path):
         assert state["world_size"] == 2 and state["step"] == step
     assert (tmp_path / "checkpoint-2" / "rng_state_1.json").is_file()
     assert [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def single_process(out: Path, sections: dict) -> tuple[dict[str, torch.Tensor], list[dict], list[str]]:
+    """The generator weights, records and prompts drawn of the run ``sections`` in this one process."""
+    trainer = Trainer(worker_config(out, sections), GaussianBackend(), MeanReward(), PROMPTS)
+    seen = PromptsSeen(trainer)
+    records = trainer.train()
+    return trainer.backend.generator.state_dict(), records, seen.prompts
+
+
+@pytest.mark.parametrize("global_draws", [True, False])
+def test_two_processes_train_as_one_process_at_the_doubled_batch(tmp_path, global_draws):
+    """loop.global_draws (the default): 2 processes at batch 2 draw the prompts, noise and times of one
+    process at batch 4, so the run is the same up to the order of the gradient reduction."""
+    steps = 4
+    sections = {"loop": {"max_steps": steps, "global_draws": global_draws}, "logging": {"every": 1}}
+    result = torchrun(str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path), json.dumps(
+        {**sections, "data": {"batch_size": 2}}
+    ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    weights, records, prompts = single_process(tmp_path / "one", {**sections, "data": {"batch_size": 4}})
+
+    # Every batch of the single process is rank 0's batch followed by rank 1's.
+    halves = [[r["prompts"][i : i + 2] for i in range(0, len(r["prompts"]), 2)] for r in ranks]
+    assert [a + b for a, b in zip(*halves)] == [prompts[i : i + 4] for i in range(0, len(prompts), 4)]
+    update = max((weights[k] - (1.0 if k == "a" else 0.0)).abs().max().item() for k in weights)
+    error = max((torch.tensor(ranks[0]["generator"][k]) - weights[k]).abs().max().item() for k in weights)
+    scale = max(v.abs().max().item() for v in weights.values())
+    losses = [[r[k] for k in sorted(r) if k.endswith("/loss")] for r in ranks[0]["records"]]
+    single_losses = [[r[k] for k in sorted(r) if k.endswith("/loss")] for r in records]
+    if global_draws:
+        assert error <= 1e-5 * scale, (error, scale)
+        assert torch.allclose(torch.tensor(losses), torch.tensor(single_losses), rtol=1e-5, atol=1e-6)
+    else:  # seed + rank: other noise, another run
+        assert error > 0.01 * update

@@ -122,6 +122,12 @@ class LoopConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
         None, help="accelerate autocast mode; null = what `accelerate config` / `accelerate launch` set (else no)"
     )
+    global_draws: bool = field(
+        True,
+        help="every process draws the noise and times of the whole global batch from one shared seed and keeps "
+        "its slice, so N processes at data.batch_size b train as one process at N·b; false: each process "
+        "draws its own from seed + rank",
+    )
     allow_tf32: bool = field(False, help="allow TF32 matmuls and convolutions on Ampere+ GPUs")
     cpu: bool = field(False, help="run on CPU even when a GPU is present")
     threads: int | None = field(
@@ -218,7 +224,7 @@ class TrainConfig:
     logging: LoggingConfig = field(LoggingConfig(), help="logging")
     sampling: SamplingConfig = field(SamplingConfig(), help="sample grids")
     output_dir: str = field("runs/distar", help="run folder: config, logs, samples, checkpoints")
-    seed: int = field(0, help="global seed (process r uses seed + r for its own draws)")
+    seed: int = field(0, help="global seed (with loop.global_draws: false, process r uses seed + r for its draws)")
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed <= MAX_SEED:
