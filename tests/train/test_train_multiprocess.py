@@ -106,6 +106,7 @@ def test_two_processes_train_as_one_process_at_the_doubled_batch(tmp_path, globa
     scale = max(v.abs().max().item() for v in weights.values())
     losses = [[r[k] for k in sorted(r) if k.endswith("/loss")] for r in ranks[0]["records"]]
     single_losses = [[r[k] for k in sorted(r) if k.endswith("/loss")] for r in records]
+    print(f"global_draws={global_draws}: max |Δθ| / max |θ| = {error / scale:.2e}, update {update / scale:.2e}")
     if global_draws:
         assert error <= 1e-5 * scale, (error, scale)
         assert torch.allclose(torch.tensor(losses), torch.tensor(single_losses), rtol=1e-5, atol=1e-6)
