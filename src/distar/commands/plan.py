@@ -75,6 +75,13 @@ OPTIONS: tuple[Option, ...] = (
 #: Process counts tried for FSDP.
 FSDP_PROCESSES = (2, 4, 8, 16, 32, 64)
 
+#: What FSDP needs of a layout (the trainer refuses the rest): no EMA, the assistant's adapter on a copy.
+FSDP_NEEDS = (
+    Option("no EMA under FSDP", ("ema.decay=0",), "EMA is not kept under FSDP"),
+    Option("assistant adapter on a copy under FSDP", ("model.assistant_lora_shared=false",),
+           "the shared layout does not shard: the reference becomes a frozen copy"),
+)
+
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(gib|gb|mib|mb|g|m)?\s*$", re.IGNORECASE)
 _UNITS = {"gib": 2**30, "g": 2**30, "gb": 10**9, "mib": 2**20, "m": 2**20, "mb": 10**6, None: 2**30}
 
@@ -145,6 +152,15 @@ def estimate(config: TrainConfig, overrides: list[str], folder: Path) -> MemoryE
     return estimate_iteration_memory(estimation_inputs(changed, folder))
 
 
+def _fsdp_ready(config: TrainConfig, option: Option) -> bool:
+    """Whether the config already meets ``option`` of :data:`FSDP_NEEDS` another way (no EMA at all,
+    or no assistant adapter)."""
+    assert config.model is not None
+    if option.overrides[0].startswith("ema."):
+        return not config.ema.enabled
+    return config.model.assistant_lora_rank == 0
+
+
 def sharded_state(found: MemoryEstimate) -> int:
     """Bytes that FSDP's full sharding splits: trainable weights, optimiser states, EMA and the
     generator's gradients (the peak falls in the generator's update)."""
@@ -204,6 +220,13 @@ def run(args: argparse.Namespace) -> int:
             if found.peak <= limit:
                 print(f"fits with: {' '.join(chosen)} ({time.perf_counter() - start:.0f} s)")
                 return 0
+        needs = [o for o in FSDP_NEEDS if o.applies(config) and not _fsdp_ready(config, o)]
+        for option in needs:
+            chosen += option.overrides
+        if needs:
+            found = estimate(config, chosen, folder)
+            names = ", ".join(o.name for o in needs)
+            print(f"  + {names}: ≈ {gib(found.peak)} on one process  [{' '.join(o for n in needs for o in n.overrides)}]")
         sharded = fsdp_processes(found, limit)
         if sharded is None:
             print(f"does not fit even with FSDP over {FSDP_PROCESSES[-1]} processes")
