@@ -112,3 +112,21 @@ def test_two_processes_train_as_one_process_at_the_doubled_batch(tmp_path, globa
         assert torch.allclose(torch.tensor(losses), torch.tensor(single_losses), rtol=1e-5, atol=1e-6)
     else:  # seed + rank: other noise, another run
         assert error > 0.01 * update
+
+
+def test_an_accelerate_config_with_two_cpu_processes_is_refused_in_one_line(tmp_path):
+    """accelerate's CPU launcher starts one process for `num_processes: 2` (it needs mpirun for more)."""
+    accelerate_config = tmp_path / "accelerate.yaml"
+    accelerate_config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 2\nnum_machines: 1\n"
+        "machine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n"
+    )
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny_sd.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
+           "-m", "distar", "train", "--config", str(config), f"output_dir={tmp_path / 'run'}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0  # accelerate reports distar's exit status 2 with its own traceback
+    lines = result.stderr.splitlines()
+    assert "distar train: error: accelerate launch starts only one process on CPU (several need mpirun): use " \
+        "torchrun --standalone --nproc_per_node N -m distar train ..., or num_processes: 1" in lines
+    assert not (tmp_path / "run").exists()  # refused before anything was built
