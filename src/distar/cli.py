@@ -26,6 +26,7 @@ from distar.runtime import quiet_libraries
 COMMANDS: list[tuple[str, str, str]] = [
     ("train", "train", "train a one-step generator with Diff-Instruct* (Algorithm 1)"),
     ("generate", "generate", "generate an image with a one-step generator (exported folder or checkpoint)"),
+    ("plan", "plan", "estimate a training config's GPU memory and the cheapest changes that make it fit"),
     ("export", "export", "export a training checkpoint as a diffusers pipeline folder"),
     ("eval", "eval", "evaluate models on Parti/COCO/HPS: reward metrics, FID, diversity, cost (Tables 1 and 3)"),
     ("rewards", "rewards", "score a folder of images with reward models (PickScore, HPSv2, ImageReward, ...)"),

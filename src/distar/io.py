@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, Sized, TypeVar
 
 import numpy as np
 import torch
@@ -184,17 +184,17 @@ def random_model(cls: Any, source: str | Path, *, subfolder: str | None = None, 
 
 # ---------------------------------------------------------------- prompt sources
 
-T = TypeVar("T")
+S = TypeVar("S", bound=Sized)
 
 #: Columns tried, in order, when ``read_prompts`` is not told which column holds the prompt.
-PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text")
+PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "TEXT")
 
 #: Longer prompts are skipped and reported (text encoders read 77 to a few hundred tokens).
 MAX_PROMPT_CHARS = 10_000
 
 PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json")
 
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 Record = dict[str, str]
 
@@ -286,7 +286,7 @@ def _rows(source: str | Path, split: str, name: str | None) -> Iterator[tuple[in
     path = Path(source)
     suffix = path.suffix.lower()
     if not path.is_file():
-        if suffix in PROMPT_FILE_SUFFIXES or not _HUB_ID.match(str(source)):
+        if suffix in PROMPT_FILE_SUFFIXES or not HUB_ID.match(str(source)):
             raise FileNotFoundError(f"prompt file not found: {source}")
         return _hub(str(source), split, name)
     if suffix not in PROMPT_FILE_SUFFIXES:
@@ -377,7 +377,7 @@ def read_prompts(
     return prompts
 
 
-def read_some(read: Callable[[], list[T]], source: str | Path) -> list[T]:
+def read_some(read: Callable[[], S], source: str | Path) -> S:
     """``read()`` of a prompt source that must give at least one row. When it gives none, the reason
     (the skipped-rows warning) is the one error line; otherwise its warnings are shown."""
     with warnings.catch_warnings(record=True) as skipped:

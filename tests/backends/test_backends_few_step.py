@@ -13,7 +13,7 @@ from distar.backends import ModelConfig, build_backend
 from distar.cli import main
 from distar.config import ConfigError
 from distar.export.pipeline import METADATA_FILE, export_checkpoint
-from distar.train.algorithm import generator_x0
+from distar.train.algorithm import BatchPart, generator_x0
 from export_helpers import PROMPT, backend_image, diffusers_image, read_png, write_checkpoint
 
 
@@ -49,13 +49,13 @@ def test_backward_simulation_runs_the_generators_earlier_steps(family, make_back
         torch.manual_seed(seed)
         x0 = generator_x0(backend, z, cond)
         calls = [round(float(t[0])) for t in seen]  # UNet timesteps, or the transformer's 1000·σ
-        # the same draws by hand: the step, then one re-noising per earlier step
+        # the same draws by hand: the step, then one re-noising per earlier step (a generator per sample)
         torch.manual_seed(seed)
         last = int(torch.randint(4, ()))
         x = z
         with torch.no_grad():
             for step in range(last):
-                x = backend.renoise(backend.generate(x, cond, step), step + 1)
+                x = backend.renoise(backend.generate(x, cond, step), step + 1, BatchPart().generators(2))
         torch.testing.assert_close(x0, backend.generate(x, cond, last))
         assert calls == backend.timesteps[: last + 1] and x0.requires_grad
         counts.add(last)

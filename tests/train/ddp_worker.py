@@ -1,7 +1,8 @@
-"""Worker for test_train_multiprocess.py: `torchrun --nproc_per_node 2 ddp_worker.py OUT_DIR`.
+"""Worker for test_train_multiprocess.py: `torchrun --nproc_per_node 2 ddp_worker.py OUT_DIR [SECTIONS]`.
 
 Trains the Gaussian backend for two steps (checkpointing each) and writes what each rank saw and
-its final generator parameters to OUT_DIR/rank<r>.json.
+its final generator parameters to OUT_DIR/rank<r>.json. SECTIONS, a JSON object of config sections,
+replaces that run's settings (see :func:`worker_config`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config  # n
 from distar.train import Trainer  # noqa: E402
 
 
-def main(out: Path) -> None:
-    config = make_config(out, loop={"max_steps": 2}, checkpointing={"every": 1}, ema={"decay": 0.9})
+def worker_config(out: Path, sections: dict | None = None):
+    """The run's config: two steps, a checkpoint after each, EMA; or ``sections`` instead."""
+    if sections is None:
+        sections = {"loop": {"max_steps": 2}, "checkpointing": {"every": 1}, "ema": {"decay": 0.9}}
+    return make_config(out, **sections)
+
+
+def main(out: Path, sections: dict | None = None) -> None:
+    config = worker_config(out, sections)
     backend = GaussianBackend()
     trainer = Trainer(config, backend, MeanReward(), PROMPTS)
     acc = trainer.accelerator
@@ -52,4 +60,4 @@ class PromptsSeen:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), json.loads(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -12,7 +12,7 @@ from distar.train.config import DataConfig, TrainConfig
 def test_prompts_from_a_file_column(tmp_path):
     path = tmp_path / "prompts.csv"
     path.write_text('id,caption\n1,"a cat, sitting"\n2,a dog\n')
-    assert load_prompts(DataConfig(source=str(path), column="caption")) == ["a cat, sitting", "a dog"]
+    assert list(load_prompts(DataConfig(source=str(path), column="caption"))) == ["a cat, sitting", "a dog"]
 
 
 def test_inline_prompts_and_empty_sources(tmp_path):

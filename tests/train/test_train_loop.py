@@ -422,7 +422,7 @@ def test_gradient_accumulation_equals_a_larger_batch(tmp_path, monkeypatch):
     def run(folder, batch_size, accumulation):
         latents, times, noises = _Stream(1), _Stream(2), _Stream(3)
         monkeypatch.setattr(
-            algorithm, "_noise_and_time", lambda backend, x0, objective: (0.1 + 0.8 * times.take(x0.shape[:1]).sigmoid(),
+            algorithm, "_noise_and_time", lambda backend, x0, objective, part: (0.1 + 0.8 * times.take(x0.shape[:1]).sigmoid(),
                                                                          noises.take(x0.shape))
         )
         backend = GaussianBackend(seed=5)

@@ -190,8 +190,20 @@ def test_held_out_prompts_are_never_trained_on():
     prompts = [f"p{i}" for i in range(20)] * 3
     train, held = held_out_split(prompts, MonitorConfig(prompts=4), seed=1)
     assert len(held) == 4 and not set(held) & set(train) and len(train) == 48
+    assert [p for p in train] == [p for p in prompts if p not in held]  # the order of the rest is kept
     assert held_out_split(prompts, MonitorConfig(prompts=4), seed=1)[1] == held  # the same set on resume
     assert held_out_split(prompts, MonitorConfig(prompts=6), seed=1)[1] == []  # 20 distinct prompts cannot spare 6
+
+
+def test_a_lazy_prompt_table_keeps_its_rows_in_place(tmp_path):
+    from distar.train.data import index_text_file
+
+    file = tmp_path / "prompts.txt"
+    file.write_text("".join(f"prompt {i}\n" for i in range(1000)))
+    table = index_text_file(file)
+    train, held = held_out_split(table, MonitorConfig(prompts=16), seed=3)
+    assert len(held) == 16 and len(train) == 984
+    assert list(train) == [p for p in (table[i] for i in range(1000)) if p not in held]
 
 
 def test_paired_change_is_the_mean_and_standard_error_of_the_differences():

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d_blocks import UpDecoderBlock2D
+from torch import nn
 
 from distar.backends.config import ModelConfig
 from distar.backends.flux import FluxBackend
@@ -91,7 +93,7 @@ def build_backend(
     if pipe.vae is not None:
         pipe.vae.to(device)
         if cfg.gradient_checkpointing and pipe.vae._supports_gradient_checkpointing:  # not SANA's DC-AE
-            pipe.vae.enable_gradient_checkpointing()
+            pipe.vae.enable_gradient_checkpointing(checkpoint_layer_by_layer)
     for name in TEXT_ENCODERS:
         if getattr(pipe, name, None) is not None:
             getattr(pipe, name).to(offload_device if cfg.offload_text_encoders else device)
@@ -116,3 +118,22 @@ def build_backend(
         prompt_cache_size=cfg.prompt_cache_size,
         **options,
     )
+
+
+def checkpoint_layer_by_layer(block: nn.Module, *args: Any) -> Any:
+    """Gradient checkpointing for the VAE that recomputes a decoder up-block one layer at a time.
+
+    diffusers checkpoints each whole up-block; at 1024 px the last one holds three 128-channel
+    ResNet layers at full resolution, whose recomputed activations (float32 group norms under CUDA
+    autocast) are several GiB at once. Checkpointing each ResNet and upsampler alone keeps one layer's
+    activations, plus the layers' inputs. Other blocks are checkpointed whole.
+    """
+    if not isinstance(block, UpDecoderBlock2D):
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+    hidden, *rest = args
+    temb = rest[0] if rest else None
+    for resnet in block.resnets:
+        hidden = torch.utils.checkpoint.checkpoint(resnet, hidden, temb, use_reentrant=False)
+    for upsampler in block.upsamplers or []:
+        hidden = torch.utils.checkpoint.checkpoint(upsampler, hidden, use_reentrant=False)
+    return hidden

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Mapping
 
+from distar.errors import UserError
 from distar.runtime import add_threads_argument
 
 
@@ -35,10 +37,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(parser)
 
 
+def check_launcher(env: Mapping[str, str]) -> None:
+    """Refuse the one process that ``accelerate launch`` starts on CPU for ``num_processes > 1``.
+
+    Without an mpirun hostfile, accelerate's CPU launcher starts a single process; it sets
+    ``MASTER_ADDR`` for the processes asked for but not ``WORLD_SIZE``, which every multi-process
+    launcher sets."""
+    if "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
+        raise UserError(
+            "accelerate launch starts only one process on CPU (several need mpirun): use "
+            "torchrun --standalone --nproc_per_node N -m distar train ..., or num_processes: 1"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from distar.config import apply_overrides, config_yaml, from_dict, read_config_file, set_key
     from distar.train.config import TrainConfig
 
+    check_launcher(os.environ)
     data = apply_overrides(read_config_file(args.config), args.overrides)
     if args.threads is not None:  # the flag wins over the file and the overrides
         set_key(data, "loop.threads", args.threads)

@@ -159,6 +159,15 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+#: Hub ids of the published models whose architectures :data:`ARCHITECTURES` holds (``distar plan``).
+HUB_ARCHITECTURES: dict[str, str] = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "stabilityai/stable-diffusion-3.5-medium": "sd35m",
+    "black-forest-labs/FLUX.1-dev": "flux-dev",
+}
+
+
 def component_class(name: str, part: str) -> Any:
     """The diffusers or transformers class of ``ARCHITECTURES[name]``'s component ``part``."""
     library, cls, _ = ARCHITECTURES[name].components[part]

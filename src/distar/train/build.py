@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator
 
 from distar.config import ConfigError
-from distar.io import read_prompts, read_some
+from distar.io import read_some
 from distar.train.config import DataConfig, TrainConfig
+from distar.train.data import open_prompts
 from distar.train.loop import Trainer, make_accelerator
 
 
-def load_prompts(data: DataConfig) -> list[str]:
-    """The training prompts: ``data.source`` (file or datasets id) if set, else ``data.prompts``."""
+def load_prompts(data: DataConfig) -> Sequence[str]:
+    """The training prompts: ``data.source`` as a lazy table (:func:`~distar.train.data.open_prompts`)
+    if set, else ``data.prompts``."""
     if data.source is not None:
-        return read_some(lambda: read_prompts(data.source, data.column, split=data.split), f"data.source '{data.source}'")
+        source = data.source
+
+        def read() -> Sequence[str]:
+            return open_prompts(source, data.column, split=data.split, name=data.name, streaming=data.streaming)
+
+        return read_some(read, f"data.source '{source}'")
     if not data.prompts:
         raise ConfigError("data.prompts has no prompts (set data.source to a prompt file or give data.prompts)")
     return list(data.prompts)
@@ -48,7 +55,7 @@ def build_trainer(
     config: TrainConfig,
     accelerator: Accelerator | None = None,
     *,
-    prompts: list[str] | None = None,
+    prompts: Sequence[str] | None = None,
     offload_device: torch.device | str = "cpu",
     trainer_class: type[Trainer] = Trainer,
     **trainer_options: Any,

@@ -44,10 +44,16 @@ class DataConfig:
     foreign_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {"train_batch_size": ("batch_size",)}
 
     source: str | None = field(
-        None, help="prompt source: .txt (one per line), .csv/.tsv/.jsonl/.json file, or a datasets hub id"
+        None,
+        help="prompt source: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet file, a datasets "
+        "save_to_disk folder, or a datasets hub id",
     )
-    column: str | None = field(None, help="prompt column of a table/JSONL/hub source (default: prompt, caption, text)")
-    split: str = field("train", help="split of a datasets hub source")
+    column: str | None = field(
+        None, help="prompt column of a table/JSONL/parquet/datasets source (default: prompt, caption, text, TEXT)"
+    )
+    split: str = field("train", help="split of a datasets folder or hub source")
+    name: str | None = field(None, help="configuration name of a datasets hub source")
+    streaming: bool = field(False, help="stream a hub source's prompt column instead of downloading the dataset")
     prompts: list[str] = field([], help="inline prompts, used when `source` is not set")
     batch_size: int = field(1, help="prompts per process for each assistant and each generator update")
     shuffle: bool = field(True, help="reshuffle every epoch with seed + epoch (same order on every process)")
@@ -141,6 +147,12 @@ class LoopConfig:
     )
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
         None, help="accelerate autocast mode; null = what `accelerate config` / `accelerate launch` set (else no)"
+    )
+    global_draws: bool = field(
+        True,
+        help="every process draws the noise and times of the whole global batch from one shared seed and keeps "
+        "its slice, so N processes at data.batch_size b train as one process at N·b; false: each process "
+        "draws its own from seed + rank",
     )
     allow_tf32: bool = field(False, help="allow TF32 matmuls and convolutions on Ampere+ GPUs")
     cpu: bool = field(False, help="run on CPU even when a GPU is present")
@@ -339,7 +351,7 @@ class TrainConfig:
     sampling: SamplingConfig = field(SamplingConfig(), help="sample grids")
     monitor: MonitorConfig = field(MonitorConfig(), help="held-out monitor, reward-hacking alarm, best checkpoint")
     output_dir: str = field("runs/distar", help="run folder: config, logs, samples, checkpoints")
-    seed: int = field(0, help="global seed (process r uses seed + r for its own draws)")
+    seed: int = field(0, help="global seed (with loop.global_draws: false, process r uses seed + r for its draws)")
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed <= MAX_SEED:

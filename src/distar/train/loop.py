@@ -13,8 +13,10 @@ get no gradient. Each update frees its gradients, stepped or skipped, so every b
 
 Accelerate provides devices, DDP/FSDP (``accelerate launch`` / ``torchrun``), autocast and the
 optimiser/scheduler state of checkpoints. All random draws (prompt order aside) come from the
-global generators seeded with ``seed + rank``; checkpoints store them so a resumed run continues the
-exact loss sequence of an uninterrupted one.
+global generators, seeded with ``seed`` on every process (``loop.global_draws``: each process keeps its
+slice of the global batch's draws, so N processes at batch b train as one at N·b) or with
+``seed + rank``; checkpoints store them so a resumed run continues the exact loss sequence of an
+uninterrupted one.
 
 An update whose loss or gradient norm is not finite is skipped (no optimiser or EMA step) and
 counted; ``loop.max_bad_steps`` consecutive steps with a skipped update stop the run. The check is
@@ -52,7 +54,7 @@ from distar.objectives.di_star import DIStarLoss
 from distar.protocols import Backend
 from distar.rewards.base import Reward
 from distar.train import checkpoint as ckpt
-from distar.train.algorithm import assistant_losses, generator_losses
+from distar.train.algorithm import BatchPart, assistant_losses, generator_losses
 from distar.train.config import OptimizerConfig, TrainConfig
 from distar.train.data import PromptStream
 from distar.train.logs import JsonlLog, image_grid, peak_memory_mib, save_png
@@ -152,7 +154,9 @@ class Trainer:
         self.loss = DIStarLoss(config.objective)
         self.accelerator = acc = accelerator or make_accelerator(config)
         self.output_dir = Path(config.output_dir)
-        set_seed(config.seed + acc.process_index)
+        shared = config.loop.global_draws
+        set_seed(config.seed + (0 if shared else acc.process_index))
+        self.part = BatchPart(acc.process_index, acc.num_processes) if shared else BatchPart()
         prompts, held_out = held_out_split(prompts, config.monitor, seed=config.seed)
         self.monitor = self._make_monitor(held_out, reward)
         self.data = PromptStream(
@@ -247,7 +251,8 @@ class Trainer:
     def _batch(self) -> tuple[list[str], object, Tensor]:
         """Prompts c, their conditioning and generator noise z for one update."""
         prompts = self.data.next_batch()
-        return prompts, self.backend.encode_prompts(prompts), self.backend.sample_latents(len(prompts))
+        z = self.part.draw(self.backend.sample_latents, len(prompts))
+        return prompts, self.backend.encode_prompts(prompts), z
 
     def _update(
         self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, config: OptimizerConfig, loss: Tensor
@@ -313,11 +318,13 @@ class Trainer:
 
         def assistant_terms() -> dict[str, Tensor]:
             _, cond, z = self._batch()
-            return assistant_losses(backend, cond, z, objective=cfg.objective)
+            return assistant_losses(backend, cond, z, objective=cfg.objective, part=self.part)
 
         def generator_terms() -> dict[str, Tensor]:
             prompts, cond, z = self._batch()
-            return generator_losses(backend, cond, z, prompts=prompts, reward=self.reward, loss=self.loss)
+            return generator_losses(
+                backend, cond, z, prompts=prompts, reward=self.reward, loss=self.loss, part=self.part
+            )
 
         # 1. Assistant: k DSM steps on x0 = sg(g_θ(z, c)); ψ ← ψ − η_ψ ∇_ψ DSM(ψ).
         self._skipped = []

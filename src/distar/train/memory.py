@@ -39,7 +39,7 @@ import tempfile
 import warnings
 import weakref
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
@@ -89,10 +89,12 @@ class AllocationTracker(TorchDispatchMode):
         self.peak = 0
         self.phase = ""
         self.peak_phase = ""
+        self.phase_peaks: dict[str, int] = {}
 
     def reset_peak(self) -> None:
-        """Start a new peak from the bytes live now."""
+        """Start a new peak (and new peaks per phase) from the bytes live now."""
         self.peak, self.peak_phase = self.live, self.phase
+        self.phase_peaks = {}
 
     def _freed(self, size: int) -> None:
         self.live -= size
@@ -105,10 +107,11 @@ class AllocationTracker(TorchDispatchMode):
         size = -(-storage.nbytes() // self.granularity) * self.granularity
         weakref.finalize(storage, self._freed, size)
         self.live += size
+        phase = f"{self.phase} backward" if torch._C._current_graph_task_id() != -1 else self.phase
+        if self.live > self.phase_peaks.get(phase, 0):
+            self.phase_peaks[phase] = self.live
         if self.live > self.peak:
-            self.peak = self.live
-            backward = torch._C._current_graph_task_id() != -1
-            self.peak_phase = f"{self.phase} backward" if backward else self.phase
+            self.peak, self.peak_phase = self.live, phase
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -291,6 +294,11 @@ class MemoryEstimate:
     (``peak_phase``), what is ``resident`` when it starts (weights, optimiser states, EMA, cached
     prompts), and the peak of the warm-up before it (build, prompt encoding, optimiser states made).
 
+    ``phase_peaks`` is the peak of each phase of the iteration (an update's forward passes, its
+    backward, its optimiser step). ``trainable`` holds the bytes of the trainable weights, optimiser
+    states and EMA of each network (``"generator weights"``, ...): the state that data-parallel
+    sharding splits.
+
     A real run (``fake=False``) also has ``allocator_peak``: ``resident`` plus the highest net
     allocation that the CPU allocator itself reports during the iteration (kernels' internal buffers
     included), an independent measurement of ``peak``."""
@@ -300,6 +308,27 @@ class MemoryEstimate:
     resident: int
     warm_up_peak: int
     allocator_peak: int | None = None
+    phase_peaks: dict[str, int] = field(default_factory=dict)
+    trainable: dict[str, int] = field(default_factory=dict)
+
+
+def _bytes(tensors: Iterable[Any]) -> int:
+    """Bytes of the distinct storages of ``tensors`` (non-tensors are skipped)."""
+    storages = {id(t.untyped_storage()): t.untyped_storage().nbytes() for t in tensors if isinstance(t, Tensor)}
+    return sum(storages.values())
+
+
+def trainable_state_bytes(trainer: Trainer) -> dict[str, int]:
+    """Bytes of each network's trainable weights and optimiser states, and of the EMA."""
+    found = {}
+    for name, params, optimizer in (
+        ("generator", trainer.generator_params, trainer.generator_optimizer),
+        ("assistant", trainer.assistant_params, trainer.assistant_optimizer),
+    ):
+        found[f"{name} weights"] = _bytes(params)
+        found[f"{name} optimiser states"] = _bytes(v for state in optimizer.state.values() for v in state.values())
+    found["EMA"] = _bytes(trainer.ema.shadow_params) if trainer.ema is not None else 0
+    return found
 
 
 @contextmanager
@@ -376,13 +405,19 @@ def estimate_iteration_memory(
             )
             trainer.warm_up()
             warm_up_peak, resident = tracker.peak, tracker.live
+            trainable = trainable_state_bytes(trainer)
             tracker.reset_peak()
+            allocator_peak = None
             if fake:
                 trainer.train_step()
-                return MemoryEstimate(tracker.peak, tracker.peak_phase, resident, warm_up_peak)
-            with cpu_allocator_peak() as allocated:
-                trainer.train_step()
-            return MemoryEstimate(tracker.peak, tracker.peak_phase, resident, warm_up_peak, resident + allocated[0])
+            else:
+                with cpu_allocator_peak() as allocated:
+                    trainer.train_step()
+                allocator_peak = resident + allocated[0]
+            return MemoryEstimate(
+                tracker.peak, tracker.peak_phase, resident, warm_up_peak, allocator_peak,
+                phase_peaks=dict(tracker.phase_peaks), trainable=trainable,
+            )
         finally:
             AcceleratorState._reset_state(reset_partial_state=True)
 

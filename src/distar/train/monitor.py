@@ -24,6 +24,7 @@ highest training reward among the steps where no watched figure is significantly
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -63,18 +64,44 @@ class ImageEmbedder(Protocol):
     def image_embeddings(self, images: Tensor) -> Tensor: ...
 
 
-def held_out_split(prompts: Sequence[str], config: MonitorConfig, seed: int) -> tuple[list[str], list[str]]:
-    """(training prompts, held-out prompts): a prompt file, or ``config.prompts`` distinct prompts
-    drawn with ``seed`` and removed from training. Empty held-out set when there are too few prompts
-    to spare (fewer than 4 per held-out one)."""
+class RowsRemoved(Sequence[str]):
+    """``prompts`` without the rows ``removed``, by index arithmetic: a lazy table stays lazy."""
+
+    def __init__(self, prompts: Sequence[str], removed: Sequence[int]) -> None:
+        self.prompts, self.removed = prompts, sorted(set(removed))
+
+    def __len__(self) -> int:
+        return len(self.prompts) - len(self.removed)
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row = index
+        while True:  # the row whose count of kept rows before it is ``index``
+            shifted = index + bisect.bisect_right(self.removed, row)
+            if shifted == row:
+                return self.prompts[row]
+            row = shifted
+
+
+def held_out_split(prompts: Sequence[str], config: MonitorConfig, seed: int) -> tuple[Sequence[str], list[str]]:
+    """(training prompts, held-out prompts): a prompt file, or the prompts of ``config.prompts`` rows
+    drawn with ``seed`` and removed from training (every row of those prompts, for an in-memory list).
+    Empty held-out set when there are too few prompts to spare (fewer than 4 per held-out one)."""
     if isinstance(config.prompts, str):
-        held = read_prompts(config.prompts, None)
-        return list(prompts), list(dict.fromkeys(held))
-    distinct = list(dict.fromkeys(prompts))
-    if len(distinct) < 4 * config.prompts:
-        return list(prompts), []
-    held = set(random.Random(seed).sample(distinct, config.prompts))
-    return [p for p in prompts if p not in held], [p for p in distinct if p in held]
+        return prompts, list(dict.fromkeys(read_prompts(config.prompts, None)))
+    distinct = len(set(prompts)) if isinstance(prompts, list) else len(prompts)
+    if distinct < 4 * config.prompts:
+        return prompts, []
+    rng, rows, held = random.Random(seed), set(), {}
+    while len(held) < config.prompts:  # rows until that many distinct prompts
+        row = rng.randrange(len(prompts))
+        if row not in rows:
+            rows.add(row)
+            held.setdefault(prompts[row], None)
+    if isinstance(prompts, list):
+        rows = {i for i, p in enumerate(prompts) if p in held}
+    return RowsRemoved(prompts, sorted(rows)), list(held)
 
 
 def paired_change(now: Sequence[float], start: Sequence[float]) -> tuple[float, float]:
