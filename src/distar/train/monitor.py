@@ -73,7 +73,9 @@ class RowsRemoved(Sequence[str]):
     def __len__(self) -> int:
         return len(self.prompts) - len(self.removed)
 
-    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+    def __getitem__(self, index: int | slice) -> str | list[str]:  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         if not 0 <= index < len(self):
             raise IndexError(index)
         row = index
