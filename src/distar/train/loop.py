@@ -525,7 +525,6 @@ class Trainer:
 
         With ``ema`` the EMA weights make them. The global random state is left as it was, so a run
         draws the same training noise whether or not it samples."""
-        sample = getattr(self.backend, "sample", self.backend.generate)  # all k steps of a few-step generator
         devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
         out = []
         with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as stack:
@@ -539,7 +538,7 @@ class Trainer:
                 chunk = list(prompts[i : i + batch])
                 z = torch.cat([self.backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in seeds[i : i + batch]])
                 with self.accelerator.autocast():
-                    out.append(self.backend.decode(sample(z, self.backend.encode_prompts(chunk))).float())
+                    out.append(self.backend.decode(self.backend.sample(z, self.backend.encode_prompts(chunk))).float())
         return torch.cat(out)
 
     def _sample_images(self, *, ema: bool = False) -> Tensor:
