@@ -16,10 +16,15 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from distar.diffusion.param import PredictionType
 from distar.diffusion.schedule import Schedule
 
 #: Backend-specific prompt conditioning (e.g. a dict of text embeddings); opaque to the trainer.
 Conditioning = Any
+
+#: The noise source of a re-noising: one generator per sample (a list), one for the batch, or None
+#: for torch's global RNG.
+NoiseGenerators = torch.Generator | list[torch.Generator] | None
 
 
 @runtime_checkable
@@ -30,11 +35,26 @@ class Backend(Protocol):
     by wrapped versions (DDP/FSDP) and the methods below must call through them. All ``*_x0`` methods
     return x0-predictions (§1) whose parameters are not trained by the caller's loss but whose graph
     through ``x_t`` is kept (Theorem 3.1).
+
+    The generator takes ``num_steps`` = k steps (k = 1: one step). Step i maps its input (z for
+    i = 0, else the x0 of step i − 1 re-noised to step i) to x0 (:meth:`generate`, :meth:`renoise`);
+    :meth:`sample` runs all k. :class:`FewStepSampling` implements :meth:`sample` from the other two,
+    and :class:`OneStepBackend` gives the few-step members of a one-step generator.
     """
 
     schedule: Schedule
     generator: nn.Module
     assistant: nn.Module
+    #: The frozen reference network when it is a module of its own; None when it has none (the
+    #: assistant with its adapters disabled, or an analytic reference).
+    reference: nn.Module | None
+    #: What the assistant network outputs before conversion to x0 (§1); it sets the "native" DSM weighting.
+    prediction_type: PredictionType
+
+    @property
+    def num_steps(self) -> int:
+        """k, the number of generator steps (1: a one-step generator)."""
+        ...
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """Conditioning for a batch of prompts (no gradient)."""
@@ -44,8 +64,19 @@ class Backend(Protocol):
         """Generator input noise z ~ N(0, I), shape (B, *latent_shape)."""
         ...
 
-    def generate(self, z: Tensor, cond: Conditioning) -> Tensor:
-        """x0 = g_θ(z, c): one network evaluation, differentiable in θ."""
+    def generate(self, z: Tensor, cond: Conditioning, step: int = 0) -> Tensor:
+        """x0 = g_θ(x, c) at generator step ``step`` (0 ≤ step < k; x = z at step 0): one network
+        evaluation, differentiable in θ."""
+        ...
+
+    def renoise(self, x0: Tensor, step: int, generator: NoiseGenerators = None) -> Tensor:
+        """The input of generator step ``step`` (1 ≤ step < k): ``x0`` noised (2.1) to that step's time
+        with fresh ε drawn from ``generator``."""
+        ...
+
+    def sample(self, z: Tensor, cond: Conditioning, generator: NoiseGenerators = None) -> Tensor:
+        """x0 after all k generator steps from z, without gradient (what inference makes); the
+        re-noisings draw from ``generator``."""
         ...
 
     def reference_x0(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
@@ -73,6 +104,31 @@ class Backend(Protocol):
     def assistant_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters updated by the assistant (DSM) step."""
         ...
+
+
+class FewStepSampling:
+    """Mixin: :meth:`Backend.sample` as k-step inference runs it, from ``num_steps``, ``generate`` and ``renoise``."""
+
+    @torch.no_grad()
+    def sample(self: Backend, z: Tensor, cond: Conditioning, generator: NoiseGenerators = None) -> Tensor:
+        """x0 after all k generator steps from z: generate, re-noise to the next step, repeat."""
+        x = z
+        for step in range(self.num_steps):
+            x0 = self.generate(x, cond, step)
+            if step + 1 < self.num_steps:
+                x = self.renoise(x0, step + 1, generator)
+        return x0
+
+
+class OneStepBackend(FewStepSampling):
+    """Base of a backend whose generator makes x0 in one evaluation: k = 1, nothing to re-noise, and
+    :meth:`sample` is ``generate(z, cond)`` without gradient."""
+
+    num_steps = 1
+
+    def renoise(self, x0: Tensor, step: int, generator: NoiseGenerators = None) -> Tensor:
+        """Refused: a one-step generator has no step ≥ 1."""
+        raise ValueError(f"a one-step generator has no step {step} to re-noise to")
 
 
 @runtime_checkable

@@ -8,6 +8,7 @@ the README lists them in this order.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,17 +109,40 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def points_up(module: str, target: str) -> bool:
+    """Whether ``module`` reaching ``target`` goes against the layers (same package and the foundation excepted)."""
+    (index, unit), (target_index, target_unit) = layer_of(module), layer_of(target)
+    if target_unit == unit or (unit in FOUNDATION and target_unit in FOUNDATION):
+        return False
+    return target_index <= index
+
+
 def test_imports_point_down_the_layers():
-    wrong = []
-    for module, targets in import_graph().items():
-        index, unit = layer_of(module)
-        for target in targets:
-            target_index, target_unit = layer_of(target)
-            if target_unit == unit or (unit in FOUNDATION and target_unit in FOUNDATION):
-                continue
-            if target_index <= index:
-                wrong.append(f"{module} -> {target}")
+    wrong = [f"{module} -> {target}" for module, targets in import_graph().items() for target in targets if points_up(module, target)]
     assert not wrong, "imports against the layers: " + ", ".join(sorted(wrong))
+
+
+def references_by_name() -> dict[str, set[str]]:
+    """module -> the distar modules it names in ``"distar.module:function"`` strings, which are imported
+    late, by name (e.g. :data:`distar.io.TINY_ASSETS`), where :func:`import_graph` does not look."""
+    references: dict[str, set[str]] = {}
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if match := re.fullmatch(r"(distar(?:\.\w+)+):\w+", node.value):
+                    references.setdefault(name, set()).add(match.group(1))
+    return references
+
+
+def test_references_by_name_exist_and_only_the_tiny_assets_point_up():
+    """A by-name reference may point up the layers only from distar.io to the tiny-asset builders."""
+    from distar.io import TINY_ASSETS
+
+    modules, references = _modules(), references_by_name()
+    missing = [f"{m} -> {t}" for m, targets in references.items() for t in targets if t not in modules]
+    assert not missing, "references by name to no module: " + ", ".join(missing)
+    upward = {f"{m} -> {t}" for m, targets in references.items() for t in targets if points_up(m, t)}
+    assert upward == {f"distar.io -> {target.partition(':')[0]}" for target in TINY_ASSETS.values()}
 
 
 def readme_layout() -> list[str]:

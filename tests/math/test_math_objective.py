@@ -9,6 +9,7 @@ from torch import nn
 from distar.config import ConfigError
 from distar.diffusion import ContinuousVPSchedule, cfg_combine
 from distar.objectives import PRESETS, DIStarLoss, generator_loss, preset
+from distar.protocols import OneStepBackend
 from distar.train.algorithm import assistant_losses, generator_losses
 
 
@@ -85,7 +86,7 @@ def test_outer_cfg_adds_the_implicit_reward_with_one_reference_call():
     torch.testing.assert_close(g_full - g_rest, -2.0 * 2 * x0.detach())
 
 
-class LinearWorld(nn.Module):
+class LinearWorld(OneStepBackend, nn.Module):
     """A minimal Backend over R^4 with linear networks, for Algorithm 1's plumbing."""
 
     prediction_type = "epsilon"
@@ -104,7 +105,7 @@ class LinearWorld(nn.Module):
     def sample_latents(self, batch_size, generator=None):
         return torch.randn(batch_size, 4, generator=generator)
 
-    def generate(self, z, cond):
+    def generate(self, z, cond, step=0):
         return self.generator(z) + cond[:, None] * 0.01
 
     def _x0(self, net, x_t, t):

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from distar.config import from_dict
 from distar.diffusion.schedule import ContinuousVPSchedule, expand_like
+from distar.protocols import OneStepBackend
 from distar.rewards.base import Reward
 from distar.train.config import TrainConfig
 
@@ -41,12 +42,14 @@ class LinearDenoiser(nn.Module):
         return self.net(h).reshape(x_t.shape)
 
 
-class GaussianBackend:
-    """Data x0 ~ N(m(c), I) with m(c) from a frozen linear map; exact reference posterior mean.
+class GaussianBackend(OneStepBackend):
+    """Data x0 ~ N(m(c), I) with m(c) from a frozen linear map (the reference); exact reference posterior mean.
 
     ``image=True`` makes samples (3, 4, 4) and decodes them with a sigmoid (an "image" backend);
     otherwise samples are 2-D points decoded by the identity.
     """
+
+    prediction_type = "sample"
 
     def __init__(self, image: bool = False, seed: int = 0) -> None:
         torch.manual_seed(seed)
@@ -55,7 +58,7 @@ class GaussianBackend:
         self.schedule = ContinuousVPSchedule()
         self.generator = AffineGenerator(dim)
         self.assistant = LinearDenoiser(dim)
-        self.mean_map = nn.Linear(1, dim).requires_grad_(False)
+        self.mean_map = self.reference = nn.Linear(1, dim).requires_grad_(False)
         self.image = image
 
     def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
@@ -64,7 +67,7 @@ class GaussianBackend:
     def sample_latents(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(batch_size, *self.shape, generator=generator)
 
-    def generate(self, z: Tensor, cond: Tensor) -> Tensor:
+    def generate(self, z: Tensor, cond: Tensor, step: int = 0) -> Tensor:
         return self.generator(z, cond)
 
     def _posterior_mean(self, x_t: Tensor, t: Tensor, mean: Tensor) -> Tensor:

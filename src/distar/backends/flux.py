@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from distar.backends.sd import TextConditioning
 from distar.backends.sd3 import StableDiffusion3Backend
 from distar.diffusion import FlowMatchSchedule, Schedule
+from distar.protocols import NoiseGenerators
 
 
 class FluxBackend(StableDiffusion3Backend):
@@ -58,7 +59,7 @@ class FluxBackend(StableDiffusion3Backend):
     def _unpack(self, tokens: Tensor) -> Tensor:
         return FluxPipeline._unpack_latents(tokens, self.resolution, self.resolution, self.vae_scale_factor)
 
-    def _noise_like(self, x0: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+    def _noise_like(self, x0: Tensor, generator: NoiseGenerators) -> Tensor:
         """Drawn in the packed layout, as the pipeline's stochastic scheduler step draws it."""
         return self._unpack(super()._noise_like(self._pack(x0), generator))
 

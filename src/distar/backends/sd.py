@@ -21,6 +21,7 @@ from distar.backends.loading import TextToImagePipeline
 from distar.backends.lora import adapters_disabled
 from distar.config import ConfigError
 from distar.diffusion import DiscreteSchedule, PredictionType, Schedule, expand_like, to_x0
+from distar.protocols import FewStepSampling, NoiseGenerators
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class TextConditioning:
         return self.embeds, self.pooled, self.mask
 
 
-class StableDiffusionBackend:
+class StableDiffusionBackend(FewStepSampling):
     """Generator g_θ, reference s_ref and assistant s_ψ on one SD UNet architecture.
 
     ``pipe`` holds the frozen text encoders, tokenizers, VAE (None in pixel space) and scheduler.
@@ -188,25 +189,13 @@ class StableDiffusionBackend:
         t = torch.full((z.shape[0],), self.generator_times[step], device=z.device)
         return self._x0(self.generator, z, t, cond)
 
-    def renoise(self, x0: Tensor, step: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+    def renoise(self, x0: Tensor, step: int, generator: NoiseGenerators = None) -> Tensor:
         """x_t = α_t x0 + σ_t ε (2.1) at ``timesteps[step]`` with fresh ε (from ``generator``, one per
-        sample for a list, else torch's global RNG): the next step's input in DMD2's multi-step scheme."""
+        sample for a list, else torch's global RNG): the next step's input in DMD2's multi-step scheme,
+        drawn as the pipeline's LCM / stochastic flow sampling draws it with the same ``generator``."""
         noise = self._noise_like(x0, generator)
         t = torch.full((x0.shape[0],), self.generator_times[step], device=x0.device)
         return self.schedule.add_noise(x0, noise, t)
-
-    @torch.no_grad()
-    def sample(
-        self, z: Tensor, cond: TextConditioning, generator: torch.Generator | list[torch.Generator] | None = None
-    ) -> Tensor:
-        """x0 after all k generator steps from z: generate, re-noise to the next timestep, repeat (the
-        pipeline's LCM / stochastic flow sampling with the same ``generator``)."""
-        x = z
-        for step in range(self.num_steps):
-            x0 = self.generate(x, cond, step)
-            if step + 1 < self.num_steps:
-                x = self.renoise(x0, step + 1, generator)
-        return x0
 
     def reference_x0(self, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
         """x̂0_ref(x_t | c), frozen weights, graph kept through x_t."""
@@ -250,7 +239,7 @@ class StableDiffusionBackend:
         return self._assistant_params
 
     # -- internals ----------------------------------------------------------------------------------
-    def _noise_like(self, x0: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+    def _noise_like(self, x0: Tensor, generator: NoiseGenerators) -> Tensor:
         """ε ~ N(0, I) shaped like ``x0``, drawn as the pipeline's scheduler draws it."""
         return randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
 

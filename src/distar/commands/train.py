@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     trainer = build_trainer(config, prompts=prompts)
     backend = trainer.backend
-    modules = (backend.generator, backend.assistant, getattr(backend, "reference", None), trainer.reward)
+    modules = (backend.generator, backend.assistant, backend.reference, trainer.reward)
     threads = configure_threads(
         config.loop.threads, parameters=count_parameters(*modules), device=trainer.accelerator.device
     )

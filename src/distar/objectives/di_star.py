@@ -205,13 +205,13 @@ class DIStarLoss:
 
         Inner: the guided reference (3.5), one plain call when ω = 1. Outer: one paired call serves
         both (3.4), through its conditional half, and (3.6)."""
-        cfg = self.config
+        objective = self.config
         if self.outer_cfg:
             pair = ref_x0_pair(x_t)
             return pair[0], pair
-        if cfg.guidance_scale == 1.0:
+        if objective.guidance_scale == 1.0:
             return ref_x0(x_t), None
-        return cfg_combine(*ref_x0_pair(x_t), cfg.guidance_scale), None
+        return cfg_combine(*ref_x0_pair(x_t), objective.guidance_scale), None
 
     def __call__(
         self,
@@ -232,9 +232,9 @@ class DIStarLoss:
         Returns ``{"loss", "divergence"}`` plus ``"cfg"`` (outer CFG with α_cfg ≠ 0) and ``"reward"``
         (when given), each of shape (B,); "loss" is what the generator minimises.
         """
-        cfg, dist = self.config, self.divergence.at(alpha_t, sigma_t, x0[0].numel())
+        objective, dist = self.config, self.divergence.at(alpha_t, sigma_t, x0[0].numel())
         a, s = expand_like(alpha_t, x0).to(x0.dtype), expand_like(sigma_t, x0).to(x0.dtype)
-        weight = dist.weight(cfg.weighting, alpha_t, sigma_t).to(x0.dtype)
+        weight = dist.weight(objective.weighting, alpha_t, sigma_t).to(x0.dtype)
         x_t = a * x0 + s * noise
         reference = functools.partial(self.reference, ref_x0=ref_x0, ref_x0_pair=ref_x0_pair)
         fake, (real, pair) = _predictions(x_t, fake_x0, reference, divergence=dist)
@@ -242,15 +242,15 @@ class DIStarLoss:
             x_t, x0, noise, alpha_t=a, sigma_t=s, fake=fake, real=real, divergence=dist, weight=weight
         )
         terms = {"divergence": divergence, "loss": divergence}
-        if pair is not None and cfg.cfg_reward_scale != 0.0:
-            cfg_weight = self.cfg_form.weight(cfg.weighting, alpha_t, sigma_t)
+        if pair is not None and objective.cfg_reward_scale != 0.0:
+            cfg_weight = self.cfg_form.weight(objective.weighting, alpha_t, sigma_t)
             cond, uncond = pair
             terms["cfg"] = cfg_reward_loss(
                 x_t, alpha_t=a, sigma_t=s, cond_x0=cond, uncond_x0=uncond, weight=cfg_weight.to(x0.dtype)
             )
-            terms["loss"] = terms["loss"] + cfg.cfg_reward_scale * terms["cfg"]
+            terms["loss"] = terms["loss"] + objective.cfg_reward_scale * terms["cfg"]
         if reward is not None:
             terms["reward"] = reward.detach()
             if self.uses_reward:
-                terms["loss"] = terms["loss"] + reward_loss(reward, cfg.reward_scale)
+                terms["loss"] = terms["loss"] + reward_loss(reward, objective.reward_scale)
         return terms

@@ -60,13 +60,13 @@ def _noise_and_time(
 def generator_x0(backend: Backend, z: Tensor, cond: Conditioning, part: BatchPart = BatchPart()) -> Tensor:
     """x0 = g_θ(x_{t_i}, c), differentiable in θ through the last evaluation only.
 
-    One step (k = 1): x0 = g_θ(z, c). Few steps (a backend with ``num_steps`` k > 1): DMD2's backward
+    One step (k = 1): x0 = g_θ(z, c). Few steps (``backend.num_steps`` k > 1): DMD2's backward
     simulation; a step i ~ U{0..k-1} (global RNG) is drawn for the batch, and its input x_{t_i} is
     made, without gradient, as inference makes it: z for i = 0, else the generator's own x0 after steps
     0..i-1, re-noised to t_i (each sample's noise from its own generator, seeded through ``part``). The
     objective then sees the samples that inference produces at step i.
     """
-    steps = getattr(backend, "num_steps", 1)
+    steps = backend.num_steps
     if steps == 1:
         return backend.generate(z, cond)
     last = int(torch.randint(steps, ()))
@@ -88,8 +88,7 @@ def assistant_losses(
     x0_hat = backend.assistant_x0(x_t, t, cond)
     weight = None
     if objective.dsm_weighting == "native":
-        prediction_type = getattr(backend, "prediction_type", "sample")
-        weight = native_dsm_weight(backend.schedule.alpha(t), backend.schedule.sigma(t), prediction_type)
+        weight = native_dsm_weight(backend.schedule.alpha(t), backend.schedule.sigma(t), backend.prediction_type)
     return {"loss": dsm_loss(x0_hat, x0, weight)}
 
 

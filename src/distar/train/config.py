@@ -22,6 +22,7 @@ from distar.train.preemption import signal_number
 MAX_BATCH_SIZE = 65_536
 MAX_STEPS = 10**9
 MAX_ASSISTANT_STEPS = 1000
+MAX_ACCUMULATION_STEPS = 1000
 MAX_SEED = 2**32 - 1 - 1024  # process r seeds with seed + r
 MAX_SAMPLE_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
 MAX_THREADS = 1024
@@ -179,8 +180,8 @@ class LoopConfig:
             raise ValueError("max_bad_steps must be >= 1")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise ValueError(f"threads must be in [1, {MAX_THREADS}] (or null)")
-        if not 1 <= self.gradient_accumulation_steps <= MAX_ASSISTANT_STEPS:
-            raise ValueError(f"gradient_accumulation_steps must be in [1, {MAX_ASSISTANT_STEPS}]")
+        if not 1 <= self.gradient_accumulation_steps <= MAX_ACCUMULATION_STEPS:
+            raise ValueError(f"gradient_accumulation_steps must be in [1, {MAX_ACCUMULATION_STEPS}]")
         for name in self.stop_signals:
             signal_number(name)
 

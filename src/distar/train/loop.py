@@ -229,18 +229,24 @@ class Trainer:
 
     def _make_monitor(self, held_out: list[str], reward: Reward | None) -> Monitor | None:
         """The held-out monitor (:mod:`distar.train.monitor`), or None when it is off or cannot run."""
-        cfg = self.config.monitor
-        self.monitor_every = cfg.interval(self.config.loop.max_steps)
+        monitor_config = self.config.monitor
+        self.monitor_every = monitor_config.interval(self.config.loop.max_steps)
         if not self.monitor_every:
             return None
         if not held_out:
             logger.info(
                 "monitor off: %d held-out prompts need %d distinct training prompts (set monitor.prompts to a "
-                "prompt file or a smaller count; monitor.every=0 silences this)", cfg.prompts, 4 * cfg.prompts,
+                "prompt file or a smaller count; monitor.every=0 silences this)",
+                monitor_config.prompts,
+                4 * monitor_config.prompts,
             )
             return None
-        judges, metrics = load_monitor_models(cfg, self.accelerator.device) if self.accelerator.is_main_process else ([], [])
-        return Monitor(cfg, output_dir=self.output_dir, prompts=held_out, reward=reward, judges=judges, metrics=metrics)
+        judges, metrics = (
+            load_monitor_models(monitor_config, self.accelerator.device) if self.accelerator.is_main_process else ([], [])
+        )
+        return Monitor(
+            monitor_config, output_dir=self.output_dir, prompts=held_out, reward=reward, judges=judges, metrics=metrics
+        )
 
     def _make_optimizer(self, params: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
         """The optimiser of one network's trainable ``params`` (:func:`make_optimizer`)."""
@@ -314,11 +320,11 @@ class Trainer:
 
     def train_step(self) -> dict[str, Tensor]:
         """One iteration of Algorithm 1; returns the batch mean of every loss term (0-dim tensors)."""
-        cfg, backend = self.config, self.backend
+        config, backend = self.config, self.backend
 
         def assistant_terms() -> dict[str, Tensor]:
             _, cond, z = self._batch()
-            return assistant_losses(backend, cond, z, objective=cfg.objective, part=self.part)
+            return assistant_losses(backend, cond, z, objective=config.objective, part=self.part)
 
         def generator_terms() -> dict[str, Tensor]:
             prompts, cond, z = self._batch()
@@ -329,11 +335,11 @@ class Trainer:
         # 1. Assistant: k DSM steps on x0 = sg(g_θ(z, c)); ψ ← ψ − η_ψ ∇_ψ DSM(ψ).
         self._skipped = []
         assistant_logs: list[dict[str, Tensor]] = []
-        for _ in range(cfg.loop.assistant_steps):
+        for _ in range(config.loop.assistant_steps):
             loss, means = self._accumulated(backend.assistant, assistant_terms, self._assistant_inputs)
             logs = {f"assistant/{k}": v for k, v in means.items()}
             logs["assistant/grad_norm"], _ = self._update(
-                "assistant", backend.assistant, self.assistant_optimizer, cfg.optim.assistant, loss
+                "assistant", backend.assistant, self.assistant_optimizer, config.optim.assistant, loss
             )
             assistant_logs.append(logs)
         self.assistant_scheduler.step()
@@ -345,7 +351,7 @@ class Trainer:
         logs = {k: torch.stack([d[k] for d in assistant_logs]).mean() for k in assistant_logs[0]}
         logs.update({f"generator/{k}": v for k, v in means.items()})
         logs["generator/grad_norm"], stepped = self._update(
-            "generator", backend.generator, self.generator_optimizer, cfg.optim.generator, loss
+            "generator", backend.generator, self.generator_optimizer, config.optim.generator, loss
         )
         self.generator_scheduler.step()
         if self.ema is not None and stepped:
@@ -383,7 +389,7 @@ class Trainer:
         are non-finite, when the run ends on a step with a skipped (non-finite) update, or when a
         checkpoint cannot be written.
         """
-        acc, cfg = self.accelerator, self.config
+        acc, config = self.accelerator, self.config
         lock = RunLock(self.output_dir)
         with self.stop_signals:  # from here on a stop signal saves the step the run reaches
             on_main_process(acc, lock.acquire)  # one writer per run folder: rank 0 holds the lock
@@ -391,16 +397,16 @@ class Trainer:
                 self._prepare_folder(resume, overwrite)
                 if acc.is_main_process:
                     self.output_dir.mkdir(parents=True, exist_ok=True)
-                    tracker_files = [TENSORBOARD] if cfg.logging.trackers else []
+                    tracker_files = [TENSORBOARD] if config.logging.trackers else []
                     record_written(self.output_dir, ckpt.CONFIG_FILE, ckpt.LOG_FILE, *tracker_files)
-                    write_atomic(self.output_dir / ckpt.CONFIG_FILE, config_yaml(cfg).encode())
+                    write_atomic(self.output_dir / ckpt.CONFIG_FILE, config_yaml(config).encode())
                     self.log.truncate_after(self.step)
                     if self.monitor is not None:
                         self.monitor.resume(self.step)
-                acc.init_trackers(cfg.logging.project, init_kwargs={"wandb": {"config": to_dict(cfg)}})
+                acc.init_trackers(config.logging.project, init_kwargs={"wandb": {"config": to_dict(config)}})
                 for tracker in acc.trackers:
                     if tracker.name == "tensorboard":  # the resolved config as hyper-parameters
-                        tracker.store_init_configuration(_flat_config(to_dict(cfg)))
+                        tracker.store_init_configuration(_flat_config(to_dict(config)))
                 try:
                     records = self._run()
                 finally:
@@ -437,8 +443,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _run(self) -> list[dict[str, float]]:
-        acc, cfg = self.accelerator, self.config
-        every = cfg.sampling.every
+        acc, config = self.accelerator, self.config
+        every = config.sampling.every
         if self._sampling and self.step == 0:
             self.sample()
         if self.monitor is not None and self.step == 0:
@@ -446,14 +452,14 @@ class Trainer:
         records: list[dict[str, float]] = []
         window: list[tuple[dict[str, Tensor], float, float, int]] = []
         bar = tqdm(
-            total=cfg.loop.max_steps,
+            total=config.loop.max_steps,
             initial=self.step,
             desc="train",
-            disable=not (acc.is_main_process and cfg.logging.progress_bar),
+            disable=not (acc.is_main_process and config.logging.progress_bar),
             dynamic_ncols=True,
         )
         busy = 0.0  # seconds spent in train_step this window (sampling and checkpoints excluded)
-        while self.step < cfg.loop.max_steps:
+        while self.step < config.loop.max_steps:
             lrs = (self.generator_scheduler.get_last_lr()[0], self.assistant_scheduler.get_last_lr()[0])
             start = time.perf_counter()
             window.append((self.train_step(), *lrs, len(self._skipped)))
@@ -461,12 +467,12 @@ class Trainer:
             ckpt.kill_point("step", self.step)
             preempted = self.stop_signals.agreed(acc)  # a stop signal: save this step, then stop
             bar.update(1)
-            last = self.step == cfg.loop.max_steps
-            saving = cfg.checkpointing
+            last = self.step == config.loop.max_steps
+            saving = config.checkpointing
             save = (saving.every and self.step % saving.every == 0) or (last and saving.save_final) or preempted
-            stop = self.consecutive_bad_steps >= cfg.loop.max_bad_steps
+            stop = self.consecutive_bad_steps >= config.loop.max_bad_steps
             # A checkpoint's step must be in log.jsonl before the checkpoint exists: flush first.
-            if self.step % cfg.logging.every == 0 or last or save or stop:
+            if self.step % config.logging.every == 0 or last or save or stop:
                 flushed = self._flush(window, busy / len(window))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in flushed[-1].items() if k.endswith("/loss")})
                 records += flushed
@@ -475,7 +481,7 @@ class Trainer:
                 bar.close()
                 raise RunError(
                     f"stopped at step {self.step}: {self.consecutive_bad_steps} steps in a row with a non-finite "
-                    f"loss or gradient norm (loop.max_bad_steps = {cfg.loop.max_bad_steps}); {self._last_checkpoint()}"
+                    f"loss or gradient norm (loop.max_bad_steps = {config.loop.max_bad_steps}); {self._last_checkpoint()}"
                 )
             if self._sampling and self.step % every == 0:
                 self.sample()
@@ -502,12 +508,12 @@ class Trainer:
             | ({"skipped_updates": skipped} if skipped else {})
             for i, (row, (_, lr_g, lr_a, skipped)) in enumerate(zip(values.tolist(), window))
         ]
-        cfg = self.config
-        samples = cfg.data.batch_size * cfg.loop.gradient_accumulation_steps * acc.num_processes  # per update
+        config = self.config
+        samples = config.data.batch_size * config.loop.gradient_accumulation_steps * acc.num_processes  # per update
         records[-1].update({
             "time/step_s": step_seconds,
             "time/samples_per_s": samples / step_seconds,  # prompts of the generator updates
-            "time/images_per_s": samples * (1 + cfg.loop.assistant_steps) / step_seconds,  # generator samples made
+            "time/images_per_s": samples * (1 + config.loop.assistant_steps) / step_seconds,  # generator samples made
             "mem/peak_mib": peak_memory_mib(acc.device),
         })
         if acc.is_main_process:
@@ -525,7 +531,6 @@ class Trainer:
 
         With ``ema`` the EMA weights make them. The global random state is left as it was, so a run
         draws the same training noise whether or not it samples."""
-        sample = getattr(self.backend, "sample", self.backend.generate)  # all k steps of a few-step generator
         devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
         out = []
         with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as stack:
@@ -539,7 +544,7 @@ class Trainer:
                 chunk = list(prompts[i : i + batch])
                 z = torch.cat([self.backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in seeds[i : i + batch]])
                 with self.accelerator.autocast():
-                    out.append(self.backend.decode(sample(z, self.backend.encode_prompts(chunk))).float())
+                    out.append(self.backend.decode(self.backend.sample(z, self.backend.encode_prompts(chunk))).float())
         return torch.cat(out)
 
     def _sample_images(self, *, ema: bool = False) -> Tensor:
@@ -582,12 +587,14 @@ class Trainer:
         from distar.diffusion import cfg_combine
         from distar.diffusion.sampler import ddim_sample
 
-        cfg, backend = self.config.monitor, self.backend
-        omega = cfg.drift_guidance if cfg.drift_guidance is not None else self.config.objective.guidance_scale
-        out = []
-        for i in range(0, len(prompts), cfg.batch_size):
-            cond = backend.encode_prompts(list(prompts[i : i + cfg.batch_size]))
-            z = torch.cat([backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in seeds[i : i + cfg.batch_size]])
+        monitor_config, backend = self.config.monitor, self.backend
+        omega = monitor_config.drift_guidance
+        if omega is None:
+            omega = self.config.objective.guidance_scale
+        out, batch = [], monitor_config.batch_size
+        for i in range(0, len(prompts), batch):
+            cond = backend.encode_prompts(list(prompts[i : i + batch]))
+            z = torch.cat([backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in seeds[i : i + batch]])
 
             def x0_fn(x_t: Tensor, t: Tensor) -> Tensor:
                 if omega == 1.0:
@@ -595,28 +602,28 @@ class Trainer:
                 return cfg_combine(*backend.reference_x0_cond_uncond(x_t, t, cond), omega)
 
             with self.accelerator.autocast():
-                out.append(backend.decode(ddim_sample(x0_fn, backend.schedule, z, cfg.drift_steps)).float().cpu())
+                out.append(backend.decode(ddim_sample(x0_fn, backend.schedule, z, monitor_config.drift_steps)).float().cpu())
         return torch.cat(out)
 
     def monitor_step(self) -> None:
         """Monitor the held-out images of this step (:mod:`distar.train.monitor`): record, then act on
         the decision: keep ``best/``, log the alarm, stop the run on it with ``monitor.stop``."""
-        acc, monitor, cfg = self.accelerator, self.monitor, self.config.monitor
+        acc, monitor, monitor_config = self.accelerator, self.monitor, self.config.monitor
         prompts, seeds = monitor.pairs
         images = {"generator": self._images(prompts, seeds)}
         if images["generator"].dim() != 4 or images["generator"].shape[1] != 3:
             logger.info("decode gives %s, not images: the monitor is off", tuple(images["generator"].shape))
             self.monitor = None
             return
-        if self.ema is not None and cfg.use_ema:
+        if self.ema is not None and monitor_config.use_ema:
             images["ema"] = self._images(prompts, seeds, ema=True)
         decision = [None]
         if acc.is_main_process:
-            if cfg.drift_steps and monitor.reference_features is None:
-                key = json.dumps([prompts, seeds, cfg.drift_steps, cfg.drift_guidance, self.config.objective.guidance_scale,
-                                  to_dict(self.config.model)], default=str)
-                cache = Path(cfg.reference_images or self.output_dir / "monitor" / "reference.safetensors")
-                if cfg.reference_images is None:
+            if monitor_config.drift_steps and monitor.reference_features is None:
+                drift = [monitor_config.drift_steps, monitor_config.drift_guidance, self.config.objective.guidance_scale]
+                key = json.dumps([prompts, seeds, *drift, to_dict(self.config.model)], default=str)
+                cache = Path(monitor_config.reference_images or self.output_dir / "monitor" / "reference.safetensors")
+                if monitor_config.reference_images is None:
                     record_written(self.output_dir, "monitor/reference.safetensors", "monitor/reference.json")
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
                     monitor.set_reference(reference_images(cache=cache, key=key, make=lambda: self._reference_images(prompts, seeds)))
@@ -634,7 +641,7 @@ class Trainer:
             self.save_checkpoint(folder=BEST_DIR)
             if acc.is_main_process:
                 monitor.write_best(self.step)
-        if decision[0]["alarm"] and cfg.stop:
+        if decision[0]["alarm"] and monitor_config.stop:
             path = self.save_checkpoint()
             raise HackingAlarm(f"{decision[0]['alarm']}; stopped (monitor.stop) after saving {path}")
 
@@ -652,7 +659,7 @@ class Trainer:
         Non-finite weights are never written, and a failed write (a full disk) leaves the earlier
         checkpoints as they were; both raise :class:`~distar.errors.RunError`.
         """
-        acc, cfg = self.accelerator, self.config
+        acc, config = self.accelerator, self.config
         final = self.output_dir / (folder or f"{ckpt.CHECKPOINT_PREFIX}{self.step}")
         tmp = self.output_dir / f".{final.name}.tmp"
         generator = self._trainable_state(self.backend.generator, self.generator_names)
@@ -687,7 +694,7 @@ class Trainer:
                     ckpt.save_tensors(group, tmp / name)
                     ckpt.kill_point("checkpoint-write", self.step)
                 save_checkpoint_lora(self.backend.generator, tmp, generator, tensors.get(ckpt.GENERATOR_EMA_FILE))
-                save_config(cfg, tmp / ckpt.CONFIG_FILE)
+                save_config(config, tmp / ckpt.CONFIG_FILE)
                 (tmp / ckpt.TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1))
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -697,7 +704,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             raise RunError(f"could not write {final} ({err.strerror or err}); {self._last_checkpoint()}") from None
         if acc.is_main_process and folder is None:
-            ckpt.prune_checkpoints(self.output_dir, cfg.checkpointing.total_limit)
+            ckpt.prune_checkpoints(self.output_dir, config.checkpointing.total_limit)
         acc.wait_for_everyone()
         return final
 

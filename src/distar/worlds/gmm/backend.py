@@ -12,14 +12,21 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from distar.diffusion.param import PredictionType
 from distar.diffusion.schedule import ContinuousVPSchedule, Schedule
+from distar.protocols import OneStepBackend
 from distar.worlds.gmm.mixture import Components, posterior_mean
 from distar.worlds.gmm.models import GMMDenoiser, GMMGenerator, GMMNetConfig
 from distar.worlds.gmm.world import GMMWorld
 
 
-class GMMBackend:
-    """Generator g_θ(z, c) and assistant x̂0_ψ (small MLPs) against the world's exact reference."""
+class GMMBackend(OneStepBackend):
+    """Generator g_θ(z, c) and assistant x̂0_ψ (small MLPs) against the world's exact reference.
+
+    The reference is analytic (no module of its own) and the assistant outputs x̂0 itself."""
+
+    reference = None
+    prediction_type: PredictionType = "sample"
 
     def __init__(
         self,
@@ -47,7 +54,8 @@ class GMMBackend:
         z = torch.randn(batch_size, self.world.dim, generator=generator)
         return z.to(self.world.device)
 
-    def generate(self, z: Tensor, cond: Tensor) -> Tensor:
+    def generate(self, z: Tensor, cond: Tensor, step: int = 0) -> Tensor:
+        """x0 = g_θ(z, c), (B, d); ``step`` is 0 (one step)."""
         return self.generator(z, cond)
 
     def _exact_x0(self, x_t: Tensor, t: Tensor, comps: Components) -> Tensor:

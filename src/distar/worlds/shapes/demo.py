@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from distar.config import field, load_config, save_config, to_dict
+from distar.config import ConfigError, field, load_config, save_config, to_dict
 from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.rewards.hub import quiet_transformers
@@ -120,16 +120,16 @@ class ShapesDemoConfig:
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in PRESETS]
         if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r} (choose from {', '.join(PRESETS)})")
+            raise ConfigError(f"unknown method {unknown[0]!r} (choose from {', '.join(PRESETS)})")
         if self.training_seeds < 1:
-            raise ValueError("training_seeds must be ≥ 1")
+            raise ConfigError("training_seeds must be ≥ 1")
         if not self.seeds:
-            raise ValueError("seeds must name at least one evaluation seed")
+            raise ConfigError("seeds must name at least one evaluation seed")
         if self.reward is not None:
             from distar.rewards import RewardSpec
 
             if not RewardSpec(self.reward).is_plugin:
-                raise ValueError(f"reward: {self.reward!r} is not a reward plugin (module:Class)")
+                raise ConfigError(f"reward: {self.reward!r} is not a reward plugin (module:Class)")
         self.extra_settings()  # checked before any model is built
 
     def extra_settings(self) -> list[tuple[str, float]]:
@@ -138,11 +138,11 @@ class ShapesDemoConfig:
         for item in self.extra:
             method, at, alpha = item.partition("@")
             if method not in PRESETS or not at:
-                raise ValueError(f"extra: {item!r} is not method@α with a method from {', '.join(PRESETS)}")
+                raise ConfigError(f"extra: {item!r} is not method@α with a method from {', '.join(PRESETS)}")
             try:
                 settings.append((method, float(alpha)))
             except ValueError:
-                raise ValueError(f"extra: {item!r}: α must be a number") from None
+                raise ConfigError(f"extra: {item!r}: α must be a number") from None
         return settings
 
     @property
