@@ -45,12 +45,12 @@ from distar.rewards.preference import (
 )
 from distar.rewards.spec import RewardSpec
 from distar.runtime import check_seed
+from distar.train.runfolder import clear_run, record_written
 from distar.train.checkpoint import (
     CONFIG_FILE,
     LOG_FILE,
     TRAINER_STATE_FILE,
     check_new_run,
-    clear_run,
     load_tensors,
     prune_checkpoints,
     read_json,
@@ -209,8 +209,10 @@ def train_reward_model(
     checkpoint = resolve_checkpoint("latest", out) if resume else None
     if not resume:
         check_new_run(out, overwrite=overwrite)
-        clear_run(out)
+        if overwrite:
+            clear_run(out)  # only what distar wrote there (runfolder's list)
     writable_dir(out, "out")
+    record_written(out, LOG_FILE, "report.md", REPORT_FILE)
     remove_leftovers(out)
     if checkpoint is None:
         (out / REPORT_FILE).unlink(missing_ok=True)
@@ -327,6 +329,7 @@ def _save_model(reward: CLIPSimilarityReward, spec: RewardSpec, out: Path) -> No
     processor = processor_source(spec, folder, PickScore.PROCESSOR)
     preprocessor = hub.read_json(processor, "preprocessor_config.json", local_files_only=spec.local_files_only)
     (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    record_written(out, *(path.name for path in tmp.iterdir()))
     for path in sorted(tmp.iterdir()):
         os.replace(path, out / path.name)
     tmp.rmdir()
