@@ -6,7 +6,9 @@
 Scores the images (random uint8 PNG-like tensors, seeded) one at a time, then in batches of 2, 3, 5, 8
 and all at once, in the given and in a shuffled order, and prints for each metric the largest
 relative difference |s - s₁| / |s₁| from the one-at-a-time score, the largest absolute one next to
-the scores' typical size (mean |s₁|), and how many scores differ at all.
+the scores' typical size (mean |s₁|), and how many scores differ at all. Then the same with the
+batches filled to their size as `distar eval` scores them (``distar.eval.suite._scores``): for each
+batch size, how many scores differ between the in-order and the shuffled makeups, and by how much.
 """
 
 from __future__ import annotations
@@ -17,16 +19,24 @@ import random
 import torch
 
 from distar.eval.metrics import REWARD_NAMES, evaluation_inputs, metric_loaders
+from distar.eval.suite import _scores
 from distar.runtime import environment
 
 
-def scores(reward, images: torch.Tensor, prompts: list[str], order: list[int], batch: int) -> torch.Tensor:
-    """Scores of ``images`` in batches of ``batch`` taken in ``order``, put back in image order."""
+def scores(
+    reward, images: torch.Tensor, prompts: list[str], order: list[int], batch: int, filled: bool = False
+) -> torch.Tensor:
+    """Scores of ``images`` in batches of ``batch`` taken in ``order`` (``filled``: as `distar eval`
+    scores them), put back in image order."""
     out = torch.empty(len(order), dtype=torch.float64)
     for start in range(0, len(order), batch):
         chosen = order[start : start + batch]
+        texts = [prompts[i] for i in chosen]
         with torch.no_grad():
-            values = reward.score(evaluation_inputs(images[chosen], reward), [prompts[i] for i in chosen])
+            if filled:
+                values = _scores(reward, images[chosen], texts, batch, torch.device("cpu"))
+            else:
+                values = reward.score(evaluation_inputs(images[chosen], reward), texts)
         out[chosen] = values.double().cpu()
     return out
 
@@ -54,9 +64,16 @@ def main() -> None:
                 relative = ((other - alone).abs() / alone.abs().clamp_min(1e-30)).max().item()
                 worst, differing = max(worst, relative), max(differing, int((other != alone).sum()))
                 largest = max(largest, (other - alone).abs().max().item())
+        filled, filled_worst = 0, 0.0
+        for batch in (2, 3, 5, 8, args.images):
+            first = scores(reward, images, prompts, list(range(args.images)), batch, True)
+            second = scores(reward, images, prompts, shuffled, batch, True)
+            filled = max(filled, int((first != second).sum()))
+            filled_worst = max(filled_worst, ((first - second).abs() / first.abs().clamp_min(1e-30)).max().item())
         print(
             f"{loader.name:12s} largest relative difference {worst:.2e}, absolute {largest:.2e} "
-            f"(mean |score| {alone.abs().mean().item():.3g}); up to {differing}/{args.images} scores differ"
+            f"(mean |score| {alone.abs().mean().item():.3g}); up to {differing}/{args.images} scores differ; "
+            f"filled batches: {filled}/{args.images} differ between makeups (largest relative {filled_worst:.1e})"
         )
 
 

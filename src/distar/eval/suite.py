@@ -294,9 +294,7 @@ class _Run:
         for name, (files, todo) in pending.items():
             with tqdm(total=len(todo), desc=f"{metric.name} {name}", unit="img", leave=False) as bar:
                 for images, records in self.batches(files, todo, name):
-                    with torch.no_grad():
-                        inputs = evaluation_inputs(images, reward).to(device)
-                        values = reward.score(inputs, [r["prompt"] for r in records]).float().cpu()
+                    values = _scores(reward, images, [r["prompt"] for r in records], self.batch_size, device)
                     rows = []
                     for record, value in zip(records, values.tolist()):
                         if not np.isfinite(value):
@@ -369,6 +367,20 @@ class _Run:
             save_grid(rows, files.dir / "grid.png")
         rows = [[_existing(ModelFiles(self.out_dir, m.name).image((item.index, seeds[0]))) for m in models] for item in items]
         save_grid(rows, self.out_dir / "compare.png")
+
+
+@torch.no_grad()
+def _scores(reward: Reward, images: Tensor, prompts: list[str], size: int, device: torch.device) -> Tensor:
+    """``reward``'s scores of ``images`` (float32, CPU), computed in one batch of exactly ``size``, the
+    last image repeated to fill it. Batched float32 kernels make a score depend on the batch's size
+    (not, as measured, on the other images in it or on its place), so an image scores the same whatever
+    shares its batch: in a resumed, repaired or extended run as in a fresh one."""
+    count, fill = len(prompts), size - len(prompts)
+    if fill > 0:
+        images = torch.cat([images, images[-1:].expand(fill, *images.shape[1:])])
+        prompts = prompts + [prompts[-1]] * fill
+    values = reward.score(evaluation_inputs(images, reward).to(device), prompts)
+    return values[:count].float().cpu()
 
 
 def _existing(path: Path) -> Path | None:
