@@ -88,7 +88,9 @@ CRAFTS: dict[str, Callable[[Path], str]] = {
     "weights: an extra key": _weights(lambda t: {**t, "extra.weight": torch.zeros(2)}),
     "weights: no tensors": _weights(lambda t: {}),
     "weights: NaN": _weights(lambda t: _first(t, torch.full_like(t[sorted(t)[0]], float("nan")))),
-    "weights: LoRA of rank 3": _weights(lambda t: {k: torch.zeros(3, v.shape[1]) if "lora_A" in k else v for k, v in t.items()}),
+    "weights: LoRA of rank 3": _weights(
+        lambda t: {k: torch.zeros(3, *v.shape[1:]) if "lora_A" in k else v for k, v in t.items()}
+    ),
     "weights: empty file": _weights(lambda t: b""),
     "weights: zeros": _weights(lambda t: b"\0" * 100),
     "weights: a 1 TB header": _weights(lambda t: struct.pack("<Q", 10**12) + b"{}"),

@@ -58,7 +58,8 @@ def straight(tiny_pipelines, prompts, tmp_path_factory) -> dict:
 
 # after image batch 2 of 5; after scoring batch 1 (batch 6); the last two take ~20 s each on 2 cores: slow
 @pytest.mark.parametrize(
-    "at, name", [(2, "SIGTERM"), pytest.param(6, "SIGINT", marks=pytest.mark.slow), pytest.param(3, "SIGUSR1", marks=pytest.mark.slow)]
+    "at, name",
+    [(2, "SIGTERM"), pytest.param(6, "SIGINT", marks=pytest.mark.slow), pytest.param(3, "SIGUSR1", marks=pytest.mark.slow)],
 )
 def test_a_stop_signal_keeps_the_finished_batch_exits_75_and_the_rerun_is_exact(
     at, name, straight, tiny_pipelines, prompts, tmp_path, capsys

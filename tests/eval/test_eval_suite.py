@@ -178,8 +178,10 @@ def test_an_image_scores_the_same_whatever_shares_its_batch(tmp_path, styles_ben
     from distar.eval.metrics import metric_loaders
 
     metrics = metric_loaders(["clip", "pickscore"], paths={"clip": "tiny", "pickscore": "tiny"})
-    evaluate([FakeModel("a")], styles_benchmark, metrics, tmp_path / "once", seeds=[0, 1, 2], batch_size=5, timing_images=0)
+    options = dict(batch_size=5, timing_images=0)
+    evaluate([FakeModel("a")], styles_benchmark, metrics, tmp_path / "once", seeds=[0, 1, 2], **options)
     for seeds in ([0], [0, 1], [0, 1, 2]):  # batches of 4, 4, 4 images instead of 5, 5, 2, with other partners
-        evaluate([FakeModel("a")], styles_benchmark, metrics, tmp_path / "steps", seeds=seeds, batch_size=5, timing_images=0)
+        evaluate([FakeModel("a")], styles_benchmark, metrics, tmp_path / "steps", seeds=seeds, **options)
     once, steps = (ModelFiles(tmp_path / name, "a").read_records() for name in ("once", "steps"))
-    assert len(once) == 12 and all(once[k]["clip"] == steps[k]["clip"] and once[k]["pickscore"] == steps[k]["pickscore"] for k in once)
+    assert len(once) == 12
+    assert all(once[k][m] == steps[k][m] for k in once for m in ("clip", "pickscore"))

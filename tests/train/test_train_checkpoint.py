@@ -147,7 +147,8 @@ def test_trainable_weights_by_state_dict_name(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded, trainable))
     with pytest.raises(ckpt.CheckpointError, match=r"does not match the model: 0 missing .*, 1 unexpected"):
         ckpt.load_tensors(tmp_path / "w.safetensors", {"1.weight": trainable[0]})
-    for name, value in [("shape", torch.zeros(1, 4)), ("scalar", torch.tensor(1.0)), ("int", torch.zeros(1, 3, dtype=torch.int32))]:
+    wrong = [("shape", torch.zeros(1, 4)), ("scalar", torch.tensor(1.0)), ("int", torch.zeros(1, 3, dtype=torch.int32))]
+    for name, value in wrong:
         ckpt.save_tensors({**expected, "1.weight": value}, tmp_path / f"{name}.safetensors")
         with pytest.raises(ckpt.CheckpointError, match=f"{name}.safetensors: does not match the model: 1.weight"):
             ckpt.load_tensors(tmp_path / f"{name}.safetensors", expected)

@@ -83,7 +83,8 @@ def checkpoint_model_config(checkpoint_dir: str | Path) -> ModelConfig:
 
 
 def _generator_weights(file: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint's generator weights file, all finite; :class:`CheckpointError` naming it otherwise."""
+    """The tensors of a checkpoint's generator weights file, all finite; otherwise a
+    :class:`CheckpointError` naming it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -292,7 +292,7 @@ def read_json(path: Path) -> Any:
     """A JSON file of a checkpoint; a missing or garbled file is a one-line :class:`CheckpointError`."""
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: bad JSON, 5,000-digit numbers
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: not JSON, 5,000 digits
         raise CheckpointError(f"{path}: unreadable ({type(err).__name__})") from None
 
 
