@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib.abc
 import importlib.util
-import json
 import logging
 import math
 import os
@@ -141,14 +140,19 @@ def count_parameters(*modules: torch.nn.Module | None) -> int:
 
 def stored_parameters(path: str | Path) -> int | None:
     """Parameters in the ``.safetensors`` files under a local folder (or one file), read from their
-    headers without loading a weight; None for anything else (e.g. a hub id) or a folder without any."""
+    headers without loading a weight; None for anything else (e.g. a hub id), a folder without any, or
+    one with a file that is not safetensors (its loader says why)."""
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     files = [path] if path.is_file() else sorted(path.rglob("*.safetensors")) if path.is_dir() else []
     total = 0
     for file in files:
-        with open(file, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+        try:
+            with safe_open(file, "pt") as f:
+                total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        except (OSError, SafetensorError):
+            return None
     return total or None
 
 

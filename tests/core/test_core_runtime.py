@@ -60,6 +60,8 @@ def test_parameter_counts_from_modules_and_from_safetensors_headers(tmp_path):
     assert stored_parameters(tmp_path) == 37
     assert stored_parameters(tmp_path / "other.safetensors") == 12
     assert stored_parameters("some-org/a-hub-id") is None
+    (tmp_path / "lies.safetensors").write_bytes((10**12).to_bytes(8, "little") + b"{}")  # a header "1 TB" long
+    assert stored_parameters(tmp_path) is None and stored_parameters(tmp_path / "lies.safetensors") is None
 
 
 @pytest.mark.parametrize("argv", THREADED_COMMANDS, ids=lambda argv: " ".join(argv[:2]))

@@ -170,3 +170,18 @@ def test_non_finite_scores_are_flagged_in_the_summary(tmp_path, styles_benchmark
     assert "aesthetic: 1 non-finite score(s) left out of the mean" in summary.models[0].failures
     assert "1 non-finite score(s)" in (tmp_path / "summary.md").read_text()
     assert "1 non-finite score(s)" in (tmp_path / "summary.json").read_text()
+
+
+def test_an_image_scores_the_same_whatever_shares_its_batch(tmp_path, styles_benchmark):
+    """Scores made in one run equal those made a few at a time over runs that add seeds (other batch
+    makeups and sizes), bit for bit: every batch is scored filled to the batch size."""
+    from distar.eval.metrics import metric_loaders
+
+    metrics = metric_loaders(["clip", "pickscore"], paths={"clip": "tiny", "pickscore": "tiny"})
+    options = dict(batch_size=5, timing_images=0)
+    evaluate([FakeModel("a")], styles_benchmark, metrics, tmp_path / "once", seeds=[0, 1, 2], **options)
+    for seeds in ([0], [0, 1], [0, 1, 2]):  # batches of 4, 4, 4 images instead of 5, 5, 2, with other partners
+        evaluate([FakeModel("a")], styles_benchmark, metrics, tmp_path / "steps", seeds=seeds, **options)
+    once, steps = (ModelFiles(tmp_path / name, "a").read_records() for name in ("once", "steps"))
+    assert len(once) == 12
+    assert all(once[k][m] == steps[k][m] for k in once for m in ("clip", "pickscore"))

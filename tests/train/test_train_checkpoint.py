@@ -142,12 +142,18 @@ def test_trainable_weights_by_state_dict_name(tmp_path):
     names = ckpt.parameter_names(model, trainable)
     assert names == ["1.weight", "1.bias"] and set(names) <= set(model.state_dict())
     ckpt.save_tensors(dict(zip(names, trainable)), tmp_path / "w.safetensors")
-    loaded = ckpt.load_tensors(tmp_path / "w.safetensors", names)
+    expected = dict(zip(names, trainable))
+    loaded = ckpt.load_tensors(tmp_path / "w.safetensors", expected)
     assert all(torch.equal(a, b) for a, b in zip(loaded, trainable))
-    with pytest.raises(ckpt.CheckpointError, match="keys do not match"):
-        ckpt.load_tensors(tmp_path / "w.safetensors", ["1.weight"])
+    with pytest.raises(ckpt.CheckpointError, match=r"does not match the model: 0 missing .*, 1 unexpected"):
+        ckpt.load_tensors(tmp_path / "w.safetensors", {"1.weight": trainable[0]})
+    wrong = [("shape", torch.zeros(1, 4)), ("scalar", torch.tensor(1.0)), ("int", torch.zeros(1, 3, dtype=torch.int32))]
+    for name, value in wrong:
+        ckpt.save_tensors({**expected, "1.weight": value}, tmp_path / f"{name}.safetensors")
+        with pytest.raises(ckpt.CheckpointError, match=f"{name}.safetensors: does not match the model: 1.weight"):
+            ckpt.load_tensors(tmp_path / f"{name}.safetensors", expected)
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(ckpt.CheckpointError, match="bad.safetensors: not a readable safetensors file"):
-        ckpt.load_tensors(tmp_path / "bad.safetensors", names)
+        ckpt.load_tensors(tmp_path / "bad.safetensors", expected)
     with pytest.raises(ValueError, match="not parameters of Sequential"):
         ckpt.parameter_names(model, [nn.Parameter(torch.zeros(1))])

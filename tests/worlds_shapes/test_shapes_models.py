@@ -228,12 +228,12 @@ def test_reference_training_stopped_and_resumed_ends_where_an_uninterrupted_run_
     checkpoint = ReferenceCheckpoint(tmp_path / "partial", every=2, key={"run": 1})
     with pytest.raises(Stop):
         train_reference(new_unet(arch, 16, seed=0), text_encoder, tokenizer, loop, stop_at_step_3, checkpoint)
-    assert checkpoint.load()["fit"]["step"] == 2 and (tmp_path / "partial" / "unet").is_dir()
+    assert checkpoint.load()["fit"]["step"] == 4 and (tmp_path / "partial" / "unet").is_dir()  # saved before the log
     assert ReferenceCheckpoint(tmp_path / "partial", every=2, key={"run": 2}).load() is None
     steps = []
     resumed = new_unet(arch, 16, seed=0)
     train_reference(resumed, text_encoder, tokenizer, loop, lambda step, terms: steps.append(step), checkpoint)
-    assert steps == [2, 3, 4]
+    assert steps == [4]
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
 
@@ -293,3 +293,65 @@ def test_samplers_are_deterministic_and_unknown_names_refused(shipped):
         a = sampler.generate_images(["a red circle", "two blue squares"], [0, 1])
         b = sampler.generate_images(["two blue squares"], [1])
         assert a.shape == (2, 3, 32, 32) and torch.allclose(a[1:], b, atol=1e-5), name
+
+
+@pytest.fixture(scope="module")
+def built_to_the_reference(tmp_path_factory) -> Path:
+    """The `.building` folder of an uninterrupted tiny build, stopped before the one-step stages."""
+    from distar.cli import main
+    from distar.worlds.shapes import build
+
+    out = tmp_path_factory.mktemp("straight") / "models"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(build, "distill_one_step", _stopped)
+        assert main(["world", "build", "--out", str(out), "shapes", *TINY_BUILD]) == 130  # "interrupted"
+    return out.with_name("models.building")
+
+
+def _stopped(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stage, name", [("reference", "SIGTERM"), ("clip", "SIGINT")])
+def test_a_stop_signal_ends_the_build_after_a_step_and_resume_gives_the_same_models(
+    stage, name, built_to_the_reference, tmp_path, monkeypatch, capsys
+):
+    """The signal arrives during the stage's first step; the build exits 75 with one line, keeps its
+    finished stages (the reference its state at that step), and --resume makes the models of the
+    uninterrupted build, bit for bit (both stopped before the one-step stages)."""
+    import os
+    import signal
+
+    from distar.cli import main
+    from distar.train.preemption import EXIT_PREEMPTED
+    from distar.worlds.shapes import build
+
+    progress = build._progress
+
+    def signalled(label, total, every, echo):
+        log = progress(label, total, every, echo)
+
+        def send(step, terms):
+            if label == stage and step == 0:
+                os.kill(os.getpid(), signal.Signals[name])
+            log(step, terms)
+
+        return send
+
+    out = tmp_path / "models"
+    monkeypatch.setattr(build, "_progress", signalled)
+    assert main(["world", "build", "--out", str(out), "shapes", *TINY_BUILD]) == EXIT_PREEMPTED
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distar world: stopped")]
+    assert len(lines) == 1 and f"stopped by {name} after step 1/2 of the {stage} stage" in lines[0], lines
+    building = tmp_path / "models.building"
+    if stage == "reference":
+        assert torch.load(building / "reference.partial" / "state.pt", weights_only=True)["fit"]["step"] == 1
+    monkeypatch.setattr(build, "_progress", progress)
+    monkeypatch.setattr(build, "distill_one_step", _stopped)
+    assert main(["world", "build", "--resume", "--out", str(out), "shapes", *TINY_BUILD]) == 130
+    printed = capsys.readouterr().out
+    assert f"[{stage}] start" in printed and ("continuing from step 1" in printed) == (stage == "reference")
+    files = sorted(built_to_the_reference.rglob("*.safetensors"))
+    assert len(files) >= 4
+    for file in files:
+        assert file.read_bytes() == (building / file.relative_to(built_to_the_reference)).read_bytes(), file

@@ -20,13 +20,26 @@ def trainable_state_dict(module: nn.Module) -> dict[str, Tensor]:
     return {name: p.detach() for name, p in inner.named_parameters() if p.requires_grad}
 
 
-def load_trainable_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str = "state dict") -> None:
-    """Load ``state`` into the unwrapped module; its keys must be exactly the trainable parameter names."""
-    inner = extract_model_from_parallel(module)
-    missing, unexpected = key_mismatch(trainable_state_dict(inner), state)
+def state_mismatch(expected: Mapping[str, Tensor], got: Mapping[str, Tensor]) -> str | None:
+    """Why tensors ``got`` cannot stand for ``expected`` (missing or unexpected names, another shape,
+    integer or boolean values for floating-point weights), or None when they can."""
+    missing, unexpected = key_mismatch(expected, got)
     if missing or unexpected:
-        raise ValueError(
-            f"{source} does not match the trainable weights: {len(missing)} missing (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
+        return f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+    for name in sorted(got):
+        value, want = got[name], expected[name]
+        if value.shape != want.shape:
+            return f"{name} has shape {tuple(value.shape)}, the model's is {tuple(want.shape)}"
+        if want.is_floating_point() and not value.is_floating_point():
+            return f"{name} holds {str(value.dtype).removeprefix('torch.')} values, not floating-point weights"
+    return None
+
+
+def load_trainable_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str = "state dict") -> None:
+    """Load ``state`` into the unwrapped module: exactly the trainable parameters, each with its shape
+    (see :func:`state_mismatch`); ValueError otherwise."""
+    inner = extract_model_from_parallel(module)
+    problem = state_mismatch(trainable_state_dict(inner), state)
+    if problem is not None:
+        raise ValueError(f"{source} does not match the trainable weights: {problem}")
     inner.load_state_dict(dict(state), strict=False)

@@ -7,7 +7,8 @@ Example::
                 --benchmark parti --metrics imagereward,aesthetic,pickscore,clip --out results/parti
 
 Flags override the keys of an optional ``--config`` YAML (:class:`distar.eval.config.EvalConfig`),
-and ``key=value`` arguments override both. Re-running with the same ``--out`` resumes.
+and ``key=value`` arguments override both. Re-running with the same ``--out`` resumes; SIGTERM, SIGINT
+or SIGUSR1 end the run after the batch in progress, with exit status 75.
 """
 
 from __future__ import annotations
@@ -103,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
             torch_device(where, "device")
     writable_dir(config.out_dir, "--out")
     save_config(config, Path(config.out_dir) / "eval_config.yaml")
-    summary = run_eval(config, threads=args.threads)
+    from distar.train.preemption import StopSignals
+
+    kept = f"the results so far are kept in {config.out_dir} (run the same command again to continue)"
+    with StopSignals(last_checkpoint=lambda: kept) as stop:  # a stop signal: finish the batch, exit 75
+        summary = run_eval(config, threads=args.threads, stop=stop)
     print(f"{summary.benchmark}: {summary.prompts} prompts from {summary.source}")
     print(Path(config.out_dir, "summary.md").read_text(), end="")
     return 0

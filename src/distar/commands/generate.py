@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from distar.errors import UserError
+    from distar.errors import UserError, first_line
     from distar.export.pipeline import generator_images, load_generator
     from distar.io import safe_name, writable_dir
     from distar.runtime import check_seed, configure_threads, count_parameters, report_threads, torch_device
@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
     report_threads(configure_threads(args.threads, parameters=count_parameters(*modules), device=device), "generate")
     pipe.to(device)
-    image = generator_images(pipe, [args.prompt], [args.seed], call=call, height=spec.height, width=spec.width)[0]
+    try:
+        image = generator_images(pipe, [args.prompt], [args.seed], call=call, height=spec.height, width=spec.width)[0]
+    except ValueError as err:  # the pipeline's own input checks, e.g. a side its VAE cannot take
+        raise UserError(f"--model {spec.path}: the pipeline refuses to sample ({first_line(err)})") from None
     save_png(image, out)
     steps = call.get("timesteps") or call.get("sigmas")
     print(f"wrote {out} ({image.shape[-1]}x{image.shape[-2]}, steps at {steps}, seed {args.seed})")

@@ -1,7 +1,8 @@
 """``distar world build [--out DIR] [--dry-run] shapes [key=value ...]``: rebuild a world's models from scratch;
 ``distar world choices shapes --out DIR``: export its simulated choices as preference pairs.
 
-Overrides follow the world name (options go before it or after the overrides).
+Overrides follow the world name (options go before it or after the overrides). SIGTERM, SIGINT or
+SIGUSR1 end a build after the optimiser step in progress with exit status 75; ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return _choices(args)
     from distar.config import config_yaml, load_config
     from distar.runtime import configure_threads, report_threads, stored_parameters
+    from distar.train.preemption import StopSignals
     from distar.worlds.shapes.assets import ASSETS_DIR
     from distar.worlds.shapes.build import BuildConfig, build_world
 
@@ -62,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or ASSETS_DIR
     requested = args.threads if args.threads is not None else config.threads
     report_threads(configure_threads(requested, parameters=stored_parameters(ASSETS_DIR)), "world build")
-    record = build_world(out, config, resume=args.resume)
+    kept = f"finished stages are kept in {out.with_name(out.name + '.building')} (continue with --resume)"
+    with StopSignals(last_checkpoint=lambda: kept) as stop:  # a stop signal: end the step, exit 75
+        record = build_world(out, config, resume=args.resume, stop=stop)
     print(f"wrote {out} in {record['timings_seconds']['total']:.0f}s (record: {out / 'build_record.json'})")
     return 0
 

@@ -13,6 +13,10 @@ Phases: (1) per model: cost measurement, then every missing image (the model is 
 (2) per per-image metric: score every image that lacks it (the metric model is freed after);
 (3) set metrics; (4) summary. A record line with ``"new": true`` starts an image's record afresh
 (written when the image is generated); later lines add metric values.
+
+Given a :class:`~distar.train.preemption.StopSignals`, a stop signal ends the run after the batch in
+progress (of images or of scores) is written, with :class:`~distar.errors.Preempted` (exit 75): a rerun
+continues from the results folder as after a kill, and ends with the scores of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from distar.config import ConfigError
-from distar.errors import UserError
+from distar.errors import RunError, UserError, first_line
 from distar.eval.benchmarks import Benchmark, PromptItem, load_benchmark
 from distar.eval.config import EvalConfig
 from distar.eval.cost import measure_cost
@@ -46,6 +50,8 @@ from distar.io import load_image, png_bytes, write_atomic
 from distar.protocols import ImageModel
 from distar.rewards import Reward
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
+from distar.train.checkpoint import kill_point
+from distar.train.preemption import StopSignals
 
 Key = tuple[int, int]  # (prompt index, seed)
 
@@ -154,12 +160,25 @@ def _is_valid_image(path: Path) -> bool:
 class _Run:
     """State shared by the phases of one :func:`evaluate` call."""
 
-    def __init__(self, out_dir: Path, benchmark: Benchmark, seeds: Sequence[int], batch_size: int) -> None:
+    def __init__(
+        self, out_dir: Path, benchmark: Benchmark, seeds: Sequence[int], batch_size: int, stop: StopSignals | None
+    ) -> None:
         self.out_dir = out_dir
+        self.stop = stop
+        self.batches_done = 0
         self.benchmark = benchmark
         self.batch_size = batch_size
         self.jobs: list[tuple[PromptItem, int]] = [(item, s) for item in benchmark.items for s in seeds]
         self.failures: dict[str, list[str]] = defaultdict(list)
+
+    def batch_done(self, what: str) -> None:
+        """After a batch is written: stop here (:class:`~distar.errors.Preempted`) if a stop signal came."""
+        self.batches_done += 1
+        if self.stop is not None and self.stop.received is not None:
+            raise self.stop.preempted(
+                f"after {what}: the results so far are kept in {self.out_dir} (run the same command again to continue)"
+            )
+        kill_point("eval-batch", self.batches_done)
 
     def fail(self, model: str, message: str) -> None:
         warnings.warn(f"{model}: {message}", EvalWarning, stacklevel=3)
@@ -195,8 +214,13 @@ class _Run:
         if known:  # images written just before a kill, without their record
             files.append(known)
         if timing_images > 0 and _read_json(files.cost) is None:
-            cost = measure_cost(model, [item.prompt for item, _ in self.jobs], self.batch_size, timing_images)
-            _write_json(files.cost, cost.to_dict())
+            try:
+                cost = measure_cost(model, [item.prompt for item, _ in self.jobs], self.batch_size, timing_images)
+                _write_json(files.cost, cost.to_dict())
+            except (ConfigError, UserError, FileNotFoundError):  # the model cannot be loaded
+                raise
+            except Exception as err:  # the images below report what fails
+                self.fail(model.name, f"cost not measured ({err.__class__.__name__}: {first_line(err)})")
         if not todo:
             return
         failed = 0
@@ -205,13 +229,16 @@ class _Run:
                 batch = todo[start : start + self.batch_size]
                 failed += self._generate_batch(model, files, batch)
                 bar.update(len(batch))
+                self.batch_done(f"{start + len(batch)} of {len(todo)} images of {model.name}")
         if failed == len(todo):
-            raise RuntimeError(f"model {model.name} produced no image; first problem: {self.failures[model.name][-1]}")
+            raise RunError(f"model {model.name} produced no image; first problem: {self.failures[model.name][-1]}")
 
     def _generate_batch(self, model: ImageModel, files: ModelFiles, batch: list[tuple[PromptItem, int]]) -> int:
         """Generate, check and save one batch (one by one if the batch fails); the number failed."""
         try:
             images = model.generate_images([item.prompt for item, _ in batch], [seed for _, seed in batch])
+        except (ConfigError, UserError, FileNotFoundError):  # the model cannot be loaded: no image can be made
+            raise
         except Exception as err:  # a failing batch is retried image by image, then reported
             if len(batch) > 1:
                 return sum(self._generate_batch(model, files, [job]) for job in batch)
@@ -267,9 +294,7 @@ class _Run:
         for name, (files, todo) in pending.items():
             with tqdm(total=len(todo), desc=f"{metric.name} {name}", unit="img", leave=False) as bar:
                 for images, records in self.batches(files, todo, name):
-                    with torch.no_grad():
-                        inputs = evaluation_inputs(images, reward).to(device)
-                        values = reward.score(inputs, [r["prompt"] for r in records]).float().cpu()
+                    values = _scores(reward, images, [r["prompt"] for r in records], self.batch_size, device)
                     rows = []
                     for record, value in zip(records, values.tolist()):
                         if not np.isfinite(value):
@@ -278,6 +303,7 @@ class _Run:
                         rows.append({"index": record["index"], "seed": record["seed"], metric.name: value})
                     files.append(rows)
                     bar.update(len(records))
+                    self.batch_done(f"{metric.name} scores of {bar.n} of {len(todo)} images of {name}")
         del reward
         _free_memory()
 
@@ -301,6 +327,7 @@ class _Run:
                 continue
             cached[metric.name] = {"images": digest, "signature": metric.signature, "values": values}
             _write_json(files.set_metrics, cached)
+            self.batch_done(f"{metric.name} of {model.name}")
         del loaded
         _free_memory()
 
@@ -342,6 +369,20 @@ class _Run:
         save_grid(rows, self.out_dir / "compare.png")
 
 
+@torch.no_grad()
+def _scores(reward: Reward, images: Tensor, prompts: list[str], size: int, device: torch.device) -> Tensor:
+    """``reward``'s scores of ``images`` (float32, CPU), computed in one batch of exactly ``size``, the
+    last image repeated to fill it. Batched float32 kernels make a score depend on the batch's size
+    (not, as measured, on the other images in it or on its place), so an image scores the same whatever
+    shares its batch: in a resumed, repaired or extended run as in a fresh one."""
+    count, fill = len(prompts), size - len(prompts)
+    if fill > 0:
+        images = torch.cat([images, images[-1:].expand(fill, *images.shape[1:])])
+        prompts = prompts + [prompts[-1]] * fill
+    values = reward.score(evaluation_inputs(images, reward).to(device), prompts)
+    return values[:count].float().cpu()
+
+
 def _existing(path: Path) -> Path | None:
     return path if path.is_file() else None
 
@@ -375,6 +416,7 @@ def evaluate(
     batch_size: int = 4,
     timing_images: int = 10,
     grid_prompts: int = 8,
+    stop: StopSignals | None = None,
 ) -> Summary:
     """Evaluate ``models`` on ``benchmark`` with ``metrics``; write and return the :class:`Summary`.
 
@@ -382,7 +424,8 @@ def evaluate(
     :class:`LazyMetric` loaders (see :func:`distar.eval.metrics.metric_loaders`). Models with an
     ``unload()`` method are unloaded after generating, and cost is measured on ``timing_images``
     extra images (0 skips it). Re-running with the same folder resumes: finished images, scores and
-    costs are not recomputed, also when prompts or seeds are added.
+    costs are not recomputed, also when prompts or seeds are added. With ``stop``, a stop signal ends
+    the run after the batch in progress (module docstring).
     """
     if not models:
         raise ConfigError("no models to evaluate")
@@ -397,7 +440,7 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lazy = [as_lazy(m) for m in metrics]
-    run = _Run(out, benchmark, list(seeds), batch_size)
+    run = _Run(out, benchmark, list(seeds), batch_size, stop)
     for model in models:
         run.generate(model, ModelFiles(out, model.name), timing_images)
         unload = getattr(model, "unload", None)
@@ -424,11 +467,12 @@ def evaluate(
     return summary
 
 
-def run_eval(config: EvalConfig, *, threads: int | None = None) -> Summary:
+def run_eval(config: EvalConfig, *, threads: int | None = None, stop: StopSignals | None = None) -> Summary:
     """Load the benchmark, models and metrics of ``config`` and :func:`~distar.eval.suite.evaluate`.
 
     Once the inputs are checked, the torch thread count is chosen (``threads``, else by the largest
-    model's stored size: :func:`~distar.runtime.configure_threads`) and printed on stderr."""
+    model's stored size: :func:`~distar.runtime.configure_threads`) and printed on stderr. ``stop``: see
+    :func:`evaluate`."""
     if not config.models:
         raise ConfigError("no models given (--model PATH)")
     device = config.device or default_device()
@@ -456,5 +500,6 @@ def run_eval(config: EvalConfig, *, threads: int | None = None) -> Summary:
         batch_size=config.batch_size,
         timing_images=config.timing_images,
         grid_prompts=config.grid_prompts,
+        stop=stop,
     )
 

@@ -25,20 +25,21 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, get_args
 
 import torch
-import yaml
 from torch import Tensor
 
 from distar import __version__
 from distar.backends.config import ModelConfig
 from distar.export.card import METADATA_FILE, generator_call
-from distar.config import ConfigError, from_dict
+from distar.config import ConfigError, from_dict, read_config_file
+from distar.errors import first_line
 from distar.train.checkpoint import (
     CONFIG_FILE,
     GENERATOR_EMA_FILE,
     GENERATOR_FILE,
-    TRAINER_STATE_FILE,
+    CheckpointError,
     all_finite,
     list_checkpoints,
+    read_trainer_state,
     replace_dir,
     resolve_checkpoint,
 )
@@ -58,38 +59,73 @@ def find_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: neither a training checkpoint (no {GENERATOR_FILE}) nor a run folder with one")
 
 
-def checkpoint_model_config(checkpoint_dir: str | Path) -> ModelConfig:
-    """The ``model`` section of a checkpoint's ``config.yaml``."""
+def checkpoint_config(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``config.yaml`` as a mapping; a one-line error naming the file when it is not one."""
     file = Path(checkpoint_dir) / CONFIG_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: no {CONFIG_FILE}")
-    model = (yaml.safe_load(file.read_text()) or {}).get("model")
+    return read_config_file(file)
+
+
+def checkpoint_model_config(checkpoint_dir: str | Path) -> ModelConfig:
+    """The ``model`` section of a checkpoint's ``config.yaml``; a :class:`CheckpointError` naming the file
+    when it names no usable model."""
+    file = Path(checkpoint_dir) / CONFIG_FILE
+    model = checkpoint_config(checkpoint_dir).get("model")
     if not model:
-        raise ConfigError(f"{file}: no `model` section (not a run on a diffusers backend)")
-    return from_dict(ModelConfig, model, prefix="model.")
+        raise CheckpointError(f"{file}: no `model` section (not a run on a diffusers backend)")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{file}: `model` is not a mapping")
+    try:
+        return from_dict(ModelConfig, model, prefix="model.")
+    except ConfigError as err:
+        raise CheckpointError(f"{file}: {err}") from None
+
+
+def _generator_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's generator weights file, all finite; otherwise a
+    :class:`CheckpointError` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(file)
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({first_line(err)})") from None
+    if not all_finite(state.values()):
+        raise CheckpointError(f"{file}: holds non-finite weights")
+    return state
 
 
 def _generator_from_checkpoint(
     ckpt: Path, use_ema: bool, dtype: torch.dtype
 ) -> tuple[Any, torch.nn.Module, ModelConfig]:
-    """(reference pipeline, generator UNet with the checkpoint's weights, model config), all on the CPU."""
-    from safetensors.torch import load_file
+    """(reference pipeline, generator UNet with the checkpoint's weights, model config), all on the CPU.
 
+    What the checkpoint's files cannot give (an unreadable file, a model that cannot be built, weights
+    that do not fit it, timesteps past the reference's schedule) is a :class:`CheckpointError` naming the file."""
     from distar.backends.build import build_generator
     from distar.backends.loading import denoiser, load_pipeline
     from distar.backends.weights import load_trainable_state_dict
 
     cfg = checkpoint_model_config(ckpt)
     weights = ckpt / GENERATOR_EMA_FILE if use_ema and (ckpt / GENERATOR_EMA_FILE).is_file() else ckpt / GENERATOR_FILE
-    pipe = load_pipeline(cfg, dtype)
-    generator = build_generator(cfg, denoiser(pipe), dtype)
-    state = load_file(weights)
-    if not all_finite(state.values()):
-        raise ConfigError(f"{weights}: holds non-finite weights")
+    state = _generator_weights(weights)
+    try:
+        pipe = load_pipeline(cfg, dtype)
+        generator = build_generator(cfg, denoiser(pipe), dtype)
+    except ConfigError as err:
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: {err}") from None
+    horizon = None if cfg.flow else pipe.scheduler.config.num_train_timesteps
+    if horizon is not None and max(cfg.generator_timesteps) >= horizon:
+        raise CheckpointError(
+            f"{ckpt / CONFIG_FILE}: model timesteps {cfg.generator_timesteps} go past the reference's "
+            f"{horizon} training timesteps"
+        )
     try:
         load_trainable_state_dict(generator, state, source=str(weights))
     except ValueError as err:
-        raise ConfigError(str(err)) from None
+        raise CheckpointError(f"{err} (the model {CONFIG_FILE} describes)") from None
     return pipe, generator, cfg
 
 
@@ -135,8 +171,7 @@ def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[st
 
     ckpt = find_checkpoint(checkpoint_dir)
     cfg = checkpoint_model_config(ckpt)
-    state_file = ckpt / TRAINER_STATE_FILE
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    state = read_trainer_state(ckpt)
     return {
         "format": "pipeline",
         "t_init": cfg.t_init,
@@ -150,7 +185,7 @@ def export_metadata(checkpoint_dir: str | Path, use_ema: bool = True) -> dict[st
         "pretrained": portable_name(cfg.pretrained),
         "generator_init": portable_name(cfg.generator_init),
         "checkpoint": ckpt.name,
-        "step": state.get("step"),
+        "step": state["step"],
         "ema": bool(use_ema and (ckpt / GENERATOR_EMA_FILE).is_file()),
         "distar_version": __version__,
     }
@@ -198,16 +233,15 @@ def export_checkpoint(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
     ckpt = find_checkpoint(checkpoint_dir)
-    config = yaml.safe_load((ckpt / CONFIG_FILE).read_text()) or {}
-    license = resolve_license(config.get("model") or {}, license)
+    config, cfg = checkpoint_config(ckpt), checkpoint_model_config(ckpt)
+    license = resolve_license(config["model"], license)
     if lora:
-        pipe, generator, cfg = _generator_from_checkpoint(ckpt, use_ema, torch.float32)
+        pipe, generator, _ = _generator_from_checkpoint(ckpt, use_ema, torch.float32)
         if not lora_layers(generator):
             raise ConfigError("--lora: the generator has no LoRA (model.generator_lora_rank is 0)")
         state = {k: v.to(dtype) for k, v in generator.state_dict().items() if "lora_" in k}
     else:
         pipe = pipeline_from_checkpoint(ckpt, use_ema, dtype)
-        cfg = checkpoint_model_config(ckpt)
         if pipe.vae is None:
             raise ConfigError("pixel-space models (no VAE) have no standard diffusers pipeline to export to")
     written = state if lora else denoiser(pipe).state_dict()

@@ -30,7 +30,7 @@ import re
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distar.config import ConfigError
+from distar.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -291,8 +292,18 @@ def read_json(path: Path) -> Any:
     """A JSON file of a checkpoint; a missing or garbled file is a one-line :class:`CheckpointError`."""
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: not JSON, 5,000 digits
         raise CheckpointError(f"{path}: unreadable ({type(err).__name__})") from None
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.json``: a mapping whose ``step`` is a non-negative integer (one-line
+    :class:`CheckpointError` otherwise; what else a reader needs, it checks)."""
+    file = folder / TRAINER_STATE_FILE
+    state = read_json(file)
+    if not isinstance(state, dict) or type(state.get("step")) is not int or state["step"] < 0:
+        raise CheckpointError(f"{file}: needs a non-negative integer 'step'")
+    return state
 
 
 def rng_state() -> dict[str, Any]:
@@ -341,13 +352,16 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
 
 
-def load_tensors(path: str | Path, names: list[str]) -> list[torch.Tensor]:
-    """Tensors of a safetensors file in the order of ``names``; the key sets must match exactly."""
+def load_tensors(path: str | Path, expected: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors of a safetensors file in the order of ``expected`` (name → the tensor each replaces):
+    the names must match exactly, and each tensor must fit its counterpart (shape, floating point)."""
+    from distar.backends.weights import state_mismatch
+
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-    if set(tensors) != set(names):
-        extra, missing = sorted(set(tensors) - set(names)), sorted(set(names) - set(tensors))
-        raise CheckpointError(f"{path}: keys do not match the model (missing {missing[:3]}, unexpected {extra[:3]})")
-    return [tensors[name] for name in names]
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
+    problem = state_mismatch(expected, tensors)
+    if problem is not None:
+        raise CheckpointError(f"{path}: does not match the model: {problem}")
+    return [tensors[name] for name in expected]

@@ -16,7 +16,7 @@ from distar.backends.config import ModelConfig
 from distar.config import field
 from distar.objectives.presets import ObjectiveConfig
 from distar.rewards.spec import RewardSpec
-from distar.train.preemption import signal_number
+from distar.train.preemption import STOP_SIGNALS, signal_number
 
 #: Sanity bounds: values past them are typos (``1e12``), not runs anyone can finish.
 MAX_BATCH_SIZE = 65_536
@@ -166,7 +166,7 @@ class LoopConfig:
         "norm; each such update is skipped",
     )
     stop_signals: list[str] = field(
-        ["SIGTERM", "SIGINT", "SIGUSR1"],
+        list(STOP_SIGNALS),
         help="signals that make the run finish its step, save a checkpoint and exit 75; a second one stops "
         "at once without saving (see docs/training.md, Preemption)",
     )

@@ -738,12 +738,13 @@ class Trainer:
                 (self.assistant_params, self.assistant_names, ckpt.ASSISTANT_FILE),
             ):
                 with torch.no_grad():
-                    for p, value in zip(params, ckpt.load_tensors(path / file, names)):
+                    for p, value in zip(params, ckpt.load_tensors(path / file, dict(zip(names, params)))):
                         p.copy_(value)
         if self.ema is not None:
             if "ema" not in state:
                 raise ckpt.CheckpointError(f"ema.decay is set but {path} has no EMA weights")
-            shadow = ckpt.load_tensors(path / ckpt.GENERATOR_EMA_FILE, self.generator_names)
+            expected = dict(zip(self.generator_names, self.generator_params))
+            shadow = ckpt.load_tensors(path / ckpt.GENERATOR_EMA_FILE, expected)
             self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
             self.ema.to(acc.device)
         self.data.load_state_dict(state["data"])
@@ -777,10 +778,9 @@ def _flat_config(data: dict, prefix: str = "") -> dict[str, int | float | str | 
 def _trainer_state(path: Path, max_steps: int) -> dict:
     """``trainer_state.json`` of checkpoint ``path``, with its fields checked."""
     file = path / ckpt.TRAINER_STATE_FILE
-    state = ckpt.read_json(file)
-    fields = ("step", "world_size")
-    if not isinstance(state, dict) or not all(type(state.get(k)) is int and state[k] >= 0 for k in fields):
-        raise ckpt.CheckpointError(f"{file}: needs non-negative integers 'step' and 'world_size'")
+    state = ckpt.read_trainer_state(path)
+    if type(state.get("world_size")) is not int or state["world_size"] < 1:
+        raise ckpt.CheckpointError(f"{file}: needs a positive integer 'world_size'")
     if not isinstance(state.get("data"), dict) or type(state["data"].get("position")) is not int:
         raise ckpt.CheckpointError(f"{file}: needs 'data': {{'position': <int>}}")
     if state["step"] > max_steps:

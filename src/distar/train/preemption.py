@@ -1,4 +1,4 @@
-"""Stop a training run cleanly when asked to: by a scheduler's signal, or because its launcher died.
+"""Stop a run cleanly when asked to: by a scheduler's signal, or because its launcher died.
 
 SLURM and Kubernetes send SIGTERM some time before they kill a job. While :class:`StopSignals` is
 active, the first stop signal (``loop.stop_signals``, default SIGTERM, SIGINT and SIGUSR1) only sets a
@@ -7,6 +7,12 @@ flag: the trainer finishes the step it is in, writes a checkpoint and raises :cl
 stop signal raises :class:`Preempted` at once, without saving: a checkpoint being written is abandoned
 (it is never renamed to ``checkpoint-<step>``), so the previous one stays ``latest``, and the exit
 status is 128 + the signal number, as the shell reports a process the signal ended.
+
+``distar eval`` and ``distar world build`` use the same signals at their own granularity: eval
+finishes the batch of images (or of scores) in progress, which is written, and a rerun of the same
+command continues from its results folder; a world build ends its current optimiser step (the
+reference stage saves its state there) and ``--resume`` continues. Both exit with
+:data:`EXIT_PREEMPTED` too.
 
 A process started by a launcher (``torchrun``, ``accelerate launch``) also watches its parent: when
 the launcher dies the worker's parent changes, and the worker stops as if it had been sent SIGTERM.
@@ -20,7 +26,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from distar.errors import Preempted
 
@@ -31,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: Exit status of a run stopped by a signal after saving its checkpoint (EX_TEMPFAIL: resume later).
 EXIT_PREEMPTED = 75
+
+#: The signals that stop a run by default (``loop.stop_signals`` of a training config).
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
 #: Environment variables a launcher sets in the workers it starts (torchrun / torch elastic, accelerate).
 LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
@@ -56,7 +65,7 @@ class StopSignals:
     Under a launcher, a thread also turns the launcher's death into SIGTERM for this process.
     """
 
-    def __init__(self, names: list[str], *, last_checkpoint: Callable[[], str]) -> None:
+    def __init__(self, names: Sequence[str] = STOP_SIGNALS, *, last_checkpoint: Callable[[], str]) -> None:
         self.signals = [signal_number(n) for n in names]
         self.last_checkpoint = last_checkpoint
         self.received: signal.Signals | None = None
@@ -95,11 +104,15 @@ class StopSignals:
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 
-    def stopped(self, step: int, saved: Path) -> Preempted:
-        """The error that ends a run stopped by a signal after step ``step``, saved as checkpoint ``saved``."""
+    def preempted(self, message: str) -> Preempted:
+        """The error that ends a run stopped by a signal once its work so far is kept: "stopped by
+        <signal> ``message``", exit status :data:`EXIT_PREEMPTED`."""
         sig = self.received.name if self.received else "a stop signal to another process"
-        message = f"stopped by {sig} after step {step}: saved {saved} (continue with --resume latest)"
-        return Preempted(message, EXIT_PREEMPTED)
+        return Preempted(f"stopped by {sig} {message}", EXIT_PREEMPTED)
+
+    def stopped(self, step: int, saved: Path) -> Preempted:
+        """The error that ends a training run stopped by a signal after step ``step``, saved as checkpoint ``saved``."""
+        return self.preempted(f"after step {step}: saved {saved} (continue with --resume latest)")
 
     def agreed(self, accelerator: Accelerator) -> bool:
         """Whether any process received a stop signal (the same answer on every process)."""

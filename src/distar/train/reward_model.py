@@ -239,7 +239,7 @@ def train_reward_model(
         if state.get("config") != _resumable(config):
             raise ConfigError(f"{checkpoint}: written with other settings (data, base, steps, batches or split)")
         with torch.no_grad():
-            for param, value in zip(parameters, load_tensors(checkpoint / MODEL_FILE, names)):
+            for param, value in zip(parameters, load_tensors(checkpoint / MODEL_FILE, dict(zip(names, parameters)))):
                 param.copy_(value)
         saved = torch.load(checkpoint / OPTIMIZER_FILE, map_location=device, weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])

@@ -56,7 +56,7 @@ def fit(
     cosine decay to 0, or the constant ``loop.lr``. Gradients are clipped to ``max_grad_norm`` (None:
     never). A module is put in training mode for the loop and in eval mode after it.
 
-    ``checkpoint(step, state)`` is called after ``log`` at every step; ``state()`` returns the loop's
+    ``checkpoint(step, state)`` is called after every step, before ``log``; ``state()`` returns the loop's
     own state (the next step, the optimiser's and the schedule's state dicts, not copies: save them
     before the next step), built only when a checkpoint asks for it. ``resume`` = such a state continues from it; with the caller's model weights and random
     streams restored as they were at that step, the run is the one that was never interrupted.
@@ -91,10 +91,10 @@ def fit(
         optimiser.step()
         scheduler.step()
         terms = {k: float(v.detach()) for k, v in losses.items()}
-        if log is not None:
-            log(step, terms)
         if checkpoint is not None:
             checkpoint(step, lambda: {"step": step + 1, "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict()})
+        if log is not None:  # may end the loop (e.g. a stop signal): the step is then complete and saved
+            log(step, terms)
     if module is not None:
         module.eval()
     return terms

@@ -25,6 +25,10 @@ is recorded there, so ``--resume`` continues an interrupted build. The reference
 also saves its training state every ``reference.checkpoint_every`` steps to
 ``<out>.building/reference.partial`` (with its EMA weights in ``unet/``, to look at while it trains):
 ``--resume`` continues it from there, to the weights of an uninterrupted build.
+
+Given a :class:`~distar.train.preemption.StopSignals`, a stop signal ends the build after the optimiser
+step in progress (:class:`~distar.errors.Preempted`, exit 75): the reference stage saves its state at that
+step, any other stage in progress is abandoned (it is retrained), and ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from diffusers import UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel
 
 from distar.config import field, to_dict
+from distar.errors import Preempted, first_line
 from distar.backends import build_backend
 from distar.backends.config import ModelConfig
 from distar.protocols import ImageModel
@@ -65,6 +70,7 @@ from distar.worlds.shapes.data import render_prompts
 from distar.worlds.shapes.grammar import sample_prompts, vocabulary
 from distar.rewards import RewardSpec, load_reward
 from distar.runtime import environment
+from distar.train.preemption import StopSignals
 from distar.worlds.shapes.one_step import DistillLoop, OneStepSampler, RefineLoop, distill_one_step, refine_one_step
 from distar.worlds.shapes.metrics import (
     AlignmentScore,
@@ -156,8 +162,8 @@ class _Stages:
     instead of being trained again, so an interrupted multi-hour build continues where it stopped.
     """
 
-    def __init__(self, folder: Path, resume: bool, echo: Callable[[str], None]) -> None:
-        self.dir, self.echo = folder / ".stages", echo
+    def __init__(self, folder: Path, resume: bool, echo: Callable[[str], None], stop: Callable[[str], None]) -> None:
+        self.dir, self.echo, self.stop = folder / ".stages", echo, stop
         if not resume:
             shutil.rmtree(folder, ignore_errors=True)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +185,7 @@ class _Stages:
     @contextlib.contextmanager
     def run(self, stage: str, settings: dict) -> Iterator[dict[str, object]]:
         """Time the stage; the yielded dict collects its figures, recorded when the stage completes."""
+        self.stop(f"before the {stage} stage")
         start = time.perf_counter()
         self.echo(f"[{stage}] start")
         figures: dict[str, object] = {}
@@ -190,12 +197,19 @@ class _Stages:
         self.echo(f"[{stage}] done in {self.timings[stage]:.0f}s")
 
 
-def build_world(out: str | Path, config: BuildConfig, echo: Callable[[str], None] = print, resume: bool = False) -> dict:
+def build_world(
+    out: str | Path,
+    config: BuildConfig,
+    echo: Callable[[str], None] = print,
+    resume: bool = False,
+    stop: StopSignals | None = None,
+) -> dict:
     """Train the world's models into ``out`` (replaced atomically at the end); the build record.
 
-    The build happens in ``<out>.building``; with ``resume`` its completed stages are kept.
+    The build happens in ``<out>.building``; with ``resume`` its completed stages are kept. With
+    ``stop``, a stop signal ends the build after the optimiser step in progress (module docstring).
     """
-    build = _Build(Path(out), config, echo, resume)
+    build = _Build(Path(out), config, echo, resume, stop)
     clip = build.clip()
     judge = build.judge()
     build.reward(clip)
@@ -215,10 +229,12 @@ class _Build:
     builds on); a stage finished by an interrupted build with the same settings is loaded, not retrained.
     """
 
-    def __init__(self, out: Path, config: BuildConfig, echo: Callable[[str], None], resume: bool) -> None:
-        self.out, self.config, self.echo = out, config, echo
+    def __init__(
+        self, out: Path, config: BuildConfig, echo: Callable[[str], None], resume: bool, stop: StopSignals | None
+    ) -> None:
+        self.out, self.config, self.echo, self.stop = out, config, echo, stop
         self.tmp = out.with_name(out.name + ".building")
-        self.stages = _Stages(self.tmp, resume, echo)
+        self.stages = _Stages(self.tmp, resume, echo, self._stop_point)
         self.settings = to_dict(config)
         self.start = time.perf_counter()
         self.tokenizer = save_word_tokenizer(self.tmp / "clip", vocabulary(), MAX_LENGTH)
@@ -226,8 +242,26 @@ class _Build:
     def _settings(self, *sections: str) -> dict:
         return {k: self.settings[k] for k in sections}
 
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.received is not None
+
+    def _stop_point(self, where: str) -> None:
+        """End the build here (:class:`~distar.errors.Preempted`) if a stop signal came."""
+        if self._stopping():
+            raise self.stop.preempted(  # type: ignore[union-attr]
+                f"{where}: finished stages are kept in {self.tmp} (continue with --resume)"
+            )
+
     def _log(self, stage: str, steps: int) -> Callable[[int, dict[str, float]], None]:
-        return _progress(stage, steps, 50, self.echo)
+        """The stage's progress lines, and a stop point after every optimiser step."""
+        progress = _progress(stage, steps, 50, self.echo)
+
+        def log(step: int, terms: dict[str, float]) -> None:
+            progress(step, terms)
+            saved = " (its state saved)" if stage == "reference" else " (retrained on --resume)"
+            self._stop_point(f"after step {step + 1}/{steps} of the {stage} stage{saved}")
+
+        return log
 
     def clip(self) -> CLIPModel:
         """The CLIP analogue (contrastive, with hard negatives)."""
@@ -287,7 +321,9 @@ class _Build:
             return UNet2DConditionModel.from_pretrained(self.tmp / "reference" / "unet")
         with self.stages.run("reference", settings) as figures:
             unet = new_unet(cfg.unet_arch, clip.config.text_config.hidden_size, cfg.reference.seed)
-            partial = ReferenceCheckpoint(self.tmp / "reference.partial", cfg.reference.checkpoint_every, settings)
+            partial = ReferenceCheckpoint(
+                self.tmp / "reference.partial", cfg.reference.checkpoint_every, settings, stop=self._stopping
+            )
             saved = partial.load()
             if saved is not None:
                 # the stage's recorded seconds are then those of this invocation only
@@ -326,10 +362,17 @@ class _Build:
         with self.stages.run("one_step_refine", settings) as figures:
             # an interrupted refine saved no checkpoint (save_final=False): it starts over
             shutil.rmtree(self.tmp / "one_step.run", ignore_errors=True)
-            refined, log = refine_one_step(
-                self.tmp / "reference", self.tmp / "one_step.warm", cfg.one_step_refine, cfg.one_step.t_init,
-                self.tmp / "one_step.run",
-            )
+            try:
+                refined, log = refine_one_step(
+                    self.tmp / "reference", self.tmp / "one_step.warm", cfg.one_step_refine, cfg.one_step.t_init,
+                    self.tmp / "one_step.run",
+                )
+            except Preempted as err:  # the trainer's own stop: the checkpoint it names is not resumed from
+                raise Preempted(
+                    f"{first_line(err).split(':')[0]} in the one_step_refine stage (retrained on --resume): "
+                    f"finished stages are kept in {self.tmp} (continue with --resume)",
+                    err.status,
+                ) from None
             refined.save_pretrained(self.tmp / "one_step")
             shutil.rmtree(self.tmp / "one_step.run", ignore_errors=True)
             figures["one_step_refine_log"] = [

@@ -150,11 +150,13 @@ class ReferenceCheckpoint:
     matches continues from its state and ends with the weights of a run that never stopped.
     """
 
-    def __init__(self, folder: Path, every: int, key: dict) -> None:
+    def __init__(self, folder: Path, every: int, key: dict, stop: Callable[[], bool] = lambda: False) -> None:
         self.folder, self.every, self.key = Path(folder), every, json.dumps(key, sort_keys=True)
+        self.stop = stop
 
     def due(self, step: int) -> bool:
-        return bool(self.every) and (step + 1) % self.every == 0
+        """Whether to save after ``step``: every ``every`` steps, and when ``stop()`` (the run ends there)."""
+        return bool(self.every) and (step + 1) % self.every == 0 or self.stop()
 
     def load(self) -> dict | None:
         """The saved state, or None when there is none or it belongs to other settings."""
@@ -218,11 +220,8 @@ def train_reference(
         per_sample = (v - scheduler.get_velocity(x0, noise, t)).pow(2).mean((1, 2, 3))
         return {"loss": (weight[t] * per_sample).mean(), "v_mse": per_sample.mean()}
 
-    def on_step(step: int, terms: dict[str, float]) -> None:
-        ema.step(unet.parameters())
-        log(step, terms)
-
     def save(step: int, fit_state: Callable[[], FitState]) -> None:
+        ema.step(unet.parameters())
         if checkpoint is None or not checkpoint.due(step):
             return
         state = {
@@ -234,7 +233,7 @@ def train_reference(
         }
         checkpoint.save(state, unet, ema)
 
-    fit(unet, loop, step_loss, on_step, checkpoint=save, resume=None if resume is None else resume["fit"])
+    fit(unet, loop, step_loss, log, checkpoint=save, resume=None if resume is None else resume["fit"])
     ema.copy_to(unet.parameters())
     unet.eval().requires_grad_(False)
 
