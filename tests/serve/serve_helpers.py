@@ -15,10 +15,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def post(url: str, body: Any, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+def post(url: str, body: Any, timeout: float = 60, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of a POST; ``body`` is sent as JSON unless it is bytes."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, method="POST", headers=sent)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()

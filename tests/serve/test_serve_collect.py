@@ -105,6 +105,7 @@ def test_choices_are_recorded_once_as_pairs_and_skips_are_not(collecting: tuple[
         ("collect/pair", {"prompt": PROMPT, "versus": "other"}, 422),
         ("collect/pair", b"x" * 5000, 413),
         ("collect/pair", b"[1]", 400),
+        ("collect/pair", b'{"a": ' * 20 + b"1" + b"}" * 20, 400),  # nested past the server's JSON depth
     ],
 )
 def test_bad_requests_are_refused(collecting: tuple[str, Path], route: str, body: object, status: int) -> None:
@@ -112,6 +113,17 @@ def test_bad_requests_are_refused(collecting: tuple[str, Path], route: str, body
     before = len(lines(folder))
     got, _, data = post(url + route, body)
     assert got == status and "error" in json.loads(data)
+    assert len(lines(folder)) == before
+
+
+def test_a_cross_origin_page_cannot_record_choices(collecting: tuple[str, Path]) -> None:
+    url, folder = collecting
+    before = len(lines(folder))
+    shown = pair(url)
+    status, _, data = post(url + "collect/choice", {"token": shown["token"], "choice": "left"},
+                           headers={"Origin": "http://evil.example.com"})
+    assert status == 403 and b"--allow-origin" in data
+    assert post(url + "collect/pair", {"prompt": PROMPT}, headers={"Origin": "http://evil.example.com"})[0] == 403
     assert len(lines(folder)) == before
 
 

@@ -167,6 +167,29 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
+async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any] | Response:
+    """The request body as a JSON object of at most ``max_bytes`` bytes and ``MAX_JSON_DEPTH`` levels,
+    or the error response to send (a client that went away while sending gets a logged 400)."""
+    body = b""
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                return _error(413, f"request body over {max_bytes} bytes")
+    except ClientDisconnect:
+        logger.info("client %s went away while sending its request", _peer(request))
+        return Response(status_code=400)
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _error(400, "request body is not JSON")
+    if not isinstance(data, dict):
+        return _error(400, "request body must be a JSON object")
+    if _depth(data) > MAX_JSON_DEPTH:
+        return _error(400, f"request body nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
 def _images_json(images: Tensor | None, seeds: list[int]) -> list[dict[str, Any]] | None:
     if images is None:
         return None
@@ -194,8 +217,9 @@ def create_app(
     """The app serving ``models``; requests are run one at a time by a :class:`LatestPerClient` queue.
 
     Unless ``allow_remote``, a request whose ``Host`` header names another machine is refused (a web
-    page cannot reach the server by DNS rebinding). A ``POST /generate`` from a web page of another
-    origin is refused unless its ``Origin`` is in ``allow_origins`` (``"*"``: any). ``more_routes(queue)``
+    page cannot reach the server by DNS rebinding). A POST from a web page of another origin, to
+    ``/generate`` or to a route ``more_routes`` adds, is refused unless its ``Origin`` is in
+    ``allow_origins`` (``"*"``: any). ``more_routes(queue)``
     adds routes that generate on the same queue (the collection page)."""
     queue: LatestPerClient[tuple[GenerateRequest, threading.Event], Generated] = LatestPerClient(
         lambda job: generate(models, job[0], job[1].is_set), max_pending=max_pending
@@ -218,28 +242,9 @@ def create_app(
         return JSONResponse(info | {"waiting": queue.waiting})
 
     async def post_generate(request: Request) -> Response:
-        origin = request.headers.get("origin")
-        same = origin is not None and origin.split("://", 1)[-1] == request.headers.get("host")
-        if origin is not None and not same and origin not in allow_origins and "*" not in allow_origins:
-            refusal = f"cross-origin request from {origin[:100]} refused (start the server with --allow-origin to allow it)"
-            return _error(403, refusal)
-        body = b""
-        try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-        except ClientDisconnect:
-            logger.info("client %s went away while sending its request", _peer(request))
-            return Response(status_code=400)
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return _error(400, "request body is not JSON")
-        if not isinstance(data, dict):
-            return _error(400, "request body must be a JSON object")
-        if _depth(data) > MAX_JSON_DEPTH:
-            return _error(400, f"request body nested deeper than {MAX_JSON_DEPTH} levels")
+        data = await read_json_object(request, MAX_BODY_BYTES)
+        if isinstance(data, Response):
+            return data
         try:
             req = from_dict(GenerateRequest, data)
         except ConfigError as err:
@@ -293,7 +298,9 @@ def create_app(
         yield
         queue.close()
 
-    middleware = [] if allow_remote else [Middleware(LocalHostOnly)]
+    middleware = [Middleware(SameOriginPosts, allow_origins=tuple(allow_origins))]
+    if not allow_remote:
+        middleware.insert(0, Middleware(LocalHostOnly))
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
@@ -309,5 +316,24 @@ class LocalHostOnly:
             if _host_name(host) not in LOCAL_HOSTS:
                 response = _error(400, f"Host {host[:100]!r} is not this machine (start the server with --allow-remote)")
                 await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class SameOriginPosts:
+    """ASGI middleware: 403 for a POST (to any route) from a web page of another origin, unless its
+    ``Origin`` is in ``allow_origins`` (``"*"``: any). Requests without ``Origin`` (scripts) pass."""
+
+    def __init__(self, app: Any, allow_origins: Sequence[str] = ()) -> None:
+        self.app, self.allow_origins = app, allow_origins
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin", b"").decode("latin-1") or None
+            same = origin is not None and origin.split("://", 1)[-1] == headers.get(b"host", b"").decode("latin-1")
+            if origin is not None and not same and origin not in self.allow_origins and "*" not in self.allow_origins:
+                refusal = f"cross-origin request from {origin[:100]} refused (start the server with --allow-origin to allow it)"
+                await _error(403, refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

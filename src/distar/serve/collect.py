@@ -38,7 +38,7 @@ from starlette.routing import Route
 from distar.config import ConfigError, field, from_dict
 from distar.io import png_bytes, write_atomic
 from distar.rewards.preference import PAIRS_FILE
-from distar.serve.app import MAX_PROMPT_CHARS, MAX_SEED, Generated, GenerateRequest
+from distar.serve.app import MAX_PROMPT_CHARS, MAX_SEED, Generated, GenerateRequest, read_json_object
 from distar.serve.models import ServedModels
 from distar.serve.queue import LatestPerClient, QueueFull, Superseded
 
@@ -120,20 +120,6 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def _json_body(request: Request) -> dict[str, Any] | JSONResponse:
-    """The request's JSON object, or the error response to send."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "request body is not JSON")
-    return data if isinstance(data, dict) else _error(400, "request body must be a JSON object")
-
-
 def collection_routes(
     models: ServedModels, queue: LatestPerClient[tuple[GenerateRequest, threading.Event], Generated], folder: Path
 ) -> list[Route]:
@@ -147,7 +133,7 @@ def collection_routes(
         return HTMLResponse(page)
 
     async def post_pair(request: Request) -> Response:
-        data = await _json_body(request)
+        data = await read_json_object(request, MAX_BODY_BYTES)
         if isinstance(data, Response):
             return data
         try:
@@ -186,7 +172,7 @@ def collection_routes(
         return JSONResponse({"token": token, "prompt": req.prompt, "images": pngs})
 
     async def post_choice(request: Request) -> Response:
-        data = await _json_body(request)
+        data = await read_json_object(request, MAX_BODY_BYTES)
         if isinstance(data, Response):
             return data
         try:
