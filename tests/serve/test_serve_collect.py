@@ -4,16 +4,11 @@ headless Chromium records five clicked and keyed choices (plus a skip) into the 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from serve_helpers import free_port, post
+from serve_helpers import post, serving
 
 from distar.io import load_image
 from distar.rewards.preference import read_pairs
@@ -35,32 +30,8 @@ PROMPT = "a large red circle on a white background"
 def collecting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(base URL, folder) of ``distar serve --collect folder`` with the shipped shapes models."""
     folder = tmp_path_factory.mktemp("collect") / "choices"
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distar", "serve", "--port", str(port), "--collect", str(folder)],
-        env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"distar serve exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                urllib.request.urlopen(url + "collect/status", timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("distar serve --collect did not answer within 180 s")
-                time.sleep(0.2)
+    with serving("--collect", str(folder), ready="collect/status") as url:
         yield url, folder
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def lines(folder: Path) -> list[dict]:
