@@ -627,10 +627,10 @@ class Trainer:
                     record_written(self.output_dir, "monitor/reference.safetensors", "monitor/reference.json")
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
                     monitor.set_reference(reference_images(cache=cache, key=key, make=lambda: self._reference_images(prompts, seeds)))
-            decision = [monitor.record(self.step, images)]
+            decided, means = monitor.record(self.step, images)
+            decision = [decided]
             monitor.save_grid_images(self.step, images["ema" if "ema" in images else "generator"])
-            means = {f"monitor/{k}": v for r in monitor.records()[-len(images):] for k, v in r["mean"].items() if r["model"] == "generator"}
-            acc.log(means, step=self.step)
+            acc.log({f"monitor/{k}": v for k, v in means["generator"].items()}, step=self.step)
         if acc.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 

@@ -309,36 +309,40 @@ class Monitor:
 
     # ------------------------------------------------------------------ one pass
 
-    def record(self, step: int, images: dict[str, Tensor]) -> dict[str, Any]:
-        """Score the images of each model (``generator``, ``ema``), write their records; returns the
-        decision: ``best`` (whether this step is the new selection) and ``alarm`` (a line, or None)."""
+    def record(self, step: int, images: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+        """Score the images of each model (``generator``, ``ema``) and write their records. Returns the
+        decision — ``best`` (whether this step is the new selection) and ``alarm`` (a line, or None) —
+        and each model's mean of every figure."""
         prompts, _ = self.pairs
         decides = "ema" if "ema" in images else "generator"
         decision: dict[str, Any] = {"best": False, "alarm": None}
+        means: dict[str, dict[str, float]] = {}
         for model, batch in images.items():
             batch = batch.float().clamp(0, 1)
             values = per_prompt_figures(
                 self.scorer.scores(batch, prompts), self.scorer.features(batch), self.reference_features,
                 len(self.prompts), len(self.seeds),
             )
+            means[model] = {k: _nanmean(v) for k, v in values.items()}
             record: dict[str, Any] = {
                 "step": step,
                 "model": model,
-                "mean": {k: _nanmean(v) for k, v in values.items()},
+                "mean": means[model],
                 "sd": {k: _nansd(v) for k, v in values.items()},
                 "per_prompt": values,
             }
             if step == 0:
                 self.state.setdefault("start", {})[model] = values
-            verdict = self._verdict(values, self.state["start"][model])
-            record["change"] = {k: paired_change(v, self.state["start"][model].get(k, [])) for k, v in values.items()}
+            start = self.state["start"][model]
+            record["change"] = {k: paired_change(v, start.get(k, [])) for k, v in values.items()}
             if model == decides:
+                verdict = self._verdict(values, start)
                 decision = self._decide(step, verdict)
                 record.update(decides=True, **decision, score=verdict.score, streak=self.state["streak"],
                               alarms=self.state["alarms"], eligible=verdict.eligible, worse=verdict.rose)
             self.log.write([_to_json(record)])
             kill_point("monitor", step)  # tests: a kill between the records of one monitored step
-        return decision
+        return decision, means
 
     def _verdict(self, values: dict[str, list[float]], start: dict[str, list[float]]) -> Verdict:
         z = self.config.z
