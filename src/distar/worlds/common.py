@@ -107,6 +107,11 @@ _T975 = (
 )
 
 
+def as_number(value: Any) -> float:
+    """A report field as a float: NaN when it is missing or not a number."""
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     """Mean and half-width of its 95 % Student-t confidence interval (NaN half-width for one value)."""
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]

@@ -48,7 +48,7 @@ from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.rewards.hub import quiet_transformers
 from distar.train import MonitorConfig, TrainConfig
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
-from distar.worlds.common import Progress, format_ci, markdown_table, mean_ci95, run_parallel
+from distar.worlds.common import Progress, as_number, format_ci, markdown_table, mean_ci95, run_parallel
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
 from distar.worlds.shapes.one_step import OneStepLoop
 
@@ -330,15 +330,11 @@ def aggregate(
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for label, members in groups.items():
         if len(members) > 1:
-            out[label] = {k: mean_ci95([_num(rows[m].get(k)) for m in members]) for k in keys}
+            out[label] = {k: mean_ci95([as_number(rows[m].get(k)) for m in members]) for k in keys}
             continue
         per_seed = _per_seed_means(eval_dir, members[0], ["pickscore", "true_utility", "alignment"])
-        out[label] = {k: mean_ci95(per_seed[k]) if per_seed.get(k) else (_num(rows[members[0]].get(k)), math.nan) for k in keys}
+        out[label] = {k: mean_ci95(per_seed[k]) if per_seed.get(k) else (as_number(rows[members[0]].get(k)), math.nan) for k in keys}
     return out
-
-
-def _num(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
 
 
 def verdicts(stats: dict[str, dict[str, tuple[float, float]]], groups: Sequence[str], start: str) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from distar.rewards import RewardSpec
 from distar.train import MonitorConfig
-from distar.worlds.common import mean_ci95
+from distar.worlds.common import as_number, mean_ci95
 
 #: One-sided significance of a real fall of the truth (95 %).
 TRUTH_Z = 1.645
@@ -117,10 +117,6 @@ def alarm_counts(runs: Sequence[dict[str, Any]], rule: str | None = None) -> dic
     return {"hits": hits, "false_alarms": false, "misses": misses, "quiet": quiet}
 
 
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) else math.nan
-
-
 def paired_difference(selected: Sequence[float], final: Sequence[float]) -> tuple[float, float]:
     """Mean and 95 % half-width of selected − final over training seeds."""
     return mean_ci95([s - f for s, f in zip(selected, final)])
@@ -176,8 +172,8 @@ def monitor_section(
     for label, members in settings.items():
         if not all("selected_as" in rows[m] for m in members):
             continue  # not monitored, or no reward to select on
-        final = {k: [_number(rows[m].get(k)) for m in members] for k in COMPARED}
-        chosen = {k: [_number(rows[rows[m]["selected_as"]].get(k)) for m in members] for k in COMPARED}
+        final = {k: [as_number(rows[m].get(k)) for m in members] for k in COMPARED}
+        chosen = {k: [as_number(rows[rows[m]["selected_as"]].get(k)) for m in members] for k in COMPARED}
         hacked = mean_ci95(final["alignment"])[0] < start["alignment"][0] - start["alignment"][1]
         cells, entry = [], {"hacked": hacked, "selected_steps": [rows[m]["monitor"]["best_step"] for m in members]}
         for k in COMPARED:
