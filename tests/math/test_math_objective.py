@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from distar.config import ConfigError
-from distar.diffusion import ContinuousVPSchedule, cfg_combine
-from distar.objectives import PRESETS, DIStarLoss, generator_loss, preset
+from distar.diffusion import ContinuousVPSchedule, cfg_combine, expand_like
+from distar.objectives import IKL, PRESETS, DIStarLoss, cfg_reward_loss, generator_loss, preset, reward_loss
 from distar.protocols import OneStepBackend
 from distar.train.algorithm import assistant_losses, generator_losses
 
@@ -84,6 +84,40 @@ def test_outer_cfg_adds_the_implicit_reward_with_one_reference_call():
     g_full = torch.autograd.grad(terms["loss"].sum(), x0, retain_graph=True)[0]
     g_rest = torch.autograd.grad((terms["divergence"] + cfg.cfg_reward_scale * terms["cfg"]).sum(), x0)[0]
     torch.testing.assert_close(g_full - g_rest, -2.0 * 2 * x0.detach())
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_public_terms_with_the_config_keys_are_the_trained_loss(name):
+    """generator_loss with an ObjectiveConfig's huber_c, huber_c_units and weighting, plus reward_loss
+    (plus α_cfg times the CFG reward in outer mode), is DIStarLoss's loss: one unit convention."""
+    cfg = preset(name, reward_scale=3.0)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(6, 3, 4, 4, generator=g).requires_grad_(True)
+    eps = torch.randn(6, 3, 4, 4, generator=g)
+    a = torch.rand(6, generator=g) * 0.8 + 0.1
+    s = (1 - a**2).sqrt()
+    reward = -(x0**2).flatten(1).mean(1)
+    terms = DIStarLoss(cfg)(
+        x0, eps, alpha_t=a, sigma_t=s, fake_x0=fake, ref_x0=lambda x: ref_pair(x)[0], ref_x0_pair=ref_pair,
+        reward=reward,
+    )
+    A, S = expand_like(a, x0), expand_like(s, x0)
+    inner = cfg.cfg_mode == "inner"
+    divergence = generator_loss(
+        x0, eps, alpha_t=A, sigma_t=S, fake_x0=fake,
+        real_x0=lambda x: cfg_combine(*ref_pair(x), cfg.guidance_scale) if inner else ref_pair(x)[0],
+        divergence=cfg.divergence, huber_c=cfg.huber_c, huber_c_units=cfg.huber_c_units, weighting=cfg.weighting,
+        normalize=cfg.normalize,
+    )
+    expected = divergence + reward_loss(reward, cfg.reward_scale)
+    if not inner:
+        x_t = A * x0 + S * eps
+        cond, uncond = ref_pair(x_t)
+        cfg_term = cfg_reward_loss(x_t, alpha_t=A, sigma_t=S, cond_x0=cond, uncond_x0=uncond, weight=IKL().x0_weight(a, s))
+        expected = expected + cfg.cfg_reward_scale * cfg_term
+    torch.testing.assert_close(terms["loss"], expected)
+    with pytest.raises(ValueError, match="not both"):
+        generator_loss(x0, eps, alpha_t=A, sigma_t=S, fake_x0=fake, real_x0=fake, weighting="x0", weight=1.0)
 
 
 class LinearWorld(OneStepBackend, nn.Module):

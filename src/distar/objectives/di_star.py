@@ -21,7 +21,15 @@ from torch import Tensor
 from distar.diffusion.guidance import cfg_combine
 from distar.diffusion.param import score_from_x0
 from distar.diffusion.schedule import expand_like
-from distar.objectives.divergences import IKL, Divergence, DivergenceName, ScoreDivergence, make_divergence
+from distar.objectives.divergences import (
+    IKL,
+    Divergence,
+    DivergenceName,
+    HuberUnits,
+    ScoreDivergence,
+    Weighting,
+    make_divergence,
+)
 from distar.objectives.presets import ObjectiveConfig
 
 X0Fn = Callable[[Tensor], Tensor]
@@ -108,7 +116,8 @@ def cfg_reward_loss(
 
 
 def reward_loss(reward: Tensor, reward_scale: float) -> Tensor:
-    """The reward term of Eq. (3.1)/(3.4): −α r(x0, c), per sample (B,)."""
+    """The reward term of Eq. (3.1)/(3.4): −α r(x0, c), per sample (B,). α is ``objective.reward_scale``
+    against a divergence term summed over the elements of x0 (docs/math.md §9)."""
     return -reward_scale * reward
 
 
@@ -147,6 +156,15 @@ def _predictions(x_t: Tensor, fake_x0: X0Fn, real_x0: Callable[[Tensor], R], *, 
         return fake_x0(x_t.detach()), real
 
 
+def _one_per_sample(v: Tensor, like: Tensor) -> Tensor:
+    """α_t or σ_t, given as a scalar or broadcastable against ``like`` (B, ...), as a scalar or (B,)."""
+    if v.dim() == 0:
+        return v
+    if v[0].numel() != 1:
+        raise ValueError(f"alpha_t/sigma_t: one value per sample, got shape {tuple(v.shape)} for x0 {tuple(like.shape)}")
+    return v.reshape(v.shape[0])
+
+
 def generator_loss(
     x0: Tensor,
     noise: Tensor,
@@ -157,19 +175,32 @@ def generator_loss(
     real_x0: X0Fn,
     divergence: DivergenceName | Divergence = "pseudo_huber",
     huber_c: Tensor | float = 1.0,
+    huber_c_units: HuberUnits = "score",
+    weighting: Weighting = "uniform",
     weight: Tensor | float | None = None,
     normalize: bool = False,
 ) -> Tensor:
     """The divergence part of the generator loss at x_t = α_t x0 + σ_t ε, per sample (B,).
 
     ``"l2"``/``"pseudo_huber"``: Theorem 3.1, loss (3.4) without the reward term, d(y) = ‖y‖² or
-    sqrt(‖y‖² + c²) − c with c = ``huber_c`` in score units. ``"ikl"``: the Integral-KL loss of §6,
-    ``normalize`` applying DMD2's per-sample normalisation. A :class:`Divergence` object is used as
-    given (``huber_c`` and ``normalize`` are then its own). ``alpha_t``/``sigma_t`` must broadcast
-    against ``x0``; ``weight`` is w(t), scalar or (B,).
+    sqrt(‖y‖² + c²) − c. ``"ikl"``: the Integral-KL loss of §6, ``normalize`` applying DMD2's
+    per-sample normalisation. A :class:`Divergence` object is used as given (``huber_c``,
+    ``huber_c_units`` and ``normalize`` are then its own). ``alpha_t``/``sigma_t`` must broadcast
+    against ``x0`` with one value per sample (or one for all).
+
+    ``huber_c``, ``huber_c_units`` and ``weighting`` mean what the keys of :class:`ObjectiveConfig`
+    mean (docs/math.md §9); the defaults are the paper's plain form (c in score units, w(t) = 1),
+    the config's are ``huber_c=0.1, huber_c_units="x0_per_sqrt_dim", weighting="x0"``.
+    ``weight`` gives w(t) explicitly instead (scalar or (B,)), with ``weighting="uniform"``.
     """
     if not isinstance(divergence, Divergence):
-        divergence = make_divergence(divergence, huber_c=huber_c, normalize=normalize)
+        divergence = make_divergence(divergence, huber_c=huber_c, huber_c_units=huber_c_units, normalize=normalize)
+    if weighting == "x0" and weight is not None:
+        raise ValueError("give weighting='x0' or an explicit weight, not both")
+    a, s = _one_per_sample(alpha_t, x0), _one_per_sample(sigma_t, x0)
+    divergence = divergence.at(a, s, x0[0].numel())
+    if weighting == "x0":
+        weight = divergence.x0_weight(a, s).to(x0.dtype)
     x_t = alpha_t * x0 + sigma_t * noise
     fake, real = _predictions(x_t, fake_x0, real_x0, divergence=divergence)
     return _divergence_term(
@@ -194,7 +225,7 @@ class DIStarLoss:
     def __init__(self, config: ObjectiveConfig) -> None:
         self.config = config
         self.divergence = make_divergence(
-            config.divergence, huber_c=config.huber_c, huber_units=config.huber_c_units, normalize=config.normalize
+            config.divergence, huber_c=config.huber_c, huber_c_units=config.huber_c_units, normalize=config.normalize
         )
         self.uses_reward = config.reward_scale != 0.0
         self.outer_cfg = config.cfg_mode == "outer"

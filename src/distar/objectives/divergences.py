@@ -132,15 +132,16 @@ class IKL(Divergence):
 
 
 def make_divergence(
-    name: DivergenceName, *, huber_c: Tensor | float = 1.0, huber_units: HuberUnits = "score", normalize: bool = False
+    name: DivergenceName, *, huber_c: Tensor | float = 1.0, huber_c_units: HuberUnits = "score", normalize: bool = False
 ) -> Divergence:
-    """The divergence called ``name`` (``"pseudo_huber"``, ``"l2"`` or ``"ikl"``)."""
+    """The divergence called ``name`` (``"pseudo_huber"``, ``"l2"`` or ``"ikl"``); ``huber_c`` in
+    ``huber_c_units`` as :class:`~distar.objectives.presets.ObjectiveConfig` takes them."""
     if normalize and name != IKL.name:
         raise ValueError("per-sample normalisation is defined for the IKL divergence only")
     if name == PseudoHuber.name:
         if not isinstance(huber_c, Tensor) and huber_c <= 0:
             raise ValueError(f"pseudo-Huber c must be > 0, got {huber_c}")
-        return PseudoHuber(huber_c, huber_units)
+        return PseudoHuber(huber_c, huber_c_units)
     if name == L2.name:
         return L2()
     if name == IKL.name:

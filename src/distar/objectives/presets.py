@@ -55,7 +55,7 @@ class ObjectiveConfig:
     huber_c_units: HuberUnits = field(
         "x0_per_sqrt_dim", help="units of huber_c: x0_per_sqrt_dim (scale-free) or score"
     )
-    reward_scale: float = field(0.0, help="reward scale α of Eq. (3.1)")
+    reward_scale: float = field(0.0, help="reward scale α of Eq. (3.1), in the units of docs/math.md §9")
     cfg_mode: Literal["inner", "outer"] = field(
         "inner", help="inner: guided reference in y_t (3.5); outer: implicit CFG reward (3.6-3.7)"
     )
