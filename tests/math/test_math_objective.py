@@ -113,7 +113,8 @@ def test_the_public_terms_with_the_config_keys_are_the_trained_loss(name):
     if not inner:
         x_t = A * x0 + S * eps
         cond, uncond = ref_pair(x_t)
-        cfg_term = cfg_reward_loss(x_t, alpha_t=A, sigma_t=S, cond_x0=cond, uncond_x0=uncond, weight=IKL().x0_weight(a, s))
+        weight = IKL().x0_weight(a, s)
+        cfg_term = cfg_reward_loss(x_t, alpha_t=A, sigma_t=S, cond_x0=cond, uncond_x0=uncond, weight=weight)
         expected = expected + cfg.cfg_reward_scale * cfg_term
     torch.testing.assert_close(terms["loss"], expected)
     with pytest.raises(ValueError, match="not both"):

@@ -161,7 +161,7 @@ def _one_per_sample(v: Tensor, like: Tensor) -> Tensor:
     if v.dim() == 0:
         return v
     if v[0].numel() != 1:
-        raise ValueError(f"alpha_t/sigma_t: one value per sample, got shape {tuple(v.shape)} for x0 {tuple(like.shape)}")
+        raise ValueError(f"alpha_t/sigma_t: one value per sample, got {tuple(v.shape)} for x0 {tuple(like.shape)}")
     return v.reshape(v.shape[0])
 
 
