@@ -297,9 +297,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return loaded or {}
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus dotted overrides."""
-    data = read_config_file(path) if path is not None else {}
+def load_config(
+    cls: type[T], source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()
+) -> T:
+    """Load ``cls`` from a YAML file, or a nested mapping (left unchanged), or its defaults when
+    ``source`` is None, plus dotted ``key=value`` overrides."""
+    if isinstance(source, Mapping):
+        data = copy.deepcopy(dict(source))
+    else:
+        data = read_config_file(source) if source is not None else {}
     return from_dict(cls, apply_overrides(data, overrides))
 
 
