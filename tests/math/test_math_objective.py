@@ -86,11 +86,11 @@ def test_outer_cfg_adds_the_implicit_reward_with_one_reference_call():
     torch.testing.assert_close(g_full - g_rest, -2.0 * 2 * x0.detach())
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_the_public_terms_with_the_config_keys_are_the_trained_loss(name):
+@pytest.mark.parametrize("name, keys", [(name, {}) for name in sorted(PRESETS)] + [("sim", {"divergence": "l2"})])
+def test_the_public_terms_with_the_config_keys_are_the_trained_loss(name, keys):
     """generator_loss with an ObjectiveConfig's huber_c, huber_c_units and weighting, plus reward_loss
     (plus α_cfg times the CFG reward in outer mode), is DIStarLoss's loss: one unit convention."""
-    cfg = preset(name, reward_scale=3.0)
+    cfg = preset(name, reward_scale=3.0, **keys)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(6, 3, 4, 4, generator=g).requires_grad_(True)
     eps = torch.randn(6, 3, 4, 4, generator=g)
