@@ -1,12 +1,12 @@
 """Train, resume, export and generate from Python (docs/python.md), on tiny random SD models that
 distar builds locally: no GPU, no downloads, well under a minute on one CPU core.
 
-    python examples/train_in_python.py [OUT]       # OUT: a new folder, default runs/python_api
+    python examples/train_in_python.py       # writes runs/python_api/ in the working folder
 
-Each block below is one notebook cell.
+Each `# %%` block is one notebook cell (`jupytext --to notebook examples/train_in_python.py` writes
+the notebook; VS Code runs the cells as they are).
 """
 
-import sys
 from pathlib import Path
 
 from distar.config import load_config
@@ -16,8 +16,9 @@ from distar.train import TrainConfig, build_trainer
 from distar.train.logs import save_png
 
 quiet_libraries()  # as distar's commands do: no weight-loading bars or notices that say nothing about the run
-OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/python_api")
+OUT = Path("runs/python_api")
 
+# %%
 # A config as a dict, with the keys of a YAML config (load_config also reads a file:
 # load_config(TrainConfig, "configs/tiny_sd.yaml", ["loop.max_steps=2"])).
 CONFIG = {
@@ -33,23 +34,27 @@ CONFIG = {
     "output_dir": str(OUT / "run"),
 }
 
-# %% Train: build the backend, reward and prompts, then run to loop.max_steps (one record per step).
+# %%
+# Train: build the backend, reward and prompts, then run to loop.max_steps (one record per step).
 config = load_config(TrainConfig, CONFIG)
 trainer = build_trainer(config)
-records = trainer.train()
+records = trainer.train(overwrite=True)  # overwrite: replace this example's earlier run, if any
 print("trained:", [(r["step"], round(r["generator/loss"], 4)) for r in records])
 
-# %% Resume: a longer run in the same folder continues from its latest checkpoint. A second trainer in
+# %%
+# Resume: a longer run in the same folder continues from its latest checkpoint. A second trainer in
 # the same process may use another loop.mixed_precision (or loop.cpu): this one runs under bf16 autocast.
 resumed_config = load_config(TrainConfig, CONFIG, ["loop.max_steps=4", "loop.mixed_precision=bf16"])
 resumed_trainer = build_trainer(resumed_config)
 resumed = resumed_trainer.train(resume="latest")
 print("resumed:", [r["step"] for r in resumed], "in", resumed_trainer.accelerator.mixed_precision)
 
-# %% Export: the latest checkpoint (EMA weights) as a plain diffusers pipeline folder with a model card.
-export = export_checkpoint(OUT / "run", OUT / "export")
+# %%
+# Export: the latest checkpoint (EMA weights) as a plain diffusers pipeline folder with a model card.
+export = export_checkpoint(OUT / "run", OUT / "export", overwrite=True)
 
-# %% Generate: one network evaluation per image, from the export (a checkpoint or run folder loads too).
+# %%
+# Generate: one network evaluation per image, from the export (a checkpoint or run folder loads too).
 pipe, call = load_generator(export)
 pipe.set_progress_bar_config(disable=True)
 images = generator_images(pipe, ["a photo of a cat"], [0], call=call)  # (B, 3, H, W) in [0, 1]

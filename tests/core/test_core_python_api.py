@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,9 @@ def test_the_example_trains_resumes_exports_and_generates(tmp_path, monkeypatch,
     from distar.export.pipeline import generator_call, generator_images, load_generator
     from distar.train.logs import save_png
 
-    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), str(tmp_path)])
+    monkeypatch.chdir(tmp_path)
     cell = runpy.run_path(str(EXAMPLE), run_name="__main__")
+    tmp_path = tmp_path / cell["OUT"]
 
     # train, then a second trainer in the same process, in bf16, continues the step count
     run = tmp_path / "run"
