@@ -156,8 +156,9 @@ def _predictions(x_t: Tensor, fake_x0: X0Fn, real_x0: Callable[[Tensor], R], *, 
         return fake_x0(x_t.detach()), real
 
 
-def _one_per_sample(v: Tensor, like: Tensor) -> Tensor:
+def _one_per_sample(v: Tensor | float, like: Tensor) -> Tensor:
     """α_t or σ_t, given as a scalar or broadcastable against ``like`` (B, ...), as a scalar or (B,)."""
+    v = torch.as_tensor(v, device=like.device)
     if v.dim() == 0:
         return v
     if v[0].numel() != 1:

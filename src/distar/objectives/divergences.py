@@ -132,7 +132,11 @@ class IKL(Divergence):
 
 
 def make_divergence(
-    name: DivergenceName, *, huber_c: Tensor | float = 1.0, huber_c_units: HuberUnits = "score", normalize: bool = False
+    name: DivergenceName,
+    *,
+    huber_c: Tensor | float = 1.0,
+    huber_c_units: HuberUnits = "score",
+    normalize: bool = False,
 ) -> Divergence:
     """The divergence called ``name`` (``"pseudo_huber"``, ``"l2"`` or ``"ikl"``); ``huber_c`` in
     ``huber_c_units`` as :class:`~distar.objectives.presets.ObjectiveConfig` takes them."""
