@@ -130,8 +130,9 @@ def run_parallel(
     """``[fn(**job) for job in jobs]``, run in ``workers`` spawned processes of ``threads`` torch threads each.
 
     ``fn`` must be importable (a module-level function). ``on_done(i, result)`` is called in the
-    parent as each job finishes. Worker k sees only GPU ``devices[k % len(devices)]`` when
-    ``devices`` is given. With ``workers`` = 1 and no ``devices`` the jobs run in this process.
+    parent as each job finishes; a job's error is raised once the jobs under way finish, and no further
+    job starts. Worker k sees only GPU ``devices[k % len(devices)]`` when ``devices`` is given. With
+    ``workers`` = 1 and no ``devices`` the jobs run in this process.
     """
     import torch
 
@@ -158,11 +159,15 @@ def run_parallel(
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads, queue)) as pool:
             futures = {pool.submit(fn, **job): i for i, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                i = futures[future]
-                results[i] = future.result()
-                if on_done:
-                    on_done(i, results[i])
+            try:
+                for future in as_completed(futures):
+                    i = futures[future]
+                    results[i] = future.result()
+                    if on_done:
+                        on_done(i, results[i])
+            except BaseException:  # a job failed or the parent was interrupted: start no further job
+                pool.shutdown(cancel_futures=True)
+                raise
     finally:
         if omp is None:
             os.environ.pop("OMP_NUM_THREADS", None)
@@ -225,10 +230,13 @@ def load_function(spec: str) -> Callable[..., Any]:
         raise UserError(f"cannot load {spec!r}: {err}") from None
 
 
-def _get(data: Mapping[str, Any], key: str) -> Any:
+def _get(data: Any, key: str) -> Any:
+    """The value at dotted ``key`` of a nested dict, or None."""
     for part in key.split("."):
-        data = data.get(part, {}) if isinstance(data, Mapping) else {}
-    return data if data != {} else None
+        if not isinstance(data, Mapping) or part not in data:
+            return None
+        data = data[part]
+    return data
 
 
 def _slug(point: Mapping[str, Any]) -> str:
@@ -284,14 +292,15 @@ def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """The default runner: train the :class:`~distar.train.TrainConfig` ``data`` in ``folder``, continuing
     from its newest checkpoint if it holds one; the metrics are the last ``log.jsonl`` record."""
     from distar.config import from_dict
-    from distar.train import checkpoint as ckpt
     from distar.train.build import build_trainer
+    from distar.train.checkpoint import LOG_FILE
     from distar.train.config import TrainConfig
+    from distar.train.logs import JsonlLog
 
     config = from_dict(TrainConfig, {**data, "output_dir": str(folder)})
     build_trainer(config).train(resume="latest")
-    lines = (folder / ckpt.LOG_FILE).read_text().splitlines()
-    return json.loads(lines[-1]) if lines else {}
+    records = JsonlLog(folder / LOG_FILE).read()
+    return records[-1] if records else {}
 
 
 def _state(sweep: SweepConfig, runs: Sequence[Run], folders: Mapping[str, str], done: set[str]) -> str:
