@@ -404,7 +404,8 @@ def write_report(out: str | Path, results: Mapping[str, Any], *, title: str = "d
     lines = [
         f"# {title}",
         "",
-        f"Base config: {sweep['config'] or '(defaults)'} {' '.join(sweep['overrides'])}; {sweep['seeds']} seed(s) per "
+        f"Base config: {sweep['config'] or 'given by the caller'} {' '.join(sweep['overrides'])} (each run's in "
+        f"{STATE_FILE}); {sweep['seeds']} seed(s) per "
         f"point ({sweep['seed_key']} + {sweep['seed_stride']}·i); runner {sweep['runner']}"
         + (f", evaluation {sweep['evaluate']}" if sweep["evaluate"] else "") + ".",
         "",
@@ -412,7 +413,7 @@ def write_report(out: str | Path, results: Mapping[str, Any], *, title: str = "d
         "",
         *markdown_table(
             [*axes, "seeds", *keys],
-            [[*(p["point"].get(a, "") for a in axes), p["seeds"], *(_cell(*p["metrics"].get(k, [None, None])) for k in keys)] for p in pts],
+            [[*(_value(p["point"].get(a, "")) for a in axes), p["seeds"], *(_cell(*p["metrics"].get(k, [None, None])) for k in keys)] for p in pts],
         ),
         "",
         f"![metrics]({PLOT_FILE})",
@@ -422,6 +423,11 @@ def write_report(out: str | Path, results: Mapping[str, Any], *, title: str = "d
     text = "\n".join(lines) + "\n"
     _write(out / REPORT_FILE, text)
     return text
+
+
+def _value(value: Any) -> str:
+    """A grid value as the report shows it: numbers in their shortest form (3.0 → 3)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _cell(mean: float | None, half: float | None) -> str:
