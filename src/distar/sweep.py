@@ -437,33 +437,43 @@ def _cell(mean: float | None, half: float | None) -> str:
     return f"{mean:.4g}" if half is None else f"{mean:.4g} ± {half:.2g}"
 
 
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def plot_metrics(pts: Sequence[Mapping[str, Any]], axes: Sequence[str], keys: Sequence[str], path: Path) -> None:
-    """One panel per metric against the first numeric grid key (else the point index), one line per
-    combination of the other keys, error bars the 95 % intervals."""
+    """One panel per metric against the first grid key with numbers in several points (the points
+    without it are left out), one line per combination of the other keys, error bars the 95 %
+    intervals; with no such key, every point against its index."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x_key = next((a for a in axes if all(isinstance(p["point"].get(a), (int, float)) for p in pts)), None)
+    x_key = next((a for a in axes if sum(_numeric(p["point"].get(a)) for p in pts) > 1), None)
+    shown = [p for p in pts if x_key is None or _numeric(p["point"].get(x_key))]
     cols = min(3, max(1, len(keys)))
     rows = max(1, math.ceil(len(keys) / cols))
     fig, grid = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, key in zip(grid.flat, keys):
         lines: dict[str, list[tuple[float, float, float]]] = {}
-        for i, p in enumerate(pts):
+        for i, p in enumerate(shown):
             mean, half = p["metrics"].get(key, [None, None])
             if mean is None:
                 continue
-            label = ", ".join(f"{a}={p['point'][a]}" for a in axes if a != x_key and a in p["point"])
+            label = ", ".join(f"{a.split('.')[-1]}={_value(v)}" for a, v in p["point"].items() if a != x_key)
             x = float(p["point"][x_key]) if x_key else float(i)
-            lines.setdefault(label, []).append((x, mean, 0.0 if half is None else half))
+            lines.setdefault(label if x_key else "", []).append((x, mean, 0.0 if half is None else half))
         for label, values in lines.items():
             xs, ys, hs = zip(*sorted(values))
-            ax.errorbar(xs, ys, yerr=hs, marker="o", capsize=3, label=label or None)
+            ax.errorbar(xs, ys, yerr=hs, marker="o", capsize=3, label=label or None, linestyle="-" if x_key else "none")
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel(x_key or "point")
-        if any(lines):
+        if x_key:
+            ax.set_xlabel(x_key, fontsize=8)
+        else:
+            names = [", ".join(f"{a.split('.')[-1]}={_value(v)}" for a, v in p["point"].items()) for p in shown]
+            ax.set_xticks(range(len(shown)), names, rotation=90, fontsize=6)
+        if ax is grid.flat[0] and any(lines):
             ax.legend(fontsize=6)
     for ax in list(grid.flat)[len(keys):]:
         ax.axis("off")
