@@ -30,6 +30,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("export", "export", "export a training checkpoint as a diffusers pipeline folder"),
     ("eval", "eval", "evaluate models on Parti/COCO/HPS: reward metrics, FID, diversity, cost (Tables 1 and 3)"),
     ("rewards", "rewards", "score a folder of images with reward models (PickScore, HPSv2, ImageReward, ...)"),
+    ("sweep", "sweep", "train a base config over a grid of overrides × seeds in parallel; resumable; intervals over seeds"),
     ("demo", "demo", "train and compare DI*, DI*-out, DI++, SIM and Diff-Instruct in an embedded world"),
     ("world", "world", "rebuild an embedded world's models from scratch (distar world build shapes)"),
     ("serve", "serve", "a local web page that generates with a one-step model as you type"),

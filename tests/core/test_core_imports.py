@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.commands",),
     ("distar.serve",),
     ("distar.worlds",),
+    ("distar.sweep",),
     ("distar.testing",),
     ("distar.eval",),
     ("distar.export",),

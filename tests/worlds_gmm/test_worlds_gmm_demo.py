@@ -10,7 +10,7 @@ import pytest
 from distar.cli import UserError, main
 from distar.commands import demo as demo_command
 from distar.config import ConfigError
-from distar.worlds.common import mean_ci95
+from distar.sweep import mean_ci95
 from distar.worlds.gmm import demo as gmm_demo
 from distar.worlds.gmm.demo import METHODS, GMMDemoConfig, method_objective
 

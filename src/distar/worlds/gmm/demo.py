@@ -1,20 +1,24 @@
 """``distar demo --world gmm``: every method of Table 2 trained with one budget, measured exactly.
 
-Stages of :func:`run`, repeated for each of ``training_seeds`` seeds (seed i seeds the networks,
-the training draws and the evaluation draws with ``seed + 1000 i``):
+The demo is a base config (:class:`GMMDemoConfig`) and a :mod:`distar.sweep` over objectives
+(:func:`grid`: the method table at the demo's α, the reward-scale sweep and the pseudo-Huber c sweep)
+× ``training_seeds`` seeds (seed i seeds the networks, the training draws and the evaluation draws with
+``seed + 1000 i``); runs of equal resolved objectives share one training (:func:`identity`). A run:
 
-1. **initialise**: build the world, its reward and a :class:`GMMBackend`; fit the generator and
-   assistant without reward, by regression onto the exact reference (``init: distill``,
-   :mod:`distar.worlds.gmm.distill`) or not at all (``init: scratch``), optionally followed by SIM
-   (α = 0) steps through the Trainer. Every training of the seed starts from this state.
-2. **train** each method, each point of the reward-scale sweep and each point of the pseudo-Huber c
-   sweep with :class:`distar.train.Trainer`, the same steps, batch and learning rates; the trainings
-   run as parallel one-thread processes (:func:`~distar.worlds.common.run_parallel`), so a seed gives
-   the same numbers whatever ``jobs`` is.
-3. **evaluate** every model on fixed latents against exact reference draws and exact draws of the
-   KL-optimal tilted target.
-4. **report** every figure as mean ± 95 % interval over the seeds (``report.md``, ``report.json``,
-   the figures ``samples.png`` and ``training.png`` of seed 0 and ``pareto.png`` with intervals).
+1. **start**: the seed's generator and assistant fitted without reward, by regression onto the exact
+   reference (``init: distill``, :mod:`distar.worlds.gmm.distill`) or not at all (``init: scratch``),
+   optionally followed by SIM (α = 0) steps; built once per seed (:func:`build_start`), with the rows
+   of the reference, p* and the start itself;
+2. **train** (:func:`train`) with :class:`distar.train.Trainer`, the same steps, batch and learning
+   rates for every objective, as parallel one-thread processes, so a seed gives the same numbers
+   whatever ``jobs`` is;
+3. **evaluate** (:func:`evaluate`) on fixed latents against exact reference draws and exact draws of
+   the KL-optimal tilted target at the run's α.
+
+The report gives every figure as mean ± 95 % interval over the seeds (``report.md``, ``report.json``,
+the figures ``samples.png`` and ``training.png`` of seed 0 and ``pareto.png`` with intervals); the
+sweep's own ``results.json`` holds every run's metrics. An interrupted demo resumes when rerun into
+the same folder.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from distar.config import ConfigError, field, load_config, save_config, to_dict
+from distar.config import ConfigError, field, from_dict, load_config, save_config, to_dict
+from distar.io import build_once
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.runtime import configure_threads, environment, report_threads
 from distar.train import (
@@ -47,8 +52,9 @@ from distar.train import (
     TrainConfig,
     Trainer,
 )
-from distar.train.checkpoint import save_tensors
-from distar.worlds.common import Progress, format_ci, markdown_table, mean_ci95, run_parallel
+from distar.sweep import SweepConfig, collect, format_ci, markdown_table, mean_ci95, run_sweep, trainings, write_report
+from distar.train.checkpoint import LOG_FILE, save_tensors
+from distar.train.logs import JsonlLog
 from distar.worlds.gmm.backend import GMMBackend
 from distar.worlds.gmm.distill import distill_assistant, distill_generator
 from distar.worlds.gmm.metrics import SampleMetrics, evaluate_samples, tilted_samples
@@ -134,54 +140,6 @@ def method_objective(
     return preset(method, **overrides)
 
 
-@dataclass(frozen=True)
-class Run:
-    """One training of a seed: a preset at α (None: the demo's) and pseudo-Huber c (None: the preset's)."""
-
-    method: str
-    reward_scale: float | None = None
-    huber_c: float | None = None
-
-    def objective(self, cfg: GMMDemoConfig) -> ObjectiveConfig:
-        return method_objective(cfg, self.method, self.reward_scale, self.huber_c)
-
-    def key(self, cfg: GMMDemoConfig) -> str:
-        """The resolved objective: runs with equal keys are one training (SIM = DI* at α = 0)."""
-        return json.dumps({k: v for k, v in to_dict(self.objective(cfg)).items() if k != "preset"}, sort_keys=True)
-
-    @property
-    def name(self) -> str:
-        """Folder name of the run."""
-        alpha = "" if self.reward_scale is None else f"_alpha{self.reward_scale:g}"
-        return f"{self.method}{alpha}" + ("" if self.huber_c is None else f"_c{self.huber_c:g}")
-
-
-def table_runs(cfg: GMMDemoConfig) -> list[Run]:
-    """The method table: every method at the demo's α."""
-    return [Run(m) for m in cfg.methods]
-
-
-def sweep_runs(cfg: GMMDemoConfig) -> list[Run]:
-    """The reward-scale sweep: each swept method at each α."""
-    return [Run(m, a) for m in cfg.sweep_methods for a in cfg.sweep_reward_scales]
-
-
-def huber_runs(cfg: GMMDemoConfig) -> list[Run]:
-    """The pseudo-Huber c sweep: ``huber_c_method`` at each (α, c)."""
-    return [Run(cfg.huber_c_method, a, c) for a in cfg.huber_c_reward_scales for c in cfg.huber_c_sweep]
-
-
-def plan_trainings(cfg: GMMDemoConfig) -> dict[str, tuple[Run, list[float]]]:
-    """Every distinct training of one seed, by objective key, with the α values of p* to evaluate it at."""
-    trainings: dict[str, tuple[Run, list[float]]] = {}
-    for run in [*table_runs(cfg), *sweep_runs(cfg), *huber_runs(cfg)]:
-        _, alphas = trainings.setdefault(run.key(cfg), (run, []))
-        alpha = cfg.reward_scale if run.reward_scale is None else run.reward_scale
-        if alpha not in alphas:
-            alphas.append(alpha)
-    return trainings
-
-
 class GMMDemo:
     """One seed of the demo: world, reward, backend, fixed evaluation draws and the shared start."""
 
@@ -198,8 +156,9 @@ class GMMDemo:
         self.reference_rows = [self.world.sample(c, n, g) for c in range(C)]  # the "reference" row
 
     # -- training ---------------------------------------------------------------------------------
-    def train(self, name: str, objective: ObjectiveConfig, steps: int) -> tuple[float, list[dict[str, float]]]:
-        """Train the backend in place with the project's Trainer; returns wall seconds and step records."""
+    def train(self, folder: Path, objective: ObjectiveConfig, steps: int) -> float:
+        """Train the backend in place with the project's Trainer in ``folder`` (continuing from its newest
+        checkpoint if it holds one); returns wall seconds."""
         cfg = self.cfg
 
         def optimizer(lr: float) -> OptimizerConfig:
@@ -216,12 +175,12 @@ class GMMDemo:
             checkpointing=CheckpointConfig(save_final=True),
             logging=LoggingConfig(every=max(1, steps // 20), report_to="none", progress_bar=False),
             monitor=MonitorConfig(every=0),  # samples are points: the report measures modes exactly instead
-            output_dir=str(self.out / name),
+            output_dir=str(folder),
             seed=cfg.seed,
         )
         start = time.perf_counter()
-        records = Trainer(config, self.backend, self.reward, prompts).train()
-        return time.perf_counter() - start, records
+        Trainer(config, self.backend, self.reward, prompts).train(resume="latest")
+        return time.perf_counter() - start
 
     def initialise(self) -> float:
         """Stage 1: the shared initial generator and assistant; returns wall seconds."""
@@ -231,18 +190,19 @@ class GMMDemo:
             distill_generator(self.backend, cfg.distill_steps, cfg.batch_size, cfg.distill_lr)
             distill_assistant(self.backend, cfg.distill_steps, cfg.batch_size, cfg.distill_lr)
         if cfg.init_sim_steps > 0:
-            self.train("init_sim", method_objective(cfg, "sim"), cfg.init_sim_steps)
+            self.train(self.out / "init_sim", method_objective(cfg, "sim"), cfg.init_sim_steps)
         return time.perf_counter() - start
 
-    def save_start(self, path: Path) -> None:
-        """The initial generator and assistant as one safetensors file."""
-        modules = {"generator": self.backend.generator, "assistant": self.backend.assistant}
-        save_tensors({f"{m}.{k}": v for m, module in modules.items() for k, v in module.state_dict().items()}, path)
+    def save(self, path: Path, modules: Sequence[str] = ("generator", "assistant")) -> None:
+        """The networks named in ``modules`` as one safetensors file."""
+        save_tensors({f"{m}.{k}": v for m in modules for k, v in getattr(self.backend, m).state_dict().items()}, path)
 
-    def load_start(self, path: Path) -> None:
+    def load(self, path: Path) -> None:
+        """The networks :meth:`save` wrote to ``path``."""
         tensors = load_file(str(path), device=str(self.world.device))
-        for m, module in (("generator", self.backend.generator), ("assistant", self.backend.assistant)):
-            module.load_state_dict({k[len(m) + 1 :]: v for k, v in tensors.items() if k.startswith(m + ".")})
+        for m in ("generator", "assistant"):
+            if any(k.startswith(m + ".") for k in tensors):
+                getattr(self.backend, m).load_state_dict({k[len(m) + 1 :]: v for k, v in tensors.items() if k.startswith(m + ".")})
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -282,44 +242,77 @@ class GMMDemo:
         return dataclasses.asdict(metrics)
 
 
-def seeded(cfg: GMMDemoConfig, seed_index: int) -> GMMDemoConfig:
-    """The config of seed ``seed_index``."""
-    return dataclasses.replace(cfg, seed=cfg.seed + SEED_STRIDE * seed_index)
+def demo_config(data: dict[str, Any]) -> GMMDemoConfig:
+    """The demo config of a sweep run (its ``demo`` section, seeded by the sweep)."""
+    return from_dict(GMMDemoConfig, data["demo"])
 
 
-def seed_dir(out: Path, seed_index: int) -> Path:
-    return out / "runs" / f"seed{seed_index}"
+def objective(data: dict[str, Any]) -> ObjectiveConfig:
+    """A sweep run's objective: its ``objective.preset`` with the demo's settings and the run's α and c."""
+    point = data["objective"]
+    return method_objective(demo_config(data), point["preset"], point.get("reward_scale"), point.get("huber_c"))
 
 
-def initialise_seed(cfg: GMMDemoConfig, seed_index: int, out: Path, device: str) -> dict[str, Any]:
-    """Stage 1 of a seed, in a worker: the start (saved to ``start.safetensors``) and the fixed rows."""
-    demo = GMMDemo(seeded(cfg, seed_index), seed_dir(out, seed_index), device)
+def identity(data: dict[str, Any]) -> dict[str, Any]:
+    """What a run trains: runs of equal resolved objectives are one training (SIM = DI* at α = 0)."""
+    return {**data, "objective": {k: v for k, v in to_dict(objective(data)).items() if k != "preset"}}
+
+
+def build_start(cfg: GMMDemoConfig, folder: Path, device: str) -> None:
+    """Stage 1 of a seed: the start (``start.safetensors``), the rows of the fixed models (``rows.json``)
+    and the reference and p* draws shown in ``samples.png`` (``samples.safetensors``)."""
+    demo = GMMDemo(cfg, folder, device)
     seconds = demo.initialise()
-    demo.out.mkdir(parents=True, exist_ok=True)
-    demo.save_start(demo.out / "start.safetensors")
+    demo.save(folder / "start.safetensors")
     tilted_draws = demo.tilted(cfg.reward_scale, copy=1)[0]
-    return {
+    rows = {
         "init": {**demo.evaluate(demo.samples()), "train_seconds": seconds},
         "reference": demo.evaluate(demo.reference_rows),
         "p*": demo.evaluate(tilted_draws),
         "tilted_effective_sample_size": [round(v, 1) for v in demo.tilted(cfg.reward_scale)[1]],
-        "samples": {"reference": demo.reference_rows, "p*": tilted_draws} if seed_index == 0 else None,
     }
+    (folder / "rows.json").write_text(json.dumps(rows, default=float) + "\n")
+    save_tensors(_stack({"reference": demo.reference_rows, "p*": tilted_draws}), folder / "samples.safetensors")
 
 
-def train_seed(
-    cfg: GMMDemoConfig, run: Run, alphas: Sequence[float], seed_index: int, out: Path, device: str
-) -> dict[str, Any]:
-    """Stage 2-3 of one training of a seed, in a worker: train from the start, evaluate at each α of p*."""
-    demo = GMMDemo(seeded(cfg, seed_index), seed_dir(out, seed_index), device)
-    demo.load_start(demo.out / "start.safetensors")
-    seconds, records = demo.train(run.name, run.objective(cfg), cfg.steps)
+def start_folder(data: dict[str, Any], folder: Path) -> Path:
+    """The seed's start in ``starts/seed<seed>`` of the sweep holding the run ``folder``, built once (by
+    whichever run needs it first)."""
+    cfg = demo_config(data)
+    return build_once(folder.parent.parent / "starts" / f"seed{cfg.seed}", lambda tmp: build_start(cfg, tmp, _device(data)))
+
+
+def _device(data: dict[str, Any]) -> str:
+    return data.get("device", "cpu")
+
+
+def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Sweep runner: train the run's objective from its seed's start; the generator goes to
+    ``generator.safetensors``. Metrics: wall seconds and the logged reward curve."""
+    demo = GMMDemo(demo_config(data), folder, _device(data))
+    demo.load(start_folder(data, folder) / "start.safetensors")
+    seconds = demo.train(folder, objective(data), demo.cfg.steps)
+    demo.save(folder / "generator.safetensors", ["generator"])
+    records = JsonlLog(folder / LOG_FILE).read()
+    return {"train_seconds": seconds, "reward_curve": [r.get("generator/reward", math.nan) for r in records]}
+
+
+def evaluate(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Sweep evaluation: the trained generator's row at the run's α (or the demo's); its samples from the
+    fixed latents go to ``samples.safetensors``."""
+    demo = GMMDemo(demo_config(data), folder, _device(data))
+    demo.load(folder / "generator.safetensors")
     samples = demo.samples()
-    return {
-        "rows": {alpha: {**demo.evaluate(samples, alpha), "train_seconds": seconds} for alpha in alphas},
-        "reward_curve": [r.get("generator/reward", math.nan) for r in records],
-        "samples": samples if seed_index == 0 else None,
-    }
+    save_tensors(_stack({"generator": samples}), folder / "samples.safetensors")
+    return demo.evaluate(samples, data["objective"].get("reward_scale"))
+
+
+def _stack(samples: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+    return {name: torch.stack(draws) for name, draws in samples.items()}
+
+
+def _samples(path: Path, name: str) -> list[Tensor]:
+    return list(load_file(str(path))[name])
 
 
 #: report columns: key → (heading with direction, definition)
@@ -347,13 +340,13 @@ def _cells(stats: dict[str, Any], keys: Sequence[str]) -> list[str]:
     return [format_ci(*(math.nan if v is None else v for v in stats[k]), digits=1 if k == "train_seconds" else 3) for k in keys]
 
 
-def _markdown(report: dict[str, Any]) -> str:
-    """report.md: settings, the method table, the two sweeps, the figures and what to look at."""
+def _markdown(report: dict[str, Any]) -> list[str]:
+    """report.md's sections: settings, the method table, the two sweeps, the figures and what to look at."""
     cfg, world, env = report["config"], report["config"]["world"], report["environment"]
     headings = [h for h, _ in COLUMNS.values()]
     n = cfg["training_seeds"]
     lines = [
-        "# distar demo: gmm world",
+        "## The methods",
         "",
         f"{world['num_prompts']} prompts in d = {world['dim']}, each a mixture with mode weights "
         f"{world['mode_weights']}; reward: a bump of width {world['reward_width']} on each prompt's mode "
@@ -408,7 +401,21 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Run: {report['run']['total_seconds']:.0f} s in total, {report['run']['jobs']} parallel one-thread "
         f"processes, load average {report['run']['load_average_start']} at start and {env['load_average']} at the end.",
     ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def grid(cfg: GMMDemoConfig) -> list[dict[str, list[Any]]]:
+    """The demo's grid: the method table at the demo's α, the reward-scale sweep and the pseudo-Huber c sweep."""
+    products = [
+        {"objective.preset": cfg.methods},
+        {"objective.preset": cfg.sweep_methods, "objective.reward_scale": cfg.sweep_reward_scales},
+        {
+            "objective.preset": [cfg.huber_c_method],
+            "objective.reward_scale": cfg.huber_c_reward_scales,
+            "objective.huber_c": cfg.huber_c_sweep,
+        },
+    ]
+    return [axes for axes in products if all(axes.values())]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -424,71 +431,67 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
-    seeds = range(cfg.training_seeds)
-    trainings = plan_trainings(cfg)
-    jobs = max(1, min(cfg.jobs or os.cpu_count() or 1, len(trainings) * len(seeds)))
-    print(
-        f"gmm demo: {len(seeds)} seeds × ({len(trainings)} trainings + the start), {jobs} in parallel, "
-        f"{threads} torch thread(s) per process"
-    )
-    progress = Progress(len(seeds) * (1 + len(trainings)), jobs)
-    starts = run_parallel(
-        initialise_seed,
-        [{"cfg": cfg, "seed_index": i, "out": out, "device": args.device} for i in seeds],
-        jobs,
-        threads=threads,
-        on_done=lambda i, _: progress(f"start ({cfg.init}), seed {i}"),
-    )
-    grid = [(key, i) for key in trainings for i in seeds]
-    trained = run_parallel(
-        train_seed,
-        [
-            {"cfg": cfg, "run": trainings[key][0], "alphas": trainings[key][1], "seed_index": i, "out": out, "device": args.device}
-            for key, i in grid
-        ],
-        jobs,
-        threads=threads,
-        on_done=lambda j, _: progress(f"{trainings[grid[j][0]][0].name}, seed {grid[j][1]}"),
-    )
-    results = {key: [trained[j] for j, (k, _) in enumerate(grid) if k == key] for key in trainings}
+    sweep = SweepConfig(
+        grid=grid(cfg), seeds=cfg.training_seeds, seed_key="demo.seed", seed_stride=SEED_STRIDE, runner=f"{__name__}:train",
+        evaluate=f"{__name__}:evaluate", identity=f"{__name__}:identity", metrics=[*COLUMNS, "train_seconds"],
+        jobs=cfg.jobs or os.cpu_count() or 1, threads=threads,
+    )  # fmt: skip
+    base = {"demo": to_dict(cfg), "objective": {}, "device": args.device}
+    runs = run_sweep(sweep, out, base=base)
+    results = collect(out)
+    jobs = max(1, min(sweep.jobs, len(trainings(sweep, runs))))
 
-    def rows(run: Run) -> list[dict[str, Any]]:
-        alpha = cfg.reward_scale if run.reward_scale is None else run.reward_scale
-        return [r["rows"][alpha] for r in results[run.key(cfg)]]
+    def rows(point: dict[str, Any]) -> list[dict[str, Any]]:
+        entry = next(p for p in results["points"] if p["point"] == point)
+        return [{k: v for k, v in row.items() if k != "reward_curve"} for row in entry["per_seed"]]
 
+    def folder(point: dict[str, Any]) -> Path:
+        entry = next(p for p in results["points"] if p["point"] == point)
+        return out / "runs" / entry["folders"][0]
+
+    starts = [json.loads((out / "starts" / f"seed{cfg.seed + SEED_STRIDE * i}" / "rows.json").read_text()) for i in range(cfg.training_seeds)]
+    table = {m: {"objective.preset": m} for m in cfg.methods}
     models = {
         "reference": summarise([s["reference"] for s in starts]),
         f"p* (α={cfg.reward_scale:g})": summarise([s["p*"] for s in starts]),
-        **{r.method: summarise(rows(r)) for r in table_runs(cfg)},
+        **{m: summarise(rows(point)) for m, point in table.items()},
         f"init ({cfg.init})": summarise([s["init"] for s in starts]),
     }
-    sweep = [{"method": r.method, "alpha": r.reward_scale, **summarise(rows(r))} for r in sweep_runs(cfg)]
-    huber = [
-        {"method": r.method, "alpha": r.reward_scale, "huber_c": r.huber_c, **summarise(rows(r))} for r in huber_runs(cfg)
+    sweep_points, huber_points = (
+        [p["point"] for p in results["points"] if len(p["point"]) == size] for size in (2, 3)
+    )
+    sweep_rows = [
+        {"method": p["objective.preset"], "alpha": p["objective.reward_scale"], **summarise(rows(p))} for p in sweep_points
     ]
+    huber = [
+        {"method": p["objective.preset"], "alpha": p["objective.reward_scale"], "huber_c": p["objective.huber_c"], **summarise(rows(p))}
+        for p in huber_points
+    ]  # fmt: skip
 
-    samples = {"reference": starts[0]["samples"]["reference"]}
-    samples.update({r.method: results[r.key(cfg)][0]["samples"] for r in table_runs(cfg)})
-    samples[f"p* (α={cfg.reward_scale:g})"] = starts[0]["samples"]["p*"]
+    start0 = out / "starts" / f"seed{cfg.seed}" / "samples.safetensors"
+    samples = {"reference": _samples(start0, "reference")}
+    samples.update({m: _samples(folder(point) / "samples.safetensors", "generator") for m, point in table.items()})
+    samples[f"p* (α={cfg.reward_scale:g})"] = _samples(start0, "p*")
     plot_samples(GMMWorld(cfg.world), samples, out / "samples.png")
-    series = {m: [p for p in sweep if p["method"] == m] for m in cfg.sweep_methods}
+    series = {m: [p for p in sweep_rows if p["method"] == m] for m in cfg.sweep_methods}
     for c in cfg.huber_c_sweep:
         if c != preset(cfg.huber_c_method).huber_c:  # the preset's c is the method's own α sweep line
             series[f"{cfg.huber_c_method} (c = {c:g})"] = [p for p in huber if p["huber_c"] == c]
     plot_pareto(series, models["reference"], out / "pareto.png")
-    plot_training({r.method: results[r.key(cfg)][0]["reward_curve"] for r in table_runs(cfg)}, out / "training.png")
+    curves = {m: next(p for p in results["points"] if p["point"] == point)["per_seed"][0]["reward_curve"] for m, point in table.items()}
+    plot_training(curves, out / "training.png")
 
     report = {
         "world": "gmm",
         "config": to_dict(cfg),
         "models": models,
-        "sweep": sweep,
+        "sweep": sweep_rows,
         "huber_c_sweep": huber,
         "tilted_effective_sample_size": [s["tilted_effective_sample_size"] for s in starts],
         "run": {"jobs": jobs, "load_average_start": load_start, "total_seconds": round(time.perf_counter() - start, 1)},
         "environment": environment(),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(report))
+    write_report(out, results, title="distar demo: gmm world", sections=_markdown(report))
     print(f"report: {(out / 'report.md').resolve()}")
     return 0

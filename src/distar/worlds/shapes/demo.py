@@ -1,23 +1,24 @@
 """``distar demo --world shapes``: DI* and its baselines in the shapes world, judged by a simulated human.
 
-Stages of :func:`run`:
+The demo is a base config (:class:`ShapesDemoConfig`) and a :mod:`distar.sweep` (:func:`sweep_config`):
 
-1. **plan** the runs: every method (and, with ``sweep``, every reward scale α), plus the ``extra``
+1. **grid** (:func:`grid`): every method (and, with ``sweep``, every reward scale α), plus the ``extra``
    method@α settings (by default Diff-Instruct++ at the α where its reward weighs as much as DI*'s
    at the default α, and DI* at a large α), × ``training_seeds`` seeds, all from the shipped one-step
    start (distilled from the reference by the build, as DI*-SDXL starts from DMD2), the same steps,
    batch and learning rates;
-2. **train** them through :class:`distar.train.Trainer` on the "sd" backend — inner CFG ω on the
-   shipped reference and, for methods with a reward, the shipped learned reward (the PickScore
-   analogue, cosine, scale α) — as parallel one-thread processes (:func:`~distar.worlds.common.run_parallel`);
+2. **train** each run (:func:`train`) through :class:`distar.train.Trainer` on the "sd" backend — inner
+   CFG ω on the shipped reference and, for methods with a reward, the shipped learned reward (the
+   PickScore analogue, cosine, scale α) — as the sweep's parallel one-thread processes; an interrupted
+   demo resumes when rerun into the same folder;
 3. **evaluate** renders (ground truth), the reference (multi-step sampler with CFG), the start and every
    trained generator on the same prompts and seeds with :func:`distar.eval.evaluate`: learned reward,
    true utility (:mod:`.utility`), alignment overall and per attribute (:mod:`.metrics`), FID of
    CLIP-analogue features, seed and prompt diversity, open-attribute diversity, seconds per 10 images;
-4. **report**: mean ± 95 % interval over training seeds (over evaluation seeds for the fixed
-   models), the training settings that make the comparison fair, whether each method's learned-reward
-   gain came with a true-utility gain, and two image grids (``report.md``, ``report.json``,
-   ``grid.png``, ``diversity.png``).
+4. **report** (the sweep's report with this world's sections): mean ± 95 % interval over training seeds
+   (over evaluation seeds for the fixed models), the training settings that make the comparison fair,
+   whether each method's learned-reward gain came with a true-utility gain, and two image grids
+   (``report.md``, ``report.json``, ``grid.png``, ``diversity.png``).
 
 Every process computes with one torch thread, so a seed gives the same numbers on a machine whatever
 the number of parallel runs (``jobs``).
@@ -42,13 +43,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from distar.config import ConfigError, field, load_config, save_config, to_dict
+from distar.config import ConfigError, field, from_dict, load_config, save_config, to_dict
 from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.rewards.hub import quiet_transformers
 from distar.train import MonitorConfig, TrainConfig
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
-from distar.worlds.common import Progress, as_number, format_ci, markdown_table, mean_ci95, run_parallel
+from distar.sweep import SweepConfig, as_number, collect, format_ci, markdown_table, mean_ci95, plan, run_sweep, write_report
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
 from distar.worlds.shapes.one_step import OneStepLoop
 
@@ -172,16 +173,33 @@ class Run:
         return f"{self.method}{alpha}_s{self.seed_index}"
 
 
-def plan_runs(cfg: ShapesDemoConfig) -> list[Run]:
-    """Stage 1: methods × reward scales (``reward_scale`` then ``sweep``, reward methods only), then the
-    ``extra`` settings not planned already, × seeds."""
-    settings: list[tuple[str, float]] = []
+def grid(cfg: ShapesDemoConfig) -> list[dict[str, list[Any]]]:
+    """The sweep's grid: each method × reward scales (``reward_scale`` then ``sweep``, reward methods only;
+    0 for the others), then the ``extra`` settings (those planned already run once)."""
+    products = []
     for method in cfg.methods:
         has_reward = bool(PRESETS[method].get("reward_scale", 0.0))
         scales = [cfg.reward_scale, *[a for a in cfg.sweep if a != cfg.reward_scale]] if has_reward else [0.0]
-        settings += [(method, alpha) for alpha in scales]
-    settings += [s for s in cfg.extra_settings() if s not in settings]
-    return [Run(method, alpha, i) for method, alpha in settings for i in range(cfg.training_seeds)]
+        products.append({"method": [method], "reward_scale": scales})
+    return products + [{"method": [method], "reward_scale": [alpha]} for method, alpha in cfg.extra_settings()]
+
+
+def sweep_config(cfg: ShapesDemoConfig, threads: int = 1) -> SweepConfig:
+    """The demo's sweep: :func:`grid` × ``training_seeds``, each run trained by :func:`train`."""
+    return SweepConfig(
+        grid=grid(cfg), seeds=cfg.training_seeds, seed_key="seed_index", runner=f"{__name__}:train",
+        metrics=["train_seconds", "generator_grad_norm_median", "steps_clipped"], jobs=cfg.jobs or os.cpu_count() or 1,
+        threads=threads,
+    )  # fmt: skip
+
+
+def plan_runs(cfg: ShapesDemoConfig) -> list[Run]:
+    """Every training of the demo: the sweep's points × seeds."""
+    return [_run(r.data) for r in plan(sweep_config(cfg), {"seed_index": 0})]
+
+
+def _run(data: dict[str, Any]) -> Run:
+    return Run(data["method"], data["reward_scale"], data["seed_index"])
 
 
 def objective_for(run: Run, cfg: ShapesDemoConfig) -> ObjectiveConfig:
@@ -194,22 +212,47 @@ def objective_for(run: Run, cfg: ShapesDemoConfig) -> ObjectiveConfig:
     return preset(run.method, **overrides)
 
 
-def train_run(config: TrainConfig) -> dict[str, Any]:
-    """Stage 2, in a worker: train, save the generator to ``<output_dir>/generator``, summarise the log."""
-    from distar.worlds.shapes.one_step import train
+def run_config(cfg: ShapesDemoConfig, run: Run, folder: Path, device: str) -> TrainConfig:
+    """The :class:`TrainConfig` of ``run`` in ``folder``: the shipped start, reference and reward, the demo's
+    loop at the run's seed, and the monitor sharing the sweep's cache of reference images."""
+    from distar.rewards import RewardSpec
+    from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record
+    from distar.worlds.shapes.guardrails import monitor_config
+    from distar.worlds.shapes.one_step import train_config
 
+    root = Path(cfg.models) if cfg.models else ASSETS_DIR
+    reference, reward_dir, init = asset("reference", root), asset("reward", root), asset("one_step", root)
+    t_init = build_record(root)["config"]["one_step"]["t_init"]
+    prompts = sample_prompts(cfg.train.train_prompts, cfg.train.seed)
+    monitor = monitor_config(cfg.monitor, root, folder.parent.parent / "monitor_reference.safetensors")
+    loop = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * run.seed_index)
+    config = train_config(
+        reference, objective_for(run, cfg), loop, prompts, folder, t_init,
+        reward=(RewardSpec(cfg.reward) if cfg.reward else reward_dir) if run.reward_scale else None,
+        generator_init=init, progress_bar=False,
+    )  # fmt: skip
+    return dataclasses.replace(config, loop=dataclasses.replace(config.loop, cpu=device == "cpu"), monitor=monitor)
+
+
+def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Sweep runner: train the run (from scratch again if it was interrupted: it keeps no checkpoint), save
+    the generator to ``generator`` (and the monitor's selection to ``selected_generator``), summarise the log."""
     from safetensors.torch import load_file
 
+    from distar.train.checkpoint import LOG_FILE
+    from distar.train.logs import JsonlLog
     from distar.worlds.shapes.guardrails import read_run
+    from distar.worlds.shapes.one_step import train as train_one_step
 
     start = time.perf_counter()
-    backend, records = train(config)
-    run_dir = Path(config.output_dir)
-    backend.generator.save_pretrained(run_dir / "generator")
-    monitored = read_run(run_dir, z=config.monitor.z) if (run_dir / "monitor.jsonl").is_file() else None
+    config = run_config(from_dict(ShapesDemoConfig, data["demo"]), _run(data), folder, data.get("device", "cpu"))
+    backend, _ = train_one_step(config, resume="latest")
+    records = JsonlLog(folder / LOG_FILE).read()
+    backend.generator.save_pretrained(folder / "generator")
+    monitored = read_run(folder, z=config.monitor.z) if (folder / "monitor.jsonl").is_file() else None
     if monitored and monitored["best_step"] not in (None, config.loop.max_steps):
-        backend.generator.load_state_dict(load_file(run_dir / "best" / "generator.safetensors"), strict=False)
-        backend.generator.save_pretrained(run_dir / "selected_generator")
+        backend.generator.load_state_dict(load_file(folder / "best" / "generator.safetensors"), strict=False)
+        backend.generator.save_pretrained(folder / "selected_generator")
     clip = config.optim.generator.max_grad_norm
     norms = [r["generator/grad_norm"] for r in records if "generator/grad_norm" in r]
     return {
@@ -376,16 +419,15 @@ def verdicts(stats: dict[str, dict[str, tuple[float, float]]], groups: Sequence[
     return lines
 
 
-def write_report(
-    out: Path,
+def report_sections(
     cfg: ShapesDemoConfig,
     stats: dict[str, dict[str, tuple[float, float]]],
     order: Sequence[str],
     trained: dict[str, dict[str, Any]],
     meta: dict[str, Any],
     extra: Sequence[str] = (),
-) -> str:
-    """report.md: settings, results with intervals, per-attribute alignment, fairness, verdicts, grids."""
+) -> list[str]:
+    """report.md's sections: settings, results with intervals, per-attribute alignment, fairness, verdicts, grids."""
 
     def cell(name: str, key: str, digits: int = 3) -> str:
         return format_ci(*stats[name][key], digits=digits)
@@ -393,7 +435,7 @@ def write_report(
     groups = [g for g in order if g in trained]
     n = cfg.training_seeds
     lines = [
-        "# Shapes world: DI* and its baselines, judged by a simulated human",
+        "## The comparison",
         "",
         "Every method trains from the same one-step start; the hidden human's **true utility** is known here, so a",
         "gain in learned reward can be checked against a gain in true preference. What the world is and how its",
@@ -450,9 +492,7 @@ def write_report(
         f"`diversity.png`: \"{cfg.diversity_prompt}\" across 8 seeds per model: what the prompt leaves open "
         "(colour, size, position, background) should vary.",
     ]
-    text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    return text
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -468,12 +508,18 @@ def run(args: argparse.Namespace) -> int:
 
     threads = configure_threads(args.threads, parameters=stored_parameters(Path(cfg.models) if cfg.models else ASSETS_DIR))
     report_threads(threads, "demo")
-    runs = plan_runs(cfg)
-    jobs = max(1, min(cfg.jobs or os.cpu_count() or 1, len(runs)))
-    print(f"shapes demo: {len(runs)} training runs, {jobs} in parallel, {threads} torch thread(s) per process")
-    trained_rows = train_stage(cfg, runs, out, jobs, args)
+    sweep = sweep_config(cfg, threads)
+    runs = run_sweep(sweep, out, base={"demo": to_dict(cfg), "device": args.device, "seed_index": 0})
+    jobs = max(1, min(sweep.jobs, len(runs)))
+    results = collect(out)
+    by_name = {r.name: r for r in runs}
+    trained = [
+        (_run(by_name[name].data), out / "runs" / folder, row)
+        for point in results["points"]
+        for name, folder, row in zip(point["runs"], point["folders"], point["per_seed"])
+    ]
     with quiet_transformers():  # the world's own models load without transformers' reports and bars
-        rows, groups, eval_dir = evaluate_stage(cfg, runs, trained_rows, out, args)
+        rows, groups, eval_dir = evaluate_stage(cfg, trained, out, args)
     stats = aggregate(rows, groups, eval_dir)
     trained = {
         label: {
@@ -497,7 +543,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = {label: members for label, members in groups.items() if label in trained}
     monitor_lines, monitor_figures = monitor_section(rows=rows, settings=settings, start=stats[START], out=out)
-    write_report(out, cfg, stats, list(groups), trained, meta, extra=monitor_lines)
+    sections = report_sections(cfg, stats, list(groups), trained, meta, extra=monitor_lines)
+    write_report(out, results, title="Shapes world: DI* and its baselines, judged by a simulated human", sections=sections)
     report = {
         "monitor": monitor_figures,
         "config": to_dict(cfg), "meta": meta, "environment": environment(),
@@ -510,36 +557,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_stage(cfg: ShapesDemoConfig, runs: Sequence[Run], out: Path, jobs: int, args: argparse.Namespace) -> list[dict]:
-    """Stage 2: every run's :class:`TrainConfig`, trained in parallel processes at this process's thread count."""
-    from distar.rewards import RewardSpec
-    from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record
-    from distar.worlds.shapes.guardrails import monitor_config
-    from distar.worlds.shapes.one_step import train_config
-
-    root = Path(cfg.models) if cfg.models else ASSETS_DIR
-    reference, reward_dir, init = asset("reference", root), asset("reward", root), asset("one_step", root)
-    t_init = build_record(root)["config"]["one_step"]["t_init"]
-    prompts = sample_prompts(cfg.train.train_prompts, cfg.train.seed)
-    monitor = monitor_config(cfg.monitor, root, out / "monitor_reference.safetensors")
-    configs = []
-    for r in runs:
-        loop = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * r.seed_index)
-        config = train_config(
-            reference, objective_for(r, cfg), loop, prompts, out / "runs" / r.key, t_init,
-            reward=(RewardSpec(cfg.reward) if cfg.reward else reward_dir) if r.reward_scale else None,
-            generator_init=init, progress_bar=False,
-        )
-        loop_config = dataclasses.replace(config.loop, cpu=args.device == "cpu")
-        configs.append({"config": dataclasses.replace(config, loop=loop_config, monitor=monitor)})
-    progress = Progress(len(runs), jobs)
-    return run_parallel(
-        train_run, configs, jobs, threads=torch.get_num_threads(), on_done=lambda i, res: progress(f"{runs[i].group}, training seed {runs[i].seed_index} ({res['train_seconds']:.0f}s)")
-    )
-
-
 def evaluate_stage(
-    cfg: ShapesDemoConfig, runs: Sequence[Run], trained_rows: Sequence[dict], out: Path, args: argparse.Namespace
+    cfg: ShapesDemoConfig, trained: Sequence[tuple[Run, Path, dict]], out: Path, args: argparse.Namespace
 ) -> tuple[dict[str, dict], dict[str, list[str]], Path]:
     """Stage 3: renders, reference, start and every trained generator through the evaluation suite, plus grids."""
     from distar.backends import build_backend
@@ -580,12 +599,12 @@ def evaluate_stage(
         START: ["start"],
     }
     selected: dict[str, str] = {}  # run → the model evaluated as its selected checkpoint
-    for r, row in zip(runs, trained_rows):
-        models.append(one_step(out / "runs" / r.key / "generator", r.key))
+    for r, folder, row in trained:
+        models.append(one_step(folder / "generator", r.key))
         rows[r.key] = dict(row, reward_scale=r.reward_scale, method=r.method)
         groups.setdefault(r.group, []).append(r.key)
-        if (out / "runs" / r.key / "selected_generator").is_dir():
-            models.append(one_step(out / "runs" / r.key / "selected_generator", f"{r.key}_selected"))
+        if (folder / "selected_generator").is_dir():
+            models.append(one_step(folder / "selected_generator", f"{r.key}_selected"))
             rows[f"{r.key}_selected"] = {}
             selected[r.key] = f"{r.key}_selected"
         elif row.get("monitor") and row["monitor"]["best_step"] is not None:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from distar.rewards import RewardSpec
 from distar.train import MonitorConfig
-from distar.worlds.common import as_number, mean_ci95
+from distar.sweep import as_number, mean_ci95
 
 #: One-sided significance of a real fall of the truth (95 %).
 TRUTH_Z = 1.645
@@ -165,7 +165,7 @@ def monitor_section(
     """The report's monitor section: final against selected checkpoints, alarm counts over the runs
     with a reward, the Pareto picture (``pareto.png``); ``settings`` maps a report row (method at α)
     to its runs."""
-    from distar.worlds.common import format_ci, markdown_table
+    from distar.sweep import format_ci, markdown_table
 
     lines = ["## The monitor: final against selected checkpoints", ""]
     table, figures, points = [], {}, {}

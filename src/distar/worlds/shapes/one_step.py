@@ -174,8 +174,9 @@ def refine_one_step(
     return backend.generator.eval(), records
 
 
-def train(config: TrainConfig) -> tuple[Backend, list[dict[str, float]]]:
-    """Run the trainer; the trained backend and the per-step log records.
+def train(config: TrainConfig, resume: str | None = None) -> tuple[Backend, list[dict[str, float]]]:
+    """Run the trainer (``resume``: as :meth:`Trainer.train`'s); the trained backend and the records of
+    the steps it ran.
 
     The world's own models load without transformers' load reports and bars (the import of diffusers'
     pipelines, the first in a worker, also prints transformers' notices that torchvision is absent).
@@ -184,7 +185,7 @@ def train(config: TrainConfig) -> tuple[Backend, list[dict[str, float]]]:
         from distar.train.build import build_trainer
 
         trainer = build_trainer(config)
-    records = trainer.train()
+    records = trainer.train(resume=resume)
     return trainer.backend, records
 
 

@@ -1,4 +1,4 @@
-"""Seed statistics and progress lines shared by the worlds' demos."""
+"""The sweep harness's seed statistics and progress lines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from distar.worlds.common import Progress, format_ci, mean_ci95
+from distar.sweep import Progress, format_ci, mean_ci95
 
 
 def test_mean_ci95_is_the_student_t_interval():
@@ -26,7 +26,7 @@ def test_format_ci():
 
 def test_progress_counts_parallel_rounds(monkeypatch):
     clock = iter([0.0, 100.0, 101.0, 200.0])
-    monkeypatch.setattr("distar.worlds.common.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("distar.sweep.time.perf_counter", lambda: next(clock))
     lines: list[str] = []
     progress = Progress(total=5, workers=2, echo=lines.append)
     progress("a")  # round 1 of 3 is still running: 100 s a round, two rounds to go after it
