@@ -1,0 +1,89 @@
+"""FSDP2 (loop.fsdp) on two CPU processes (torchrun, gloo): the networks are sharded, two processes
+train as one at the doubled batch, a killed rank resumes exactly, and the documented launch works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config
+
+from distar.train import Trainer
+from distar.train import checkpoint as ckpt
+from distar.train.loop import TIMING_KEYS
+
+WORKER = Path(__file__).with_name("fsdp_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+#: Four steps, a checkpoint after each, EMA; loop.fsdp.
+SECTIONS = {
+    "loop": {"max_steps": 4, "fsdp": True},
+    "logging": {"every": 1},
+    "checkpointing": {"every": 1},
+    "ema": {"decay": 0.9},
+}
+WEIGHT_FILES = (ckpt.GENERATOR_FILE, ckpt.GENERATOR_EMA_FILE, ckpt.ASSISTANT_FILE)
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """Two local CPU processes, one thread each."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+
+
+def run_workers(out: Path, kill: dict | None = None) -> subprocess.CompletedProcess:
+    """The worker's sharded run of SECTIONS at batch 2 per process in ``out``."""
+    sections = json.dumps({**SECTIONS, "data": {"batch_size": 2}})
+    return torchrun(str(WORKER), str(out), sections, json.dumps(kill or {}))
+
+
+def losses(out: Path) -> list[dict]:
+    """log.jsonl without the timings."""
+    lines = (out / ckpt.LOG_FILE).read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def weights(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: load_file(checkpoint / name) for name in WEIGHT_FILES}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    """The run folder of the sharded two-process run (its rank<r>.json reports included)."""
+    out = tmp_path_factory.mktemp("fsdp")
+    result = run_workers(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_two_sharded_processes_hold_half_each_and_train_as_one_process_at_the_doubled_batch(sharded, tmp_path):
+    ranks = [json.loads((sharded / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["param_types"] for r in ranks] == [["DTensor"], ["DTensor"]]
+    total = ranks[0]["total_bytes"]
+    assert sum(r["local_bytes"] for r in ranks) == total
+    assert all(abs(r["local_bytes"] - total / 2) <= 0.05 * total for r in ranks), [r["local_bytes"] for r in ranks]
+
+    config = make_config(tmp_path, **{**SECTIONS, "data": {"batch_size": 4}})
+    records = Trainer(config, GaussianBackend(image=True), MeanReward(), PROMPTS).train()
+    # The checkpoints hold the gathered weights: the sharded run's equal the single process's.
+    for step in (1, 4):
+        ours, one = weights(sharded / f"checkpoint-{step}"), weights(tmp_path / f"checkpoint-{step}")
+        for file in WEIGHT_FILES:
+            assert ours[file].keys() == one[file].keys()
+            scale = max(v.abs().max().item() for v in one[file].values())
+            error = max((ours[file][k] - one[file][k]).abs().max().item() for k in one[file])
+            print(f"step {step} {file}: max |Δ| / max |w| = {error / scale:.2e}")
+            assert error <= 1e-5 * scale, (step, file, error, scale)
+    # Losses and gradient norms (clipped and checked on the shards) are the single process's.
+    keys = [k for k in records[0] if k.endswith(("/loss", "/grad_norm"))]
+    assert "generator/grad_norm" in keys and "assistant/grad_norm" in keys
+    logged = [[r[k] for k in keys] for r in ranks[0]["records"]]
+    assert torch.allclose(torch.tensor(logged), torch.tensor([[r[k] for k in keys] for r in records]), rtol=1e-5)
+    assert min(r["generator/grad_norm"] for r in records) > 0
+    for name in ("generator_optimizer.bin", "assistant_optimizer.bin"):
+        assert (sharded / "checkpoint-4" / name).is_file()
