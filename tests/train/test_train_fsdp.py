@@ -20,12 +20,13 @@ from distar.train.loop import TIMING_KEYS
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-#: Four steps, a checkpoint after each, EMA; loop.fsdp.
+#: Four steps, a checkpoint after each, EMA and its sample grids; loop.fsdp.
 SECTIONS = {
     "loop": {"max_steps": 4, "fsdp": True},
     "logging": {"every": 1},
     "checkpointing": {"every": 1},
     "ema": {"decay": 0.9},
+    "sampling": {"every": 2, "seeds": [0, 1]},
 }
 WEIGHT_FILES = (ckpt.GENERATOR_FILE, ckpt.GENERATOR_EMA_FILE, ckpt.ASSISTANT_FILE)
 
@@ -87,3 +88,61 @@ def test_two_sharded_processes_hold_half_each_and_train_as_one_process_at_the_do
     assert min(r["generator/grad_norm"] for r in records) > 0
     for name in ("generator_optimizer.bin", "assistant_optimizer.bin"):
         assert (sharded / "checkpoint-4" / name).is_file()
+
+
+def test_a_rank_killed_mid_run_resumes_to_the_uninterrupted_runs_weights_and_losses(sharded, tmp_path):
+    """kill -9 of rank 1 after step 3 (checkpoint-3 not yet written), then `--resume latest`."""
+    killed = run_workers(tmp_path, kill={"rank": 1, "at": "step:3"})
+    assert killed.returncode != 0
+    assert [step for step, _ in ckpt.list_checkpoints(tmp_path)] == [1, 2]
+    resumed = run_workers(tmp_path, kill={"resume": True})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path) == losses(sharded)
+    ours, straight = weights(tmp_path / "checkpoint-4"), weights(sharded / "checkpoint-4")
+    for file in WEIGHT_FILES:
+        assert all(torch.equal(ours[file][k], straight[file][k]) for k in straight[file]), file
+
+
+#: The tiny SD run of the documented launch: LoRA generator, shared-LoRA assistant, gradient checkpointing.
+TINY_SD = [
+    "loop.max_steps=2",
+    "loop.assistant_steps=1",
+    "optim.generator.warmup_steps=0",
+    "optim.assistant.warmup_steps=0",
+    "sampling.every=0",
+    "logging.progress_bar=false",
+    "model.generator_lora_rank=2",
+    "model.assistant_lora_rank=2",
+    "model.gradient_checkpointing=true",
+]
+
+
+@pytest.mark.slow
+def test_the_documented_launch_shards_the_tiny_sd_pipeline_with_shared_lora_and_export_reads_it(tmp_path):
+    """docs/training.md's `torchrun ... -m distar train ... loop.fsdp=true`, on 2 CPU processes: the
+    same weights as one process at the doubled batch, and `distar export` reads its checkpoint."""
+    from distar.cli import main
+
+    config = str(ROOT / "configs" / "tiny_sd.yaml")
+    sharded = torchrun("-m", "distar", "train", "--config", config, f"output_dir={tmp_path / 'fsdp'}", "loop.fsdp=true", *TINY_SD)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert sharded.stderr.count("this process holds") >= 4  # the generator and the assistant on each rank
+    assert main(["train", "--config", config, f"output_dir={tmp_path / 'one'}", "data.batch_size=4", *TINY_SD]) == 0
+    ours, one = weights(tmp_path / "fsdp" / "checkpoint-2"), weights(tmp_path / "one" / "checkpoint-2")
+    for file in WEIGHT_FILES:
+        scale = max(v.abs().max().item() for v in one[file].values())
+        error = max((ours[file][k] - one[file][k]).abs().max().item() for k in one[file])
+        assert error <= 1e-5 * scale, (file, error, scale)
+    assert main(["export", str(tmp_path / "fsdp" / "checkpoint-2"), "--out", str(tmp_path / "export")]) == 0
+    assert (tmp_path / "export" / "model_index.json").is_file()
+
+
+def test_the_shared_lora_reference_drift_is_refused_under_fsdp_in_one_line(tmp_path):
+    """The drift images of the held-out monitor need the reference on the main process alone."""
+    prompts = [f"a prompt about thing {i}" for i in range(8)]
+    overrides = ["loop.fsdp=true", "monitor.prompts=2", "model.assistant_lora_rank=2", f"output_dir={tmp_path}",
+                 "data.prompts=" + json.dumps(prompts), "rewards=[]", "objective.preset=sim"]
+    result = torchrun("-m", "distar", "train", "--config", str(ROOT / "configs" / "tiny_sd.yaml"), *overrides)
+    assert "distar train: error: monitor.drift_steps: under loop.fsdp the shared-LoRA reference is sharded, and the " \
+        "drift images are made by one process; set monitor.drift_steps=0 or model.assistant_lora_shared=false" \
+        in result.stderr.splitlines(), result.stderr[-3000:]

@@ -62,9 +62,22 @@ def check_launch(config: TrainConfig) -> None:
         raise ConfigError("loop.fsdp: fp16 loss scaling is not supported on sharded gradients; use bf16")
 
 
-def uses_fsdp(config: TrainConfig, accelerator: Accelerator) -> bool:
-    """Whether this run shards its networks: ``loop.fsdp`` with more than one process."""
-    return config.loop.fsdp and accelerator.num_processes > 1
+def uses_fsdp(config: TrainConfig, accelerator: Accelerator, *, monitored: bool) -> bool:
+    """Whether this run shards its networks: ``loop.fsdp`` with more than one process.
+
+    With the held-out monitor on (``monitored``), its reference drift is refused in the shared-LoRA
+    layout (one-line ConfigError): the main process makes those images alone, and there the reference
+    is the sharded assistant, whose every forward needs all processes."""
+    if not (config.loop.fsdp and accelerator.num_processes > 1):
+        return False
+    model = config.model
+    shared = model is not None and model.assistant_lora_rank > 0 and model.assistant_lora_shared
+    if shared and monitored and config.monitor.drift_steps:
+        raise ConfigError(
+            "monitor.drift_steps: under loop.fsdp the shared-LoRA reference is sharded, and the drift images are "
+            "made by one process; set monitor.drift_steps=0 or model.assistant_lora_shared=false"
+        )
+    return True
 
 
 def blocks(module: nn.Module) -> list[nn.Module]:

@@ -178,7 +178,7 @@ class Trainer:
             raise ValueError("the backend's generator and assistant must both have trainable parameters")
         self.generator_names = ckpt.parameter_names(backend.generator, self.generator_params)
         self.assistant_names = ckpt.parameter_names(backend.assistant, self.assistant_params)
-        self.fsdp = distributed.uses_fsdp(config, acc)
+        self.fsdp = distributed.uses_fsdp(config, acc, monitored=self.monitor is not None)
         if self.fsdp:  # sharded in place (distar.train.distributed): the trainable parameters become DTensors
             self.generator_params = distributed.shard(backend.generator, self.generator_names)
             self.assistant_params = distributed.shard(backend.assistant, self.assistant_names)
@@ -223,7 +223,7 @@ class Trainer:
                 use_ema_warmup=ema.warmup,
                 inv_gamma=ema.inv_gamma,
                 power=ema.power,
-                foreach=True,
+                foreach=not self.fsdp,  # DTensors have no _foreach_copy_
             )
             if ema.enabled
             else None
