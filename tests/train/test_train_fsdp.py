@@ -146,3 +146,26 @@ def test_the_shared_lora_reference_drift_is_refused_under_fsdp_in_one_line(tmp_p
     assert "distar train: error: monitor.drift_steps: under loop.fsdp the shared-LoRA reference is sharded, and the " \
         "drift images are made by one process; set monitor.drift_steps=0 or model.assistant_lora_shared=false" \
         in result.stderr.splitlines(), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("env", "loop", "message"),
+    [
+        ({"ACCELERATE_USE_FSDP": "true"}, {}, "accelerate's FSDP (--use_fsdp) prepares one model per call and distar "
+         "trains two: launch with torchrun or accelerate launch --multi_gpu and set loop.fsdp=true (distar shards "
+         "them with FSDP2 itself)"),
+        ({}, {"fsdp": True, "mixed_precision": "fp16"},
+         "loop.fsdp: fp16 loss scaling is not supported on sharded gradients; use bf16"),
+        ({"ACCELERATE_MIXED_PRECISION": "fp16"}, {"fsdp": True},
+         "loop.fsdp: fp16 loss scaling is not supported on sharded gradients; use bf16"),
+    ],
+)
+def test_what_the_sharded_run_cannot_do_is_refused_in_one_line(tmp_path, monkeypatch, env, loop, message):
+    from distar.config import ConfigError
+    from distar.train.loop import make_accelerator
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        make_accelerator(make_config(tmp_path, loop=loop))
+    assert str(err.value) == message

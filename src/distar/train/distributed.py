@@ -35,6 +35,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 from torch import Tensor, nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -95,13 +96,15 @@ def blocks(module: nn.Module) -> list[nn.Module]:
     return found
 
 
-def shard(module: nn.Module, names: list[str]) -> list[nn.Parameter]:
-    """``fully_shard`` each block of ``module`` (see :func:`blocks`), then ``module`` itself, in place.
-    Returns its parameters ``names`` (the trainable ones), now sharded DTensors."""
+def shard(module: nn.Module, names: list[str], accelerator: Accelerator) -> list[nn.Parameter]:
+    """``fully_shard`` each block of ``module`` (see :func:`blocks`), then ``module`` itself, in place,
+    over all processes on the accelerator's device type. Returns its parameters ``names`` (the
+    trainable ones), now sharded DTensors."""
+    mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
     units = blocks(module)
     for block in units:
-        fully_shard(block)
-    fully_shard(module)
+        fully_shard(block, mesh=mesh)
+    fully_shard(module, mesh=mesh)
     params = dict(module.named_parameters())
     trainable = [params[name] for name in names]
     logger.info(

@@ -180,8 +180,8 @@ class Trainer:
         self.assistant_names = ckpt.parameter_names(backend.assistant, self.assistant_params)
         self.fsdp = distributed.uses_fsdp(config, acc, monitored=self.monitor is not None)
         if self.fsdp:  # sharded in place (distar.train.distributed): the trainable parameters become DTensors
-            self.generator_params = distributed.shard(backend.generator, self.generator_names)
-            self.assistant_params = distributed.shard(backend.assistant, self.assistant_names)
+            self.generator_params = distributed.shard(backend.generator, self.generator_names, acc)
+            self.assistant_params = distributed.shard(backend.assistant, self.assistant_names, acc)
 
         optim, steps = config.optim, config.loop.max_steps
         optimizers = [
