@@ -35,8 +35,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 from torch import Tensor, nn
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -57,9 +57,8 @@ def check_launch(config: TrainConfig) -> None:
             "accelerate's FSDP (--use_fsdp) prepares one model per call and distar trains two: launch with torchrun "
             "or accelerate launch --multi_gpu and set loop.fsdp=true (distar shards them with FSDP2 itself)"
         )
-    if not config.loop.fsdp:
-        return
-    if (config.loop.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")) == "fp16":
+    precision = config.loop.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if config.loop.fsdp and precision == "fp16":
         raise ConfigError("loop.fsdp: fp16 loss scaling is not supported on sharded gradients; use bf16")
 
 
@@ -145,6 +144,26 @@ def shard_like(value: Tensor, like: Tensor) -> Tensor:
     if not isinstance(like, DTensor):
         return value
     return distribute_tensor(value.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def prepare(
+    accelerator: Accelerator,
+    generator: nn.Module,
+    assistant: nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    schedulers: list,
+    *,
+    sharded: bool,
+) -> tuple:
+    """accelerate's ``prepare`` of the two networks, then their optimisers, then their schedulers.
+
+    ``sharded`` networks (already FSDP2 modules) are returned as they are, with their optimisers;
+    accelerate prepares only the schedulers, and the optimiser states are kept by
+    :func:`keep_optimizer_states` (accelerate would save only the main process's shards)."""
+    if not sharded:
+        return accelerator.prepare(generator, assistant, *optimizers, *schedulers)
+    keep_optimizer_states(accelerator, {"generator": (generator, optimizers[0]), "assistant": (assistant, optimizers[1])})
+    return (generator, assistant, *optimizers, *accelerator.prepare(*schedulers))
 
 
 def keep_optimizer_states(accelerator: Accelerator, networks: Mapping[str, tuple[nn.Module, torch.optim.Optimizer]]) -> None:

@@ -11,8 +11,9 @@ Each backward computes weight gradients only for the network being updated (``in
 generator loss's graph runs through the assistant and the reference (Theorem 3.1), but their weights
 get no gradient. Each update frees its gradients, stepped or skipped, so every backward starts from none.
 
-Accelerate provides devices, DDP/FSDP (``accelerate launch`` / ``torchrun``), autocast and the
-optimiser/scheduler state of checkpoints. All random draws (prompt order aside) come from the
+Accelerate provides devices, DDP (``accelerate launch`` / ``torchrun``), autocast and the
+optimiser/scheduler state of checkpoints; ``loop.fsdp`` shards both networks with FSDP2 instead
+(:mod:`distar.train.distributed`). All random draws (prompt order aside) come from the
 global generators, seeded with ``seed`` on every process (``loop.global_draws``: each process keeps its
 slice of the global batch's draws, so N processes at batch b train as one at N·b) or with
 ``seed + rank``; checkpoints store them so a resumed run continues the exact loss sequence of an
@@ -192,27 +193,21 @@ class Trainer:
             get_scheduler(c.lr_schedule, opt, num_warmup_steps=c.warmup_steps, num_training_steps=steps)
             for c, opt in zip((optim.generator, optim.assistant), optimizers)
         ]
-        if self.fsdp:  # the networks are sharded already, and their optimiser states are saved gathered
-            self.generator_optimizer, self.assistant_optimizer = optimizers
-            self.generator_scheduler, self.assistant_scheduler = acc.prepare(*schedulers)
-            distributed.keep_optimizer_states(
-                acc, {"generator": (backend.generator, optimizers[0]), "assistant": (backend.assistant, optimizers[1])}
-            )
-        else:
-            (
-                backend.generator,
-                backend.assistant,
-                self.generator_optimizer,
-                self.assistant_optimizer,
-                self.generator_scheduler,
-                self.assistant_scheduler,
-            ) = acc.prepare(backend.generator, backend.assistant, *optimizers, *schedulers)
+        (
+            backend.generator,
+            backend.assistant,
+            self.generator_optimizer,
+            self.assistant_optimizer,
+            self.generator_scheduler,
+            self.assistant_scheduler,
+        ) = distributed.prepare(acc, backend.generator, backend.assistant, optimizers, schedulers, sharded=self.fsdp)
         # What each backward differentiates: the wrapped modules' trainable parameters (unsharded under FSDP).
         self._generator_inputs = distributed.backward_inputs(backend.generator)
         self._assistant_inputs = distributed.backward_inputs(backend.assistant)
         # Trainable weights are written by `save_checkpoint` as safetensors, not by accelerate.
-        acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
-        acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+        if not self.fsdp:
+            acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+            acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
 
         ema = config.ema
         self.ema = (
