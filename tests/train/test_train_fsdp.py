@@ -170,3 +170,25 @@ def test_what_the_sharded_run_cannot_do_is_refused_in_one_line(tmp_path, monkeyp
     with pytest.raises(ConfigError) as err:
         make_accelerator(make_config(tmp_path, loop=loop))
     assert str(err.value) == message
+
+
+def test_the_fsdp_units_are_the_outermost_blocks():
+    from torch import nn
+
+    from distar.train.distributed import blocks
+
+    class ToyBlock(nn.Module):
+        def __init__(self, inner: bool) -> None:
+            super().__init__()
+            self.proj = nn.Linear(2, 2)
+            self.inner = ToyBlock(False) if inner else None
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv_in = nn.Linear(2, 2)
+            self.down_blocks = nn.ModuleList([ToyBlock(True), ToyBlock(False)])
+            self.mid_block = ToyBlock(True)
+
+    net = Net()
+    assert blocks(net) == [*net.down_blocks, net.mid_block]
