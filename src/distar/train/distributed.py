@@ -19,8 +19,7 @@ or ``accelerate launch --multi_gpu``; NCCL on GPUs, gloo on CPUs: one code path)
 - checkpoints keep their single-process files: the trainer writes the trainable weights gathered
   (:func:`full_tensors`) and loads them back into the shards (:func:`shard_like`); the optimiser
   states are gathered to the main process as full state dicts (``torch.distributed.checkpoint``) and
-  written as ``<network>_optimizer.bin`` (:func:`keep_optimizer_states`), so a run can resume on
-  another number of processes.
+  written as ``<network>_optimizer.bin`` (:func:`keep_optimizer_states`).
 - the EMA keeps the shadow of each process's shards.
 """
 
