@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config
+from fsdp_worker import NAN_STEP, NaNAtStep
+from train_helpers import PROMPTS, GaussianBackend, make_config
 
 from distar.train import Trainer
 from distar.train import checkpoint as ckpt
@@ -20,9 +21,10 @@ from distar.train.loop import TIMING_KEYS
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-#: Four steps, a checkpoint after each, EMA and its sample grids; loop.fsdp.
+#: Four steps, a checkpoint after each, gradients clipped to norm 1, EMA and its sample grids; loop.fsdp.
 SECTIONS = {
     "loop": {"max_steps": 4, "fsdp": True},
+    "optim": {"generator": {"lr": 1e-2, "max_grad_norm": 1.0}, "assistant": {"lr": 1e-2, "max_grad_norm": 1.0}},
     "logging": {"every": 1},
     "checkpointing": {"every": 1},
     "ema": {"decay": 0.9},
@@ -70,7 +72,9 @@ def test_two_sharded_processes_hold_half_each_and_train_as_one_process_at_the_do
     assert all(abs(r["local_bytes"] - total / 2) <= 0.05 * total for r in ranks), [r["local_bytes"] for r in ranks]
 
     config = make_config(tmp_path, **{**SECTIONS, "data": {"batch_size": 4}})
-    records = Trainer(config, GaussianBackend(image=True), MeanReward(), PROMPTS).train()
+    reward = NaNAtStep(NAN_STEP, rank=0)  # the same samples of the global batch as rank 1's
+    reward.trainer = Trainer(config, GaussianBackend(image=True), reward, PROMPTS)
+    records = reward.trainer.train()
     # The checkpoints hold the gathered weights: the sharded run's equal the single process's.
     for step in (1, 4):
         ours, one = weights(sharded / f"checkpoint-{step}"), weights(tmp_path / f"checkpoint-{step}")
@@ -80,12 +84,17 @@ def test_two_sharded_processes_hold_half_each_and_train_as_one_process_at_the_do
             error = max((ours[file][k] - one[file][k]).abs().max().item() for k in one[file])
             print(f"step {step} {file}: max |Δ| / max |w| = {error / scale:.2e}")
             assert error <= 1e-5 * scale, (step, file, error, scale)
-    # Losses and gradient norms (clipped and checked on the shards) are the single process's.
+    # Losses and gradient norms (clipped and checked on the shards) are the single process's; rank 1's
+    # non-finite loss made both ranks skip that generator update, as the single process did.
     keys = [k for k in records[0] if k.endswith(("/loss", "/grad_norm"))]
     assert "generator/grad_norm" in keys and "assistant/grad_norm" in keys
-    logged = [[r[k] for k in keys] for r in ranks[0]["records"]]
-    assert torch.allclose(torch.tensor(logged), torch.tensor([[r[k] for k in keys] for r in records]), rtol=1e-5)
-    assert min(r["generator/grad_norm"] for r in ranks[0]["records"]) > 0
+    logged = torch.tensor([[r[k] for k in keys] for r in ranks[0]["records"]])
+    single = torch.tensor([[r[k] for k in keys] for r in records])
+    assert torch.allclose(logged, single, rtol=1e-5, equal_nan=True)
+    assert [r.get("skipped_updates") for r in records] == [None, 1, None, None]
+    assert all([r.get("skipped_updates") for r in rank["records"]] == [None, 1, None, None] for rank in ranks)
+    norms = [r["generator/grad_norm"] for r in ranks[0]["records"] if "skipped_updates" not in r]
+    assert min(norms) > 1.0  # clipped: max_grad_norm is 1
     for name in ("generator_optimizer.bin", "assistant_optimizer.bin"):
         assert (sharded / "checkpoint-4" / name).is_file()
     assert (sharded / "samples" / "step-000004-ema.png").is_file()  # the EMA of the shards samples on all ranks
