@@ -155,6 +155,11 @@ class LoopConfig:
         "its slice, so N processes at data.batch_size b train as one process at N·b; false: each process "
         "draws its own from seed + rank",
     )
+    fsdp: bool = field(
+        False,
+        help="shard the generator and the assistant over the processes with FSDP2 (per block, then the root; "
+        "see docs/training.md); no effect with one process",
+    )
     allow_tf32: bool = field(False, help="allow TF32 matmuls and convolutions on Ampere+ GPUs")
     cpu: bool = field(False, help="run on CPU even when a GPU is present")
     threads: int | None = field(

@@ -11,8 +11,9 @@ Each backward computes weight gradients only for the network being updated (``in
 generator loss's graph runs through the assistant and the reference (Theorem 3.1), but their weights
 get no gradient. Each update frees its gradients, stepped or skipped, so every backward starts from none.
 
-Accelerate provides devices, DDP/FSDP (``accelerate launch`` / ``torchrun``), autocast and the
-optimiser/scheduler state of checkpoints. All random draws (prompt order aside) come from the
+Accelerate provides devices, DDP (``accelerate launch`` / ``torchrun``), autocast and the
+optimiser/scheduler state of checkpoints; ``loop.fsdp`` shards both networks with FSDP2 instead
+(:mod:`distar.train.distributed`). All random draws (prompt order aside) come from the
 global generators, seeded with ``seed`` on every process (``loop.global_draws``: each process keeps its
 slice of the global batch's draws, so N processes at batch b train as one at N·b) or with
 ``seed + rank``; checkpoints store them so a resumed run continues the exact loss sequence of an
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from accelerate import Accelerator, DistributedType
+from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -54,6 +55,7 @@ from distar.objectives.di_star import DIStarLoss
 from distar.protocols import Backend
 from distar.rewards.base import Reward
 from distar.train import checkpoint as ckpt
+from distar.train import distributed
 from distar.train.algorithm import BatchPart, assistant_losses, generator_losses
 from distar.train.config import OptimizerConfig, TrainConfig
 from distar.train.data import PromptStream
@@ -94,7 +96,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     training steps whatever the number of processes.
     """
     if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
-        raise ConfigError("DeepSpeed is not supported: launch with DDP (--multi_gpu) or FSDP (--use_fsdp), or one device")
+        raise ConfigError("DeepSpeed is not supported: launch with DDP (--multi_gpu), or FSDP (loop.fsdp=true), or one device")
+    distributed.check_launch(config)
     trackers = config.logging.trackers
     for name in trackers:
         module, package = TRACKER_PACKAGES.get(name, (name, name))
@@ -176,9 +179,10 @@ class Trainer:
             raise ValueError("the backend's generator and assistant must both have trainable parameters")
         self.generator_names = ckpt.parameter_names(backend.generator, self.generator_params)
         self.assistant_names = ckpt.parameter_names(backend.assistant, self.assistant_params)
-        self.fsdp = acc.distributed_type == DistributedType.FSDP
-        if self.fsdp and config.ema.enabled:
-            raise ConfigError("ema.decay: EMA is not supported with FSDP (parameters are sharded); set it to 0")
+        self.fsdp = distributed.uses_fsdp(config, acc, monitored=self.monitor is not None)
+        if self.fsdp:  # sharded in place (distar.train.distributed): the trainable parameters become DTensors
+            self.generator_params = distributed.shard(backend.generator, self.generator_names, acc)
+            self.assistant_params = distributed.shard(backend.assistant, self.assistant_names, acc)
 
         optim, steps = config.optim, config.loop.max_steps
         optimizers = [
@@ -196,10 +200,10 @@ class Trainer:
             self.assistant_optimizer,
             self.generator_scheduler,
             self.assistant_scheduler,
-        ) = acc.prepare(backend.generator, backend.assistant, *optimizers, *schedulers)
-        # What each backward differentiates: the wrapped modules' trainable parameters (FSDP flattens them).
-        self._generator_inputs = [p for p in backend.generator.parameters() if p.requires_grad]
-        self._assistant_inputs = [p for p in backend.assistant.parameters() if p.requires_grad]
+        ) = distributed.prepare(acc, backend.generator, backend.assistant, optimizers, schedulers, sharded=self.fsdp)
+        # What each backward differentiates: the wrapped modules' trainable parameters (unsharded under FSDP).
+        self._generator_inputs = distributed.backward_inputs(backend.generator)
+        self._assistant_inputs = distributed.backward_inputs(backend.assistant)
         # Trainable weights are written by `save_checkpoint` as safetensors, not by accelerate.
         if not self.fsdp:
             acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
@@ -214,7 +218,7 @@ class Trainer:
                 use_ema_warmup=ema.warmup,
                 inv_gamma=ema.inv_gamma,
                 power=ema.power,
-                foreach=True,
+                foreach=not self.fsdp,  # DTensors have no _foreach_copy_
             )
             if ema.enabled
             else None
@@ -650,7 +654,7 @@ class Trainer:
     def _trainable_state(self, module: nn.Module, names: list[str]) -> dict[str, Tensor]:
         """The trainable subset of the unwrapped module's state_dict (gathered under FSDP)."""
         state = self.accelerator.get_state_dict(module)
-        return {name: state[name] for name in names} if state else {}
+        return distributed.full_tensors({name: state[name] for name in names}) if state else {}
 
     def save_checkpoint(self, folder: str | None = None) -> Path:
         """Write ``checkpoint-<step>/`` (or the run folder's ``folder``, never pruned) atomically and prune old
@@ -674,7 +678,8 @@ class Trainer:
         }
         if self.ema is not None:
             ema_state = self.ema.state_dict()
-            tensors[ckpt.GENERATOR_EMA_FILE] = dict(zip(self.generator_names, ema_state.pop("shadow_params")))
+            shadow = dict(zip(self.generator_names, ema_state.pop("shadow_params")))
+            tensors[ckpt.GENERATOR_EMA_FILE] = distributed.full_tensors(shadow)
             state["ema"] = ema_state
         if not ckpt.all_finite(t for group in tensors.values() for t in group.values()):
             bad = [name for name, group in tensors.items() if not ckpt.all_finite(group.values())]
@@ -732,19 +737,19 @@ class Trainer:
         except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError, OSError, EOFError) as err:
             reason = first_line(err)[:200]
             raise ckpt.CheckpointError(f"{path}: optimizer/scheduler state cannot be loaded ({reason})") from None
-        if not self.fsdp:
-            for params, names, file in (
-                (self.generator_params, self.generator_names, ckpt.GENERATOR_FILE),
-                (self.assistant_params, self.assistant_names, ckpt.ASSISTANT_FILE),
-            ):
-                with torch.no_grad():
-                    for p, value in zip(params, ckpt.load_tensors(path / file, dict(zip(names, params)))):
-                        p.copy_(value)
+        for params, names, file in (
+            (self.generator_params, self.generator_names, ckpt.GENERATOR_FILE),
+            (self.assistant_params, self.assistant_names, ckpt.ASSISTANT_FILE),
+        ):
+            with torch.no_grad():
+                for p, value in zip(params, ckpt.load_tensors(path / file, dict(zip(names, params)))):
+                    p.copy_(distributed.shard_like(value, p))
         if self.ema is not None:
             if "ema" not in state:
                 raise ckpt.CheckpointError(f"ema.decay is set but {path} has no EMA weights")
             expected = dict(zip(self.generator_names, self.generator_params))
-            shadow = ckpt.load_tensors(path / ckpt.GENERATOR_EMA_FILE, expected)
+            values = ckpt.load_tensors(path / ckpt.GENERATOR_EMA_FILE, expected)
+            shadow = [distributed.shard_like(v, p) for v, p in zip(values, self.generator_params)]
             self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
             self.ema.to(acc.device)
         self.data.load_state_dict(state["data"])
