@@ -36,8 +36,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import shutil
 import sys
 import time
@@ -49,6 +47,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from diffusers import UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel
 
+from distar import runstate
 from distar.config import field, to_dict
 from distar.errors import Preempted, first_line
 from distar.backends import build_backend
@@ -147,14 +146,6 @@ def _fid(features: ImageFeatures, real: torch.Tensor, fake: torch.Tensor) -> flo
     return float(metric.compute())
 
 
-def _files(directory: Path) -> dict[str, dict[str, object]]:
-    return {
-        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
 class _Stages:
     """Completed stages of a build in progress (``<folder>/.stages/<stage>.json``: settings, timing, figures).
 
@@ -174,7 +165,7 @@ class _Stages:
         path = self.dir / f"{stage}.json"
         if not path.is_file():
             return False
-        record = json.loads(path.read_text())
+        record = runstate.read_json(path)
         if record["settings"] != settings:
             return False
         self.timings[stage] = record["seconds"]
@@ -193,7 +184,7 @@ class _Stages:
         self.timings[stage] = round(time.perf_counter() - start, 1)
         self.figures.update(figures)
         record = {"settings": settings, "seconds": self.timings[stage], "figures": figures}
-        (self.dir / f"{stage}.json").write_text(json.dumps(record, indent=2) + "\n")
+        runstate.write_json(self.dir / f"{stage}.json", record)
         self.echo(f"[{stage}] done in {self.timings[stage]:.0f}s")
 
 
@@ -412,12 +403,10 @@ class _Build:
             "figures": stages.figures,
             "environment": environment(),
             "command": " ".join(sys.argv),
-            "files": _files(tmp),
+            "files": runstate.manifest_entries(tmp),
         }
-        (tmp / "build_record.json").write_text(json.dumps(record, indent=2) + "\n")
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        tmp.rename(self.out)
+        runstate.write_json(tmp / "build_record.json", record)
+        runstate.replace_dir(tmp, self.out)
         return record
 
 
