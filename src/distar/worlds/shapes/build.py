@@ -52,6 +52,7 @@ from distar.config import field, to_dict
 from distar.errors import Preempted, first_line
 from distar.backends import build_backend
 from distar.backends.config import ModelConfig
+from distar.inference import BackendModel
 from distar.protocols import ImageModel
 from distar.worlds.shapes.clip import (
     MAX_LENGTH,
@@ -70,7 +71,7 @@ from distar.worlds.shapes.grammar import sample_prompts, vocabulary
 from distar.rewards import RewardSpec, load_reward
 from distar.runtime import environment
 from distar.train.preemption import StopSignals
-from distar.worlds.shapes.one_step import DistillLoop, OneStepSampler, RefineLoop, distill_one_step, refine_one_step
+from distar.worlds.shapes.one_step import DistillLoop, RefineLoop, distill_one_step, refine_one_step
 from distar.worlds.shapes.metrics import (
     AlignmentScore,
     AttributeClassifier,
@@ -371,12 +372,12 @@ class _Build:
                 for r in log[:: max(1, len(log) // 40)]
             ]
 
-    def _one_step_model(self, folder: str, name: str) -> OneStepSampler:
+    def _one_step_model(self, folder: str, name: str) -> BackendModel:
         model = ModelConfig(
             family="sd", pretrained=str(self.tmp / "reference"), generator_init=str(self.tmp / folder),
             t_init=self.config.one_step.t_init,
         )
-        return OneStepSampler(build_backend(model), name)
+        return BackendModel(build_backend(model), name)
 
     def quality(self, clip: CLIPModel, judge: AttributeClassifier, sampler: ReferenceSampler) -> None:
         """FID, alignment, true utility and learned reward of renders, the reference and both starts."""
