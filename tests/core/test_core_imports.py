@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.worlds",),
     ("distar.testing",),
     ("distar.eval",),
+    ("distar.inference",),
     ("distar.export",),
     ("distar.train",),
     ("distar.backends", "distar.rewards"),

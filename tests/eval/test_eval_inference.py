@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from distar.backends import ModelConfig, build_backend
-from distar.eval.spec import ModelSpec
 from distar.export.pipeline import generator_images, load_generator
-from distar.inference import BackendModel, DiffusersModel
-from distar.protocols import ImageModel
+from distar.inference.models import DiffusersModel
+from distar.inference.spec import ModelSpec
+from distar.protocols import BackendModel, ImageModel
 from distar.serve.models import one_step_model
 
 PROMPTS = ["a red cube", "a blue ball", "a green cone"]

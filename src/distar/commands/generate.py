@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from distar.commands import add_config_flags, config_flag_values
-from distar.eval.spec import ModelSpec
+from distar.inference.spec import ModelSpec
 from distar.runtime import add_threads_argument
 
 #: ModelSpec keys given as flags (help, type, choices and default from the fields): how the model is
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from distar.errors import UserError, first_line
     from distar.export.card import METADATA_FILE
-    from distar.inference import DiffusersModel
+    from distar.inference.models import DiffusersModel
     from distar.io import safe_name, writable_dir
     from distar.runtime import check_seed, configure_threads, count_parameters, report_threads, torch_device
     from distar.train.logs import save_png

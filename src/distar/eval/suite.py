@@ -44,7 +44,7 @@ from distar.eval.benchmarks import Benchmark, PromptItem, load_benchmark
 from distar.eval.config import EvalConfig
 from distar.eval.cost import measure_cost
 from distar.eval.metrics import LazyMetric, SetMetric, as_lazy, evaluation_inputs, metric_loaders
-from distar.inference import DiffusersModel, default_device
+from distar.inference.models import DiffusersModel, default_device
 from distar.eval.report import ModelResult, Summary, save_grid
 from distar.io import load_image, png_bytes
 from distar.protocols import ImageModel

@@ -4,20 +4,82 @@
   checkpoint, EMA weights when saved), a diffusers pipeline folder or hub id (a distar generator at its
   recorded steps; any other pipeline at one step without CFG), or by default the shapes world's shipped
   one-step generator;
-- an optional reference for comparison, sampled at the steps and CFG ω each request asks for: any
-  diffusers pipeline (folder or hub id), or a pixel-space folder without a VAE like the shapes
+- an optional :class:`Reference` for comparison, sampled at the steps and CFG ω each request asks for:
+  any diffusers pipeline (folder or hub id), or a pixel-space folder without a VAE like the shapes
   world's reference (by default, with the shipped one-step model).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
 
 import torch
+from torch import Tensor
 
-from distar.eval.spec import ModelSpec
-from distar.inference import BackendModel, DiffusersModel, PixelReference, Reference, is_local, load_reference
-from distar.protocols import ImageModel
+from distar.inference.models import DiffusersModel, is_local, is_pixel_folder
+from distar.inference.spec import ModelSpec
+from distar.protocols import BackendModel, ImageModel
+
+#: Default CFG ω of a reference: the shapes world's (its demo and sampler use 3) and SD's usual 7.5.
+SHAPES_GUIDANCE = 3.0
+DIFFUSERS_GUIDANCE = 7.5
+
+
+class Reference(Protocol):
+    """A multi-step model sampled at the steps and guidance of each request."""
+
+    name: str
+    guidance: float
+
+    def generate_images(
+        self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, stop: Callable[[], bool] | None = None
+    ) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1], one per (prompt, seed); :class:`~distar.errors.Cancelled` once ``stop()``."""
+        ...
+
+
+class DiffusersReference:
+    """A diffusers pipeline run with per-request ``num_inference_steps`` and ``guidance_scale``."""
+
+    def __init__(self, model: DiffusersModel, guidance: float = DIFFUSERS_GUIDANCE) -> None:
+        self.model, self.name, self.guidance = model, model.spec.path, guidance
+        model.pipeline  # load now, not on the first request
+
+    def generate_images(
+        self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, stop: Callable[[], bool] | None = None
+    ) -> Tensor:
+        spec = dataclasses.replace(self.model.spec, steps=steps, guidance=guidance)
+        return DiffusersModel(spec, pipeline=self.model.pipeline).generate_images(prompts, seeds, stop)
+
+
+class PixelReference:
+    """A pixel-space reference folder (``unet/``, ``text_encoder/``, ``tokenizer/``, no ``vae/``) sampled
+    by the shapes world's multi-step CFG sampler (DPM-Solver++)."""
+
+    def __init__(
+        self, folder: str | Path, device: torch.device, guidance: float = SHAPES_GUIDANCE, name: str | None = None
+    ) -> None:
+        from distar.worlds.shapes.reference import ReferenceSampler
+
+        self.sampler = ReferenceSampler.from_pretrained(folder, guidance_scale=guidance)
+        self.sampler.unet.to(device)
+        self.sampler.text_encoder.to(device)
+        self.name, self.guidance = name or str(folder), guidance
+
+    def generate_images(
+        self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, stop: Callable[[], bool] | None = None
+    ) -> Tensor:
+        self.sampler.steps, self.sampler.guidance_scale = steps, guidance
+        return self.sampler.generate_images(prompts, seeds, stop)
+
+
+def load_reference(path_or_id: str, device: torch.device) -> Reference:
+    """A reference from a folder or hub id (module docstring), loaded now."""
+    if is_local(path_or_id) and is_pixel_folder(path_or_id):
+        return PixelReference(path_or_id, device)
+    return DiffusersReference(DiffusersModel(ModelSpec(path=path_or_id, device=str(device))))
 
 
 @dataclasses.dataclass

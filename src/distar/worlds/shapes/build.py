@@ -52,8 +52,7 @@ from distar.config import field, to_dict
 from distar.errors import Preempted, first_line
 from distar.backends import build_backend
 from distar.backends.config import ModelConfig
-from distar.inference import BackendModel
-from distar.protocols import ImageModel
+from distar.protocols import BackendModel, ImageModel
 from distar.worlds.shapes.clip import (
     MAX_LENGTH,
     ClipArch,

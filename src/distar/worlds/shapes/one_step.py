@@ -29,9 +29,8 @@ from torch import Tensor
 from distar.backends.config import ModelConfig
 from distar.config import field
 from distar.diffusion import DiscreteSchedule, to_x0
-from distar.inference import BackendModel
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
-from distar.protocols import Backend
+from distar.protocols import Backend, BackendModel
 from distar.rewards import RewardSpec
 from distar.rewards.hub import quiet_transformers
 from distar.worlds.common import Log, TrainLoop, fit

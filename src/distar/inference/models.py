@@ -1,46 +1,28 @@
-"""Making images from a model: one loader for every kind of source, one interface for what it gives.
+"""Models that make images from files: :class:`DiffusersModel` for every source a path or hub id names.
 
-Everything that makes images (``distar generate``, ``distar eval``, ``distar serve``, the worlds' builds
-and demos, and the trainer's sample grids) gets an :class:`~distar.protocols.ImageModel` —
-``generate_images(prompts, seeds) -> (B, 3, H, W)`` in [0, 1], each image depending on its (prompt,
-seed) only — from here:
-
-- :class:`DiffusersModel` takes a :class:`~distar.eval.spec.ModelSpec` whose path is a ``distar export``
-  folder, a training ``checkpoint-<step>/`` (or ``best/``) folder, a run folder (its latest checkpoint),
-  or any diffusers pipeline folder or hub id;
-- :class:`BackendModel` wraps a live :class:`~distar.protocols.Backend` (a trainer's, a world's).
-
-Whether a model is a distar generator is explicit, :attr:`DiffusersModel.few_step`: true when the
-source records how it samples (an export's ``distar.json``, a hub repo's, a checkpoint's config);
-such a model runs its own k steps (``timesteps``/``sigmas``) without CFG, one network evaluation each.
-Any other pipeline is a multi-step diffusion model, run at the spec's steps and guidance.
-
-A :class:`Reference` (:func:`load_reference`) is a multi-step model sampled at the steps and CFG ω of
-each request (``distar serve``'s comparison): a diffusers pipeline or a pixel-space folder without a
-VAE like the shapes world's reference.
+A :class:`~distar.inference.spec.ModelSpec`'s path can be a ``distar export`` folder, a training
+``checkpoint-<step>/`` (or ``best/``) folder, a run folder (its latest checkpoint), or any diffusers
+pipeline folder or hub id. Whether the model is a distar generator is explicit, :attr:`DiffusersModel.few_step`:
+true when the source records how it samples (an export's ``distar.json``, a hub repo's, a checkpoint's
+config); such a model runs its own k steps (``timesteps``/``sigmas``) without CFG, one network evaluation
+each, exactly as ``distar generate`` runs it. Any other pipeline is a multi-step diffusion model, run at
+the spec's steps and guidance.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from distar.config import ConfigError
 from distar.errors import Cancelled, first_line
-from distar.eval.spec import ModelSpec
+from distar.inference.spec import ModelSpec
 from distar.io import HUB_ID
-from distar.protocols import Backend
-
-#: Default CFG ω of a reference: the shapes world's (its demo and sampler use 3) and SD's usual 7.5.
-SHAPES_GUIDANCE = 3.0
-DIFFUSERS_GUIDANCE = 7.5
-
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -249,104 +231,3 @@ class DiffusersModel:
         info = {"path": self.spec.path, "dtype": str(self.dtype).removeprefix("torch."), **self.sampling_options()}
         extra = {"t_init": self.t_init, "unet": self.spec.unet, "scheduler": self.spec.scheduler}
         return info | {k: v for k, v in extra.items() if v is not None}
-
-
-# ---------------------------------------------------------------------- live backends
-
-
-class BackendModel:
-    """A live backend's generator as an :class:`~distar.protocols.ImageModel`: its k steps (``sample``),
-    decoded, without gradient, in the caller's autocast and weights (e.g. EMA weights swapped in).
-
-    z for each image is drawn from its own seed with the backend's ``sample_latents``. The re-noisings of
-    a few-step generator draw from torch's global generator seeded with ``renoise_seed``, inside a fork of
-    the global random state: sampling leaves it as it was. ``batch_size`` images go through at once.
-    """
-
-    def __init__(
-        self,
-        backend: Backend,
-        name: str,
-        *,
-        renoise_seed: int = 0,
-        batch_size: int | None = None,
-        device: torch.device | None = None,
-    ) -> None:
-        self.backend, self.name = backend, name
-        self.renoise_seed, self.batch_size = renoise_seed, batch_size
-        #: where the generator runs (default: its parameters'): its CUDA random state is forked too
-        self.device = device
-
-    @torch.no_grad()
-    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
-        """Images (B, 3, H, W) in [0, 1] as ``decode`` gives them (float32, CPU)."""
-        if len(prompts) != len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        backend, out = self.backend, []
-        device = self.device or next(backend.generator.parameters()).device
-        batch = self.batch_size or max(len(prompts), 1)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.renoise_seed)
-            for i in range(0, len(prompts), batch):
-                z = torch.cat([backend.sample_latents(1, torch.Generator().manual_seed(int(s))) for s in seeds[i : i + batch]])
-                x0 = backend.sample(z, backend.encode_prompts(list(prompts[i : i + batch])))
-                out.append(backend.decode(x0).float().cpu())
-        return torch.cat(out)
-
-
-# ---------------------------------------------------------------------- references
-
-
-class Reference(Protocol):
-    """A multi-step model sampled at the steps and guidance of each request."""
-
-    name: str
-    guidance: float
-
-    def generate_images(
-        self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, stop: Callable[[], bool] | None = None
-    ) -> Tensor:
-        """Images (B, 3, H, W) in [0, 1], one per (prompt, seed); :class:`~distar.errors.Cancelled` once ``stop()``."""
-        ...
-
-
-class DiffusersReference:
-    """A diffusers pipeline run with per-request ``num_inference_steps`` and ``guidance_scale``."""
-
-    def __init__(self, model: DiffusersModel, guidance: float = DIFFUSERS_GUIDANCE) -> None:
-        self.model, self.name, self.guidance = model, model.spec.path, guidance
-        model.pipeline  # load now, not on the first request
-
-    def generate_images(
-        self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, stop: Callable[[], bool] | None = None
-    ) -> Tensor:
-        spec = dataclasses.replace(self.model.spec, steps=steps, guidance=guidance)
-        return DiffusersModel(spec, pipeline=self.model.pipeline).generate_images(prompts, seeds, stop)
-
-
-class PixelReference:
-    """A pixel-space reference folder (``unet/``, ``text_encoder/``, ``tokenizer/``, no ``vae/``) sampled
-    by the shapes world's multi-step CFG sampler (DPM-Solver++)."""
-
-    def __init__(
-        self, folder: str | Path, device: torch.device, guidance: float = SHAPES_GUIDANCE, name: str | None = None
-    ) -> None:
-        from distar.worlds.shapes.reference import ReferenceSampler
-
-        self.sampler = ReferenceSampler.from_pretrained(folder, guidance_scale=guidance)
-        self.sampler.unet.to(device)
-        self.sampler.text_encoder.to(device)
-        self.name, self.guidance = name or str(folder), guidance
-
-    def generate_images(
-        self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, stop: Callable[[], bool] | None = None
-    ) -> Tensor:
-        self.sampler.steps, self.sampler.guidance_scale = steps, guidance
-        return self.sampler.generate_images(prompts, seeds, stop)
-
-
-def load_reference(path_or_id: str, device: torch.device) -> Reference:
-    """A reference from a folder or hub id (module docstring), loaded now."""
-    if is_local(path_or_id) and is_pixel_folder(path_or_id):
-        return PixelReference(path_or_id, device)
-    return DiffusersReference(DiffusersModel(ModelSpec(path=path_or_id, device=str(device))))
