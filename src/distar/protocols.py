@@ -12,7 +12,8 @@ time in the schedule's own units (integer steps for discrete schedules, floats f
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -144,12 +145,14 @@ class ImageModel(Protocol):
 
 
 class BackendModel:
-    """A live backend's generator as an :class:`~distar.protocols.ImageModel`: its k steps (``sample``),
-    decoded, without gradient, in the caller's autocast and weights (e.g. EMA weights swapped in).
+    """A live backend's generator as an :class:`ImageModel`: its k steps (``sample``), decoded, without
+    gradient, with whatever weights the backend holds when called (e.g. EMA weights swapped in).
 
     z for each image is drawn from its own seed with the backend's ``sample_latents``. The re-noisings of
-    a few-step generator draw from torch's global generator seeded with ``renoise_seed``, inside a fork of
-    the global random state: sampling leaves it as it was. ``batch_size`` images go through at once.
+    a few-step generator draw from torch's global generator seeded with ``renoise_seed`` once per call,
+    inside a fork of the global random state (CPU, and ``device`` when it is a GPU): sampling leaves it as
+    it was. ``batch_size`` images go through at once; ``precision()`` (e.g. accelerate's ``autocast``) is
+    entered around each batch's prompt encoding, ``sample`` and ``decode``.
     """
 
     def __init__(
@@ -160,10 +163,11 @@ class BackendModel:
         renoise_seed: int = 0,
         batch_size: int | None = None,
         device: torch.device | None = None,
+        precision: Callable[[], AbstractContextManager] = nullcontext,
     ) -> None:
         self.backend, self.name = backend, name
-        self.renoise_seed, self.batch_size = renoise_seed, batch_size
-        #: where the generator runs (default: its parameters'): its CUDA random state is forked too
+        self.renoise_seed, self.batch_size, self.precision = renoise_seed, batch_size, precision
+        #: where the generator runs (default: its parameters' device)
         self.device = device
 
     @torch.no_grad()
@@ -178,6 +182,7 @@ class BackendModel:
             torch.manual_seed(self.renoise_seed)
             for i in range(0, len(prompts), batch):
                 z = torch.cat([backend.sample_latents(1, torch.Generator().manual_seed(int(s))) for s in seeds[i : i + batch]])
-                x0 = backend.sample(z, backend.encode_prompts(list(prompts[i : i + batch])))
-                out.append(backend.decode(x0).float().cpu())
+                with self.precision():
+                    cond = backend.encode_prompts(list(prompts[i : i + batch]))
+                    out.append(backend.decode(backend.sample(z, cond)).float().cpu())
         return torch.cat(out)
