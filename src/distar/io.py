@@ -1,6 +1,6 @@
 """The file helpers every package shares: atomic writes, images, dtypes, user paths, cache, prompts.
 
-- dtype names, atomic writes, image tensors ↔ pixels and PNG files;
+- dtype names, atomic writes (:func:`distar.runstate.write_atomic`), image tensors ↔ pixels and PNG files;
 - checks of user-given paths (writable folders, safe names), made before any work starts;
 - distar's cache folder (``$DISTAR_CACHE``, default ``~/.cache/distar``) for downloads and locally
   built models, the tiny stand-ins a config names (:func:`tiny_asset`), and models built from their
@@ -38,6 +38,7 @@ from torch import Tensor
 
 from distar.config import ConfigError
 from distar.errors import UserError, first_line
+from distar.runstate import write_atomic  # noqa: F401  (the name other packages import)
 
 #: Config dtype names → torch dtypes.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -50,21 +51,6 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     return DTYPES[dtype]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: readers see
-    the old file or the whole new one, never a part. A failed write (a full disk) removes the temporary
-    file and raises an OSError naming ``path``."""
-    tmp = None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, path)
-    except OSError as err:
-        if tmp is not None:
-            Path(tmp.name).unlink(missing_ok=True)
-        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def to_uint8(images: Tensor) -> np.ndarray:

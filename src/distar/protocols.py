@@ -3,7 +3,8 @@
 - :class:`Backend` is what Algorithm 1 needs from a model family: the diffusers adapters
   (:mod:`distar.backends`) and the embedded worlds (:mod:`distar.worlds`) implement it, and
   :mod:`distar.train` drives it without knowing which one it has.
-- :class:`ImageModel` is what the evaluation suite needs from anything that makes images.
+- :class:`ImageModel` is what the evaluation suite needs from anything that makes images;
+  :class:`BackendModel` is one made from a live backend (a trainer's sample grids, a world's generator).
 
 Symbols follow docs/math.md §0: ``x0`` a clean sample, ``x_t`` its noised version (2.1), ``t`` a
 time in the schedule's own units (integer steps for discrete schedules, floats for continuous ones).
@@ -11,7 +12,8 @@ time in the schedule's own units (integer steps for discrete schedules, floats f
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -140,3 +142,47 @@ class ImageModel(Protocol):
     def generate_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
         """Images (B, 3, H, W) in [0, 1], one per (prompt, seed) pair, deterministic in the seed."""
         ...
+
+
+class BackendModel:
+    """A live backend's generator as an :class:`ImageModel`: its k steps (``sample``), decoded, without
+    gradient, with whatever weights the backend holds when called (e.g. EMA weights swapped in).
+
+    z for each image is drawn from its own seed with the backend's ``sample_latents``. The re-noisings of
+    a few-step generator draw from torch's global generator seeded with ``renoise_seed`` once per call,
+    inside a fork of the global random state (CPU, and ``device`` when it is a GPU): sampling leaves it as
+    it was. ``batch_size`` images go through at once; ``precision()`` (e.g. accelerate's ``autocast``) is
+    entered around each batch's prompt encoding, ``sample`` and ``decode``.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        *,
+        renoise_seed: int = 0,
+        batch_size: int | None = None,
+        device: torch.device | None = None,
+        precision: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> None:
+        self.backend, self.name = backend, name
+        self.renoise_seed, self.batch_size, self.precision = renoise_seed, batch_size, precision
+        #: where the generator runs (default: its parameters' device)
+        self.device = device
+
+    @torch.no_grad()
+    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] as ``decode`` gives them (float32, CPU)."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+        backend, out = self.backend, []
+        device = self.device or next(backend.generator.parameters()).device
+        batch = self.batch_size or max(len(prompts), 1)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.renoise_seed)
+            for i in range(0, len(prompts), batch):
+                z = torch.cat([backend.sample_latents(1, torch.Generator().manual_seed(int(s))) for s in seeds[i : i + batch]])
+                with self.precision():
+                    cond = backend.encode_prompts(list(prompts[i : i + batch]))
+                    out.append(backend.decode(backend.sample(z, cond)).float().cpu())
+        return torch.cat(out)

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.sweep",),
     ("distar.testing",),
     ("distar.eval",),
+    ("distar.inference",),
     ("distar.export",),
     ("distar.train",),
     ("distar.backends", "distar.rewards"),

@@ -67,7 +67,7 @@ def _config_data(args: argparse.Namespace) -> dict[str, Any]:
     from distar.config import apply_overrides, read_config_file
     from distar.errors import UserError
     from distar.eval.metrics import parse_metric_names
-    from distar.eval.models import parse_model_spec
+    from distar.inference.spec import parse_model_spec
 
     data = read_config_file(args.config) if args.config else {}
     data.update(config_flag_values(args, _FLAG_FIELDS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from distar.commands import add_config_flags, config_flag_values
-from distar.eval.spec import ModelSpec
+from distar.inference.spec import ModelSpec
 from distar.runtime import add_threads_argument
 
 #: ModelSpec keys given as flags (help, type, choices and default from the fields): how the model is
@@ -28,12 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     import torch
 
     from distar.errors import UserError, first_line
-    from distar.export.pipeline import generator_images, load_generator
+    from distar.export.card import METADATA_FILE
+    from distar.inference.models import DiffusersModel
     from distar.io import safe_name, writable_dir
     from distar.runtime import check_seed, configure_threads, count_parameters, report_threads, torch_device
     from distar.train.logs import save_png
@@ -49,16 +51,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out: {args.out[:200]} is not a .png file name")
     safe_name(out.name, "--out")
     writable_dir(out.parent, "--out")
-    pipe, call = load_generator(spec.path, use_ema=spec.ema, dtype=spec.torch_dtype(device))
-    pipe.set_progress_bar_config(disable=True)
-    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    model = DiffusersModel(dataclasses.replace(spec, device=str(device)))
+    if not model.few_step:
+        raise FileNotFoundError(f"{spec.path}: no {METADATA_FILE}; not a distar export (nor a training checkpoint)")
+    modules = [m for m in model.pipeline.components.values() if isinstance(m, torch.nn.Module)]
     report_threads(configure_threads(args.threads, parameters=count_parameters(*modules), device=device), "generate")
-    pipe.to(device)
     try:
-        image = generator_images(pipe, [args.prompt], [args.seed], call=call, height=spec.height, width=spec.width)[0]
+        image = model.generate_images([args.prompt], [args.seed])[0]
     except ValueError as err:  # the pipeline's own input checks, e.g. a side its VAE cannot take
         raise UserError(f"--model {spec.path}: the pipeline refuses to sample ({first_line(err)})") from None
     save_png(image, out)
-    steps = call.get("timesteps") or call.get("sigmas")
+    options = model.sampling_options()
+    steps = options.get("timesteps") or options.get("sigmas")
     print(f"wrote {out} ({image.shape[-1]}x{image.shape[-2]}, steps at {steps}, seed {args.seed})")
     return 0

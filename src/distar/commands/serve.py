@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from distar.eval.models import default_device
+    from distar.inference.models import default_device
     from distar.io import writable_dir
     from distar.runtime import configure_threads, report_threads, stored_parameters
     from distar.serve.app import create_app

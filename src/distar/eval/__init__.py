@@ -20,7 +20,7 @@ _HOMES = {
     "Diversity": "diversity",
     "FID": "fid", "InceptionV3Features": "fid",
     "METRIC_NAMES": "metrics", "LazyMetric": "metrics", "SetMetric": "metrics", "metric_loaders": "metrics",
-    "DiffusersModel": "models", "ModelSpec": "spec", "parse_model_spec": "spec",
+    "DiffusersModel": "models", "ModelSpec": "models", "parse_model_spec": "models",
     "ModelResult": "report", "Summary": "report",
     "EvalConfig": "config",
     "evaluate": "suite", "run_eval": "suite",

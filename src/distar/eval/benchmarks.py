@@ -8,10 +8,8 @@ file/folder given as ``path``; :attr:`Benchmark.source` says which was used. Any
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
@@ -20,6 +18,7 @@ from typing import Callable
 
 from distar.config import ConfigError
 from distar.io import cache_dir, prompt_column, read_records, read_some
+from distar.runstate import write_with
 
 PARTI_URL = "https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv"
 #: COCO-2014 val, one caption per image, 30,000 lines (the GigaGAN/DMD2 zero-shot FID prompt list).
@@ -77,15 +76,15 @@ def fetch(url: str, name: str) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, tmp)
-        except (urllib.error.URLError, OSError) as err:
-            tmp.close()
-            os.unlink(tmp.name)
-            raise ConfigError(f"cannot download {url} ({err}); pass a local copy with --benchmark-path") from None
-    os.replace(tmp.name, target)
+
+    def download(tmp: Path) -> None:
+        with urllib.request.urlopen(url, timeout=60) as response, tmp.open("wb") as f:
+            shutil.copyfileobj(response, f)
+
+    try:
+        write_with(target, download)
+    except (urllib.error.URLError, OSError) as err:
+        raise ConfigError(f"cannot download {url} ({err}); pass a local copy with --benchmark-path") from None
     return target
 
 

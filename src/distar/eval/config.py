@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from distar.config import ConfigError, field
-from distar.eval.spec import ModelSpec
+from distar.inference.spec import ModelSpec
 from distar.runtime import check_seed
 
 

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from tqdm.auto import tqdm
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from distar.config import ConfigError
 from distar.eval.benchmarks import fetch
 from distar.io import cache_dir, to_uint8
+from distar.runstate import save_safetensors
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -168,9 +169,7 @@ class FID:
         else:
             self._compute_reference(reference_images(self.reference))
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file({k: getattr(self.metric, k).cpu().contiguous() for k in _STATES}, str(tmp))
-            tmp.replace(path)
+            save_safetensors(path, {k: getattr(self.metric, k) for k in _STATES})
         self._reference_loaded = True
         return int(self.metric.real_features_num_samples)
 

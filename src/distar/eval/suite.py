@@ -25,7 +25,6 @@ import gc
 import hashlib
 import json
 import math
-import os
 import warnings
 from collections import defaultdict
 from dataclasses import replace
@@ -38,15 +37,16 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from distar import runstate
 from distar.config import ConfigError
 from distar.errors import RunError, UserError, first_line
 from distar.eval.benchmarks import Benchmark, PromptItem, load_benchmark
 from distar.eval.config import EvalConfig
 from distar.eval.cost import measure_cost
 from distar.eval.metrics import LazyMetric, SetMetric, as_lazy, evaluation_inputs, metric_loaders
-from distar.eval.models import DiffusersModel, default_device
+from distar.inference.models import DiffusersModel, default_device
 from distar.eval.report import ModelResult, Summary, save_grid
-from distar.io import load_image, png_bytes, write_atomic
+from distar.io import load_image, png_bytes
 from distar.protocols import ImageModel
 from distar.rewards import Reward
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
@@ -60,12 +60,6 @@ class EvalWarning(UserWarning):
     """An image, prompt or score was skipped; the summary lists it too."""
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    if path.is_dir():
-        raise UserError(f"{path}: not a file; move it away and run again")
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 class ModelFiles:
     """The files of one model in the results folder."""
 
@@ -73,6 +67,7 @@ class ModelFiles:
         self.dir = out_dir / name
         self.images = self.dir / "images"
         self.scores = self.dir / "scores.jsonl"
+        self.log = runstate.JsonlLog(self.scores, accept=_is_record)
         self.cost = self.dir / "cost.json"
         self.set_metrics = self.dir / "set_metrics.json"
         self.images.mkdir(parents=True, exist_ok=True)
@@ -85,12 +80,7 @@ class ModelFiles:
         or seed that is not a non-negative integer) is ignored with a warning, and so is a score that is not
         a finite number (or null): what it held is made or scored again."""
         records: dict[Key, dict[str, Any]] = {}
-        if not self.scores.exists():
-            return records
-        if not self.scores.is_file():
-            raise UserError(f"{self.scores}: not a file; move it away and run again to score the images again")
-        for number, line in enumerate(self.scores.read_bytes().splitlines(), 1):
-            row = _parse_record(line)
+        for number, _, row in self.log.numbered():
             if row is None:
                 warnings.warn(f"{self.scores}: ignoring unreadable line {number}", EvalWarning, stacklevel=2)
                 continue
@@ -106,32 +96,18 @@ class ModelFiles:
         return records
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        prefix = ""
-        if self.scores.is_file() and self.scores.stat().st_size:
-            with open(self.scores, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                prefix = "" if f.read(1) == b"\n" else "\n"  # the file ends in a line torn by a kill
-        with open(self.scores, "a") as f:
-            f.write(prefix + "".join(json.dumps(r) + "\n" for r in rows))
-            f.flush()
-            os.fsync(f.fileno())
+        self.log.append(rows, sync=True)
 
 
 #: Record fields that are text (the others are scores); ``group`` may be null.
 RECORD_TEXT = {"prompt": (str,), "group": (str, type(None)), "image": (str,), "new": (bool,)}
 
 
-def _parse_record(line: bytes) -> dict[str, Any] | None:
-    """A scores.jsonl line as a record, or None when it is not one (see :meth:`ModelFiles.read_records`)."""
-    try:
-        row = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(row, dict) or not all(type(row.get(k)) is int and row[k] >= 0 for k in ("index", "seed")):
-        return None
-    if not all(isinstance(row[k], kinds) for k, kinds in RECORD_TEXT.items() if k in row):
-        return None
-    return row
+def _is_record(row: dict[str, Any]) -> bool:
+    """Whether a scores.jsonl object is a record (see :meth:`ModelFiles.read_records`)."""
+    if not all(type(row.get(k)) is int and row[k] >= 0 for k in ("index", "seed")):
+        return False
+    return all(isinstance(row[k], kinds) for k, kinds in RECORD_TEXT.items() if k in row)
 
 
 def _is_score(value: Any) -> bool:
@@ -142,8 +118,8 @@ def _is_score(value: Any) -> bool:
 def _read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object file of the results folder; None when it is missing or damaged (made again)."""
     try:
-        value = json.loads(path.read_text())
-    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError, ValueError, RecursionError):
+        value = runstate.read_json(path)
+    except UserError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -216,7 +192,7 @@ class _Run:
         if timing_images > 0 and _read_json(files.cost) is None:
             try:
                 cost = measure_cost(model, [item.prompt for item, _ in self.jobs], self.batch_size, timing_images)
-                _write_json(files.cost, cost.to_dict())
+                runstate.write_json(files.cost, cost.to_dict())
             except (ConfigError, UserError, FileNotFoundError):  # the model cannot be loaded
                 raise
             except Exception as err:  # the images below report what fails
@@ -253,7 +229,7 @@ class _Run:
                 self.fail(model.name, f"prompt {item.index} seed {seed}: non-finite pixels, skipped")
                 failed += 1
                 continue
-            write_atomic(files.image((item.index, seed)), png_bytes(image))
+            runstate.write_atomic(files.image((item.index, seed)), png_bytes(image))
             rows.append(self.record(files, item, seed) | {"new": True})
         files.append(rows)
         return failed
@@ -326,7 +302,7 @@ class _Run:
                 self.fail(model.name, f"{metric.name}: {err}")
                 continue
             cached[metric.name] = {"images": digest, "signature": metric.signature, "values": values}
-            _write_json(files.set_metrics, cached)
+            runstate.write_json(files.set_metrics, cached)
             self.batch_done(f"{metric.name} of {model.name}")
         del loaded
         _free_memory()

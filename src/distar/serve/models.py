@@ -1,11 +1,11 @@
-"""The models behind ``distar serve``, loaded once at start.
+"""The models behind ``distar serve``, loaded once at start (through :mod:`distar.inference`).
 
 - the one-step model: a ``distar export`` folder, a training checkpoint or run folder (latest
-  checkpoint, EMA weights when saved), a diffusers pipeline folder or hub id (sampled at one step
-  without CFG, at ``t_init`` when the folder records one; a distar export at its recorded steps), or by default the shapes world's shipped
+  checkpoint, EMA weights when saved), a diffusers pipeline folder or hub id (a distar generator at its
+  recorded steps; any other pipeline at one step without CFG), or by default the shapes world's shipped
   one-step generator;
-- an optional reference for comparison, sampled at the steps and CFG ω each request asks for: any
-  diffusers pipeline (folder or hub id), or a pixel-space folder without a VAE like the shapes
+- an optional :class:`Reference` for comparison, sampled at the steps and CFG ω each request asks for:
+  any diffusers pipeline (folder or hub id), or a pixel-space folder without a VAE like the shapes
   world's reference (by default, with the shipped one-step model).
 """
 
@@ -18,10 +18,11 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from distar.eval.models import DiffusersModel, ModelSpec, distar_metadata
-from distar.protocols import ImageModel
+from distar.inference.models import DiffusersModel, is_local, is_pixel_folder
+from distar.inference.spec import ModelSpec
+from distar.protocols import BackendModel, ImageModel
 
-#: Default CFG ω of the reference: the shapes world's (its demo and sampler use 3) and SD's usual 7.5.
+#: Default CFG ω of a reference: the shapes world's (its demo and sampler use 3) and SD's usual 7.5.
 SHAPES_GUIDANCE = 3.0
 DIFFUSERS_GUIDANCE = 7.5
 
@@ -37,16 +38,6 @@ class Reference(Protocol):
     ) -> Tensor:
         """Images (B, 3, H, W) in [0, 1], one per (prompt, seed); :class:`~distar.errors.Cancelled` once ``stop()``."""
         ...
-
-
-@dataclasses.dataclass
-class ServedModels:
-    """What a server runs: a one-step model, optionally a reference, and the page's example prompt."""
-
-    one_step: ImageModel
-    one_step_name: str
-    reference: Reference | None = None
-    example_prompt: str = "a photo of a cat"
 
 
 class DiffusersReference:
@@ -84,54 +75,30 @@ class PixelReference:
         return self.sampler.generate_images(prompts, seeds, stop)
 
 
-def is_pixel_folder(path: str | Path) -> bool:
-    """A local diffusers-style folder with a UNet and no VAE."""
-    folder = Path(path)
-    return (folder / "unet").is_dir() and (folder / "model_index.json").is_file() and not (folder / "vae").is_dir()
-
-
-def hub_t_init(repo_id: str) -> int | None:
-    """t_init recorded in a hub repo's ``distar.json``; None when there is none or it cannot be read."""
-    import json
-
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    try:
-        return int(json.loads(Path(hf_hub_download(repo_id, "distar.json")).read_text())["t_init"])
-    except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError, KeyError):
-        return None
-
-
-def is_local(path_or_id: str) -> bool:
-    """True for an existing path; a missing path that cannot be a hub id (``owner/name``) is an error."""
-    if Path(path_or_id).exists():
-        return True
-    if path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") != 1:
-        raise FileNotFoundError(f"{path_or_id}: no such folder (nor a hub id of the form owner/name)")
-    return False
-
-
-def one_step_model(path_or_id: str, device: torch.device) -> DiffusersModel:
-    """A one-step model from a folder or hub id (module docstring), loaded now."""
-    local = is_local(path_or_id)
-    t_init = None if local else hub_t_init(path_or_id)
-    if local and distar_metadata(path_or_id) is not None:  # a distar generator: its recorded steps and guidance
-        spec = ModelSpec(path=path_or_id, device=str(device))
-    else:
-        spec = ModelSpec(
-            path=path_or_id, steps=1, guidance=0.0, timesteps=[t_init] if t_init is not None else None, device=str(device)
-        )
-    model = DiffusersModel(spec)
-    model.pipeline
-    return model
-
-
-def reference_model(path_or_id: str, device: torch.device) -> Reference:
+def load_reference(path_or_id: str, device: torch.device) -> Reference:
     """A reference from a folder or hub id (module docstring), loaded now."""
     if is_local(path_or_id) and is_pixel_folder(path_or_id):
         return PixelReference(path_or_id, device)
     return DiffusersReference(DiffusersModel(ModelSpec(path=path_or_id, device=str(device))))
+
+
+@dataclasses.dataclass
+class ServedModels:
+    """What a server runs: a one-step model, optionally a reference, and the page's example prompt."""
+
+    one_step: ImageModel
+    one_step_name: str
+    reference: Reference | None = None
+    example_prompt: str = "a photo of a cat"
+
+
+def one_step_model(path_or_id: str, device: torch.device) -> DiffusersModel:
+    """A one-step model from a folder or hub id (module docstring), loaded now."""
+    model = DiffusersModel(ModelSpec(path=path_or_id, device=str(device)))
+    if not model.few_step:  # not a distar generator: one step of the pipeline, without CFG
+        model = DiffusersModel(dataclasses.replace(model.spec, steps=1, guidance=0.0))
+    model.pipeline
+    return model
 
 
 def shapes_models(device: torch.device) -> ServedModels:
@@ -139,13 +106,12 @@ def shapes_models(device: torch.device) -> ServedModels:
     from distar.backends import build_backend
     from distar.backends.config import ModelConfig
     from distar.worlds.shapes.assets import asset, build_record
-    from distar.worlds.shapes.one_step import OneStepSampler
 
     reference = asset("reference")
     t_init = build_record()["config"]["one_step"]["t_init"]
     config = ModelConfig(family="sd", pretrained=str(reference), t_init=t_init, generator_init=str(asset("one_step")))
     return ServedModels(
-        one_step=OneStepSampler(build_backend(config, device=device), "one_step"),
+        one_step=BackendModel(build_backend(config, device=device), "one_step"),
         one_step_name="shapes world one-step generator (shipped)",
         reference=PixelReference(reference, device, name="shapes world reference (shipped)"),
         example_prompt="two small blue squares on a black background",
@@ -159,9 +125,9 @@ def load_models(model: str | None, reference: str | None, device: torch.device) 
             is_local(path)  # a missing folder fails before anything loads
     if model is None:
         served = shapes_models(device)
-        return served if reference is None else dataclasses.replace(served, reference=reference_model(reference, device))
+        return served if reference is None else dataclasses.replace(served, reference=load_reference(reference, device))
     return ServedModels(
         one_step=one_step_model(model, device),
         one_step_name=model,
-        reference=reference_model(reference, device) if reference is not None else None,
+        reference=load_reference(reference, device) if reference is not None else None,
     )

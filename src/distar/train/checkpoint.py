@@ -1,4 +1,7 @@
-"""Checkpoint folder layout, manifests, RNG state and the file-level helpers the trainer uses.
+"""Training checkpoints: their folder layout, verification, pruning and tensor files.
+
+The generic run-state parts (manifests, RNG capture, atomic files and folders) are :mod:`distar.runstate`'s;
+the names the trainer uses are imported here.
 
 A run folder holds ``checkpoint-<step>/`` folders, each with
 
@@ -21,25 +24,31 @@ newest checkpoint that verifies.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import random
 import re
 import shutil
 import signal
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from distar import runstate
 from distar.config import ConfigError
 from distar.errors import first_line
+from distar.runstate import (  # noqa: F401  (re-exported: the trainer and tests call them as checkpoint helpers)
+    MANIFEST_FILE,
+    TRASH_PREFIX,
+    remove_dir,
+    replace_dir,
+    rng_state,
+    set_rng_state,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +58,7 @@ GENERATOR_FILE = "generator.safetensors"
 GENERATOR_EMA_FILE = "generator_ema.safetensors"
 ASSISTANT_FILE = "assistant.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
-MANIFEST_FILE = "manifest.json"
 LOG_FILE = "log.jsonl"
-TRASH_PREFIX = ".trash-"
 BEST_DIR = "best"
 
 #: What a run folder holds besides its checkpoints (see :mod:`distar.train.runfolder` for ``--overwrite``).
@@ -98,79 +105,9 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's contents to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_manifest(folder: Path) -> None:
-    """Sync every file of ``folder`` and record its size and SHA-256 in ``manifest.json`` (written last)."""
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        _fsync(path)
-        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    tmp = folder / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(json.dumps({"files": files}, indent=1))
-    _fsync(tmp)
-    tmp.rename(folder / MANIFEST_FILE)
-    _fsync(folder)
-
-
-#: Folders that verified in this process, with the (name, size, mtime) of their files then: a second
-#: verification of an unchanged folder (the command line checks before building models, the trainer
-#: again when it loads) does not hash gigabytes twice.
-_verified: dict[Path, tuple] = {}
-
-
-def _signature(folder: Path) -> tuple:
-    files = (p for p in folder.rglob("*") if p.is_file())
-    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-
-
 def verify_checkpoint(folder: Path) -> str | None:
     """Why ``folder`` is not a complete, intact checkpoint (naming the file at fault), or None."""
-    key = folder.resolve()
-    if key in _verified and _verified[key] == _signature(folder):
-        return None
-    problem = _check_manifest(folder)
-    if problem is None:
-        _verified[key] = _signature(folder)
-    return problem
-
-
-def _check_manifest(folder: Path) -> str | None:
-    manifest = folder / MANIFEST_FILE
-    try:
-        files = json.loads(manifest.read_text())["files"]
-        entries = [(str(name), int(e["size"]), str(e["sha256"])) for name, e in files.items()]
-    except FileNotFoundError:
-        return f"{manifest}: missing (incomplete, or not written by this version of distar)"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        return f"{manifest}: unreadable ({type(err).__name__})"
-    if TRAINER_STATE_FILE not in files:
-        return f"{manifest}: lists no {TRAINER_STATE_FILE}"
-    for name, size, sha in entries:
-        path = folder / name
-        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
-            return f"{path}: missing"
-        if path.stat().st_size != size:
-            return f"{path}: {path.stat().st_size} bytes, the manifest says {size}"
-        if _sha256(path) != sha:
-            return f"{path}: SHA-256 does not match the manifest (corrupted)"
-    return None
+    return runstate.verify_manifest(folder, required=[TRAINER_STATE_FILE])
 
 
 def resolve_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
@@ -208,40 +145,16 @@ def resolve_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
 # ---------------------------------------------------------------------- atomic folder changes
 
 
-def _to_trash(path: Path) -> Path:
-    """Rename ``path`` to its trash name (one atomic rename) and return the new path."""
-    trash = path.with_name(f"{TRASH_PREFIX}{path.name}")
-    shutil.rmtree(trash, ignore_errors=True)
-    path.rename(trash)
-    return trash
-
-
-def remove_dir(path: Path) -> None:
-    """Delete a folder so that no half-deleted folder keeps its name: rename first, then delete."""
-    shutil.rmtree(_to_trash(path))
-
-
 def prune_checkpoints(output_dir: str | Path, total_limit: int | None) -> list[Path]:
     """Delete the oldest checkpoints beyond ``total_limit`` (atomically each); returns the removed folders."""
     if total_limit is None:
         return []
     removed = list_checkpoints(output_dir)[:-total_limit]
     for step, path in removed:
-        trash = _to_trash(path)
+        trash = runstate.to_trash(path)
         kill_point("prune", step)
         shutil.rmtree(trash)
     return [path for _, path in removed]
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a completely written folder ``tmp`` to ``final``, replacing an older ``final``."""
-    if final.exists():
-        trash = _to_trash(final)
-        tmp.rename(final)
-        shutil.rmtree(trash)
-    else:
-        tmp.rename(final)
-    _fsync(final.parent)
 
 
 def is_leftover(name: str) -> bool:
@@ -290,10 +203,7 @@ def check_new_run(output_dir: str | Path, *, overwrite: bool) -> None:
 
 def read_json(path: Path) -> Any:
     """A JSON file of a checkpoint; a missing or garbled file is a one-line :class:`CheckpointError`."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: not JSON, 5,000 digits
-        raise CheckpointError(f"{path}: unreadable ({type(err).__name__})") from None
+    return runstate.read_json(path, error=CheckpointError)
 
 
 def read_trainer_state(folder: Path) -> dict[str, Any]:
@@ -304,31 +214,6 @@ def read_trainer_state(folder: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or type(state.get("step")) is not int or state["step"] < 0:
         raise CheckpointError(f"{file}: needs a non-negative integer 'step'")
     return state
-
-
-def rng_state() -> dict[str, Any]:
-    """Every global generator's state as JSON-serialisable lists."""
-    version, mt_state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(mt_state), gauss],
-        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    version, mt_state, gauss = state["python"]
-    random.setstate((version, tuple(mt_state), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def parameter_names(module: nn.Module, params: Iterable[nn.Parameter]) -> list[str]:
@@ -348,8 +233,8 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write named tensors as safetensors (detached, contiguous, on the CPU)."""
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    """Write named tensors as safetensors (detached, contiguous, on the CPU), atomically."""
+    runstate.save_safetensors(Path(path), tensors)
 
 
 def load_tensors(path: str | Path, expected: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:

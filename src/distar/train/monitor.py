@@ -28,7 +28,6 @@ import bisect
 import json
 import logging
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch import Tensor
 
 from distar.config import ConfigError
 from distar.io import read_prompts, write_atomic
+from distar.runstate import save_safetensors
 from distar.rewards.base import Reward, WeightedReward
 from distar.train.checkpoint import BEST_DIR, kill_point
 from distar.train.config import MonitorConfig
@@ -442,7 +442,7 @@ def reference_images(
     make: Callable[[], Tensor],
 ) -> Tensor:
     """The reference's images of the held-out pairs, read from ``cache`` when it was made for ``key``."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     if cache.is_file():
         try:
@@ -454,8 +454,6 @@ def reference_images(
             pass
     images = make()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")  # runs in parallel may share the cache
-    save_file({"images": (images.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()}, str(tmp))
-    tmp.replace(cache)
+    save_safetensors(cache, {"images": (images.clamp(0, 1) * 255).round().to(torch.uint8)})  # runs in parallel may share it
     write_atomic(cache.with_suffix(".json"), json.dumps({"key": key}).encode())
     return (images.clamp(0, 1) * 255).round() / 255

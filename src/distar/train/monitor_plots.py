@@ -9,6 +9,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from distar.runstate import write_with
+
 
 def draw_curves(
     records: Sequence[dict[str, Any]],
@@ -54,10 +56,8 @@ def draw_curves(
     axes.flat[0].legend(fontsize=6)
     fig.suptitle("held-out monitor: mean ± 95 % interval over prompts; red = alarm, green = selected", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def draw_grid(folder: Path, path: Path, *, best: int | None) -> None:
@@ -81,6 +81,4 @@ def draw_grid(folder: Path, path: Path, *, best: int | None) -> None:
         canvas.paste(im.resize((im.width * scale, im.height * scale), Image.NEAREST), (label_w, y))
         draw.text((4, y + im.height * scale // 2 - 6), label, fill="black")
         y += im.height * scale
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    canvas.save(tmp)
-    tmp.replace(path)
+    write_with(path, lambda tmp: canvas.save(tmp, format="PNG"))

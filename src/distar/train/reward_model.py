@@ -44,6 +44,7 @@ from distar.rewards.preference import (
     read_pairs,
 )
 from distar.rewards.spec import RewardSpec
+from distar.runstate import write_dir
 from distar.runtime import check_seed
 from distar.train.runfolder import clear_run, record_written
 from distar.train.checkpoint import (
@@ -55,11 +56,10 @@ from distar.train.checkpoint import (
     prune_checkpoints,
     read_json,
     remove_leftovers,
-    replace_dir,
     resolve_checkpoint,
     save_tensors,
-    write_manifest,
 )
+from distar.train.logs import JsonlLog
 
 logger = logging.getLogger(__name__)
 
@@ -245,25 +245,24 @@ def train_reward_model(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start = int(state["step"])
-        _truncate_log(out / LOG_FILE, start)
+        JsonlLog(out / LOG_FILE).truncate_after(start)
         logger.info("resuming from %s (step %d of %d)", checkpoint, start, config.steps)
     else:
         save_config(config, out / CONFIG_FILE)
         state = {"config": _resumable(config), "before": evaluate()}
 
     def save(step: int) -> None:
-        tmp = out / f".checkpoint-{step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_tensors(dict(zip(names, parameters)), tmp / MODEL_FILE)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
-        (tmp / CONFIG_FILE).write_text(config_yaml(config))
-        (tmp / TRAINER_STATE_FILE).write_text(json.dumps({**state, "step": step}))
-        write_manifest(tmp)
-        replace_dir(tmp, out / f"checkpoint-{step}")
+        def write(tmp: Path) -> None:
+            save_tensors(dict(zip(names, parameters)), tmp / MODEL_FILE)
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
+            (tmp / CONFIG_FILE).write_text(config_yaml(config))
+            (tmp / TRAINER_STATE_FILE).write_text(json.dumps({**state, "step": step}))
+
+        write_dir(out / f"checkpoint-{step}", write)
         prune_checkpoints(out, config.total_limit)
 
-    with open(out / LOG_FILE, "a", encoding="utf-8") as log, tqdm(
+    log = JsonlLog(out / LOG_FILE)
+    with tqdm(
         total=config.steps, initial=start, desc="reward model", unit="step", disable=not config.progress_bar
     ) as bar:
         for step in range(start, config.steps):
@@ -283,8 +282,7 @@ def train_reward_model(
             record = {"step": step + 1, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"]}
             if accuracy is not None:
                 record["accuracy"] = float(accuracy)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.write([record])
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             bar.update()
             done = step + 1
@@ -310,12 +308,6 @@ def _resumable(config: RewardTrainConfig) -> dict[str, Any]:
         "heldout", "heldout_data", "seed",
     )
     return {k: getattr(config, k) for k in keys}
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        write_atomic(path, "".join(line + "\n" for line in lines).encode())
 
 
 def _save_model(reward: CLIPSimilarityReward, spec: RewardSpec, out: Path) -> None:

@@ -4,18 +4,24 @@ statistics and report tables are :mod:`distar.sweep`'s)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import math
+from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import Tensor, nn
 
+from distar import runstate
 from distar.config import field
 
 #: ``log(step, terms)``: called after every optimiser step with the batch's loss terms as floats.
 Log = Callable[[int, dict[str, float]], None]
 #: Where :func:`fit` stands: ``{"step": next step, "optimiser": state dict, "scheduler": state dict}``.
 FitState = dict[str, Any]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -88,3 +94,47 @@ def fit(
     if module is not None:
         module.eval()
     return terms
+
+class FitCheckpoint:
+    """A fit's state in ``folder`` every ``every`` steps, so a world build that stops resumes.
+
+    ``state.pt`` holds what :meth:`save` is given (the :func:`fit` state, weights, random streams),
+    beside whatever files ``extra`` writes; the folder is written whole, with a manifest
+    (:func:`distar.runstate.write_dir`). :meth:`load` gives the state back only when the folder verifies
+    and its ``key`` (the settings the run depends on) is the current one.
+    """
+
+    STATE_FILE = "state.pt"
+
+    def __init__(self, folder: str | Path, every: int, key: dict, stop: Callable[[], bool] = lambda: False) -> None:
+        self.folder, self.every, self.key = Path(folder), every, json.dumps(key, sort_keys=True)
+        self.stop = stop
+
+    def due(self, step: int) -> bool:
+        """Whether to save after ``step``: every ``every`` steps, and when ``stop()`` (the run ends there)."""
+        return bool(self.every) and (step + 1) % self.every == 0 or self.stop()
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none, it does not verify or it belongs to other settings.
+        A folder without a manifest (written before manifests were added) is read as it is."""
+        path = self.folder / self.STATE_FILE
+        if not path.is_file():
+            return None
+        if (self.folder / runstate.MANIFEST_FILE).is_file():
+            problem = runstate.verify_manifest(self.folder, required=[self.STATE_FILE])
+            if problem is not None:
+                logger.warning("not resuming from %s: %s", self.folder, problem)
+                return None
+        state = runstate.load_torch(path)
+        return state if state["key"] == self.key else None
+
+    def save(self, state: dict, extra: Callable[[Path], None] | None = None) -> None:
+        """Write ``state`` and what ``extra(folder)`` writes, replacing the previous save whole."""
+
+        def write(folder: Path) -> None:
+            runstate.save_torch(folder / self.STATE_FILE, dict(state, key=self.key))
+            if extra is not None:
+                extra(folder)
+
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        runstate.write_dir(self.folder, write)

@@ -36,8 +36,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import shutil
 import sys
 import time
@@ -49,11 +47,12 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from diffusers import UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel
 
+from distar import runstate
 from distar.config import field, to_dict
 from distar.errors import Preempted, first_line
 from distar.backends import build_backend
 from distar.backends.config import ModelConfig
-from distar.protocols import ImageModel
+from distar.protocols import BackendModel, ImageModel
 from distar.worlds.shapes.clip import (
     MAX_LENGTH,
     ClipArch,
@@ -71,7 +70,7 @@ from distar.worlds.shapes.grammar import sample_prompts, vocabulary
 from distar.rewards import RewardSpec, load_reward
 from distar.runtime import environment
 from distar.train.preemption import StopSignals
-from distar.worlds.shapes.one_step import DistillLoop, OneStepSampler, RefineLoop, distill_one_step, refine_one_step
+from distar.worlds.shapes.one_step import DistillLoop, RefineLoop, distill_one_step, refine_one_step
 from distar.worlds.shapes.metrics import (
     AlignmentScore,
     AttributeClassifier,
@@ -147,14 +146,6 @@ def _fid(features: ImageFeatures, real: torch.Tensor, fake: torch.Tensor) -> flo
     return float(metric.compute())
 
 
-def _files(directory: Path) -> dict[str, dict[str, object]]:
-    return {
-        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
 class _Stages:
     """Completed stages of a build in progress (``<folder>/.stages/<stage>.json``: settings, timing, figures).
 
@@ -174,7 +165,7 @@ class _Stages:
         path = self.dir / f"{stage}.json"
         if not path.is_file():
             return False
-        record = json.loads(path.read_text())
+        record = runstate.read_json(path)
         if record["settings"] != settings:
             return False
         self.timings[stage] = record["seconds"]
@@ -193,7 +184,7 @@ class _Stages:
         self.timings[stage] = round(time.perf_counter() - start, 1)
         self.figures.update(figures)
         record = {"settings": settings, "seconds": self.timings[stage], "figures": figures}
-        (self.dir / f"{stage}.json").write_text(json.dumps(record, indent=2) + "\n")
+        runstate.write_json(self.dir / f"{stage}.json", record)
         self.echo(f"[{stage}] done in {self.timings[stage]:.0f}s")
 
 
@@ -380,12 +371,12 @@ class _Build:
                 for r in log[:: max(1, len(log) // 40)]
             ]
 
-    def _one_step_model(self, folder: str, name: str) -> OneStepSampler:
+    def _one_step_model(self, folder: str, name: str) -> BackendModel:
         model = ModelConfig(
             family="sd", pretrained=str(self.tmp / "reference"), generator_init=str(self.tmp / folder),
             t_init=self.config.one_step.t_init,
         )
-        return OneStepSampler(build_backend(model), name)
+        return BackendModel(build_backend(model), name)
 
     def quality(self, clip: CLIPModel, judge: AttributeClassifier, sampler: ReferenceSampler) -> None:
         """FID, alignment, true utility and learned reward of renders, the reference and both starts."""
@@ -412,12 +403,10 @@ class _Build:
             "figures": stages.figures,
             "environment": environment(),
             "command": " ".join(sys.argv),
-            "files": _files(tmp),
+            "files": runstate.manifest_entries(tmp),
         }
-        (tmp / "build_record.json").write_text(json.dumps(record, indent=2) + "\n")
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        tmp.rename(self.out)
+        runstate.write_json(tmp / "build_record.json", record)
+        runstate.replace_dir(tmp, self.out)
         return record
 
 

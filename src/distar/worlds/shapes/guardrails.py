@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distar.rewards import RewardSpec
+from distar.runstate import JsonlLog
 from distar.train import MonitorConfig
 from distar.sweep import as_number, mean_ci95
 
@@ -83,7 +84,7 @@ def replayed_alarms(deciding: Sequence[dict[str, Any]], watched: Sequence[str], 
 def read_run(run_dir: Path, *, z: float) -> dict[str, Any]:
     """Alarms (its own, and replayed under :data:`RULES`), selection and truth of one run's
     ``monitor.jsonl`` (the records of the model that decides)."""
-    records = [json.loads(line) for line in (run_dir / "monitor.jsonl").read_text().splitlines() if line.strip()]
+    records = JsonlLog(run_dir / "monitor.jsonl").read()
     deciding = [r for r in records if r.get("decides")]
     truth_fell = [
         r["step"] for r in deciding if any(_z(r["change"].get(k, [None, None])) < -TRUTH_Z for k in TRUTH)

@@ -30,7 +30,7 @@ from distar.backends.config import ModelConfig
 from distar.config import field
 from distar.diffusion import DiscreteSchedule, to_x0
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
-from distar.protocols import Backend
+from distar.protocols import Backend, BackendModel
 from distar.rewards import RewardSpec
 from distar.rewards.hub import quiet_transformers
 from distar.worlds.common import Log, TrainLoop, fit
@@ -189,17 +189,5 @@ def train(config: TrainConfig, resume: str | None = None) -> tuple[Backend, list
     return trainer.backend, records
 
 
-class OneStepSampler:
-    """A trained backend's generator as an :class:`~distar.protocols.ImageModel` (one UNet evaluation).
-
-    z for each image is drawn from its own seed with the backend's ``sample_latents``.
-    """
-
-    def __init__(self, backend: Backend, name: str) -> None:
-        self.backend, self.name = backend, name
-
-    @torch.no_grad()
-    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
-        z = torch.cat([self.backend.sample_latents(1, torch.Generator().manual_seed(int(s))) for s in seeds])
-        x0 = self.backend.generate(z, self.backend.encode_prompts(list(prompts)))
-        return self.backend.decode(x0).float().cpu()
+#: A trained backend's generator as an :class:`~distar.protocols.ImageModel` (the shapes world's name for it).
+OneStepSampler = BackendModel

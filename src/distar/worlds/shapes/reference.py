@@ -18,7 +18,6 @@ length as Stable Diffusion does. Saved as a diffusers folder without a VAE — `
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -33,9 +32,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from distar.config import field
 from distar.diffusion import cfg_combine
 from distar.errors import Cancelled
-from distar.io import write_atomic
 from distar.rewards.hub import quiet_transformers
-from distar.worlds.common import FitState, Log, TrainLoop, fit
+from distar.worlds.common import FitCheckpoint, FitState, Log, TrainLoop, fit
 from distar.worlds.shapes.data import SceneSampler
 from distar.worlds.shapes.grammar import IMAGE_SIZE
 
@@ -141,41 +139,26 @@ class NoiseLevels:
         return torch.searchsorted(self.log_sigma, log_sigma).clamp(0, len(self.log_sigma) - 1)
 
 
-class ReferenceCheckpoint:
-    """The reference's training state in ``folder`` every ``every`` steps, so a build that stops resumes.
-
-    ``state.pt`` holds the weights, the EMA, the optimiser and schedule, and every random stream of the
-    run (written atomically); ``unet/`` the EMA weights as a diffusers UNet, to look at while the build
-    runs. :func:`train_reference` given a checkpoint whose ``key`` (the settings the run depends on)
-    matches continues from its state and ends with the weights of a run that never stopped.
+class ReferenceCheckpoint(FitCheckpoint):
+    """The reference's training state (:class:`~distar.worlds.common.FitCheckpoint`): ``state.pt`` holds
+    the weights, the EMA, the optimiser and schedule, and every random stream of the run; ``unet/`` the
+    EMA weights as a diffusers UNet, to look at while the build runs. :func:`train_reference` given a
+    checkpoint whose key matches continues from its state and ends with the weights of a run that never
+    stopped.
     """
 
-    def __init__(self, folder: Path, every: int, key: dict, stop: Callable[[], bool] = lambda: False) -> None:
-        self.folder, self.every, self.key = Path(folder), every, json.dumps(key, sort_keys=True)
-        self.stop = stop
+    def save_training(self, state: dict, unet: UNet2DConditionModel, ema: EMAModel) -> None:
+        """Write ``state`` and the EMA weights (passed through ``unet``) as ``unet/``."""
 
-    def due(self, step: int) -> bool:
-        """Whether to save after ``step``: every ``every`` steps, and when ``stop()`` (the run ends there)."""
-        return bool(self.every) and (step + 1) % self.every == 0 or self.stop()
+        def ema_unet(folder: Path) -> None:
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+            try:
+                unet.save_pretrained(folder / "unet")
+            finally:
+                ema.restore(unet.parameters())
 
-    def load(self) -> dict | None:
-        """The saved state, or None when there is none or it belongs to other settings."""
-        path = self.folder / "state.pt"
-        if not path.is_file():
-            return None
-        state = torch.load(path, weights_only=True)
-        return state if state["key"] == self.key else None
-
-    def save(self, state: dict, unet: UNet2DConditionModel, ema: EMAModel) -> None:
-        """Write ``state`` (before the EMA weights pass through ``unet`` to be saved as ``unet/``)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(dict(state, key=self.key), buffer)
-        write_atomic(self.folder / "state.pt", buffer.getvalue())
-        ema.store(unet.parameters())
-        ema.copy_to(unet.parameters())
-        unet.save_pretrained(self.folder / "unet")
-        ema.restore(unet.parameters())
+        self.save(state, ema_unet)
 
 
 def train_reference(
@@ -231,7 +214,7 @@ def train_reference(
             "scenes": sampler.get_state(),
             "generator": generator.get_state(),
         }
-        checkpoint.save(state, unet, ema)
+        checkpoint.save_training(state, unet, ema)
 
     fit(unet, loop, step_loss, log, checkpoint=save, resume=None if resume is None else resume["fit"])
     ema.copy_to(unet.parameters())

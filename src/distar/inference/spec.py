@@ -1,7 +1,7 @@
 """How a model to evaluate or sample is named on the command line: :class:`ModelSpec`, written as
 ``PATH::key=value,...`` (:func:`parse_model_spec`).
 
-Kept apart from :mod:`distar.eval.models` so that command-line definitions import no torch.
+Kept apart from :mod:`distar.inference.models` so that command-line definitions import no torch.
 """
 
 from __future__ import annotations
