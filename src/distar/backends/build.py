@@ -12,7 +12,7 @@ from torch import nn
 
 from distar.backends.config import ModelConfig
 from distar.backends.flux import FluxBackend
-from distar.backends.loading import TEXT_ENCODERS, denoiser, load_pipeline, load_unet_init
+from distar.backends.loading import TEXT_ENCODERS, denoiser, load_denoiser_init, load_pipeline
 from distar.backends.lora import add_lora, cast_, checkpoint_keeping_adapter_state
 from distar.backends.sana import SanaBackend
 from distar.backends.sd import StableDiffusionBackend
@@ -34,20 +34,20 @@ def frozen_dtype(cfg: ModelConfig, dtype: torch.dtype | None = None) -> torch.dt
     return dtype or getattr(torch, cfg.dtype)
 
 
-def build_generator(cfg: ModelConfig, reference_unet: ModelMixin, dtype: torch.dtype) -> ModelMixin:
+def build_generator(cfg: ModelConfig, reference: ModelMixin, dtype: torch.dtype) -> ModelMixin:
     """g_θ's network (UNet or transformer): a float32 copy of the reference or of ``cfg.generator_init``.
 
     With ``generator_lora_rank > 0`` its base weights are frozen in ``dtype`` and a LoRA adapter is
     the trainable part.
     """
     if cfg.generator_init:
-        unet = load_unet_init(cfg.generator_init, reference_unet.config, cls=type(reference_unet))
+        net = load_denoiser_init(cfg.generator_init, reference.config, cls=type(reference))
     else:
-        unet = copy.deepcopy(reference_unet)
+        net = copy.deepcopy(reference)
     if cfg.generator_lora_rank:
-        cast_(unet, dtype)
-        add_lora(unet, cfg.generator_lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
-    return unet
+        cast_(net, dtype)
+        add_lora(net, cfg.generator_lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+    return net
 
 
 def build_backend(
@@ -71,12 +71,12 @@ def build_backend(
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False).eval()
-    unet = denoiser(pipe)
-    generator = build_generator(cfg, unet, dtype)
+    net = denoiser(pipe)
+    generator = build_generator(cfg, net, dtype)
     rank = cfg.assistant_lora_rank
     shared = rank > 0 and cfg.assistant_lora_shared
-    assistant = None if shared else copy.deepcopy(unet)  # float32 copy, made before the reference is cast
-    reference = cast_(unet, dtype).requires_grad_(False).eval()
+    assistant = None if shared else copy.deepcopy(net)  # float32 copy, made before the reference is cast
+    reference = cast_(net, dtype).requires_grad_(False).eval()
     if shared:
         assistant = reference
     elif rank:

@@ -63,11 +63,11 @@ class FluxBackend(StableDiffusion3Backend):
         """Drawn in the packed layout, as the pipeline's stochastic scheduler step draws it."""
         return self._unpack(super()._noise_like(self._pack(x0), generator))
 
-    def _forward(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
+    def _forward(self, denoiser: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
         assert cond.pooled is not None, "FLUX conditioning needs pooled CLIP embeddings"
         batch, _, h, w = x_t.shape
         guidance = torch.full((batch,), self.guidance, device=x_t.device) if self.guidance_embeds else None
-        out = unet(
+        out = denoiser(
             hidden_states=self._pack(x_t),
             timestep=t.float(),
             guidance=guidance,

@@ -318,7 +318,7 @@ def read_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_unet_init(
+def load_denoiser_init(
     spec: str,
     unet_config: Mapping[str, Any],
     revision: str | None = None,

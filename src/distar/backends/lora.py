@@ -39,13 +39,13 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 LORA_EMA_WEIGHTS_FILE = "pytorch_lora_weights_ema.safetensors"
 
 
-def add_lora(unet: ModelMixin, rank: int, alpha: float | None, target_modules: list[str]) -> None:
+def add_lora(denoiser: ModelMixin, rank: int, alpha: float | None, target_modules: list[str]) -> None:
     """Inject a trainable float32 LoRA adapter (B = 0 at start: output unchanged); freeze the rest.
 
-    Raises a one-line :class:`~distar.config.ConfigError` when no target names a module of ``unet``, or
+    Raises a one-line :class:`~distar.config.ConfigError` when no target names a module of ``denoiser``, or
     when a list other than the default (which spans the UNet and transformer families) names one that
     matches nothing."""
-    names = [name for name, _ in unet.named_modules()]
+    names = [name for name, _ in denoiser.named_modules()]
 
     def unmatched(targets: list[str]) -> list[str]:
         return [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
@@ -55,13 +55,13 @@ def add_lora(unet: ModelMixin, rank: int, alpha: float | None, target_modules: l
         usable = [t for t in DEFAULT_LORA_TARGETS if t not in unmatched(DEFAULT_LORA_TARGETS)]
         raise ConfigError(
             f"model.lora_target_modules: {', '.join(map(repr, missing[:5]))} match no module of the "
-            f"{type(unet).__name__} (it has e.g. {', '.join(usable[:8])})"
+            f"{type(denoiser).__name__} (it has e.g. {', '.join(usable[:8])})"
         )
-    unet.requires_grad_(False)
-    unet.add_adapter(
+    denoiser.requires_grad_(False)
+    denoiser.add_adapter(
         LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=target_modules, init_lora_weights=True)
     )
-    cast_training_params(unet, dtype=torch.float32)
+    cast_training_params(denoiser, dtype=torch.float32)
     _ADAPTER_LAYERS.clear()
 
 
@@ -124,9 +124,9 @@ def checkpoint_keeping_adapter_state(block: nn.Module, *args: Any) -> Any:
     return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False, context_fn=recompute)
 
 
-def merged_unet(unet: nn.Module) -> ModelMixin:
+def merged_denoiser(denoiser: nn.Module) -> ModelMixin:
     """A plain copy of a (possibly wrapped, possibly LoRA-carrying) UNet or transformer with adapters merged in."""
-    merged = copy.deepcopy(extract_model_from_parallel(unet))
+    merged = copy.deepcopy(extract_model_from_parallel(denoiser))
     if lora_layers(merged):
         merged.fuse_lora()
         merged.unload_lora()
@@ -134,23 +134,23 @@ def merged_unet(unet: nn.Module) -> ModelMixin:
     return merged
 
 
-def diffusers_lora_state_dict(unet: nn.Module, state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+def diffusers_lora_state_dict(denoiser: nn.Module, state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The UNet's LoRA weights under diffusers' keys (``<module>.lora_A.weight``: no adapter name; the file
     adds the ``unet.`` or ``transformer.`` prefix).
 
     ``state`` (default: the UNet's own) maps the UNet's parameter names to values, e.g. EMA weights.
     """
-    inner = extract_model_from_parallel(unet)
+    inner = extract_model_from_parallel(denoiser)
     weights = get_peft_model_state_dict(inner, state_dict=None if state is None else dict(state))
     return {k: v.detach().contiguous().cpu() for k, v in weights.items()}
 
 
 def save_diffusers_lora(
-    unet: nn.Module, folder: str | Path, state: Mapping[str, Tensor] | None = None, weight_name: str = LORA_WEIGHTS_FILE
+    denoiser: nn.Module, folder: str | Path, state: Mapping[str, Tensor] | None = None, weight_name: str = LORA_WEIGHTS_FILE
 ) -> Path:
     """Write the UNet's adapter as a diffusers LoRA file that ``pipe.load_lora_weights(folder)`` reads;
     returns the file. ``state`` as in :func:`diffusers_lora_state_dict`."""
-    inner = extract_model_from_parallel(unet)
+    inner = extract_model_from_parallel(denoiser)
     if not lora_layers(inner):
         raise ValueError("the UNet has no LoRA adapter to save")
     weights = diffusers_lora_state_dict(inner, state)
@@ -168,12 +168,12 @@ def save_diffusers_lora(
 
 
 def save_checkpoint_lora(
-    unet: nn.Module, folder: str | Path, weights: Mapping[str, Tensor], ema_weights: Mapping[str, Tensor] | None
+    denoiser: nn.Module, folder: str | Path, weights: Mapping[str, Tensor], ema_weights: Mapping[str, Tensor] | None
 ) -> None:
     """Next to a checkpoint's own files, the generator's LoRA (raw and EMA) in diffusers' format;
     nothing for a UNet without adapters."""
-    if not lora_layers(extract_model_from_parallel(unet)):
+    if not lora_layers(extract_model_from_parallel(denoiser)):
         return
-    save_diffusers_lora(unet, folder, state=weights)
+    save_diffusers_lora(denoiser, folder, state=weights)
     if ema_weights is not None:
-        save_diffusers_lora(unet, folder, state=ema_weights, weight_name=LORA_EMA_WEIGHTS_FILE)
+        save_diffusers_lora(denoiser, folder, state=ema_weights, weight_name=LORA_EMA_WEIGHTS_FILE)

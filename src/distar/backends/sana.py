@@ -69,9 +69,9 @@ class SanaBackend(StableDiffusion3Backend):
         )
         return TextConditioning(embeds, mask=mask)
 
-    def _forward(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
+    def _forward(self, denoiser: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
         assert cond.mask is not None, "SANA conditioning needs the tokens' attention mask"
-        return unet(
+        return denoiser(
             hidden_states=x_t,
             encoder_hidden_states=cond.embeds.to(dtype),
             encoder_attention_mask=cond.mask,

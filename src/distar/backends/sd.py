@@ -199,14 +199,14 @@ class StableDiffusionBackend(FewStepSampling):
 
     def reference_x0(self, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
         """x̂0_ref(x_t | c), frozen weights, graph kept through x_t."""
-        with self._reference_mode() as unet:
-            return self._x0(unet, x_t, t, cond)
+        with self._reference_mode() as denoiser:
+            return self._x0(denoiser, x_t, t, cond)
 
     def reference_x0_cond_uncond(self, x_t: Tensor, t: Tensor, cond: TextConditioning) -> tuple[Tensor, Tensor]:
         """(x̂0_ref(x_t | c), x̂0_ref(x_t | ∅)) from one batched forward, for CFG (3.5)."""
         both = cond.cat(self.uncond.repeat(len(cond)))
-        with self._reference_mode() as unet:
-            x0 = self._x0(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), both)
+        with self._reference_mode() as denoiser:
+            x0 = self._x0(denoiser, torch.cat([x_t, x_t]), torch.cat([t, t]), both)
         x0_cond, x0_uncond = x0.chunk(2)
         return x0_cond, x0_uncond
 
@@ -249,23 +249,23 @@ class StableDiffusionBackend(FewStepSampling):
         if self.reference is not None:
             yield self.reference
             return
-        unet = extract_model_from_parallel(self.assistant)
-        with adapters_disabled(unet):
-            yield unet
+        denoiser = extract_model_from_parallel(self.assistant)
+        with adapters_disabled(denoiser):
+            yield denoiser
 
-    def _unet_kwargs(self, cond: TextConditioning, dtype: torch.dtype) -> dict[str, Any]:
+    def _denoiser_kwargs(self, cond: TextConditioning, dtype: torch.dtype) -> dict[str, Any]:
         return {"encoder_hidden_states": cond.embeds.to(dtype)}
 
-    def _forward(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
+    def _forward(self, denoiser: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
         """The network's raw output on ``x_t`` (already in ``dtype``) at schedule times ``t``."""
-        return unet(x_t, t, return_dict=False, **self._unet_kwargs(cond, dtype))[0]
+        return denoiser(x_t, t, return_dict=False, **self._denoiser_kwargs(cond, dtype))[0]
 
-    def _x0(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
-        """Evaluate ``unet`` in its own dtype and convert its output to x̂0 in ``x_t``'s dtype (§1)."""
-        dtype = self._dtypes.get(unet)
+    def _x0(self, denoiser: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning) -> Tensor:
+        """Evaluate ``denoiser`` in its own dtype and convert its output to x̂0 in ``x_t``'s dtype (§1)."""
+        dtype = self._dtypes.get(denoiser)
         if dtype is None:
-            dtype = self._dtypes[unet] = extract_model_from_parallel(unet).dtype
-        out = self._forward(unet, x_t.to(dtype), t, cond, dtype)
+            dtype = self._dtypes[denoiser] = extract_model_from_parallel(denoiser).dtype
+        out = self._forward(denoiser, x_t.to(dtype), t, cond, dtype)
         alpha_t = expand_like(self.schedule.alpha(t), x_t).to(x_t.dtype)
         sigma_t = expand_like(self.schedule.sigma(t), x_t).to(x_t.dtype)
         return to_x0(out.to(x_t.dtype), x_t, alpha_t, sigma_t, self.prediction_type)

@@ -53,9 +53,9 @@ class StableDiffusion3Backend(StableDiffusionBackend):
         )
         return TextConditioning(embeds, pooled)
 
-    def _forward(self, unet: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
+    def _forward(self, denoiser: nn.Module, x_t: Tensor, t: Tensor, cond: TextConditioning, dtype: torch.dtype) -> Tensor:
         assert cond.pooled is not None, "SD3 conditioning needs pooled text embeddings"
-        return unet(
+        return denoiser(
             hidden_states=x_t,
             timestep=(t * FLOW_TIMESTEPS).float(),  # as the pipeline: float32 whatever the weights
             encoder_hidden_states=cond.embeds.to(dtype),

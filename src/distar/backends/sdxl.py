@@ -42,7 +42,7 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
             self._time_ids_cache[key] = torch.tensor([size + [0, 0] + size], device=device, dtype=dtype)
         return self._time_ids_cache[key].expand(batch_size, -1)
 
-    def _unet_kwargs(self, cond: TextConditioning, dtype: torch.dtype) -> dict[str, Any]:
+    def _denoiser_kwargs(self, cond: TextConditioning, dtype: torch.dtype) -> dict[str, Any]:
         assert cond.pooled is not None, "SDXL conditioning needs pooled text embeddings"
         added = {"text_embeds": cond.pooled.to(dtype), "time_ids": self._time_ids(cond.embeds.device, dtype, len(cond))}
-        return {**super()._unet_kwargs(cond, dtype), "added_cond_kwargs": added}
+        return {**super()._denoiser_kwargs(cond, dtype), "added_cond_kwargs": added}

@@ -152,11 +152,11 @@ def pipeline_from_checkpoint(
     The denoiser's ``sample_size`` is the training resolution, so the pipeline's default size is it.
     """
     from distar.backends.loading import denoiser_name, one_step_flow_scheduler
-    from distar.backends.lora import cast_, merged_unet
+    from distar.backends.lora import cast_, merged_denoiser
 
     pipe, generator, cfg = _generator_from_checkpoint(find_checkpoint(checkpoint_dir), use_ema, dtype)
     resolution = training_resolution(cfg, pipe)
-    unet = cast_(merged_unet(generator), dtype).eval()
+    unet = cast_(merged_denoiser(generator), dtype).eval()
     unet.register_to_config(sample_size=resolution // (pipe.vae_scale_factor if pipe.vae is not None else 1))
     pipe.register_modules(**{denoiser_name(pipe): unet})
     if cfg.flow:

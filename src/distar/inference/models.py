@@ -164,9 +164,9 @@ class DiffusersModel:
                     f"model '{self.spec.path}': cannot load a diffusers pipeline ({first_line(err)})"
                 ) from None
         if self.spec.unet:
-            from distar.backends.loading import load_unet_init
+            from distar.backends.loading import load_denoiser_init
 
-            pipe.register_modules(unet=load_unet_init(self.spec.unet, pipe.unet.config))
+            pipe.register_modules(unet=load_denoiser_init(self.spec.unet, pipe.unet.config))
         if self.spec.scheduler:
             import diffusers
 
