@@ -30,7 +30,7 @@ import re
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -221,14 +221,17 @@ def remove_dir(path: Path) -> None:
     shutil.rmtree(_to_trash(path))
 
 
-def prune_checkpoints(output_dir: str | Path, total_limit: int | None) -> list[Path]:
-    """Delete the oldest checkpoints beyond ``total_limit`` (atomically each); returns the removed folders."""
+def prune_checkpoints(
+    output_dir: str | Path, total_limit: int | None, *, on_trashed: Callable[[int], None] = lambda step: None
+) -> list[Path]:
+    """Delete the oldest checkpoints beyond ``total_limit`` (atomically each; ``on_trashed(step)`` runs
+    between the rename and the deletion); returns the removed folders."""
     if total_limit is None:
         return []
     removed = list_checkpoints(output_dir)[:-total_limit]
     for step, path in removed:
         trash = _to_trash(path)
-        kill_point("prune", step)
+        on_trashed(step)
         shutil.rmtree(trash)
     return [path for _, path in removed]
 
