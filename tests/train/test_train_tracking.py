@@ -129,3 +129,31 @@ def test_an_offline_wandb_run_holds_learning_rates_reward_terms_throughput_sampl
     run_config = {item.key: json.loads(item.value_json) for item in run.config.update}
     assert run_config["optim"]["generator"]["lr"] == config.optim.generator.lr
     assert run_config["logging"]["report_to"] == "wandb" and run_config["output_dir"] == str(tmp_path / "run")
+
+
+def test_a_nested_config_becomes_dotted_scalar_hyper_parameters():
+    from distar.train.tracking import flat_config
+
+    flat = flat_config({"optim": {"generator": {"lr": 1e-5, "betas": [0.9, 0.99]}}, "model": None, "seed": 3})
+    assert flat == {"optim.generator.lr": 1e-5, "optim.generator.betas": "[0.9, 0.99]", "model": "None", "seed": 3}
+
+
+def test_a_window_is_averaged_written_once_and_timed_on_its_last_step(tmp_path):
+    import torch
+    from accelerate import Accelerator
+
+    from distar.train.tracking import TIMING_KEYS, StepLog
+
+    config = make_config(tmp_path, data={"batch_size": 4}, loop={"assistant_steps": 2, "gradient_accumulation_steps": 3})
+    log = StepLog(Accelerator(cpu=True), config, tmp_path / "log.jsonl")
+    log.add({"generator/loss": torch.tensor(1.5)}, lrs=(0.25, 0.5), skipped=0, seconds=1.0)
+    log.add({"generator/loss": torch.tensor(-2.0)}, lrs=(0.125, 0.5), skipped=1, seconds=3.0)
+    records = log.flush(7)
+    assert records[0] == {"step": 6, "generator/loss": 1.5, "lr/generator": 0.25, "lr/assistant": 0.5}
+    timings = {k: records[1].pop(k) for k in TIMING_KEYS}
+    assert records[1] == {"step": 7, "generator/loss": -2.0, "lr/generator": 0.125, "lr/assistant": 0.5, "skipped_updates": 1}
+    samples = 4 * 3  # prompts per generator update: batch × accumulation × processes
+    assert timings["time/step_s"] == 2.0 and timings["time/samples_per_s"] == samples / 2.0
+    assert timings["time/images_per_s"] == samples * (1 + 2) / 2.0 and timings["mem/peak_mib"] > 0
+    assert read_log(tmp_path) == [records[0], {**records[1], **timings}]
+    assert log.window == [] and log.busy == 0.0
