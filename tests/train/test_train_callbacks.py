@@ -6,8 +6,7 @@ import json
 import signal
 
 import pytest
-import torch
-from train_helpers import PROMPTS, BrightnessJudge, GaussianBackend, MeanReward, make_config
+from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config
 
 from distar.config import ConfigError
 from distar.train import Callback, Trainer
