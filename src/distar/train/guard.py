@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -80,20 +81,21 @@ class NumericsGuard:
         """Whether ``loop.max_bad_steps`` steps in a row were bad."""
         return self.consecutive_bad_steps >= self.max_bad_steps
 
-    def check(self, step: int, last_checkpoint: str) -> None:
-        """Stop the run (:class:`~distar.errors.RunError`) when :attr:`should_stop`."""
+    def check(self, step: int, last_checkpoint: Callable[[], str]) -> None:
+        """Stop the run when :attr:`should_stop`: a :class:`~distar.errors.RunError` that ends with
+        ``last_checkpoint()``."""
         if self.should_stop:
             raise RunError(
                 f"stopped at step {step}: {self.consecutive_bad_steps} steps in a row with a non-finite "
-                f"loss or gradient norm (loop.max_bad_steps = {self.max_bad_steps}); {last_checkpoint}"
+                f"loss or gradient norm (loop.max_bad_steps = {self.max_bad_steps}); {last_checkpoint()}"
             )
 
-    def check_end(self, step: int, last_checkpoint: str) -> None:
+    def check_end(self, step: int, last_checkpoint: Callable[[], str]) -> None:
         """Refuse a finished run whose last steps skipped updates (:class:`~distar.errors.RunError`)."""
         if self.consecutive_bad_steps:
             raise RunError(
                 f"finished at step {step}, but its last {self.consecutive_bad_steps} step(s) skipped "
-                f"non-finite updates: the weights may be useless; {last_checkpoint}"
+                f"non-finite updates: the weights may be useless; {last_checkpoint()}"
             )
 
     def state_dict(self) -> dict[str, int]:

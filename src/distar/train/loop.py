@@ -275,7 +275,7 @@ class Trainer:
                     if self.monitor is not None and acc.is_main_process:
                         self.monitor.draw()
                     acc.end_training()
-                self.guard.check_end(self.step, self._last_checkpoint())
+                self.guard.check_end(self.step, self._last_checkpoint)
                 return records
             except OSError as err:  # a full disk at config.yaml, log.jsonl or a sample grid
                 where = err.filename or "a run file"
@@ -326,7 +326,7 @@ class Trainer:
                     flushed = self.log.flush(self.step)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in flushed[-1].items() if k.endswith("/loss")})
                     records += flushed
-                self.guard.check(self.step, self._last_checkpoint())
+                self.guard.check(self.step, self._last_checkpoint)
                 if self._sampling and self.step % every == 0:
                     self.sample()
                 if self.monitor is not None and self.step % self.monitor_every == 0:
