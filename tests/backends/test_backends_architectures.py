@@ -87,6 +87,6 @@ def test_one_iteration_of_sd15s_real_architecture_runs_through_the_trainer(tmp_p
     logs = trainer.train_step()
     done = time.perf_counter()
     assert trainer.backend.latent_shape == (4, 8, 8)
-    assert all(math.isfinite(float(v)) for v in logs.values()) and not trainer._skipped
+    assert all(math.isfinite(float(v)) for v in logs.values()) and not trainer.guard.skipped
     with capsys.disabled():
         print(f"\nSD 1.5 architecture, 64 px: build {built - tick:.1f} s, one iteration {done - built:.1f} s")

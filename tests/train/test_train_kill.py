@@ -19,7 +19,7 @@ from accelerate.state import AcceleratorState
 
 from distar.cli import main
 from distar.train import checkpoint as ckpt
-from distar.train.loop import TIMING_KEYS
+from distar.train.tracking import TIMING_KEYS
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_sd.yaml"
 COMMON = [

@@ -13,6 +13,7 @@ from distar.backends.lora import adapter_state, lora_layers
 from distar.config import load_config
 from distar.train.algorithm import generator_losses
 from distar.train.build import build_trainer
+from distar.train.callbacks import Callback
 from distar.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -37,15 +38,15 @@ def trainer_for(tmp_path, *overrides):
 def generator_gradients(trainer, drop_inputs: bool) -> tuple[list[torch.Tensor], list]:
     """One train_step; the generator's raw gradients and the assistant's .grad at the generator update."""
     seen = {}
-    update, backward = trainer._update, trainer.accelerator.backward
+    backward = trainer.accelerator.backward
 
-    def spy(name, module, optimizer, config, loss):
-        if name == "generator":
-            seen["generator"] = [p.grad.clone() for p in trainer.generator_params]
-            seen["assistant"] = [p.grad for p in trainer.assistant_params]
-        return update(name, module, optimizer, config, loss)
+    class Spy(Callback):
+        def on_phase(self, trainer, phase):
+            if phase == "generator update":
+                seen["generator"] = [p.grad.clone() for p in trainer.generator_params]
+                seen["assistant"] = [p.grad for p in trainer.assistant_params]
 
-    trainer._update = spy
+    trainer.callbacks.callbacks.append(Spy())
     if drop_inputs:  # the previous iteration: backward through every trainable weight
         trainer.accelerator.backward = lambda loss, inputs=None: backward(loss)
     trainer.train_step()

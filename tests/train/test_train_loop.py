@@ -20,7 +20,8 @@ from distar.objectives import DIStarLoss
 from distar.train import Trainer
 from distar.train.algorithm import assistant_losses, generator_losses
 from distar.train.data import PromptStream
-from distar.train.loop import TIMING_KEYS, make_accelerator
+from distar.train.setup import make_accelerator
+from distar.train.tracking import TIMING_KEYS
 
 
 def losses(records):

@@ -18,7 +18,7 @@ from train_helpers import PROMPTS, GaussianBackend, MeanReward
 
 from distar.train import checkpoint as ckpt
 from distar.train import Trainer
-from distar.train.loop import TIMING_KEYS
+from distar.train.tracking import TIMING_KEYS
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from distar.cli import main
 from distar.config import load_config
 from distar.objectives import PRESETS
 from distar.train.config import TrainConfig
-from distar.train.loop import TIMING_KEYS
+from distar.train.tracking import TIMING_KEYS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 QUICK = ["logging.progress_bar=false", "logging.every=1", "sampling.every=0", "logging.report_to=none"]

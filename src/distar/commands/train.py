@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from distar.io import writable_dir
     from distar.train import checkpoint as ckpt
     from distar.train.build import load_prompts
-    from distar.train.loop import check_precision
+    from distar.train.setup import check_precision
     from distar.train.runfolder import RunLock, check_overwrite, check_run_folder
 
     # Every input is checked before a model is built.
@@ -84,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
         resume = str(found)  # the trainer verifies it again (from a cache), without repeating what was skipped
     from distar.runtime import configure_threads, count_parameters, report_threads
     from distar.train.build import build_trainer
+    from distar.train.callbacks import FaultHook
 
-    trainer = build_trainer(config, prompts=prompts)
+    fault = FaultHook.from_env()  # tests: $DISTAR_KILL_AT stops the run at a chosen point
+    trainer = build_trainer(config, prompts=prompts, callbacks=[fault] if fault else [])
     backend = trainer.backend
     modules = (backend.generator, backend.assistant, backend.reference, trainer.reward)
     threads = configure_threads(

@@ -59,7 +59,9 @@ class Reward(nn.Module, ABC):
 
 
 class WeightedReward(Reward):
-    """r = Σ_k w_k r_k, e.g. PickScore × 100 + HPSv2.1 × 10."""
+    """r = Σ_k w_k r_k, e.g. PickScore × 100 + HPSv2.1 × 10.
+
+    ``names`` are the terms' reward names, numbered ``_1``, ``_2``, ... where a name repeats."""
 
     name = "weighted"
 
@@ -69,10 +71,17 @@ class WeightedReward(Reward):
             raise ValueError("WeightedReward needs at least one (weight, reward) term")
         self.weights = [float(w) for w, _ in terms]
         self.rewards = nn.ModuleList(r for _, r in terms)
+        raw = [r.name for r in self.rewards]
+        self.names = [n if raw.count(n) == 1 else f"{n}_{raw[: i + 1].count(n)}" for i, n in enumerate(raw)]
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        return sum(w * r.score(images, prompts) for w, r in zip(self.weights, self.rewards))
+        return self.score_with_terms(images, prompts)[0]
 
     def score_terms(self, images: Tensor, prompts: Sequence[str]) -> dict[str, Tensor]:
-        """Each term's unweighted (B,) score, keyed by reward name (for logging)."""
-        return {r.name: r.score(images, prompts) for r in self.rewards}
+        """Each term's unweighted (B,) score, keyed by :attr:`names`."""
+        return self.score_with_terms(images, prompts)[1]
+
+    def score_with_terms(self, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The (B,) weighted reward and each term's unweighted (B,) score, from one evaluation of each term."""
+        terms = {name: r.score(images, prompts) for name, r in zip(self.names, self.rewards)}
+        return sum(w * t for w, t in zip(self.weights, terms.values())), terms

@@ -18,7 +18,7 @@ from distar.objectives.di_star import DIStarLoss
 from distar.objectives.dsm import dsm_loss, native_dsm_weight
 from distar.objectives.presets import ObjectiveConfig
 from distar.protocols import Backend, Conditioning
-from distar.rewards.base import Reward
+from distar.rewards.base import Reward, WeightedReward
 
 
 @dataclass(frozen=True)
@@ -105,17 +105,22 @@ def generator_losses(
     """Generator step: Eq. (3.4) (+ (3.6) in outer-CFG mode) at x0 = g_θ(z, c) (:func:`generator_x0`).
 
     ``prompts`` are the c that ``cond`` encodes (the reward scores the images against them), and
-    ``loss`` is the run's objective, built once from its :class:`ObjectiveConfig`. The graph runs
+    ``loss`` is the run's objective, built once from its :class:`ObjectiveConfig`. A weighted reward
+    adds each term's unweighted score as ``"reward/<name>"`` (:attr:`WeightedReward.names`). The graph runs
     from θ through x0 and x_t into the assistant's and the reference's inputs (Theorem 3.1); their
     parameters are not the caller's to update here.
     """
     x0 = generator_x0(backend, z, cond, part)
     t, noise = _noise_and_time(backend, x0, loss.config, part)
-    reward_values = None
+    reward_values, reward_terms = None, {}
     if reward is not None:
         images = backend.decode(x0)
-        reward_values = reward.score(images, prompts) if loss.uses_reward else _no_grad_score(reward, images, prompts)
-    return loss(
+        if loss.uses_reward:
+            reward_values, reward_terms = _score(reward, images, prompts)
+        else:
+            with torch.no_grad():  # α = 0: the reward is only logged, no graph through the reward model
+                reward_values, reward_terms = _score(reward, images.detach(), prompts)
+    terms = loss(
         x0,
         noise,
         alpha_t=backend.schedule.alpha(t),
@@ -125,9 +130,12 @@ def generator_losses(
         ref_x0_pair=lambda x_t: backend.reference_x0_cond_uncond(x_t, t, cond),
         reward=reward_values,
     )
+    return terms | {f"reward/{name}": value.detach() for name, value in reward_terms.items()}
 
 
-def _no_grad_score(reward: Reward, images: Tensor, prompts: Sequence[str]) -> Tensor:
-    """Reward for logging only (α = 0): no graph through the reward model."""
-    with torch.no_grad():
-        return reward.score(images.detach(), prompts)
+def _score(reward: Reward, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The (B,) reward and, for a :class:`~distar.rewards.base.WeightedReward`, each term's (B,) score
+    from the same evaluation."""
+    if isinstance(reward, WeightedReward):
+        return reward.score_with_terms(images, prompts)
+    return reward.score(images, prompts), {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from accelerate import Accelerator
@@ -11,7 +11,9 @@ from distar.config import ConfigError
 from distar.io import read_some
 from distar.train.config import DataConfig, TrainConfig
 from distar.train.data import open_prompts
-from distar.train.loop import Trainer, make_accelerator
+from distar.train.callbacks import Callback
+from distar.train.loop import Trainer
+from distar.train.setup import make_accelerator
 
 
 def load_prompts(data: DataConfig) -> Sequence[str]:
@@ -57,13 +59,12 @@ def build_trainer(
     *,
     prompts: Sequence[str] | None = None,
     offload_device: torch.device | str = "cpu",
-    trainer_class: type[Trainer] = Trainer,
-    **trainer_options: Any,
+    callbacks: Sequence[Callback] = (),
 ) -> Trainer:
     """Backend (``config.model``), reward (``config.rewards``) and prompts (``config.data``, unless
     already read into ``prompts``) on the accelerator's device, wrapped in a Trainer. The reward is
     skipped when no reward terms are set. Offloaded text encoders wait on ``offload_device``;
-    ``trainer_class`` (a Trainer subclass) is built with ``trainer_options`` added to its arguments.
+    ``callbacks`` are the Trainer's (:class:`~distar.train.callbacks.Callback`).
     Without ``accelerator``, one is made for ``config`` (:func:`release_accelerate_state` first, so a
     notebook may build trainers of different precisions one after another; an earlier trainer then
     shares the newer state and should not be trained further)."""
@@ -91,4 +92,4 @@ def build_trainer(
                     probe_reward(term, prompts[0], name=spec.name, differentiable=differentiable)
         torch.manual_seed(config.seed)  # LoRA adapters are drawn from the global RNG: same on every process and run
         backend = build_backend(config.model, device=accelerator.device, offload_device=offload_device)
-    return trainer_class(config, backend, reward, prompts, accelerator=accelerator, **trainer_options)
+    return Trainer(config, backend, reward, prompts, accelerator=accelerator, callbacks=callbacks)

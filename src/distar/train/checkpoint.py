@@ -30,7 +30,7 @@ import re
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -145,14 +145,17 @@ def resolve_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
 # ---------------------------------------------------------------------- atomic folder changes
 
 
-def prune_checkpoints(output_dir: str | Path, total_limit: int | None) -> list[Path]:
-    """Delete the oldest checkpoints beyond ``total_limit`` (atomically each); returns the removed folders."""
+def prune_checkpoints(
+    output_dir: str | Path, total_limit: int | None, *, on_trashed: Callable[[int], None] = lambda step: None
+) -> list[Path]:
+    """Delete the oldest checkpoints beyond ``total_limit`` (atomically each; ``on_trashed(step)`` runs
+    between the rename and the deletion); returns the removed folders."""
     if total_limit is None:
         return []
     removed = list_checkpoints(output_dir)[:-total_limit]
     for step, path in removed:
         trash = runstate.to_trash(path)
-        kill_point("prune", step)
+        on_trashed(step)
         shutil.rmtree(trash)
     return [path for _, path in removed]
 

@@ -48,8 +48,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map_only
 
 from distar.config import from_dict, to_dict
+from distar.train.callbacks import Callback
 from distar.train.config import OptimizerConfig, TrainConfig
-from distar.train.loop import Trainer, make_accelerator
+from distar.train.loop import Trainer
+from distar.train.setup import make_accelerator
 
 aten = torch.ops.aten
 
@@ -245,47 +247,45 @@ class _PromptCycle:
         return batch
 
 
-class _TrackedTrainer(Trainer):
-    """The Trainer with the phase of each update reported to ``tracker``, the optimisers of the device
-    model (foreach AdamW, or the 8-bit stand-in) and the prompts in order."""
+class _PhaseTracker(Callback):
+    """Labels the tracker's allocations with the phase of the step that makes them."""
 
-    def __init__(self, *args: Any, tracker: AllocationTracker, foreach: bool, **kwargs: Any) -> None:
-        self._tracker, self._foreach = tracker, foreach
-        super().__init__(*args, **kwargs)
-        self.data = _PromptCycle(self.data.prompts, self.data.batch_size)
+    def __init__(self, tracker: AllocationTracker) -> None:
+        self.tracker = tracker
 
-    def _make_optimizer(self, params: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
-        if self.config.optim.use_8bit_adam:
-            return AdamW8bitStandIn(params, config)
-        optimizer = super()._make_optimizer(params, config)
+    def on_phase(self, trainer: Trainer, phase: str) -> None:
+        self.tracker.phase = phase
+
+
+def _device_optimizers(trainer: Trainer, *, use_8bit: bool, foreach: bool) -> None:
+    """Give the trainer the optimisers of the device model: foreach AdamW (CUDA's default), or the
+    8-bit stand-in (in place of the AdamW that the estimation config builds)."""
+    optim = trainer.config.optim
+    for optimizer, params, config in (
+        (trainer.generator_optimizer, trainer.generator_params, optim.generator),
+        (trainer.assistant_optimizer, trainer.assistant_params, optim.assistant),
+    ):
+        if use_8bit:
+            optimizer.optimizer = AdamW8bitStandIn(params, config)
         for group in optimizer.param_groups:
-            group["foreach"] = self._foreach or group["foreach"]
-        return optimizer
+            group["foreach"] = foreach or group["foreach"]
 
-    @torch.no_grad()
-    def warm_up(self) -> None:
-        """What a first iteration leaves behind, without its passes: the prompts and ∅ encoded, the
-        reward's prompt embeddings cached, the optimiser states made (one step on zero gradients)."""
-        self._tracker.phase = "warm-up"
-        prompts = self.data.prompts
-        self.backend.encode_prompts(prompts)
-        _ = self.backend.uncond
-        if self.reward is not None:
-            self.reward.score(torch.zeros(len(prompts), 3, 224, 224, device=self.accelerator.device), prompts)
-        for optimizer in (self.generator_optimizer, self.assistant_optimizer):
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            for p in params:
-                p.grad = torch.zeros_like(p)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
 
-    def _accumulated(self, module: nn.Module, *args: Any) -> Any:
-        self._tracker.phase = "assistant step" if module is self.backend.assistant else "generator step"
-        return super()._accumulated(module, *args)
-
-    def _update(self, name: str, *args: Any) -> Any:
-        self._tracker.phase = f"{name} update"
-        return super()._update(name, *args)
+@torch.no_grad()
+def _warm_up(trainer: Trainer) -> None:
+    """What a first iteration leaves behind, without its passes: the prompts and ∅ encoded, the
+    reward's prompt embeddings cached, the optimiser states made (one step on zero gradients)."""
+    prompts = trainer.data.prompts
+    trainer.backend.encode_prompts(prompts)
+    _ = trainer.backend.uncond
+    if trainer.reward is not None:
+        trainer.reward.score(torch.zeros(len(prompts), 3, 224, 224, device=trainer.accelerator.device), prompts)
+    for optimizer in (trainer.generator_optimizer, trainer.assistant_optimizer):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 @dataclass(frozen=True)
@@ -352,7 +352,7 @@ def cpu_allocator_peak() -> Iterator[list[int]]:
 def estimation_config(config: TrainConfig, output_dir: str) -> TrainConfig:
     """``config`` as an estimate runs it: random weights (``generator_init`` becomes a copy of the
     reference, same architecture), tiny models resolved to folders, CPU, ``output_dir``, nothing
-    logged, sampled, monitored or saved, at least two steps."""
+    logged, sampled, monitored or saved, at least two steps, AdamW (bitsandbytes has no CPU path)."""
     from distar.backends.loading import resolve_pretrained
     from distar.io import tiny_asset
     from distar.rewards.spec import TINY
@@ -364,6 +364,7 @@ def estimation_config(config: TrainConfig, output_dir: str) -> TrainConfig:
         path = str(tiny_asset("reward", name=spec["name"])) if spec["path"] == TINY else spec["path"]
         spec.update(random_weights=True, path=path)
     data["loop"].update(cpu=True, max_steps=max(2, data["loop"]["max_steps"]))
+    data["optim"]["use_8bit_adam"] = False  # AdamW, which the estimate replaces by its 8-bit stand-in
     data["logging"].update(report_to="none", progress_bar=False)
     data["sampling"]["every"] = 0
     data["monitor"]["every"] = 0
@@ -388,7 +389,7 @@ def estimate_iteration_memory(
 
     from distar.train.build import build_trainer
 
-    cuda = device_model == "cuda"
+    cuda, use_8bit = device_model == "cuda", config.optim.use_8bit_adam
     with tempfile.TemporaryDirectory() as out, ExitStack() as stack:
         config = estimation_config(config, out)
         accelerator = make_accelerator(config)
@@ -401,9 +402,12 @@ def estimate_iteration_memory(
             tracker.phase = "build"
             trainer = build_trainer(
                 config, accelerator, prompts=list(prompts), offload_device=FAKE_OFFLOAD_DEVICE if fake else "cpu",
-                trainer_class=_TrackedTrainer, tracker=tracker, foreach=cuda,
+                callbacks=[_PhaseTracker(tracker)],
             )
-            trainer.warm_up()
+            _device_optimizers(trainer, use_8bit=use_8bit, foreach=cuda)
+            trainer.data = _PromptCycle(trainer.data.prompts, trainer.data.batch_size)
+            tracker.phase = "warm-up"
+            _warm_up(trainer)
             warm_up_peak, resident = tracker.peak, tracker.live
             trainable = trainable_state_bytes(trainer)
             tracker.reset_peak()

@@ -41,7 +41,7 @@ from distar.config import ConfigError
 from distar.io import read_prompts, write_atomic
 from distar.runstate import save_safetensors
 from distar.rewards.base import Reward, WeightedReward
-from distar.train.checkpoint import BEST_DIR, kill_point
+from distar.train.checkpoint import BEST_DIR
 from distar.train.config import MonitorConfig
 from distar.train.logs import JsonlLog
 from distar.train.runfolder import record_written
@@ -309,10 +309,12 @@ class Monitor:
 
     # ------------------------------------------------------------------ one pass
 
-    def record(self, step: int, images: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-        """Score the images of each model (``generator``, ``ema``) and write their records. Returns the
-        decision — ``best`` (whether this step is the new selection) and ``alarm`` (a line, or None) —
-        and each model's mean of every figure."""
+    def record(
+        self, step: int, images: dict[str, Tensor], *, after_write: Callable[[], None] = lambda: None
+    ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+        """Score the images of each model (``generator``, ``ema``) and write their records, calling
+        ``after_write`` after each. Returns the decision — ``best`` (whether this step is the new
+        selection) and ``alarm`` (a line, or None) — and each model's mean of every figure."""
         prompts, _ = self.pairs
         decides = "ema" if "ema" in images else "generator"
         decision: dict[str, Any] = {"best": False, "alarm": None}
@@ -341,7 +343,7 @@ class Monitor:
                 record.update(decides=True, **decision, score=verdict.score, streak=self.state["streak"],
                               alarms=self.state["alarms"], eligible=verdict.eligible, worse=verdict.rose)
             self.log.write([_to_json(record)])
-            kill_point("monitor", step)  # tests: a kill between the records of one monitored step
+            after_write()
         return decision, means
 
     def _verdict(self, values: dict[str, list[float]], start: dict[str, list[float]]) -> Verdict:
