@@ -4,7 +4,7 @@ Trains the Gaussian image backend (rank 1's reward NaN at step NAN_STEP) with th
 :func:`ddp_worker.worker_config`) and writes OUT_DIR/rank<r>.json: the bytes of the generator's
 trainable parameters this rank holds and in all, their types and the step records (the weights are in
 the run's checkpoints). With KILL, a JSON object ``{"rank": r, "at": "step:3"}``, rank r is killed there
-(``$DISTAR_KILL_AT``); with ``"resume": true`` in it the run resumes from its latest checkpoint.
+(a :class:`~distar.train.callbacks.FaultHook`); with ``"resume": true`` in it the run resumes from its latest checkpoint.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from train_helpers import PROMPTS, GaussianBackend, MeanReward  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from distar.train import Trainer  # noqa: E402
-from distar.train import checkpoint as ckpt  # noqa: E402
 from distar.train import distributed  # noqa: E402
+from distar.train.callbacks import FaultHook  # noqa: E402
 
 
 #: The step whose generator update rank 1's reward makes non-finite (see :class:`NaNAtStep`).
@@ -46,10 +46,9 @@ class NaNAtStep(MeanReward):
 
 
 def main(out: Path, sections: dict, kill: dict) -> None:
-    if kill.get("rank") == int(os.environ["RANK"]):
-        os.environ[ckpt.KILL_ENV] = kill["at"]
+    hooks = [FaultHook(kill["at"])] if kill.get("rank") == int(os.environ["RANK"]) else []
     backend, reward = GaussianBackend(image=True), NaNAtStep(NAN_STEP, rank=1)
-    trainer = reward.trainer = Trainer(worker_config(out, sections), backend, reward, PROMPTS)
+    trainer = reward.trainer = Trainer(worker_config(out, sections), backend, reward, PROMPTS, callbacks=hooks)
     params = trainer.generator_params
     report = {
         "param_types": sorted({type(p).__name__ for p in params}),

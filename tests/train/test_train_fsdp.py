@@ -17,7 +17,7 @@ from train_helpers import PROMPTS, GaussianBackend, make_config
 
 from distar.train import Trainer
 from distar.train import checkpoint as ckpt
-from distar.train.loop import TIMING_KEYS
+from distar.train.tracking import TIMING_KEYS
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +172,7 @@ def test_the_shared_lora_reference_drift_is_refused_under_fsdp_in_one_line(tmp_p
 )
 def test_what_the_sharded_run_cannot_do_is_refused_in_one_line(tmp_path, monkeypatch, env, loop, message):
     from distar.config import ConfigError
-    from distar.train.loop import make_accelerator
+    from distar.train.setup import make_accelerator
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
