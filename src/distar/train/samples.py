@@ -17,6 +17,7 @@ from torch import Tensor
 
 from distar.config import to_dict
 from distar.errors import HackingAlarm
+from distar.protocols import BackendModel
 from distar.train.logs import image_grid, save_png
 from distar.train.monitor import BEST_DIR, Monitor, load_monitor_models, reference_images
 from distar.train.runfolder import record_written
@@ -33,28 +34,27 @@ def _is_image_batch(images: Tensor, what: str) -> bool:
     return False
 
 
-@torch.no_grad()
 def generator_images(trainer: Any, prompts: Sequence[str], seeds: Sequence[int], *, ema: bool = False) -> Tensor:
     """Decoded generator samples of each (prompt, seed) pair, z drawn from the seed; on all processes.
 
-    With ``ema`` the EMA weights make them. The global random state is left as it was, so a run
-    draws the same training noise whether or not it samples."""
-    backend, acc = trainer.backend, trainer.accelerator
-    devices = [acc.device] if acc.device.type == "cuda" else []
-    out = []
-    with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as stack:
-        torch.manual_seed(trainer.config.seed)  # a few-step generator's re-noising: the same at every call
+    With ``ema`` the EMA weights make them. The images come from the one inference path for a live
+    backend (:class:`~distar.protocols.BackendModel`), which leaves the global random state as it was, so
+    a run draws the same training noise whether or not it samples."""
+    acc = trainer.accelerator
+    model = BackendModel(
+        trainer.backend,
+        "samples",
+        renoise_seed=trainer.config.seed,  # a few-step generator's re-noising: the same at every call
+        batch_size=trainer.config.monitor.batch_size,
+        device=acc.device,
+        precision=acc.autocast,
+    )
+    with contextlib.ExitStack() as stack:
         if ema:
             trainer.ema.store(trainer.generator_params)
             trainer.ema.copy_to(trainer.generator_params)
             stack.callback(trainer.ema.restore, trainer.generator_params)
-        batch = trainer.config.monitor.batch_size
-        for i in range(0, len(prompts), batch):
-            chunk = list(prompts[i : i + batch])
-            z = torch.cat([backend.sample_latents(1, torch.Generator().manual_seed(s)) for s in seeds[i : i + batch]])
-            with acc.autocast():
-                out.append(backend.decode(backend.sample(z, backend.encode_prompts(chunk))).float())
-    return torch.cat(out)
+        return model.generate_images(prompts, seeds)
 
 
 def write_sample_grids(trainer: Any) -> bool:
