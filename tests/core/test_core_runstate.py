@@ -115,7 +115,7 @@ def test_write_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
 
 
 def test_a_fit_checkpoint_refuses_a_corrupted_save_and_reads_one_without_a_manifest(tmp_path):
-    from distar.worlds.common import FitCheckpoint
+    from distar.fit import FitCheckpoint
 
     checkpoint = FitCheckpoint(tmp_path / "partial", every=2, key={"run": 1})
     checkpoint.save({"fit": {"step": 4}, "w": torch.ones(3)})

@@ -80,10 +80,10 @@ from distar.worlds.shapes.metrics import (
     classifier_accuracy,
     train_classifier,
 )
+from distar.inference.pixel import ReferenceSampler
 from distar.worlds.shapes.reference import (
     ReferenceCheckpoint,
     ReferenceLoop,
-    ReferenceSampler,
     UNetArch,
     new_unet,
     save_reference,

@@ -571,7 +571,7 @@ def evaluate_stage(
     from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record, load_clip
     from distar.worlds.shapes.metrics import AlignmentScore, AttributeClassifier, ImageFeatures
     from distar.worlds.shapes.one_step import OneStepSampler
-    from distar.worlds.shapes.reference import ReferenceSampler
+    from distar.inference.pixel import ReferenceSampler
     from distar.worlds.shapes.utility import TrueUtility
 
     root = Path(cfg.models) if cfg.models else ASSETS_DIR
