@@ -241,7 +241,8 @@ def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
 
     from distar.train.checkpoint import LOG_FILE
     from distar.train.logs import JsonlLog
-    from distar.worlds.shapes.guardrails import read_run
+    from distar.train.monitor_replay import read_run
+    from distar.worlds.shapes.guardrails import TRUTH
     from distar.worlds.shapes.one_step import train as train_one_step
 
     start = time.perf_counter()
@@ -249,7 +250,7 @@ def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     backend, _ = train_one_step(config, resume="latest")
     records = JsonlLog(folder / LOG_FILE).read()
     backend.generator.save_pretrained(folder / "generator")
-    monitored = read_run(folder, z=config.monitor.z) if (folder / "monitor.jsonl").is_file() else None
+    monitored = read_run(folder, z=config.monitor.z, truth=TRUTH) if (folder / "monitor.jsonl").is_file() else None
     if monitored and monitored["best_step"] not in (None, config.loop.max_steps):
         backend.generator.load_state_dict(load_file(folder / "best" / "generator.safetensors"), strict=False)
         backend.generator.save_pretrained(folder / "selected_generator")

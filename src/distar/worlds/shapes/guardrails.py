@@ -3,30 +3,22 @@
 Each demo run trains with :mod:`distar.train.monitor` on: its judge is the world's CLIP analogue
 (prompt-image cosine), which nothing trains on; its metrics are the truth the monitor is scored
 against and never selects on: the attribute classifier's alignment (overall and per attribute) and
-the hidden human's true utility. From each run's ``monitor.jsonl`` this module reads:
-
-- the **alarms** (the monitored steps where it fired) and the **selected** step;
-- where the truth **really fell**: alignment or true utility below step 0 on the held-out prompts by
-  more than ``TRUTH_Z`` standard errors (paired over prompts, as the monitor tests its own figures).
-
-An alarm is a **hit** when the truth had fallen at its step and a **false alarm** when neither had; a
-run whose truth fell at some monitored step with no alarm up to then is a **miss**.
+the hidden human's true utility. Each run's ``monitor.jsonl`` is read back by
+:mod:`distar.train.monitor_replay` with :data:`TRUTH` as the truth (alignment or true utility below
+step 0 on the held-out prompts, paired over prompts); this module adds the report section: final
+against selected checkpoints, alarm counts (hits, false alarms, misses) and the Pareto picture.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from distar.rewards import RewardSpec
-from distar.runstate import JsonlLog
-from distar.train import MonitorConfig
 from distar.sweep import as_number, mean_ci95
+from distar.train import MonitorConfig
+from distar.train.monitor_replay import RULES, TRUTH_Z, alarm_counts
 
-#: One-sided significance of a real fall of the truth (95 %).
-TRUTH_Z = 1.645
 #: The truth the monitor is scored against.
 TRUTH = ("metric/alignment", "metric/true_utility")
 ATTRIBUTES = ("shape", "count", "colour", "size")
@@ -51,71 +43,6 @@ def monitor_config(base: MonitorConfig, root: Path, reference_cache: Path) -> Mo
         metrics=base.metrics or metrics,
         reference_images=str(reference_cache),
     )
-
-
-def _z(change: Sequence[float | None]) -> float:
-    mean, se = (math.nan if v is None else v for v in change)
-    return mean / se if se and math.isfinite(se) and se > 0 else math.nan
-
-
-#: Other watch rules, replayed from the same records (the run's own rule is what its config says).
-RULES = {
-    "judge only": ("judge/",),
-    "judge + diversity (default)": ("judge/", "diversity", "prompt_diversity"),
-    "judge + diversity + drift": ("judge/", "diversity", "prompt_diversity", "drift"),
-}
-
-
-def replayed_alarms(deciding: Sequence[dict[str, Any]], watched: Sequence[str], z: float) -> list[int]:
-    """The steps where the alarm would have held under another watch rule (the reward up and a watched
-    figure the wrong way by more than ``z`` standard errors each; patience 1)."""
-    steps = []
-    for record in deciding:
-        change = record["change"]
-        worse = [
-            k for k in change
-            if k.startswith(tuple(watched)) and (1 if k == "drift" else -1) * _z(change[k]) > z
-        ]
-        if worse and _z(change.get("reward", [None, None])) > z:
-            steps.append(record["step"])
-    return steps
-
-
-def read_run(run_dir: Path, *, z: float) -> dict[str, Any]:
-    """Alarms (its own, and replayed under :data:`RULES`), selection and truth of one run's
-    ``monitor.jsonl`` (the records of the model that decides)."""
-    records = JsonlLog(run_dir / "monitor.jsonl").read()
-    deciding = [r for r in records if r.get("decides")]
-    truth_fell = [
-        r["step"] for r in deciding if any(_z(r["change"].get(k, [None, None])) < -TRUTH_Z for k in TRUTH)
-    ]
-    alarms = [r["step"] for r in deciding if r.get("alarm")]
-    best = json.loads((run_dir / "best.json").read_text())["step"] if (run_dir / "best.json").is_file() else None
-    return {
-        "alarms": alarms,
-        "truth_fell": truth_fell,
-        "best_step": best,
-        "rules": {name: replayed_alarms(deciding, watched, z) for name, watched in RULES.items()},
-    }
-
-
-def alarm_counts(runs: Sequence[dict[str, Any]], rule: str | None = None) -> dict[str, int]:
-    """Hits, false alarms and misses over runs (module docstring), judged at each run's first alarm
-    (its own alarms, or those replayed under ``rule``)."""
-    hits = false = misses = quiet = 0
-    for run in runs:
-        alarms = run["alarms"] if rule is None else run["rules"][rule]
-        if alarms:
-            first = alarms[0]
-            if any(step <= first for step in run["truth_fell"]):
-                hits += 1
-            else:
-                false += 1
-        elif run["truth_fell"]:
-            misses += 1
-        else:
-            quiet += 1
-    return {"hits": hits, "false_alarms": false, "misses": misses, "quiet": quiet}
 
 
 def paired_difference(selected: Sequence[float], final: Sequence[float]) -> tuple[float, float]:
