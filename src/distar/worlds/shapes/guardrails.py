@@ -50,35 +50,6 @@ def paired_difference(selected: Sequence[float], final: Sequence[float]) -> tupl
     return mean_ci95([s - f for s, f in zip(selected, final)])
 
 
-def pareto_plot(points: dict[str, list[tuple[float, dict[str, tuple[float, float]]]]], path: Path) -> None:
-    """True utility against alignment and against open-attribute diversity, one line per method over α."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, x_key, x_label in ((axes[0], "alignment", "alignment ↑"), (axes[1], "open_diversity", "open-attribute diversity ↑")):
-        for i, (method, series) in enumerate(points.items()):
-            series = sorted(series)
-            xs = [s[x_key][0] for _, s in series]
-            ys = [s["true_utility"][0] for _, s in series]
-            ax.errorbar(
-                xs, ys, xerr=[s[x_key][1] for _, s in series], yerr=[s["true_utility"][1] for _, s in series],
-                marker="o", capsize=2, color=f"C{i}", label=method,
-            )
-            for (alpha, _), x, y in zip(series, xs, ys):
-                ax.annotate(f"α={alpha:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(x_label)
-        ax.set_ylabel("true utility ↑")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("final checkpoints over α: mean ± 95 % interval over training seeds", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
 #: The figures the final and selected checkpoints are compared on (what the trainer never sees).
 COMPARED = {"true_utility": "true utility ↑", "alignment": "alignment ↑", "open_diversity": "open-attribute diversity ↑", "fid": "FID ↓"}
 
@@ -93,7 +64,7 @@ def monitor_section(
     """The report's monitor section: final against selected checkpoints, alarm counts over the runs
     with a reward, the Pareto picture (``pareto.png``); ``settings`` maps a report row (method at α)
     to its runs."""
-    from distar.sweep import format_ci, markdown_table
+    from distar.sweep import format_ci, markdown_table, plot_pareto
 
     lines = ["## The monitor: final against selected checkpoints", ""]
     table, figures, points = [], {}, {}
@@ -116,7 +87,7 @@ def monitor_section(
         figures[label] = entry
         method, _, alpha = label.partition(" (α = ")
         if alpha:
-            points.setdefault(method, []).append((float(alpha.rstrip(")")), {k: entry[k]["final"] for k in COMPARED}))
+            points.setdefault(method, []).append({"alpha": float(alpha.rstrip(")")), **{k: entry[k]["final"] for k in COMPARED}})
     lines += markdown_table(["setting", "final lost alignment", "selected steps", "runs with an alarm", *COMPARED.values()], table)
     lines += [
         "",
@@ -151,6 +122,10 @@ def monitor_section(
     )
     lines += [""]
     if points:
-        pareto_plot(points, out / "pareto.png")
+        plot_pareto(
+            points, out / "pareto.png", y=("true_utility", "true utility ↑"),
+            xs=[("alignment", "alignment ↑"), ("open_diversity", "open-attribute diversity ↑")],
+            title="final checkpoints over α: mean ± 95 % interval over training seeds",
+        )  # fmt: skip
         lines += ["![true utility against alignment and open-attribute diversity over α](pareto.png)", ""]
     return lines, {"settings": figures, "alarms": counts, "replayed": replayed}
