@@ -29,13 +29,13 @@ from torch import Tensor
 from distar.backends.config import ModelConfig
 from distar.config import field
 from distar.diffusion import DiscreteSchedule, to_x0
+from distar.fit import Log, TrainLoop, fit
+from distar.inference.pixel import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.protocols import Backend, BackendModel
 from distar.rewards import RewardSpec
 from distar.rewards.hub import quiet_transformers
-from distar.fit import Log, TrainLoop, fit
 from distar.worlds.shapes.grammar import IMAGE_SIZE, sample_prompts
-from distar.inference.pixel import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
 from distar.train import (
     CheckpointConfig,
     DataConfig,
