@@ -11,11 +11,13 @@ Every run of distar (training, evaluation, the worlds' builds and fits) keeps it
   its size and SHA-256, written last, so a folder that verifies is complete and intact;
 - RNG capture (:func:`rng_state`, :func:`set_rng_state`): python, numpy, torch CPU and CUDA as JSON;
 - folder replacement (:func:`replace_dir`, :func:`remove_dir`): a name never holds a half-written or
-  half-deleted folder.
+  half-deleted folder;
+- :class:`Stages`: the finished stages of a multi-stage job, kept with their settings for a resumed run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +26,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping
 
@@ -339,3 +342,49 @@ def write_dir(final: Path, write: Callable[[Path], None], *, manifest: bool = Tr
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class Stages:
+    """Completed stages of a multi-stage job in ``folder`` (``<folder>/.stages/<stage>.json``: settings,
+    timing, figures), e.g. a world's build.
+
+    With ``resume``, a stage whose recorded settings equal the current ones is loaded from the folder
+    instead of being run again, so an interrupted multi-hour job continues where it stopped; without,
+    ``folder`` is emptied. ``stop(where)`` is called before each stage (it may raise to end the job).
+    """
+
+    def __init__(
+        self, folder: Path, *, resume: bool, echo: Callable[[str], None] = print, stop: Callable[[str], None] = lambda where: None
+    ) -> None:
+        self.dir, self.echo, self.stop = folder / ".stages", echo, stop
+        if not resume:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+        self.figures: dict[str, object] = {}
+
+    def done(self, stage: str, settings: dict) -> bool:
+        path = self.dir / f"{stage}.json"
+        if not path.is_file():
+            return False
+        record = read_json(path)
+        if record["settings"] != settings:
+            return False
+        self.timings[stage] = record["seconds"]
+        self.figures.update(record["figures"])
+        self.echo(f"[{stage}] kept from the interrupted build ({record['seconds']:.0f}s when built)")
+        return True
+
+    @contextlib.contextmanager
+    def run(self, stage: str, settings: dict) -> Iterator[dict[str, object]]:
+        """Time the stage; the yielded dict collects its figures, recorded when the stage completes."""
+        self.stop(f"before the {stage} stage")
+        start = time.perf_counter()
+        self.echo(f"[{stage}] start")
+        figures: dict[str, object] = {}
+        yield figures
+        self.timings[stage] = round(time.perf_counter() - start, 1)
+        self.figures.update(figures)
+        record = {"settings": settings, "seconds": self.timings[stage], "figures": figures}
+        write_json(self.dir / f"{stage}.json", record)
+        self.echo(f"[{stage}] done in {self.timings[stage]:.0f}s")

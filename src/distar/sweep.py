@@ -76,6 +76,11 @@ def interval(values: Sequence[Any]) -> list[float | None]:
     return [v if math.isfinite(v) else None for v in mean_ci95([as_number(v) for v in values])]
 
 
+def summarise(rows: Sequence[Mapping[str, Any]], keys: Iterable[str]) -> dict[str, Any]:
+    """Per key the :func:`interval` over ``rows`` (one per seed), the number of rows and the rows themselves."""
+    return {**{k: interval([row.get(k) for row in rows]) for k in keys}, "seeds": len(rows), "per_seed": list(rows)}
+
+
 def format_ci(mean: float | None, half: float | None, digits: int = 3) -> str:
     """``mean ± half`` with ``digits`` decimals; ``–`` for a missing value."""
     if mean is None or not math.isfinite(mean):
@@ -477,6 +482,49 @@ def plot_metrics(pts: Sequence[Mapping[str, Any]], axes: Sequence[str], keys: Se
             ax.legend(fontsize=6)
     for ax in list(grid.flat)[len(keys):]:
         ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pareto(
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: Path,
+    *,
+    y: tuple[str, str],
+    xs: Sequence[tuple[str, str]],
+    reference: Mapping[str, Any] | None = None,
+    title: str = "",
+) -> None:
+    """One panel per ``xs`` (key, label): metric ``y`` against it, one line per series over α.
+
+    Each point holds ``alpha`` and, per metric, ``[mean, 95 % half-width]`` (a missing half-width draws no
+    bar); ``reference``, if given, is one more point drawn as a star.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def stat(p: Mapping[str, Any], key: str) -> tuple[float, float]:
+        mean, half = p[key]
+        return float(mean), 0.0 if half is None or not math.isfinite(half) else float(half)
+
+    fig, axes = plt.subplots(1, len(xs), figsize=(4.8 * len(xs), 4), squeeze=False)
+    for ax, (x_key, x_label) in zip(axes[0], xs):
+        for i, (name, points) in enumerate(series.items()):
+            points = sorted(points, key=lambda p: float(p["alpha"]))
+            (px, xerr), (py, yerr) = (zip(*(stat(p, k) for p in points)) for k in (x_key, y[0]))
+            ax.errorbar(px, py, xerr=xerr, yerr=yerr, marker="o", ms=4, capsize=2, color=f"C{i}", label=name)
+            for p, a, b in zip(points, px, py):
+                ax.annotate(f"α={float(p['alpha']):g}", (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if reference is not None:
+            (a, xerr), (b, yerr) = stat(reference, x_key), stat(reference, y[0])
+            ax.errorbar([a], [b], xerr=[xerr], yerr=[yerr], marker="*", color="k", ms=10, ls="", label="reference")
+        ax.set(xlabel=x_label, ylabel=y[1])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

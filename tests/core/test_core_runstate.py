@@ -115,7 +115,7 @@ def test_write_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
 
 
 def test_a_fit_checkpoint_refuses_a_corrupted_save_and_reads_one_without_a_manifest(tmp_path):
-    from distar.worlds.common import FitCheckpoint
+    from distar.fit import FitCheckpoint
 
     checkpoint = FitCheckpoint(tmp_path / "partial", every=2, key={"run": 1})
     checkpoint.save({"fit": {"step": 4}, "w": torch.ones(3)})
@@ -129,3 +129,17 @@ def test_a_fit_checkpoint_refuses_a_corrupted_save_and_reads_one_without_a_manif
     (checkpoint.folder / runstate.MANIFEST_FILE).unlink()  # a save written before manifests
     runstate.save_torch(state, {"fit": {"step": 2}, "key": checkpoint.key})
     assert checkpoint.load()["fit"]["step"] == 2
+
+
+def test_stages_keep_finished_stages_with_their_settings(tmp_path):
+    from distar.runstate import Stages
+
+    lines: list[str] = []
+    stages = Stages(tmp_path / "job", resume=False, echo=lines.append)
+    assert not stages.done("a", {"x": 1})
+    with stages.run("a", {"x": 1}) as figures:
+        figures["loss"] = 0.5
+    resumed = Stages(tmp_path / "job", resume=True, echo=lines.append)
+    assert resumed.done("a", {"x": 1}) and resumed.figures == {"loss": 0.5} and "a" in resumed.timings
+    assert not resumed.done("a", {"x": 2})  # other settings: run again
+    assert not Stages(tmp_path / "job", resume=False, echo=lines.append).done("a", {"x": 1})

@@ -35,3 +35,27 @@ def test_progress_counts_parallel_rounds(monkeypatch):
     assert lines[0] == "[run 1 of 5] a done (100s in all, about 200s left)"
     assert lines[1] == "[run 2 of 5] b done (101s in all, about 202s left)"
     assert lines[2] == "[run 3 of 5] c done (200s in all, about 100s left)"
+
+
+def test_summarise_gives_each_key_its_interval_over_the_rows():
+    from distar.sweep import summarise
+
+    rows = [{"a": 1.0, "b": "x"}, {"a": 2.0}, {"a": 3.0, "b": None}]
+    summary = summarise(rows, ["a", "b"])
+    assert summary["a"] == list(mean_ci95([1.0, 2.0, 3.0])) and summary["b"] == [None, None]
+    assert summary["seeds"] == 3 and summary["per_seed"] == rows
+
+
+def test_plot_pareto_draws_every_series_and_the_reference(tmp_path):
+    from PIL import Image
+
+    from distar.sweep import plot_pareto
+
+    point = lambda alpha, x: {"alpha": alpha, "x": [x, 0.1], "z": [x, None], "y": [2 * x, math.nan]}  # noqa: E731
+    path = tmp_path / "pareto.png"
+    plot_pareto(
+        {"one": [point(3, 0.5), point(1, 0.2)], "two": [point(0, 0.4)]}, path, y=("y", "y"),
+        xs=[("x", "x"), ("z", "z")], reference=point(0, 0.3),
+    )  # fmt: skip
+    with Image.open(path) as image:
+        assert image.size[0] > image.size[1] > 0  # two panels side by side

@@ -11,7 +11,6 @@ from distar.cli import UserError, main
 from distar.commands import demo as demo_command
 from distar.config import ConfigError
 from distar.sweep import mean_ci95
-from distar.worlds.gmm import demo as gmm_demo
 from distar.worlds.gmm.demo import METHODS, GMMDemoConfig, method_objective
 
 TINY = [
@@ -40,7 +39,7 @@ def test_demo_reports_intervals_over_seeds_and_the_c_sweep(tmp_path, monkeypatch
         aggregated.append(len(values))
         return mean_ci95(values)
 
-    monkeypatch.setattr(gmm_demo, "mean_ci95", spy)
+    monkeypatch.setattr("distar.sweep.mean_ci95", spy)
     out = tmp_path / "a"
     assert main(["demo", "--world", "gmm", "--out", str(out), "--seed", "3", *TINY, "jobs=1"]) == 0
     for file in ("report.json", "report.md", "samples.png", "pareto.png", "training.png", "config.yaml"):

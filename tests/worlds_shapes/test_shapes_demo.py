@@ -123,7 +123,7 @@ def _record(step: int, **z: float) -> dict:
 
 
 def test_alarms_are_counted_against_the_truth(tmp_path):
-    from distar.worlds.shapes.guardrails import alarm_counts, read_run
+    from distar.train.monitor_replay import alarm_counts, read_run
 
     runs = {
         # the judge falls with the reward up at step 20, and alignment had fallen by then: a hit

@@ -164,7 +164,7 @@ def test_shipped_reference_and_start_follow_their_prompts(shipped):
     """
     from distar.worlds.shapes.metrics import attribute_alignment
     from distar.worlds.shapes.one_step import OneStepSampler
-    from distar.worlds.shapes.reference import ReferenceSampler
+    from distar.inference.pixel import ReferenceSampler
 
     prompts = sample_prompts(40, seed=777)
     classifier = AttributeClassifier.load(shipped / "judge")
@@ -262,7 +262,7 @@ def test_reader_keeps_the_words_that_clip_squashes(shipped):
     """The CLIP analogue's text states hardly change with the shape or position word; a short reading
     fine-tune (text only) separates them as much as a colour word."""
     from distar.worlds.shapes.reader import ReaderLoop, train_reader
-    from distar.worlds.shapes.reference import encode_prompts
+    from distar.inference.pixel import encode_prompts
 
     clip, tokenizer = load_clip("clip", shipped)
     pairs = [("a large red square", "a large red triangle"), ("a red square on the left", "a red square on the right")]
@@ -284,7 +284,7 @@ def test_reader_keeps_the_words_that_clip_squashes(shipped):
 
 
 def test_samplers_are_deterministic_and_unknown_names_refused(shipped):
-    from distar.worlds.shapes.reference import ReferenceSampler, sampler_scheduler
+    from distar.inference.pixel import ReferenceSampler, sampler_scheduler
 
     with pytest.raises(ValueError, match="unknown sampler"):
         sampler_scheduler("euler")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 from PIL import Image
 
 #: metric → (column title, decimals). The reward models return the paper's scales already
@@ -179,3 +181,40 @@ def save_grid(rows: Sequence[Sequence[Path | None]], path: Path, cell: int = 256
                 with Image.open(image_path) as image:
                     grid.paste(image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS), (c * side, r * side))
     grid.save(path)
+
+
+def labelled_grid(rows: Mapping[str, Sequence[np.ndarray]], titles: Sequence[str], path: Path) -> None:
+    """One row per model (its name on the left), one column per title; small images drawn with nearest
+    interpolation (pixels stay visible)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), len(titles)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.2 * n_cols + 1.2, 1.25 * n_rows + 0.4), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c, image in enumerate(images):
+            ax = axes[r][c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=5.5)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=6.5, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def per_seed_means(model_dir: Path, keys: Sequence[str]) -> dict[str, list[float]]:
+    """Per evaluation seed, the mean of each per-image score in ``model_dir/scores.jsonl`` (a model's
+    folder of :func:`distar.eval.evaluate`): the replicates of a fixed model."""
+    by_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for line in (model_dir / "scores.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for k in keys:
+            if record.get(k) is not None:
+                by_seed[record["seed"]][k].append(record[k])
+    return {k: [float(np.mean(v[k])) for v in by_seed.values() if v[k]] for k in keys}

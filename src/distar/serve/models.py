@@ -61,7 +61,7 @@ class PixelReference:
     def __init__(
         self, folder: str | Path, device: torch.device, guidance: float = SHAPES_GUIDANCE, name: str | None = None
     ) -> None:
-        from distar.worlds.shapes.reference import ReferenceSampler
+        from distar.inference.pixel import ReferenceSampler
 
         self.sampler = ReferenceSampler.from_pretrained(folder, guidance_scale=guidance)
         self.sampler.unet.to(device)

@@ -52,14 +52,14 @@ from distar.train import (
     TrainConfig,
     Trainer,
 )
-from distar.sweep import SweepConfig, collect, format_ci, markdown_table, mean_ci95, run_sweep, trainings, write_report
+from distar.sweep import SweepConfig, collect, format_ci, markdown_table, plot_pareto, run_sweep, summarise, trainings, write_report
 from distar.train.checkpoint import LOG_FILE, save_tensors
 from distar.train.logs import JsonlLog
 from distar.worlds.gmm.backend import GMMBackend
 from distar.worlds.gmm.distill import distill_assistant, distill_generator
 from distar.worlds.gmm.metrics import SampleMetrics, evaluate_samples, tilted_samples
 from distar.worlds.gmm.models import GMMNetConfig
-from distar.worlds.gmm.plots import plot_pareto, plot_samples, plot_training
+from distar.worlds.gmm.plots import plot_samples, plot_training
 from distar.worlds.gmm.reward import GMMBumpReward
 from distar.worlds.gmm.world import GMMWorld, GMMWorldConfig
 
@@ -326,18 +326,9 @@ COLUMNS = {
 }
 
 
-def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and 95 % half-width (None where undefined) over seeds of every column, and the per-seed rows."""
-
-    def stat(key: str) -> list[float | None]:
-        return [None if not math.isfinite(v) else v for v in mean_ci95([row.get(key) for row in rows])]
-
-    return {**{k: stat(k) for k in [*COLUMNS, "train_seconds"]}, "seeds": len(rows), "per_seed": list(rows)}
-
-
 def _cells(stats: dict[str, Any], keys: Sequence[str]) -> list[str]:
     """``mean ± half`` per key: 3 decimals, seconds with 1."""
-    return [format_ci(*(math.nan if v is None else v for v in stats[k]), digits=1 if k == "train_seconds" else 3) for k in keys]
+    return [format_ci(*stats[k], digits=1 if k == "train_seconds" else 3) for k in keys]
 
 
 def _markdown(report: dict[str, Any]) -> list[str]:
@@ -451,20 +442,21 @@ def run(args: argparse.Namespace) -> int:
 
     starts = [json.loads((out / "starts" / f"seed{cfg.seed + SEED_STRIDE * i}" / "rows.json").read_text()) for i in range(cfg.training_seeds)]
     table = {m: {"objective.preset": m} for m in cfg.methods}
+    keys = [*COLUMNS, "train_seconds"]
     models = {
-        "reference": summarise([s["reference"] for s in starts]),
-        f"p* (α={cfg.reward_scale:g})": summarise([s["p*"] for s in starts]),
-        **{m: summarise(rows(point)) for m, point in table.items()},
-        f"init ({cfg.init})": summarise([s["init"] for s in starts]),
+        "reference": summarise([s["reference"] for s in starts], keys),
+        f"p* (α={cfg.reward_scale:g})": summarise([s["p*"] for s in starts], keys),
+        **{m: summarise(rows(point), keys) for m, point in table.items()},
+        f"init ({cfg.init})": summarise([s["init"] for s in starts], keys),
     }
     sweep_points, huber_points = (
         [p["point"] for p in results["points"] if len(p["point"]) == size] for size in (2, 3)
     )
     sweep_rows = [
-        {"method": p["objective.preset"], "alpha": p["objective.reward_scale"], **summarise(rows(p))} for p in sweep_points
+        {"method": p["objective.preset"], "alpha": p["objective.reward_scale"], **summarise(rows(p), keys)} for p in sweep_points
     ]
     huber = [
-        {"method": p["objective.preset"], "alpha": p["objective.reward_scale"], "huber_c": p["objective.huber_c"], **summarise(rows(p))}
+        {"method": p["objective.preset"], "alpha": p["objective.reward_scale"], "huber_c": p["objective.huber_c"], **summarise(rows(p), keys)}
         for p in huber_points
     ]  # fmt: skip
 
@@ -477,7 +469,11 @@ def run(args: argparse.Namespace) -> int:
     for c in cfg.huber_c_sweep:
         if c != preset(cfg.huber_c_method).huber_c:  # the preset's c is the method's own α sweep line
             series[f"{cfg.huber_c_method} (c = {c:g})"] = [p for p in huber if p["huber_c"] == c]
-    plot_pareto(series, models["reference"], out / "pareto.png")
+    plot_pareto(
+        series, out / "pareto.png", y=("reward", "mean reward"), reference=models["reference"],
+        xs=[("mode_coverage", "mode coverage"), ("mode_entropy", "mode entropy (nats)")],
+        title="reward vs diversity across reward scales α, mean ± 95 % interval over seeds (upper right is better)",
+    )  # fmt: skip
     curves = {m: next(p for p in results["points"] if p["point"] == point)["per_seed"][0]["reward_curve"] for m, point in table.items()}
     plot_training(curves, out / "training.png")
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from distar.worlds.common import TrainLoop, fit
+from distar.fit import TrainLoop, fit
 from distar.worlds.gmm.backend import GMMBackend
 from distar.worlds.gmm.mixture import sample
 

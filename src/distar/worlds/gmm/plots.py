@@ -7,7 +7,7 @@ contours are the exact 2-D marginal for any dimension.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -67,37 +67,6 @@ def plot_samples(
                 ax.set_title(world.prompts[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
-    _save(fig, path)
-
-
-def plot_pareto(
-    series: Mapping[str, Sequence[Mapping[str, Any]]], reference: Mapping[str, Any], path: str | Path
-) -> None:
-    """Mean reward against mode coverage and against mode entropy, one line per series over α.
-
-    Each point holds ``alpha`` and, per metric, ``[mean, 95 % half-width or None]`` (also ``reference``);
-    the bars are the intervals.
-    """
-
-    def stat(p: Mapping[str, Any], key: str) -> tuple[float, float]:
-        mean, half = p[key]
-        return float(mean), 0.0 if half is None else float(half)
-
-    fig = Figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2)
-    for ax, key, label in zip(axes, ("mode_coverage", "mode_entropy"), ("mode coverage", "mode entropy (nats)")):
-        for i, (name, points) in enumerate(series.items()):
-            points = sorted(points, key=lambda p: float(p["alpha"]))
-            (xs, xerr), (ys, yerr) = (zip(*(stat(p, k) for p in points)) for k in (key, "reward"))
-            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=4, capsize=2, color=f"C{i}", label=name)
-            for p, x, y in zip(points, xs, ys):
-                ax.annotate(f"α={float(p['alpha']):g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        (x, xerr), (y, yerr) = stat(reference, key), stat(reference, "reward")
-        ax.errorbar([x], [y], xerr=[xerr], yerr=[yerr], marker="*", color="k", ms=10, ls="", label="reference")
-        ax.set(xlabel=label, ylabel="mean reward")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("reward vs diversity across reward scales α, mean ± 95 % interval over seeds (upper right is better)")
     _save(fig, path)
 
 

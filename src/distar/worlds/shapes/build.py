@@ -33,14 +33,13 @@ step, any other stage in progress is abandoned (it is retrained), and ``--resume
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -80,10 +79,10 @@ from distar.worlds.shapes.metrics import (
     classifier_accuracy,
     train_classifier,
 )
+from distar.inference.pixel import ReferenceSampler
 from distar.worlds.shapes.reference import (
     ReferenceCheckpoint,
     ReferenceLoop,
-    ReferenceSampler,
     UNetArch,
     new_unet,
     save_reference,
@@ -146,48 +145,6 @@ def _fid(features: ImageFeatures, real: torch.Tensor, fake: torch.Tensor) -> flo
     return float(metric.compute())
 
 
-class _Stages:
-    """Completed stages of a build in progress (``<folder>/.stages/<stage>.json``: settings, timing, figures).
-
-    With ``resume``, a stage whose recorded settings equal the current ones is loaded from the folder
-    instead of being trained again, so an interrupted multi-hour build continues where it stopped.
-    """
-
-    def __init__(self, folder: Path, resume: bool, echo: Callable[[str], None], stop: Callable[[str], None]) -> None:
-        self.dir, self.echo, self.stop = folder / ".stages", echo, stop
-        if not resume:
-            shutil.rmtree(folder, ignore_errors=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.timings: dict[str, float] = {}
-        self.figures: dict[str, object] = {}
-
-    def done(self, stage: str, settings: dict) -> bool:
-        path = self.dir / f"{stage}.json"
-        if not path.is_file():
-            return False
-        record = runstate.read_json(path)
-        if record["settings"] != settings:
-            return False
-        self.timings[stage] = record["seconds"]
-        self.figures.update(record["figures"])
-        self.echo(f"[{stage}] kept from the interrupted build ({record['seconds']:.0f}s when built)")
-        return True
-
-    @contextlib.contextmanager
-    def run(self, stage: str, settings: dict) -> Iterator[dict[str, object]]:
-        """Time the stage; the yielded dict collects its figures, recorded when the stage completes."""
-        self.stop(f"before the {stage} stage")
-        start = time.perf_counter()
-        self.echo(f"[{stage}] start")
-        figures: dict[str, object] = {}
-        yield figures
-        self.timings[stage] = round(time.perf_counter() - start, 1)
-        self.figures.update(figures)
-        record = {"settings": settings, "seconds": self.timings[stage], "figures": figures}
-        runstate.write_json(self.dir / f"{stage}.json", record)
-        self.echo(f"[{stage}] done in {self.timings[stage]:.0f}s")
-
-
 def build_world(
     out: str | Path,
     config: BuildConfig,
@@ -225,7 +182,7 @@ class _Build:
     ) -> None:
         self.out, self.config, self.echo, self.stop = out, config, echo, stop
         self.tmp = out.with_name(out.name + ".building")
-        self.stages = _Stages(self.tmp, resume, echo, self._stop_point)
+        self.stages = runstate.Stages(self.tmp, resume=resume, echo=echo, stop=self._stop_point)
         self.settings = to_dict(config)
         self.start = time.perf_counter()
         self.tokenizer = save_word_tokenizer(self.tmp / "clip", vocabulary(), MAX_LENGTH)

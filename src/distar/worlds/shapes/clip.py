@@ -28,8 +28,8 @@ from torch import Tensor
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from distar.config import field
+from distar.fit import Log, TrainLoop, fit
 from distar.io import to_uint8, write_atomic
-from distar.worlds.common import Log, TrainLoop, fit
 from distar.rewards.preference import bradley_terry_loss
 from distar.rewards.preference import preference_logits as log_odds
 from distar.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, ImageTransform

@@ -34,7 +34,6 @@ import os
 import shutil
 import time
 import zlib
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -44,6 +43,7 @@ from PIL import Image
 from torch import Tensor
 
 from distar.config import ConfigError, field, from_dict, load_config, save_config, to_dict
+from distar.eval.report import labelled_grid, per_seed_means
 from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.rewards.hub import quiet_transformers
@@ -241,7 +241,8 @@ def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
 
     from distar.train.checkpoint import LOG_FILE
     from distar.train.logs import JsonlLog
-    from distar.worlds.shapes.guardrails import read_run
+    from distar.train.monitor_replay import read_run
+    from distar.worlds.shapes.guardrails import TRUTH
     from distar.worlds.shapes.one_step import train as train_one_step
 
     start = time.perf_counter()
@@ -249,7 +250,7 @@ def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     backend, _ = train_one_step(config, resume="latest")
     records = JsonlLog(folder / LOG_FILE).read()
     backend.generator.save_pretrained(folder / "generator")
-    monitored = read_run(folder, z=config.monitor.z) if (folder / "monitor.jsonl").is_file() else None
+    monitored = read_run(folder, z=config.monitor.z, truth=TRUTH) if (folder / "monitor.jsonl").is_file() else None
     if monitored and monitored["best_step"] not in (None, config.loop.max_steps):
         backend.generator.load_state_dict(load_file(folder / "best" / "generator.safetensors"), strict=False)
         backend.generator.save_pretrained(folder / "selected_generator")
@@ -326,41 +327,6 @@ def _save_renders(prompts: Sequence[str], seeds: Iterable[int], folder: Path) ->
         Image.fromarray(array).save(folder / f"{i:04d}_{s}.png")
 
 
-def image_grid(rows: dict[str, Sequence[np.ndarray]], titles: Sequence[str], path: Path) -> None:
-    """One row per model (its name on the left), one column per title; 32-px images shown 3× nearest."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_rows, n_cols = len(rows), len(titles)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.2 * n_cols + 1.2, 1.25 * n_rows + 0.4), squeeze=False)
-    for r, (name, images) in enumerate(rows.items()):
-        for c, image in enumerate(images):
-            ax = axes[r][c]
-            ax.imshow(image, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c].replace(" on a ", "\non a "), fontsize=5.5)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=6.5, rotation=0, ha="right", va="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-
-
-def _per_seed_means(eval_dir: Path, model: str, keys: Sequence[str]) -> dict[str, list[float]]:
-    """Per evaluation seed, the mean of each per-image score (the replicates of a fixed model)."""
-    by_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for line in (eval_dir / model / "scores.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for k in keys:
-            if record.get(k) is not None:
-                by_seed[record["seed"]][k].append(record[k])
-    return {k: [float(np.mean(v[k])) for v in by_seed.values() if v[k]] for k in keys}
-
-
 def aggregate(
     rows: dict[str, dict[str, Any]], groups: dict[str, list[str]], eval_dir: Path
 ) -> dict[str, dict[str, tuple[float, float]]]:
@@ -375,7 +341,7 @@ def aggregate(
         if len(members) > 1:
             out[label] = {k: mean_ci95([as_number(rows[m].get(k)) for m in members]) for k in keys}
             continue
-        per_seed = _per_seed_means(eval_dir, members[0], ["pickscore", "true_utility", "alignment"])
+        per_seed = per_seed_means(eval_dir / members[0], ["pickscore", "true_utility", "alignment"])
         out[label] = {k: mean_ci95(per_seed[k]) if per_seed.get(k) else (as_number(rows[members[0]].get(k)), math.nan) for k in keys}
     return out
 
@@ -571,7 +537,7 @@ def evaluate_stage(
     from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record, load_clip
     from distar.worlds.shapes.metrics import AlignmentScore, AttributeClassifier, ImageFeatures
     from distar.worlds.shapes.one_step import OneStepSampler
-    from distar.worlds.shapes.reference import ReferenceSampler
+    from distar.inference.pixel import ReferenceSampler
     from distar.worlds.shapes.utility import TrueUtility
 
     root = Path(cfg.models) if cfg.models else ASSETS_DIR
@@ -641,15 +607,15 @@ def evaluate_stage(
     by_name = {m.name: m for m in models}
     shown = {label: by_name[members[0]] for label, members in groups.items()}
     grid_prompts = eval_prompts[:8]
-    image_grid(
+    labelled_grid(
         {
             label: [np.asarray(Image.open(eval_dir / m.name / "images" / f"{c:05d}_s{cfg.seeds[0]}.png")) for c in range(len(grid_prompts))]
             for label, m in shown.items()
         },
-        grid_prompts, out / "grid.png",
+        [p.replace(" on a ", "\non a ") for p in grid_prompts], out / "grid.png",
     )
     with torch.no_grad():
-        image_grid(
+        labelled_grid(
             {label: list(to_uint8(m.generate_images([cfg.diversity_prompt] * 8, range(8)))) for label, m in shown.items()},
             [f"seed {s}" for s in range(8)], out / "diversity.png",
         )

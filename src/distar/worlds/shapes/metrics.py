@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from transformers import CLIPModel
 
 from distar.config import field
+from distar.fit import TrainLoop, fit
 from distar.rewards.base import Reward
-from distar.worlds.common import TrainLoop, fit
 from distar.worlds.shapes.clip import TRANSFORM
 from distar.worlds.shapes.data import SceneSampler
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, OPTIONAL_ATTRIBUTES, Spec, parse_prompt

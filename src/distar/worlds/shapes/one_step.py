@@ -29,13 +29,13 @@ from torch import Tensor
 from distar.backends.config import ModelConfig
 from distar.config import field
 from distar.diffusion import DiscreteSchedule, to_x0
+from distar.fit import Log, TrainLoop, fit
+from distar.inference.pixel import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.protocols import Backend, BackendModel
 from distar.rewards import RewardSpec
 from distar.rewards.hub import quiet_transformers
-from distar.worlds.common import Log, TrainLoop, fit
-from distar.worlds.shapes.grammar import sample_prompts
-from distar.worlds.shapes.reference import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
+from distar.worlds.shapes.grammar import IMAGE_SIZE, sample_prompts
 from distar.train import (
     CheckpointConfig,
     DataConfig,
@@ -101,7 +101,7 @@ def distill_one_step(
     teacher = torch.cat(
         [sampler.generate_images(prompts[i : i + 64], seeds[i : i + 64]) for i in range(0, len(prompts), 64)]
     ) * 2 - 1
-    z = seeded_noise(seeds)
+    z = seeded_noise(seeds, (3, IMAGE_SIZE, IMAGE_SIZE))
     cond = torch.cat(
         [encode_prompts(sampler.text_encoder, sampler.tokenizer, prompts[i : i + 64]) for i in range(0, len(prompts), 64)]
     )

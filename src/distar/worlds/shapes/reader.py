@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from distar.config import field
-from distar.worlds.common import Log, TrainLoop, fit
+from distar.fit import Log, TrainLoop, fit
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, parse_prompt, sample_spec
 
 

@@ -1,5 +1,5 @@
-"""What the embedded worlds share: one small fit loop for their models (the demos' runs, seed
-statistics and report tables are :mod:`distar.sweep`'s)."""
+"""One small fit loop for small models trained outside the trainer (the embedded worlds' models and
+their builds): AdamW with warm-up and cosine decay, per-step logging and resumable checkpoints."""
 
 from __future__ import annotations
 
