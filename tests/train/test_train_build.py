@@ -67,3 +67,4 @@ def test_a_distributed_state_is_not_reset(tmp_path, monkeypatch):
     monkeypatch.setitem(PartialState._shared_state, "num_processes", 2)  # as under torchrun
     with pytest.raises(ConfigError, match=r"^loop.mixed_precision: this process already runs accelerate in no .*bf16$"):
         release_accelerate_state(_tiny_config(tmp_path, "b", "bf16"))
+    monkeypatch.undo()  # before the fresh-accelerate fixture clears the state, not after (it would leave a stub)

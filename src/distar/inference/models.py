@@ -165,8 +165,9 @@ class DiffusersModel:
                 ) from None
         if self.spec.unet:
             from distar.backends.loading import load_denoiser_init
+            from distar.backends.lora import cast_
 
-            pipe.register_modules(unet=load_denoiser_init(self.spec.unet, pipe.unet.config))
+            pipe.register_modules(unet=cast_(load_denoiser_init(self.spec.unet, pipe.unet.config), self.dtype))
         if self.spec.scheduler:
             import diffusers
 
@@ -175,7 +176,7 @@ class DiffusersModel:
                 raise ConfigError(f"model {self.name}: unknown diffusers scheduler '{self.spec.scheduler}'")
             pipe.scheduler = cls.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(self.device, self.dtype)
+        return pipe.to(self.device)  # loaded in self.dtype (diffusers' dtype cast warns of float32-kept modules)
 
     def sampling_options(self) -> dict[str, Any]:
         """The keyword arguments given to the pipeline besides prompts and generators."""
