@@ -59,8 +59,9 @@ from distar.train.config import OptimizerConfig, TrainConfig
 from distar.train.data import PromptStream
 from distar.train.logs import JsonlLog, image_grid, peak_memory_mib, save_png
 from distar.train.monitor import BEST_DIR, Monitor, held_out_split, load_monitor_models, reference_images
+from distar.train.nodes import Nodes
 from distar.train.preemption import StopSignals
-from distar.train.runfolder import TENSORBOARD, RunLock, clear_run, on_main_process, record_written
+from distar.train.runfolder import TENSORBOARD, RunLock, record_written, start_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class Trainer:
         self.loss = DIStarLoss(config.objective)
         self.accelerator = acc = accelerator or make_accelerator(config)
         self.output_dir = Path(config.output_dir)
+        self.nodes = Nodes.detect(acc, self.output_dir)  # who writes which run folder (train/nodes.py)
         shared = config.loop.global_draws
         set_seed(config.seed + (0 if shared else acc.process_index))
         self.part = BatchPart(acc.process_index, acc.num_processes) if shared else BatchPart()
@@ -392,7 +394,7 @@ class Trainer:
         acc, config = self.accelerator, self.config
         lock = RunLock(self.output_dir)
         with self.stop_signals:  # from here on a stop signal saves the step the run reaches
-            on_main_process(acc, lock.acquire)  # one writer per run folder: rank 0 holds the lock
+            self.nodes.run(acc, lock.acquire)  # one writer per run folder holds its lock
             try:
                 self._prepare_folder(resume, overwrite)
                 if acc.is_main_process:
@@ -431,14 +433,12 @@ class Trainer:
         if resume is not None and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if resume is None:
-            ckpt.check_new_run(self.output_dir, overwrite=overwrite)
-            if overwrite and self.accelerator.is_main_process:
-                clear_run(self.output_dir)
-        elif (path := on_main_process(self.accelerator, lambda: ckpt.resolve_checkpoint(resume, self.output_dir))) is None:
+            self.nodes.run(self.accelerator, lambda: start_run_folder(self.output_dir, overwrite=overwrite))
+        elif (path := self.nodes.resolve(self.accelerator, resume, self.output_dir)) is None:
             logger.info("no checkpoint in %s yet: starting a new run", self.output_dir)
         else:
             self.load_checkpoint(path)
-        if self.accelerator.is_main_process:
+        if self.nodes.writer:
             ckpt.remove_leftovers(self.output_dir)
         self.accelerator.wait_for_everyone()
 
@@ -683,13 +683,13 @@ class Trainer:
                 f"{self._last_checkpoint()}"
             )
         try:
-            if acc.is_main_process:
+            if self.nodes.writer:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
             acc.wait_for_everyone()
             acc.save_state(str(tmp))
             (tmp / ckpt.rng_state_file(acc.process_index)).write_text(json.dumps(ckpt.rng_state()))
-            if acc.is_main_process:
+            if self.nodes.writer:
                 for name, group in tensors.items():
                     ckpt.save_tensors(group, tmp / name)
                     ckpt.kill_point("checkpoint-write", self.step)
@@ -697,13 +697,13 @@ class Trainer:
                 save_config(config, tmp / ckpt.CONFIG_FILE)
                 (tmp / ckpt.TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1))
             acc.wait_for_everyone()
-            if acc.is_main_process:
+            if self.nodes.writer:
                 ckpt.write_manifest(tmp)
                 ckpt.replace_dir(tmp, final)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise RunError(f"could not write {final} ({err.strerror or err}); {self._last_checkpoint()}") from None
-        if acc.is_main_process and folder is None:
+        if self.nodes.writer and folder is None:
             ckpt.prune_checkpoints(self.output_dir, config.checkpointing.total_limit)
         acc.wait_for_everyone()
         return final
