@@ -82,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
             check_overwrite(config.output_dir)
     elif (found := ckpt.resolve_checkpoint(resume, config.output_dir)) is not None:
         resume = str(found)  # the trainer verifies it again (from a cache), without repeating what was skipped
+    from distar.commands.plan import check_training_memory
     from distar.runtime import configure_threads, count_parameters, report_threads
     from distar.train.build import build_trainer
+
+    check_training_memory(config)  # on a GPU: the estimate before the first step
 
     trainer = build_trainer(config, prompts=prompts)
     backend = trainer.backend
