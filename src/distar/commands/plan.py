@@ -171,6 +171,11 @@ def _fsdp_ready(config: TrainConfig, option: Option) -> bool:
     return config.model.assistant_lora_rank == 0
 
 
+def fsdp_needs(config: TrainConfig) -> list[Option]:
+    """The options of :data:`FSDP_NEEDS` that ``config`` must add before it can run under FSDP."""
+    return [o for o in FSDP_NEEDS if o.applies(config) and not _fsdp_ready(config, o)]
+
+
 def sharded_state(found: MemoryEstimate) -> int:
     """Bytes that FSDP's full sharding splits: trainable weights, optimiser states, EMA and the
     generator's gradients (the peak falls in the generator's update)."""
@@ -294,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
             if found.peak <= limit:
                 print(f"fits with: {' '.join(chosen)} ({time.perf_counter() - start:.0f} s)")
                 return 0
-        needs = [o for o in FSDP_NEEDS if o.applies(config) and not _fsdp_ready(config, o)]
+        needs = fsdp_needs(config)
         for option in needs:
             chosen += option.overrides
         if needs:

@@ -85,9 +85,10 @@ class Nodes:
                 f"output_dir: {output_dir} is not shared by the {len(firsts)} nodes; FSDP writes its sharded "
                 "checkpoints from every process into one folder: give every node the same shared folder"
             )
-        if not shared:
-            accelerator.project_configuration.save_on_each_node = True
-        return cls(count=len(firsts), node=node, shared=shared, writers=tuple(firsts) if not shared else (0,) * len(firsts), rank=rank)
+        if shared:
+            return cls(count=len(firsts), node=node, shared=True, writers=(0,) * len(firsts), rank=rank)
+        accelerator.project_configuration.save_on_each_node = True
+        return cls(count=len(firsts), node=node, shared=False, writers=tuple(firsts), rank=rank)
 
     def each_writer(self, accelerator: Accelerator, action: Callable[[], T]) -> list[T]:
         """``action()`` run by each node's writer (once when the folder is shared); every process gets
