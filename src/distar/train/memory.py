@@ -145,15 +145,11 @@ class AssumedValues(TorchDispatchMode):
 def fake_tensors() -> Iterator[None]:
     """PyTorch's ``FakeTensorMode`` with :class:`AssumedValues`, for building and training models.
 
-    ``torch.nn.init`` does nothing inside (diffusers' ``no_init_weights``): a fake weight has no values
-    to initialise, and skipping the initialisers' operators takes a tenth off an SDXL estimate.
-
     Neither fake op outputs nor fake constants (``torch.tensor(2.5)``) are remembered by weak
     reference: such a reference stops ``nn.Module.to`` from swapping a fake parameter for its converted
     copy (casts and device moves of fake modules). A deep copy of a fake tensor keeps the mode (a copied
     mode would make every later op convert the copy).
     """
-    from diffusers.models.modeling_utils import no_init_weights
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -170,7 +166,7 @@ def fake_tensors() -> Iterator[None]:
 
     converter.from_real_tensor = from_real_tensor
     mode.__deepcopy__ = lambda memo: mode
-    with mode, AssumedValues(), no_init_weights(), warnings.catch_warnings():
+    with mode, AssumedValues(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")
         yield
 
