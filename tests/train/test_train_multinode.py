@@ -36,7 +36,7 @@ def two_nodes(folders: list[Path], *, resume: bool = False, env: dict | None = N
     for rank, folder in enumerate(folders):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
-               str(WORKER), str(folder), str(report(folder)), *(["--resume"] if resume else [])]
+               str(WORKER), str(folder), str(report(folder, rank)), *(["--resume"] if resume else [])]
         launchers.append(subprocess.Popen(
             cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, stderr=subprocess.PIPE, text=True
         ))
@@ -44,8 +44,8 @@ def two_nodes(folders: list[Path], *, resume: bool = False, env: dict | None = N
     return [(p.returncode, err) for p, err in zip(launchers, errors)]
 
 
-def report(folder: Path) -> Path:
-    return folder.with_name(f"{folder.name}.json")
+def report(folder: Path, node: int) -> Path:
+    return folder.with_name(f"{folder.name}-node{node}.json")
 
 
 def log_records(folder: Path) -> list[dict]:
@@ -69,7 +69,7 @@ def runs(tmp_path_factory):
 @pytest.mark.slow
 def test_each_node_keeps_its_own_checkpoint_and_a_killed_run_resumes_as_if_uninterrupted(runs, tmp_path):
     whole, killed = runs
-    assert [json.loads(report(f).read_text())["nodes"] for f in whole] == [[2, False], [2, False]]
+    assert [json.loads(report(f, n).read_text())["nodes"] for n, f in enumerate(whole)] == [[2, False], [2, False]]
     for rank, folder in enumerate(killed):
         assert [step for step, _ in ckpt.list_checkpoints(folder)] == [2]
         checkpoint = folder / "checkpoint-2"
@@ -83,8 +83,8 @@ def test_each_node_keeps_its_own_checkpoint_and_a_killed_run_resumes_as_if_unint
         shutil.copytree(source, folder)
     for code, err in two_nodes(resumed, resume=True):
         assert code == 0, err[-3000:]
-    for reference, folder in zip(whole, resumed):
-        expected, got = (json.loads(report(f).read_text()) for f in (reference, folder))
+    for node, (reference, folder) in enumerate(zip(whole, resumed)):
+        expected, got = (json.loads(report(f, node).read_text()) for f in (reference, folder))
         assert got["generator"] == expected["generator"]
         strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]  # noqa: E731
         assert strip(got["records"]) == strip(expected["records"])[2:]
@@ -104,6 +104,20 @@ def test_nodes_holding_different_checkpoints_are_refused_in_one_line(runs, tmp_p
             "refused: --resume latest: the nodes' run folders hold different checkpoints (node 0: step 2, "
             "node 1: none); give every node the same checkpoint, or start anew with --overwrite"
         ], err[-3000:]
+
+
+@pytest.mark.slow
+def test_nodes_sharing_one_run_folder_write_one_checkpoint_with_every_rank_state(tmp_path):
+    folder = tmp_path / "shared"
+    for code, err in two_nodes([folder, folder], env={ckpt.KILL_ENV: "step:3"}):
+        assert code != 0, err[-3000:]
+    checkpoint = folder / "checkpoint-2"
+    assert ckpt.verify_checkpoint(checkpoint) is None
+    assert sorted(p.name for p in checkpoint.glob("rng_state_*.json")) == [ckpt.rng_state_file(r) for r in (0, 1)]
+    for code, err in two_nodes([folder, folder], resume=True):
+        assert code == 0, err[-3000:]
+    assert [json.loads(report(folder, n).read_text())["nodes"] for n in (0, 1)] == [[2, True], [2, True]]
+    assert [json.loads(line)["step"] for line in (folder / ckpt.LOG_FILE).read_text().splitlines()] == [1, 2, 3, 4]
 
 
 def test_node_firsts_are_the_ranks_of_local_rank_zero():
