@@ -381,8 +381,8 @@ class Trainer:
     def train(self, resume: str | None = None, *, overwrite: bool = False) -> list[dict[str, float]]:
         """Run (or, with ``resume`` = ``"latest"`` or a checkpoint path, continue) to ``loop.max_steps``.
 
-        The main process locks the run folder for the run (:mod:`distar.train.runfolder`): a folder another
-        run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given
+        The main process (with node-local run folders, each node's first, :mod:`distar.train.nodes`) locks
+        the run folder for the run (:mod:`distar.train.runfolder`): a folder another run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given
         or ``overwrite`` (which removes only the files the old run wrote, see
         :func:`~distar.train.runfolder.clear_run`). A stop signal saves the step reached and raises
         :class:`~distar.errors.Preempted` (:mod:`distar.train.preemption`). Returns the records of
@@ -428,8 +428,8 @@ class Trainer:
                 lock.release()
 
     def _prepare_folder(self, resume: str | None, overwrite: bool) -> None:
-        """Load the checkpoint to resume from (chosen once, by the main process), or make sure a new run
-        does not mix with an old one."""
+        """Load the checkpoint to resume from (chosen by the writer of each run folder, the same step on
+        every node), or make sure a new run does not mix with an old one."""
         if resume is not None and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if resume is None:
