@@ -28,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(folders: list[Path], *, resume: bool = False, env: dict | None = None) -> list[tuple[int, str]]:
+def two_nodes(folders: list[Path], *, flag: str | None = None, env: dict | None = None) -> list[tuple[int, str]]:
     """Run node_worker.py as node 0 and node 1 of one run, node n in ``folders[n]`` (its report beside it);
     each node's exit status and stderr."""
     port = str(free_port())
@@ -36,7 +36,7 @@ def two_nodes(folders: list[Path], *, resume: bool = False, env: dict | None = N
     for rank, folder in enumerate(folders):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
-               str(WORKER), str(folder), str(report(folder, rank)), *(["--resume"] if resume else [])]
+               str(WORKER), str(folder), str(report(folder, rank)), *([flag] if flag else [])]
         launchers.append(subprocess.Popen(
             cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, stderr=subprocess.PIPE, text=True
         ))
@@ -81,7 +81,7 @@ def test_each_node_keeps_its_own_checkpoint_and_a_killed_run_resumes_as_if_unint
     resumed = [tmp_path / f.name for f in killed]
     for source, folder in zip(killed, resumed):
         shutil.copytree(source, folder)
-    for code, err in two_nodes(resumed, resume=True):
+    for code, err in two_nodes(resumed, flag="--resume"):
         assert code == 0, err[-3000:]
     for node, (reference, folder) in enumerate(zip(whole, resumed)):
         expected, got = (json.loads(report(f, node).read_text()) for f in (reference, folder))
@@ -97,7 +97,7 @@ def test_nodes_holding_different_checkpoints_are_refused_in_one_line(runs, tmp_p
     _, killed = runs
     folders = [tmp_path / "node-0", tmp_path / "node-1"]
     shutil.copytree(killed[0], folders[0])  # node 0 has the checkpoint of step 2, node 1 nothing
-    results = two_nodes(folders, resume=True)
+    results = two_nodes(folders, flag="--resume")
     for code, err in results:
         refusal = [line for line in err.splitlines() if line.startswith("refused:")]
         assert code != 0 and refusal == [
@@ -114,10 +114,28 @@ def test_nodes_sharing_one_run_folder_write_one_checkpoint_with_every_rank_state
     checkpoint = folder / "checkpoint-2"
     assert ckpt.verify_checkpoint(checkpoint) is None
     assert sorted(p.name for p in checkpoint.glob("rng_state_*.json")) == [ckpt.rng_state_file(r) for r in (0, 1)]
-    for code, err in two_nodes([folder, folder], resume=True):
+    for code, err in two_nodes([folder, folder], flag="--resume"):
         assert code == 0, err[-3000:]
     assert [json.loads(report(folder, n).read_text())["nodes"] for n in (0, 1)] == [[2, True], [2, True]]
     assert [json.loads(line)["step"] for line in (folder / ckpt.LOG_FILE).read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_overwrite_clears_each_nodes_folder_after_checking_every_node(runs, tmp_path):
+    _, killed = runs
+    folders = [tmp_path / f.name for f in killed]
+    for source, folder in zip(killed, folders):
+        shutil.copytree(source, folder)
+    (folders[1] / "notes.txt").write_text("mine")
+    for code, err in two_nodes(folders, flag="--overwrite"):  # node 1's folder holds a file of the user's
+        assert code != 0 and f"refused: --overwrite: {folders[1]} holds 1 file(s) distar did not write (e.g. notes.txt)" in err
+    assert [s for s, _ in ckpt.list_checkpoints(folders[0])] == [2]  # nothing was cleared on node 0 either
+    (folders[1] / "notes.txt").unlink()
+    for code, err in two_nodes(folders, flag="--overwrite"):
+        assert code == 0, err[-3000:]
+    for folder in folders:
+        assert [s for s, _ in ckpt.list_checkpoints(folder)] == [2, 4]
+    assert [json.loads(line)["step"] for line in (folders[0] / ckpt.LOG_FILE).read_text().splitlines()] == [1, 2, 3, 4]
 
 
 def test_node_firsts_are_the_ranks_of_local_rank_zero():

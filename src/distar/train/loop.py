@@ -61,7 +61,7 @@ from distar.train.logs import JsonlLog, image_grid, peak_memory_mib, save_png
 from distar.train.monitor import BEST_DIR, Monitor, held_out_split, load_monitor_models, reference_images
 from distar.train.nodes import Nodes
 from distar.train.preemption import StopSignals
-from distar.train.runfolder import TENSORBOARD, RunLock, record_written, start_run_folder
+from distar.train.runfolder import TENSORBOARD, RunLock, check_new_run_folder, clear_run, record_written
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +433,9 @@ class Trainer:
         if resume is not None and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if resume is None:
-            self.nodes.run(self.accelerator, lambda: start_run_folder(self.output_dir, overwrite=overwrite))
+            self.nodes.run(self.accelerator, lambda: check_new_run_folder(self.output_dir, overwrite=overwrite))
+            if overwrite and self.nodes.writer:
+                clear_run(self.output_dir)
         elif (path := self.nodes.resolve(self.accelerator, resume, self.output_dir)) is None:
             logger.info("no checkpoint in %s yet: starting a new run", self.output_dir)
         else:

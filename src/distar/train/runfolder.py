@@ -173,11 +173,12 @@ def check_overwrite(output_dir: str | Path) -> None:
         )
 
 
-def start_run_folder(output_dir: str | Path, *, overwrite: bool) -> None:
-    """Make ``output_dir`` ready for a new run: refuse one holding a run unless ``overwrite``, which clears it."""
+def check_new_run_folder(output_dir: str | Path, *, overwrite: bool) -> None:
+    """Refuse ``output_dir`` for a new run when it holds one, unless ``overwrite``; with ``overwrite``, when
+    :func:`clear_run` would refuse it. Nothing is removed (every node checks before any clears)."""
     ckpt.check_new_run(output_dir, overwrite=overwrite)
     if overwrite:
-        clear_run(output_dir)
+        check_overwrite(output_dir)
 
 
 def clear_run(output_dir: str | Path) -> None:
