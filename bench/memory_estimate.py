@@ -1,6 +1,6 @@
 """Peak GPU memory of distar's training layouts at real scale, estimated on fake tensors (no GPU, no weights).
 
-    OMP_NUM_THREADS=1 python bench/memory_estimate.py --family sdxl [--layouts NAME ...] [--batch 1] [--markdown]
+    OMP_NUM_THREADS=1 python bench/memory_estimate.py --family sdxl [--layouts NAME ...] [--batch 1] [--markdown] [--fsdp]
     OMP_NUM_THREADS=1 python bench/memory_estimate.py --validate     # estimate vs measurement, tiny model on CPU
 
 Each layout is a family's shipped config (``configs/sd15_pickscore.yaml``, ``sdxl_dmd2_pickscore.yaml``,
@@ -13,7 +13,10 @@ through distar's Trainer at the config's resolution, batch ``--batch`` per GPU, 
 allocated GPU memory, the bytes resident when the iteration starts (weights, optimiser states, EMA) and
 where the peak falls. Every figure is an estimate (see the module notes of distar.train.memory for what
 is and is not modelled); the last column compares it with one 80 GB GPU, keeping 8 GiB for what the
-estimate leaves out (CUDA context, cuBLAS/cuDNN workspaces, fragmentation).
+estimate leaves out (CUDA context, cuBLAS/cuDNN workspaces, fragmentation). With ``--fsdp``, a layout
+that does not fit gets the per-process figure of ``distar plan``: the layout with what FSDP needs (no EMA,
+the assistant's adapter on a copy) estimated again, and ``peak − (1 − 1/N)·S`` for the fewest processes N
+under the limit (:func:`distar.commands.plan.fsdp_processes`: arithmetic on the estimate).
 
 ``--validate`` runs the estimate for a tiny SDXL-shaped model in the one-GPU layout (shared LoRA
 assistant, checkpointing, EMA, tiny PickScore) and measures the same iteration on real CPU tensors: the
@@ -30,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from distar.config import load_config
+from distar.commands import plan
+from distar.config import apply_overrides, from_dict, load_config, to_dict
 from distar.runtime import environment
 from distar.testing.architectures import ARCHITECTURES, write_architecture, write_pickscore_architecture
 from distar.train import TrainConfig
@@ -112,20 +116,38 @@ def verdict(estimate: MemoryEstimate) -> str:
     return "tight" if peak <= GPU_GIB else "needs FSDP"
 
 
-def row(name: str, estimate: MemoryEstimate, markdown: bool) -> str:
+def row(name: str, estimate: MemoryEstimate, markdown: bool, fsdp: str | None = None) -> str:
     cells = [name, f"≈ {gib(estimate.peak):.1f} GiB", f"{gib(estimate.resident):.1f} GiB", estimate.peak_phase,
-             verdict(estimate)]
+             verdict(estimate), *([fsdp] if fsdp is not None else [])]
     if markdown:
         return "| " + " | ".join(cells) + " |"
-    return f"{cells[0]:<66} {cells[1]:>12} {cells[2]:>10}  {cells[3]:<26} {cells[4]}"
+    return f"{cells[0]:<66} {cells[1]:>12} {cells[2]:>10}  {cells[3]:<26} {'  '.join(cells[4:])}"
 
 
-def estimate_family(family: str, names: list[str] | None, batch: int, markdown: bool) -> None:
+def fsdp_cell(config: TrainConfig, estimate: MemoryEstimate) -> str:
+    """What ``distar plan`` answers for a layout that does not fit: FSDP's processes and per-process figure."""
+    if verdict(estimate) == "fits":
+        return "not needed"
+    needs = plan.fsdp_needs(config)
+    if needs:
+        overrides = [o for option in needs for o in option.overrides]
+        estimate = estimate_iteration_memory(from_dict(TrainConfig, apply_overrides(to_dict(config), overrides)))
+    sharded = plan.fsdp_processes(estimate, int((GPU_GIB - MARGIN_GIB) * 2**30))
+    if sharded is None:
+        return f"over {plan.FSDP_PROCESSES[-1]} processes"
+    n, per_rank = sharded
+    alone = f" (≈ {gib(estimate.peak):.1f} GiB on one, {', '.join(o.name for o in needs)})" if needs else ""
+    return f"{n} processes: ≈ {gib(per_rank):.1f} GiB{alone}"
+
+
+def estimate_family(family: str, names: list[str] | None, batch: int, markdown: bool, fsdp: bool = False) -> None:
     arch = ARCHITECTURES[family]
     layouts = [(n, o) for n, o in FAMILIES[family][1] if names is None or n in names]
     print(f"{family}: {arch.resolution}² px, batch {batch}, one Algorithm 1 iteration, PickScore ViT-H/14 reward; "
           "peak allocated GPU memory, estimated on fake tensors")
     header = ["layout", "peak (estimate)", "resident", "peak during", "one 80 GB GPU"]
+    if fsdp:
+        header.append("FSDP per process (planner's arithmetic)")
     if markdown:
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     else:
@@ -135,8 +157,9 @@ def estimate_family(family: str, names: list[str] | None, batch: int, markdown: 
         reward = write_pickscore_architecture(Path(tmp) / "pickscore")
         for name, overrides in layouts:
             tick = time.process_time()
-            estimate = estimate_iteration_memory(family_config(family, folder, reward, batch, overrides))
-            print(row(name, estimate, markdown), flush=True)
+            config = family_config(family, folder, reward, batch, overrides)
+            estimate = estimate_iteration_memory(config)
+            print(row(name, estimate, markdown, fsdp_cell(config, estimate) if fsdp else None), flush=True)
             print(f"    ({time.process_time() - tick:.0f} s CPU)", file=sys.stderr, flush=True)
 
 
@@ -162,13 +185,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1, help="prompts per GPU and update")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument("--validate", action="store_true", help="compare the estimate with a measured tiny run")
+    parser.add_argument("--fsdp", action="store_true", help="add distar plan's FSDP figure for layouts that do not fit")
     args = parser.parse_args(argv)
     env = environment()
     print(f"torch {env['torch']}, diffusers {env['diffusers']}, {torch.get_num_threads()} thread(s)", file=sys.stderr)
     if args.validate:
         validate()
     else:
-        estimate_family(args.family, args.layouts, args.batch, args.markdown)
+        estimate_family(args.family, args.layouts, args.batch, args.markdown, args.fsdp)
 
 
 if __name__ == "__main__":

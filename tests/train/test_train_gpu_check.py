@@ -39,3 +39,13 @@ def test_a_layouts_row_has_the_fake_tensor_estimate_next_to_its_peak(capsys):
                  "--estimates", "inline", "--layouts", name])
     peak, estimate, _ = rows(capsys.readouterr().out, [name])[name]
     assert math.isnan(float(peak)) and 0 < float(estimate) < 0.1  # no CUDA peak on CPU; MiBs estimated
+
+
+def test_the_24gb_recipe_is_a_layout_with_pickscore_as_a_random_weight_reward(tmp_path):
+    module = gpu_check()
+    config = module.layout_config(tmp_path / "pipe", "sdxl", "cuda", "24 GB recipe (sdxl_24gb.yaml)", 3, str(tmp_path))
+    assert (config.model.generator_lora_rank, config.model.assistant_lora_rank, config.ema.enabled) == (64, 64, False)
+    [reward] = config.rewards
+    assert reward.random_weights and Path(reward.path) == tmp_path / "pickscore" and config.data.batch_size == 1
+    recipe = module.layout_config(tmp_path / "pipe", "sdxl", "cuda", "recipe: shared LoRA-64 assistant", 3, str(tmp_path))
+    assert recipe.model.generator_lora_rank == 0 and recipe.ema.enabled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -69,3 +70,45 @@ def test_a_config_that_does_not_fit_tries_the_options_in_order(capsys):
 def test_unknown_hub_models_are_refused_in_one_line(capsys):
     assert main(["plan", "--config", str(CONFIGS / "tiny_sd.yaml"), "model.pretrained=someone/model"]) == 2
     assert "no architecture of 'someone/model' offline" in capsys.readouterr().err
+
+
+def tiny_config(*overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, CONFIGS / "tiny_sd.yaml", ["rewards=[]", "objective.reward_scale=0", *overrides])
+
+
+def test_the_memory_check_of_a_training_run_says_whether_the_estimate_fits():
+    fits, line = plan.memory_check(tiny_config(), GIB)
+    assert fits and line.startswith("memory estimate ≈ ") and line.endswith("fits the GPU's 1.0 GiB")
+    fits, line = plan.memory_check(tiny_config(), 2**20)
+    assert not fits and "more than the GPU's 1.0 MiB less 10%" in line and "loop.plan_memory=false" in line
+
+
+def test_only_rank_zero_of_a_gpu_run_checks_its_memory(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(total_memory=24 * GIB))
+    monkeypatch.delenv("RANK", raising=False)
+    assert plan.training_gpu_memory(tiny_config()) == 24 * GIB
+    assert plan.training_gpu_memory(tiny_config("loop.plan_memory=false")) is None
+    monkeypatch.setenv("RANK", "1")
+    assert plan.training_gpu_memory(tiny_config()) is None
+
+
+def test_a_cpu_run_makes_no_memory_check(monkeypatch, caplog):
+    import torch
+
+    def no_cuda(index):
+        raise AssertionError("a CPU run asked for the GPU's memory")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", no_cuda)
+    plan.check_training_memory(tiny_config("loop.cpu=true"))
+    assert "memory estimate" not in caplog.text
+
+
+def test_a_training_run_that_will_not_fit_is_warned_before_its_first_step(monkeypatch, caplog):
+    monkeypatch.setattr(plan, "training_gpu_memory", lambda config: 2**20)
+    with caplog.at_level("INFO", logger="distar"):
+        plan.check_training_memory(tiny_config())
+    [record] = [r for r in caplog.records if "memory estimate" in r.getMessage()]
+    assert record.levelname == "WARNING" and "more than the GPU's 1.0 MiB" in record.getMessage()

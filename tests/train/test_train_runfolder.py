@@ -20,7 +20,8 @@ from distar.cli import main
 from distar.config import ConfigError
 from distar.train import checkpoint as ckpt
 from distar.train.loop import Trainer
-from distar.train.runfolder import LOCK_FILE, RunLock, check_overwrite
+from distar.train.nodes import PROBE_PREFIX
+from distar.train.runfolder import LOCK_FILE, RunLock, check_overwrite, clear_run
 
 HOLD = "import sys, time; from distar.train.runfolder import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 
@@ -134,6 +135,19 @@ def test_overwrite_removes_only_what_distar_wrote_and_refuses_a_folder_with_user
         (out / name).unlink()
     assert train(out, "--overwrite", "loop.max_steps=2") == 0
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [2] and not (out / "samples").exists()
+
+
+def test_a_probe_left_by_a_multi_node_start_is_distars_and_cleared(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    probe = out / f"{PROBE_PREFIX}0123abcd"
+    probe.touch()
+    check_overwrite(out)
+    clear_run(out)
+    assert not probe.exists()
+    (out / "notes.txt").touch()
+    with pytest.raises(ConfigError, match=r"holds 1 file\(s\) distar did not write \(e.g. notes.txt\)"):
+        check_overwrite(out)
 
 
 def test_an_old_checkpoint_is_distars_only_when_its_manifest_lists_every_file(tmp_path):

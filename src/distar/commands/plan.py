@@ -11,11 +11,16 @@ the training as it is come first; those that change the recipe (``recipe: true``
 ``--change-recipe``. If all of them are not enough, the answer is sharding: per-process memory under
 FSDP over N processes is reckoned from the estimate as ``peak − (1 − 1/N)·S``, where S is the
 trainable state that full sharding splits (trainable weights, their gradients, optimiser states, EMA).
+
+``distar train`` on a GPU makes the same estimate before its first step (:func:`check_training_memory`,
+``loop.plan_memory``) and warns when it will not fit.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
 import tempfile
 import time
@@ -23,11 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distar.errors import UserError
+from distar.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from distar.train.config import TrainConfig
     from distar.train.memory import MemoryEstimate
+
+logger = logging.getLogger(__name__)
+
+#: What launchers set for a process of a distributed run; the estimate's own process must not see them.
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,11 @@ def _fsdp_ready(config: TrainConfig, option: Option) -> bool:
     return config.model.assistant_lora_rank == 0
 
 
+def fsdp_needs(config: TrainConfig) -> list[Option]:
+    """The options of :data:`FSDP_NEEDS` that ``config`` must add before it can run under FSDP."""
+    return [o for o in FSDP_NEEDS if o.applies(config) and not _fsdp_ready(config, o)]
+
+
 def sharded_state(found: MemoryEstimate) -> int:
     """Bytes that FSDP's full sharding splits: trainable weights, optimiser states, EMA and the
     generator's gradients (the peak falls in the generator's update)."""
@@ -175,6 +190,70 @@ def fsdp_processes(found: MemoryEstimate, limit: int) -> tuple[int, int] | None:
         if per_rank <= limit:
             return n, per_rank
     return None
+
+
+def memory_check(config: TrainConfig, total_memory: int, *, margin: float = 0.1) -> tuple[bool, str]:
+    """Whether one training iteration of ``config`` is estimated to fit a GPU of ``total_memory`` bytes
+    less ``margin``, and a one-line report of the estimate."""
+    with tempfile.TemporaryDirectory() as tmp:
+        found = estimate(config, [], Path(tmp))
+    limit = int(total_memory * (1 - margin))
+    figures = f"≈ {gib(found.peak)} at the peak ({found.peak_phase}), resident {gib(found.resident)}"
+    if found.peak <= limit:
+        return True, f"memory estimate {figures}: fits the GPU's {gib(total_memory)}"
+    return False, (
+        f"memory estimate {figures}: more than the GPU's {gib(total_memory)} less {margin:.0%}; the run will "
+        "likely stop out of memory (distar plan --config ... shows what fits; loop.plan_memory=false skips this)"
+    )
+
+
+def _memory_check_alone(config: TrainConfig, total_memory: int) -> tuple[bool, str]:
+    """:func:`memory_check` in a process of its own: not one of the launcher's distributed run, and with
+    the precision the launcher chose written into the config (CPU autocast: bf16 for fp16, same widths)."""
+    from distar.config import apply_overrides, from_dict, to_dict
+    from distar.train.config import TrainConfig
+
+    precision = config.loop.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    for name in [*LAUNCHER_ENV, *(k for k in os.environ if k.startswith("ACCELERATE_"))]:
+        os.environ.pop(name, None)
+    cpu_precision = "bf16" if precision in ("fp16", "bf16") else "no"
+    config = from_dict(TrainConfig, apply_overrides(to_dict(config), [f"loop.mixed_precision={cpu_precision}"]))
+    return memory_check(config, total_memory)
+
+
+def training_gpu_memory(config: TrainConfig) -> int | None:
+    """The memory of the GPU that ``distar train`` checks its config against: GPU 0's, on rank 0 of a
+    CUDA run with ``loop.plan_memory`` (FSDP aside: the estimate is of one whole process); None otherwise,
+    without touching CUDA on a CPU run."""
+    import torch
+
+    from distar.train.loop import uses_cpu
+
+    if not config.loop.plan_memory or config.model is None or os.environ.get("RANK", "0") != "0":
+        return None
+    if uses_cpu(config) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return None
+    return torch.cuda.get_device_properties(0).total_memory
+
+
+def check_training_memory(config: TrainConfig) -> None:
+    """Log the estimate of one iteration before ``distar train`` builds its models, as a warning when it
+    will not fit the GPU (:func:`training_gpu_memory`); does nothing otherwise. The estimate runs in a
+    spawned CPU process; a config it cannot estimate (no architecture offline, say) is logged and skipped."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    total = training_gpu_memory(config)
+    if total is None:
+        return
+    start = time.perf_counter()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            fits, line = pool.submit(_memory_check_alone, config, total).result()
+        except Exception as err:  # advisory: a config the estimator cannot take still trains
+            logger.info("memory estimate skipped: %s", first_line(err))
+            return
+    (logger.info if fits else logger.warning)("%s (%.0f s)", line, time.perf_counter() - start)
 
 
 def report(found: MemoryEstimate) -> None:
@@ -220,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
             if found.peak <= limit:
                 print(f"fits with: {' '.join(chosen)} ({time.perf_counter() - start:.0f} s)")
                 return 0
-        needs = [o for o in FSDP_NEEDS if o.applies(config) and not _fsdp_ready(config, o)]
+        needs = fsdp_needs(config)
         for option in needs:
             chosen += option.overrides
         if needs:

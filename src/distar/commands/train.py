@@ -82,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
             check_overwrite(config.output_dir)
     elif (found := ckpt.resolve_checkpoint(resume, config.output_dir)) is not None:
         resume = str(found)  # the trainer verifies it again (from a cache), without repeating what was skipped
+    from distar.commands.plan import check_training_memory
     from distar.runtime import configure_threads, count_parameters, report_threads
     from distar.train.build import build_trainer
     from distar.train.callbacks import FaultHook
+
+    check_training_memory(config)  # on a GPU: the estimate before the first step
 
     fault = FaultHook.from_env()  # tests: $DISTAR_KILL_AT stops the run at a chosen point
     trainer = build_trainer(config, prompts=prompts, callbacks=[fault] if fault else [])

@@ -162,6 +162,11 @@ class LoopConfig:
     )
     allow_tf32: bool = field(False, help="allow TF32 matmuls and convolutions on Ampere+ GPUs")
     cpu: bool = field(False, help="run on CPU even when a GPU is present")
+    plan_memory: bool = field(
+        True,
+        help="on a GPU, estimate the peak memory of an iteration before the first step (as distar plan does, "
+        "in a CPU process of its own) and warn when it will not fit; false skips it",
+    )
     threads: int | None = field(
         None, help="torch CPU threads; null = $OMP_NUM_THREADS, else chosen by model size (see docs/training.md)"
     )

@@ -55,8 +55,9 @@ from distar.train.config import TrainConfig
 from distar.train.data import PromptStream
 from distar.train.guard import NumericsGuard
 from distar.train.monitor import held_out_split
+from distar.train.nodes import Nodes
 from distar.train.preemption import StopSignals
-from distar.train.runfolder import TENSORBOARD, RunLock, clear_run, on_main_process, record_written
+from distar.train.runfolder import TENSORBOARD, RunLock, check_new_run_folder, clear_run, record_written
 from distar.train.setup import make_accelerator, make_ema, make_optimizer
 from distar.train.tracking import StepLog, start_trackers
 
@@ -91,6 +92,7 @@ class Trainer:
         self.accelerator = acc = accelerator or make_accelerator(config)
         self.callbacks = CallbackList(callbacks)
         self.output_dir = Path(config.output_dir)
+        self.nodes = Nodes.detect(acc, self.output_dir)  # who writes which run folder (train/nodes.py)
         shared = config.loop.global_draws
         set_seed(config.seed + (0 if shared else acc.process_index))
         self.part = BatchPart(acc.process_index, acc.num_processes) if shared else BatchPart()
@@ -246,8 +248,8 @@ class Trainer:
     def train(self, resume: str | None = None, *, overwrite: bool = False) -> list[dict[str, float]]:
         """Run (or, with ``resume`` = ``"latest"`` or a checkpoint path, continue) to ``loop.max_steps``.
 
-        The main process locks the run folder for the run (:mod:`distar.train.runfolder`): a folder another
-        run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given
+        The main process (with node-local run folders, each node's first, :mod:`distar.train.nodes`) locks
+        the run folder for the run (:mod:`distar.train.runfolder`): a folder another run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given
         or ``overwrite`` (which removes only the files the old run wrote, see
         :func:`~distar.train.runfolder.clear_run`). A stop signal saves the step reached and raises
         :class:`~distar.errors.Preempted` (:mod:`distar.train.preemption`). Returns the records of
@@ -259,7 +261,7 @@ class Trainer:
         acc, config = self.accelerator, self.config
         lock = RunLock(self.output_dir)
         with self.stop_signals:  # from here on a stop signal saves the step the run reaches
-            on_main_process(acc, lock.acquire)  # one writer per run folder: rank 0 holds the lock
+            self.nodes.run(acc, lock.acquire)  # one writer per run folder holds its lock
             try:
                 self._prepare_folder(resume, overwrite)
                 if acc.is_main_process:
@@ -286,19 +288,19 @@ class Trainer:
                 lock.release()
 
     def _prepare_folder(self, resume: str | None, overwrite: bool) -> None:
-        """Load the checkpoint to resume from (chosen once, by the main process), or make sure a new run
-        does not mix with an old one."""
+        """Load the checkpoint to resume from (chosen by the writer of each run folder, the same step on
+        every node), or make sure a new run does not mix with an old one."""
         if resume is not None and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if resume is None:
-            ckpt.check_new_run(self.output_dir, overwrite=overwrite)
-            if overwrite and self.accelerator.is_main_process:
+            self.nodes.run(self.accelerator, lambda: check_new_run_folder(self.output_dir, overwrite=overwrite))
+            if overwrite and self.nodes.writer:
                 clear_run(self.output_dir)
-        elif (path := on_main_process(self.accelerator, lambda: ckpt.resolve_checkpoint(resume, self.output_dir))) is None:
+        elif (path := self.nodes.resolve(self.accelerator, resume, self.output_dir)) is None:
             logger.info("no checkpoint in %s yet: starting a new run", self.output_dir)
         else:
             self.load_checkpoint(path)
-        if self.accelerator.is_main_process:
+        if self.nodes.writer:
             ckpt.remove_leftovers(self.output_dir)
         self.accelerator.wait_for_everyone()
 

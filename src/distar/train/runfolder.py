@@ -1,7 +1,8 @@
 """A run folder's safety: one writer at a time, and an ``--overwrite`` that removes only what distar wrote.
 
 **One writer.**
-``<output_dir>/.distar.lock`` is locked with ``flock`` by rank 0 of the run that trains there, for as
+``<output_dir>/.distar.lock`` is locked with ``flock`` by the process of the run that writes the folder
+(rank 0; on node-local disks, the first process of each node, see :mod:`distar.train.nodes`), for as
 long as it trains, and holds ``pid <pid> on <host> since <UTC time>``. Another run (any rank, and any
 host where the shared file system supports locks) cannot take it and is refused in one line naming
 the holder. The kernel drops the lock when its holder dies however it dies, so a lock file left by a
@@ -12,7 +13,8 @@ wrote outside its checkpoints (``config.yaml``, ``log.jsonl``, sample grids, and
 the event files of that tracker); a checkpoint folder is distar's when its ``manifest.json`` lists every
 file in it. ``--overwrite`` (:func:`clear_run`) removes exactly these, and refuses a folder holding
 anything else (a file of the user's in ``samples/`` or in a checkpoint folder, say) as well as ``/``
-and the home folder, before any model is built.
+and the home folder, before any model is built. On node-local disks each node's list names what was
+written on that node (nothing but checkpoints outside node 0).
 """
 
 from __future__ import annotations
@@ -25,15 +27,10 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
 
 from distar.config import ConfigError
 from distar.train import checkpoint as ckpt
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
-
-T = TypeVar("T")
+from distar.train.nodes import PROBE_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -108,24 +105,6 @@ def _read(fd: int) -> str:
     return os.pread(fd, 512, 0).decode("utf-8", errors="replace").strip()
 
 
-def on_main_process(accelerator: Accelerator, action: Callable[[], T]) -> T:
-    """``action()`` run once, by the main process; every process gets its result, or raises its one-line
-    :class:`~distar.config.ConfigError` (so that all ranks lock, resume and fail alike)."""
-    outcome: list = [None, None]
-    if accelerator.is_main_process:
-        try:
-            outcome[0] = action()
-        except ConfigError as err:
-            outcome[1] = str(err)
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(outcome)
-    if outcome[1] is not None:
-        raise ConfigError(outcome[1])
-    return outcome[0]
-
-
 # ---------------------------------------------------------------------- what distar wrote
 
 
@@ -165,6 +144,7 @@ def _foreign_files(root: Path) -> list[str]:
         ours = (
             rel.as_posix() in written
             or top in (LOCK_FILE, WRITTEN_FILE)
+            or top.startswith(PROBE_PREFIX)
             or ckpt.is_leftover(top)
             or (top in checkpoints and rel.relative_to(top).as_posix() in checkpoints[top])
             or (top == TENSORBOARD and TENSORBOARD in written and (path.name.startswith(_EVENTS_PREFIX) or path.name == _HPARAMS))
@@ -193,6 +173,14 @@ def check_overwrite(output_dir: str | Path) -> None:
         )
 
 
+def check_new_run_folder(output_dir: str | Path, *, overwrite: bool) -> None:
+    """Refuse ``output_dir`` for a new run when it holds one, unless ``overwrite``; with ``overwrite``, when
+    :func:`clear_run` would refuse it. Nothing is removed (every node checks before any clears)."""
+    ckpt.check_new_run(output_dir, overwrite=overwrite)
+    if overwrite:
+        check_overwrite(output_dir)
+
+
 def clear_run(output_dir: str | Path) -> None:
     """Remove the previous run's files, after :func:`check_overwrite`: checkpoints, what the folder's list
     names, leftovers of interrupted saves, and the folders that leaves empty."""
@@ -201,6 +189,8 @@ def clear_run(output_dir: str | Path) -> None:
     for path in [p for _, p in ckpt.list_checkpoints(root)] + [p for p in [root / ckpt.BEST_DIR] if p.is_dir()]:
         ckpt.remove_dir(path)
     ckpt.remove_leftovers(root)
+    for probe in root.glob(f"{PROBE_PREFIX}*"):  # left by a run killed while it started
+        probe.unlink()
     for name in sorted(_written(root)):
         path = root / name
         if name == TENSORBOARD and path.is_dir():

@@ -63,13 +63,13 @@ def save_checkpoint(trainer: Any, folder: str | None = None) -> Path:
             f"step {step}: non-finite weights in {', '.join(bad)}: {final.name} not written; {last_checkpoint(output_dir)}"
         )
     try:
-        if acc.is_main_process:
+        if trainer.nodes.writer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         (tmp / ckpt.rng_state_file(acc.process_index)).write_text(json.dumps(ckpt.rng_state()))
-        if acc.is_main_process:
+        if trainer.nodes.writer:
             for name, group in tensors.items():
                 ckpt.save_tensors(group, tmp / name)
                 trainer.callbacks.on_point(trainer, "checkpoint-write", step)
@@ -77,13 +77,13 @@ def save_checkpoint(trainer: Any, folder: str | None = None) -> Path:
             save_config(config, tmp / ckpt.CONFIG_FILE)
             (tmp / ckpt.TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1))
         acc.wait_for_everyone()
-        if acc.is_main_process:
+        if trainer.nodes.writer:
             ckpt.write_manifest(tmp)
             ckpt.replace_dir(tmp, final)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RunError(f"could not write {final} ({err.strerror or err}); {last_checkpoint(output_dir)}") from None
-    if acc.is_main_process and folder is None:
+    if trainer.nodes.writer and folder is None:
         ckpt.prune_checkpoints(
             output_dir,
             config.checkpointing.total_limit,
