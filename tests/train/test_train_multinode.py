@@ -15,7 +15,7 @@ import pytest
 
 from distar.config import ConfigError
 from distar.train import checkpoint as ckpt
-from distar.train.loop import TIMING_KEYS
+from distar.train.tracking import TIMING_KEYS
 from distar.train.nodes import folder_layout, node_firsts
 from distar.train.runfolder import LOCK_FILE
 

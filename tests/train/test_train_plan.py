@@ -63,7 +63,7 @@ def test_a_config_that_does_not_fit_tries_the_options_in_order(capsys):
     code = main(["plan", "--config", str(CONFIGS / "tiny_sd.yaml"), "--gpu-memory", "0.01MiB", *overrides])
     out = capsys.readouterr().out
     tried = [line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  + ")]
-    assert tried == ["+ 8-bit AdamW", "+ gradient checkpointing", "+ no EMA under FSDP"]  # FSDP keeps no EMA
+    assert tried == ["+ 8-bit AdamW", "+ gradient checkpointing", "+ no reference drift in the monitor under FSDP"]
     assert code == 1 and "does not fit even with FSDP over 64 processes" in out
 
 

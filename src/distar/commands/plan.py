@@ -85,11 +85,12 @@ OPTIONS: tuple[Option, ...] = (
 #: Process counts tried for FSDP.
 FSDP_PROCESSES = (2, 4, 8, 16, 32, 64)
 
-#: What FSDP needs of a layout (the trainer refuses the rest): no EMA, the assistant's adapter on a copy.
+#: What ``loop.fsdp`` needs of a layout (the trainer refuses the rest, :mod:`distar.train.distributed`): in
+#: the shared-LoRA layout the reference is sharded with the assistant, so the monitor's drift images,
+#: which the main process makes alone, are off.
 FSDP_NEEDS = (
-    Option("no EMA under FSDP", ("ema.decay=0",), "EMA is not kept under FSDP"),
-    Option("assistant adapter on a copy under FSDP", ("model.assistant_lora_shared=false",),
-           "the shared layout does not shard: the reference becomes a frozen copy"),
+    Option("no reference drift in the monitor under FSDP", ("monitor.drift_steps=0",),
+           "the shared-LoRA reference is sharded, and one process makes the drift images"),
 )
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(gib|gb|mib|mb|g|m)?\s*$", re.IGNORECASE)
@@ -163,12 +164,11 @@ def estimate(config: TrainConfig, overrides: list[str], folder: Path) -> MemoryE
 
 
 def _fsdp_ready(config: TrainConfig, option: Option) -> bool:
-    """Whether the config already meets ``option`` of :data:`FSDP_NEEDS` another way (no EMA at all,
-    or no assistant adapter)."""
+    """Whether the config already meets ``option`` of :data:`FSDP_NEEDS` another way (no shared-LoRA
+    assistant, or no monitor)."""
     assert config.model is not None
-    if option.overrides[0].startswith("ema."):
-        return not config.ema.enabled
-    return config.model.assistant_lora_rank == 0
+    shared = config.model.assistant_lora_rank > 0 and config.model.assistant_lora_shared
+    return not shared or not config.monitor.interval(config.loop.max_steps)
 
 
 def fsdp_needs(config: TrainConfig) -> list[Option]:
@@ -227,11 +227,11 @@ def training_gpu_memory(config: TrainConfig) -> int | None:
     without touching CUDA on a CPU run."""
     import torch
 
-    from distar.train.loop import uses_cpu
+    from distar.train.setup import uses_cpu
 
     if not config.loop.plan_memory or config.model is None or os.environ.get("RANK", "0") != "0":
         return None
-    if uses_cpu(config) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+    if uses_cpu(config) or config.loop.fsdp:
         return None
     return torch.cuda.get_device_properties(0).total_memory
 
@@ -314,8 +314,9 @@ def run(args: argparse.Namespace) -> int:
         extra = f"{' '.join(chosen)} " if chosen else ""
         print(f"shard with FSDP over {n} processes: ≈ {gib(per_rank)} per process "
               f"(peak − (1 − 1/{n}) × {gib(sharded_state(found))} of trainable state; from the estimate's counts)")
-        print(f"  accelerate launch --use_fsdp --num_processes {n} -m distar train --config {args.config} "
+        print(f"  torchrun --nproc_per_node {n} -m distar train --config {args.config} loop.fsdp=true "
               f"{extra}{' '.join(args.overrides)}".rstrip())
+        print("  (over several nodes: docs/training.md, \"The paper's recipe (GPUs)\", several nodes)")
         if not args.change_recipe:
             print("  (--change-recipe also tries a LoRA generator, a shared LoRA assistant and no EMA)")
         print(f"({time.perf_counter() - start:.0f} s)")
