@@ -18,13 +18,16 @@ from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config  # n
 
 from distar.config import ConfigError  # noqa: E402
 from distar.train import Trainer  # noqa: E402
+from distar.train.callbacks import FaultHook  # noqa: E402
 
 SECTIONS = {"loop": {"max_steps": 4}, "checkpointing": {"every": 2}, "ema": {"decay": 0.9}, "data": {"batch_size": 2}}
 
 
 def main(run_dir: Path, report: Path, resume: bool, overwrite: bool) -> int:
     try:
-        trainer = Trainer(make_config(run_dir, **SECTIONS), GaussianBackend(), MeanReward(), PROMPTS)
+        hook = FaultHook.from_env()  # $DISTAR_KILL_AT, as `distar train` reads it
+        config = make_config(run_dir, **SECTIONS)
+        trainer = Trainer(config, GaussianBackend(), MeanReward(), PROMPTS, callbacks=[hook] if hook else [])
         records = trainer.train(resume="latest" if resume else None, overwrite=overwrite)
     except ConfigError as err:
         print(f"refused: {err}", file=sys.stderr)

@@ -63,7 +63,7 @@ def test_a_config_that_does_not_fit_tries_the_options_in_order(capsys):
     code = main(["plan", "--config", str(CONFIGS / "tiny_sd.yaml"), "--gpu-memory", "0.01MiB", *overrides])
     out = capsys.readouterr().out
     tried = [line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  + ")]
-    assert tried == ["+ 8-bit AdamW", "+ gradient checkpointing", "+ no reference drift in the monitor under FSDP"]
+    assert tried == ["+ 8-bit AdamW", "+ gradient checkpointing"]  # FSDP2 takes this layout as it is
     assert code == 1 and "does not fit even with FSDP over 64 processes" in out
 
 
@@ -112,3 +112,18 @@ def test_a_training_run_that_will_not_fit_is_warned_before_its_first_step(monkey
         plan.check_training_memory(tiny_config())
     [record] = [r for r in caplog.records if "memory estimate" in r.getMessage()]
     assert record.levelname == "WARNING" and "more than the GPU's 1.0 MiB" in record.getMessage()
+
+
+def test_fsdp_needs_only_the_shared_layouts_drift_images_off():
+    """FSDP2 keeps the EMA and shards the shared-LoRA layout; the monitor's drift images, made by one
+    process from the sharded reference, are what it cannot run."""
+
+    def needs(*overrides: str) -> list[str]:
+        config = load_config(TrainConfig, CONFIGS / "tiny_sd.yaml", ["monitor.every=2", *overrides])
+        return [option.overrides[0] for option in plan.fsdp_needs(config)]
+
+    assert needs() == []  # the assistant is a separate copy
+    assert needs("model.assistant_lora_rank=4") == ["monitor.drift_steps=0"]
+    assert needs("model.assistant_lora_rank=4", "monitor.drift_steps=0") == []
+    assert needs("model.assistant_lora_rank=4", "model.assistant_lora_shared=false") == []
+    assert needs("model.assistant_lora_rank=4", "monitor.every=0") == []

@@ -104,11 +104,14 @@ def run(args: argparse.Namespace) -> int:
             torch_device(where, "device")
     writable_dir(config.out_dir, "--out")
     save_config(config, Path(config.out_dir) / "eval_config.yaml")
+    from distar.train.callbacks import FaultHook
     from distar.train.preemption import StopSignals
 
     kept = f"the results so far are kept in {config.out_dir} (run the same command again to continue)"
     with StopSignals(last_checkpoint=lambda: kept) as stop:  # a stop signal: finish the batch, exit 75
-        summary = run_eval(config, threads=args.threads, stop=stop)
+        fault = FaultHook.from_env()  # tests: $DISTAR_KILL_AT signals the process after a chosen batch
+        on_point = (lambda point, n: fault.on_point(None, point, n)) if fault else (lambda point, n: None)
+        summary = run_eval(config, threads=args.threads, stop=stop, on_point=on_point)
     print(f"{summary.benchmark}: {summary.prompts} prompts from {summary.source}")
     print(Path(config.out_dir, "summary.md").read_text(), end="")
     return 0

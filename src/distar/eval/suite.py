@@ -29,7 +29,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,6 @@ from distar.io import load_image, png_bytes
 from distar.protocols import ImageModel
 from distar.rewards import Reward
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
-from distar.train.checkpoint import kill_point
 from distar.train.preemption import StopSignals
 
 Key = tuple[int, int]  # (prompt index, seed)
@@ -137,10 +136,16 @@ class _Run:
     """State shared by the phases of one :func:`evaluate` call."""
 
     def __init__(
-        self, out_dir: Path, benchmark: Benchmark, seeds: Sequence[int], batch_size: int, stop: StopSignals | None
+        self,
+        out_dir: Path,
+        benchmark: Benchmark,
+        seeds: Sequence[int],
+        batch_size: int,
+        stop: StopSignals | None,
+        on_point: Callable[[str, int], None],
     ) -> None:
         self.out_dir = out_dir
-        self.stop = stop
+        self.stop, self.on_point = stop, on_point
         self.batches_done = 0
         self.benchmark = benchmark
         self.batch_size = batch_size
@@ -154,7 +159,7 @@ class _Run:
             raise self.stop.preempted(
                 f"after {what}: the results so far are kept in {self.out_dir} (run the same command again to continue)"
             )
-        kill_point("eval-batch", self.batches_done)
+        self.on_point("eval-batch", self.batches_done)
 
     def fail(self, model: str, message: str) -> None:
         warnings.warn(f"{model}: {message}", EvalWarning, stacklevel=3)
@@ -393,6 +398,7 @@ def evaluate(
     timing_images: int = 10,
     grid_prompts: int = 8,
     stop: StopSignals | None = None,
+    on_point: Callable[[str, int], None] = lambda point, n: None,
 ) -> Summary:
     """Evaluate ``models`` on ``benchmark`` with ``metrics``; write and return the :class:`Summary`.
 
@@ -401,7 +407,8 @@ def evaluate(
     ``unload()`` method are unloaded after generating, and cost is measured on ``timing_images``
     extra images (0 skips it). Re-running with the same folder resumes: finished images, scores and
     costs are not recomputed, also when prompts or seeds are added. With ``stop``, a stop signal ends
-    the run after the batch in progress (module docstring).
+    the run after the batch in progress (module docstring). ``on_point("eval-batch", n)`` runs after the
+    n-th batch is written (the tests' fault hook, :class:`~distar.train.callbacks.FaultHook`).
     """
     if not models:
         raise ConfigError("no models to evaluate")
@@ -416,7 +423,7 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lazy = [as_lazy(m) for m in metrics]
-    run = _Run(out, benchmark, list(seeds), batch_size, stop)
+    run = _Run(out, benchmark, list(seeds), batch_size, stop, on_point)
     for model in models:
         run.generate(model, ModelFiles(out, model.name), timing_images)
         unload = getattr(model, "unload", None)
@@ -443,12 +450,18 @@ def evaluate(
     return summary
 
 
-def run_eval(config: EvalConfig, *, threads: int | None = None, stop: StopSignals | None = None) -> Summary:
+def run_eval(
+    config: EvalConfig,
+    *,
+    threads: int | None = None,
+    stop: StopSignals | None = None,
+    on_point: Callable[[str, int], None] = lambda point, n: None,
+) -> Summary:
     """Load the benchmark, models and metrics of ``config`` and :func:`~distar.eval.suite.evaluate`.
 
     Once the inputs are checked, the torch thread count is chosen (``threads``, else by the largest
-    model's stored size: :func:`~distar.runtime.configure_threads`) and printed on stderr. ``stop``: see
-    :func:`evaluate`."""
+    model's stored size: :func:`~distar.runtime.configure_threads`) and printed on stderr. ``stop`` and
+    ``on_point``: see :func:`evaluate`."""
     if not config.models:
         raise ConfigError("no models given (--model PATH)")
     device = config.device or default_device()
@@ -477,5 +490,6 @@ def run_eval(config: EvalConfig, *, threads: int | None = None, stop: StopSignal
         timing_images=config.timing_images,
         grid_prompts=config.grid_prompts,
         stop=stop,
+        on_point=on_point,
     )
 

@@ -26,7 +26,7 @@ PHASES = ("assistant step", "assistant update", "generator step", "generator upd
 #: The points of a run that :meth:`Callback.on_point` reports: after a step's updates, after each tensor
 #: file of a checkpoint, between the two records of a monitor pass, and inside the deletion of a pruned
 #: checkpoint (``step`` is then the pruned checkpoint's).
-POINTS = ("step", "checkpoint-write", "monitor", "prune")
+POINTS = ("step", "checkpoint-write", "monitor", "prune", "eval-batch")
 
 
 class Callback:

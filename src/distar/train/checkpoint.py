@@ -25,10 +25,8 @@ newest checkpoint that verifies.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import signal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -64,7 +62,8 @@ BEST_DIR = "best"
 #: What a run folder holds besides its checkpoints (see :mod:`distar.train.runfolder` for ``--overwrite``).
 RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, "samples", "tensorboard")
 
-#: Test hook: ``DISTAR_KILL_AT=<point>:<step>[:<signal>]`` signals the process at that point (see :func:`kill_point`).
+#: Test hook: ``DISTAR_KILL_AT=<point>:<step>[:<signal>]`` signals the process at that point; ``distar train`` and
+#: ``distar eval`` read it once (:class:`~distar.train.callbacks.FaultHook`).
 KILL_ENV = "DISTAR_KILL_AT"
 
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -73,16 +72,6 @@ _LEFTOVER_NAME = re.compile(rf"^(\.({CHECKPOINT_PREFIX}\d+|best)\.tmp|{re.escape
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be used, named with the file at fault."""
-
-
-def kill_point(point: str, step: int) -> None:
-    """Send this process SIGKILL when ``$DISTAR_KILL_AT`` is ``<point>:<step>``, or the signal named by
-    ``<point>:<step>:<signal>`` (e.g. ``step:3:SIGTERM``; several entries are separated by commas): lets
-    tests stop a real run inside a checkpoint write or a pruning, deterministically. Does nothing otherwise."""
-    for entry in os.environ.get(KILL_ENV, "").split(","):
-        parts = entry.split(":")
-        if parts[:2] == [point, str(step)]:
-            os.kill(os.getpid(), signal.Signals[parts[2]] if len(parts) > 2 else signal.SIGKILL)
 
 
 def rng_state_file(rank: int) -> str:
