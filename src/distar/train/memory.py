@@ -170,6 +170,8 @@ def fake_tensors() -> Iterator[None]:
     mode.__deepcopy__ = lambda memo: mode
     with mode, AssumedValues(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")
+        # the device model's optimisers replace the ones the schedulers were built on (_device_optimizers)
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
         yield
 
 
