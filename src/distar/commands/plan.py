@@ -316,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
               f"(peak − (1 − 1/{n}) × {gib(sharded_state(found))} of trainable state; from the estimate's counts)")
         print(f"  torchrun --nproc_per_node {n} -m distar train --config {args.config} loop.fsdp=true "
               f"{extra}{' '.join(args.overrides)}".rstrip())
-        print("  (over several nodes: docs/training.md, \"The paper's recipe (GPUs)\", several nodes)")
+        if n > 8:  # more than one node's GPUs
+            print("  (over several nodes: docs/training.md, \"The paper's recipe (GPUs)\", several nodes)")
         if not args.change_recipe:
             print("  (--change-recipe also tries a LoRA generator, a shared LoRA assistant and no EMA)")
         print(f"({time.perf_counter() - start:.0f} s)")
