@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distar.protocols",),
     ("distar.objectives",),
     ("distar.diffusion",),
-    ("distar", "distar.config", "distar.errors", "distar.io", "distar.runtime"),
+    ("distar", "distar.config", "distar.errors", "distar.fit", "distar.io", "distar.runstate", "distar.runtime"),
 ]
 FOUNDATION = LAYERS[-1]
 
