@@ -66,7 +66,6 @@ def runs(tmp_path_factory):
     return whole, killed
 
 
-@pytest.mark.slow
 def test_each_node_keeps_its_own_checkpoint_and_a_killed_run_resumes_as_if_uninterrupted(runs, tmp_path):
     whole, killed = runs
     assert [json.loads(report(f, n).read_text())["nodes"] for n, f in enumerate(whole)] == [[2, False], [2, False]]
@@ -92,7 +91,6 @@ def test_each_node_keeps_its_own_checkpoint_and_a_killed_run_resumes_as_if_unint
     assert [s for s, _ in ckpt.list_checkpoints(resumed[1])] == [s for s, _ in ckpt.list_checkpoints(whole[1])] == [2, 4]
 
 
-@pytest.mark.slow
 def test_nodes_holding_different_checkpoints_are_refused_in_one_line(runs, tmp_path):
     _, killed = runs
     folders = [tmp_path / "node-0", tmp_path / "node-1"]
