@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from distar.commands import plan
-from distar.config import apply_overrides, from_dict, load_config, to_dict
+from distar.config import load_config
 from distar.runtime import environment
 from distar.testing.architectures import ARCHITECTURES, write_architecture, write_pickscore_architecture
 from distar.train import TrainConfig
@@ -128,15 +128,12 @@ def fsdp_cell(config: TrainConfig, estimate: MemoryEstimate) -> str:
     """What ``distar plan`` answers for a layout that does not fit: FSDP's processes and per-process figure."""
     if verdict(estimate) == "fits":
         return "not needed"
-    needs = plan.fsdp_needs(config)
-    if needs:
-        overrides = [o for option in needs for o in option.overrides]
-        estimate = estimate_iteration_memory(from_dict(TrainConfig, apply_overrides(to_dict(config), overrides)))
+    needs = plan.fsdp_needs(config)  # they do not change the iteration's memory
     sharded = plan.fsdp_processes(estimate, int((GPU_GIB - MARGIN_GIB) * 2**30))
     if sharded is None:
         return f"over {plan.FSDP_PROCESSES[-1]} processes"
     n, per_rank = sharded
-    alone = f" (≈ {gib(estimate.peak):.1f} GiB on one, {', '.join(o.name for o in needs)})" if needs else ""
+    alone = f" (with {', '.join(o.name for o in needs)})" if needs else ""
     return f"{n} processes: ≈ {gib(per_rank):.1f} GiB{alone}"
 
 

@@ -87,7 +87,7 @@ FSDP_PROCESSES = (2, 4, 8, 16, 32, 64)
 
 #: What ``loop.fsdp`` needs of a layout (the trainer refuses the rest, :mod:`distar.train.distributed`): in
 #: the shared-LoRA layout the reference is sharded with the assistant, so the monitor's drift images,
-#: which the main process makes alone, are off.
+#: which the main process makes alone, are off. None of these changes the memory of an iteration.
 FSDP_NEEDS = (
     Option("no reference drift in the monitor under FSDP", ("monitor.drift_steps=0",),
            "the shared-LoRA reference is sharded, and one process makes the drift images"),
@@ -299,13 +299,10 @@ def run(args: argparse.Namespace) -> int:
             if found.peak <= limit:
                 print(f"fits with: {' '.join(chosen)} ({time.perf_counter() - start:.0f} s)")
                 return 0
-        needs = fsdp_needs(config)
+        needs = fsdp_needs(config)  # none of them changes the iteration's memory: no new estimate
         for option in needs:
             chosen += option.overrides
-        if needs:
-            found = estimate(config, chosen, folder)
-            names = ", ".join(o.name for o in needs)
-            print(f"  + {names}: ≈ {gib(found.peak)} on one process  [{' '.join(o for n in needs for o in n.overrides)}]")
+            print(f"  + {option.name} (FSDP needs it; the same memory)  [{' '.join(option.overrides)}; {option.cost}]")
         sharded = fsdp_processes(found, limit)
         if sharded is None:
             print(f"does not fit even with FSDP over {FSDP_PROCESSES[-1]} processes")
