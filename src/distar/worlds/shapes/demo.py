@@ -1,6 +1,11 @@
 """``distar demo --world shapes``: DI* and its baselines in the shapes world, judged by a simulated human.
 
-The demo is a base config (:class:`ShapesDemoConfig`) and a :mod:`distar.sweep` (:func:`sweep_config`):
+The demo's trainings are a base config, ``demo.yaml`` beside this module (a
+:class:`~distar.train.TrainConfig` and the world's section ``shapes``, :class:`ShapesSettings`), and a
+sweep, ``demo_sweep.yaml``, that ``distar sweep --sweep src/distar/worlds/shapes/demo_sweep.yaml --out
+DIR`` runs as it is; ``distar demo --world shapes`` takes the keys of :class:`ShapesDemoConfig`, sets
+each training key at its key of the two files (:data:`KEYS`, :func:`sweep_and_base`), runs the sweep,
+then evaluates and reports:
 
 1. **grid** (:func:`grid`): every method (and, with ``sweep``, every reward scale α), plus the ``extra``
    method@α settings (by default Diff-Instruct++ at the α where its reward weighs as much as DI*'s
@@ -42,7 +47,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from distar.config import ConfigError, field, from_dict, load_config, save_config, to_dict
+from distar.config import ConfigError, field, from_dict, load_config, read_config_file, save_config, set_key, to_dict
 from distar.eval.report import labelled_grid, per_seed_means
 from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
@@ -62,6 +67,21 @@ PAPER_NAMES = {
     "diff_instruct": "Diff-Instruct",
     "dmd2": "DMD2",
 }
+
+#: The demo's base config and sweep (package data beside this module).
+BASE_FILE, SWEEP_FILE = (Path(__file__).with_name(name) for name in ("demo.yaml", "demo_sweep.yaml"))
+
+#: Each training key of :class:`ShapesDemoConfig` → the keys it sets: in the base config (``demo.yaml``)
+#: or, after ``sweep:``, in the sweep (``demo_sweep.yaml``). The grid keys (methods, reward_scale, sweep,
+#: extra) form the sweep's grid (:func:`grid`); the others are the evaluation's.
+KEYS = {
+    "models": ["shapes.models"], "reward": ["shapes.reward"], "guidance_scale": ["shapes.guidance_scale"],
+    "train.steps": ["loop.max_steps"], "train.batch_size": ["data.batch_size"],
+    "train.generator_lr": ["optim.generator.lr"], "train.assistant_lr": ["optim.assistant.lr"],
+    "train.max_grad_norm": ["optim.generator.max_grad_norm", "optim.assistant.max_grad_norm"],
+    "train.train_prompts": ["shapes.train_prompts"], "train.seed": ["seed", "shapes.prompts_seed"],
+    "monitor": ["monitor"], "training_seeds": ["sweep:seeds"], "jobs": ["sweep:jobs"],
+}  # fmt: skip
 
 #: Report row of the shipped one-step generator every method starts from.
 START = "one-step start"
@@ -152,6 +172,20 @@ class ShapesDemoConfig:
         return f"{self.reference_steps}-step {self.reference_sampler}, CFG {self.guidance_scale:g}"
 
 
+@dataclasses.dataclass
+class ShapesSettings:
+    """The shapes world's section of a training run's config: its models, reward, ω and training prompts."""
+
+    models: str | None = field(None, help="folder of the world's models (default: the ones shipped in the package)")
+    reward: str | None = field(
+        None, help="reward of the runs with α > 0: the models' learned reward (default) or a plugin (module:Class)"
+    )
+    guidance_scale: float = field(3.0, help="inner CFG ω of the presets that use it")
+    train_prompts: int = field(2000, help="training prompts drawn from the grammar")
+    prompts_seed: int = field(5, help="seed of the training prompts' draw (the same for every training seed)")
+    device: str = field("cpu", help="torch device of the training")
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One training run: a method at a reward scale from one training seed."""
@@ -180,58 +214,72 @@ def grid(cfg: ShapesDemoConfig) -> list[dict[str, list[Any]]]:
     for method in cfg.methods:
         has_reward = bool(PRESETS[method].get("reward_scale", 0.0))
         scales = [cfg.reward_scale, *[a for a in cfg.sweep if a != cfg.reward_scale]] if has_reward else [0.0]
-        products.append({"method": [method], "reward_scale": scales})
-    return products + [{"method": [method], "reward_scale": [alpha]} for method, alpha in cfg.extra_settings()]
+        products.append({"objective.preset": [method], "objective.reward_scale": scales})
+    extra = cfg.extra_settings()
+    return products + [{"objective.preset": [method], "objective.reward_scale": [alpha]} for method, alpha in extra]
 
 
-def sweep_config(cfg: ShapesDemoConfig, threads: int = 1) -> SweepConfig:
-    """The demo's sweep: :func:`grid` × ``training_seeds``, each run trained by :func:`train`."""
-    return SweepConfig(
-        grid=grid(cfg), seeds=cfg.training_seeds, seed_key="seed_index", runner=f"{__name__}:train",
-        metrics=["train_seconds", "generator_grad_norm_median", "steps_clipped"], jobs=cfg.jobs or os.cpu_count() or 1,
-        threads=threads,
-    )  # fmt: skip
+def sweep_and_base(cfg: ShapesDemoConfig, *, device: str = "cpu", threads: int = 1) -> tuple[SweepConfig, dict[str, Any]]:
+    """The demo's sweep and base config (``demo_sweep.yaml``, ``demo.yaml``) with each of ``cfg``'s training
+    keys set at its keys (:data:`KEYS`), its grid, ``device`` and ``threads`` torch threads per worker."""
+    flat, spec, base = to_dict(cfg), read_config_file(SWEEP_FILE), read_config_file(BASE_FILE)
+    for key, targets in KEYS.items():
+        value = flat
+        for part in key.split("."):
+            value = value[part]
+        for target in targets:
+            if target.startswith("sweep:"):
+                spec[target.removeprefix("sweep:")] = value
+            else:
+                set_key(base, target, value)
+    set_key(base, "shapes.device", device)
+    spec.update(config=None, grid=grid(cfg), jobs=cfg.jobs or os.cpu_count() or 1, threads=threads)
+    return from_dict(SweepConfig, spec), base
 
 
 def plan_runs(cfg: ShapesDemoConfig) -> list[Run]:
     """Every training of the demo: the sweep's points × seeds."""
-    return [_run(r.data) for r in plan(sweep_config(cfg), {"seed_index": 0})]
+    sweep, base = sweep_and_base(cfg)
+    return [_run(r.data, r.seed) for r in plan(sweep, base)]
 
 
-def _run(data: dict[str, Any]) -> Run:
-    return Run(data["method"], data["reward_scale"], data["seed_index"])
+def _run(data: dict[str, Any], seed_index: int) -> Run:
+    return Run(data["objective"]["preset"], data["objective"]["reward_scale"], seed_index)
 
 
-def objective_for(run: Run, cfg: ShapesDemoConfig) -> ObjectiveConfig:
-    """The run's preset with the demo's α (methods with a reward) and inner CFG ω."""
-    overrides: dict[str, float] = {}
-    if run.reward_scale:
-        overrides["reward_scale"] = run.reward_scale
-    if PRESETS[run.method].get("cfg_mode") == "inner":
-        overrides["guidance_scale"] = cfg.guidance_scale
-    return preset(run.method, **overrides)
+def objective(data: dict[str, Any]) -> ObjectiveConfig:
+    """A run's preset with its α (methods with a reward) and the world's inner CFG ω."""
+    point, overrides = data["objective"], {}
+    if point.get("reward_scale"):
+        overrides["reward_scale"] = point["reward_scale"]
+    if PRESETS[point["preset"]].get("cfg_mode") == "inner":
+        overrides["guidance_scale"] = from_dict(ShapesSettings, data.get("shapes", {}), prefix="shapes.").guidance_scale
+    return preset(point["preset"], **overrides)
 
 
-def run_config(cfg: ShapesDemoConfig, run: Run, folder: Path, device: str) -> TrainConfig:
-    """The :class:`TrainConfig` of ``run`` in ``folder``: the shipped start, reference and reward, the demo's
-    loop at the run's seed, and the monitor sharing the sweep's cache of reference images."""
+def run_config(data: dict[str, Any], folder: Path) -> TrainConfig:
+    """A sweep run's :class:`TrainConfig` in ``folder``: the config without its ``shapes`` section, with the
+    world's reference, start and (α > 0) reward, its training prompts, the resolved objective and the
+    monitor's judges and truth metrics, sharing the sweep's cache of reference images."""
     from distar.rewards import RewardSpec
     from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record
     from distar.worlds.shapes.guardrails import monitor_config
-    from distar.worlds.shapes.one_step import train_config
 
+    cfg = from_dict(ShapesSettings, data.get("shapes", {}), prefix="shapes.")
+    config = from_dict(TrainConfig, {k: v for k, v in data.items() if k not in ("shapes", "objective")})
     root = Path(cfg.models) if cfg.models else ASSETS_DIR
-    reference, reward_dir, init = asset("reference", root), asset("reward", root), asset("one_step", root)
-    t_init = build_record(root)["config"]["one_step"]["t_init"]
-    prompts = sample_prompts(cfg.train.train_prompts, cfg.train.seed)
-    monitor = monitor_config(cfg.monitor, root, folder.parent.parent / "monitor_reference.safetensors")
-    loop = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * run.seed_index)
-    config = train_config(
-        reference, objective_for(run, cfg), loop, prompts, folder, t_init,
-        reward=(RewardSpec(cfg.reward) if cfg.reward else reward_dir) if run.reward_scale else None,
-        generator_init=init, progress_bar=False,
+    model = dataclasses.replace(
+        config.model, pretrained=str(asset("reference", root)), t_init=build_record(root)["config"]["one_step"]["t_init"],
+        generator_init=str(asset("one_step", root)),
     )  # fmt: skip
-    return dataclasses.replace(config, loop=dataclasses.replace(config.loop, cpu=device == "cpu"), monitor=monitor)
+    goal = objective(data)
+    reward = RewardSpec(cfg.reward) if cfg.reward else RewardSpec("pickscore", path=str(asset("reward", root)))
+    return dataclasses.replace(
+        config, model=model, rewards=[reward] if goal.reward_scale else [], objective=goal,
+        data=dataclasses.replace(config.data, prompts=sample_prompts(cfg.train_prompts, cfg.prompts_seed)),
+        loop=dataclasses.replace(config.loop, cpu=cfg.device == "cpu"), output_dir=str(folder),
+        monitor=monitor_config(config.monitor, root, folder.parent.parent / "monitor_reference.safetensors"),
+    )  # fmt: skip
 
 
 def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -246,7 +294,7 @@ def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     from distar.worlds.shapes.one_step import train as train_one_step
 
     start = time.perf_counter()
-    config = run_config(from_dict(ShapesDemoConfig, data["demo"]), _run(data), folder, data.get("device", "cpu"))
+    config = run_config(data, folder)
     backend, _ = train_one_step(config, resume="latest")
     records = JsonlLog(folder / LOG_FILE).read()
     backend.generator.save_pretrained(folder / "generator")
@@ -474,13 +522,13 @@ def run(args: argparse.Namespace) -> int:
 
     threads = configure_threads(args.threads, parameters=stored_parameters(Path(cfg.models) if cfg.models else ASSETS_DIR))
     report_threads(threads, "demo")
-    sweep = sweep_config(cfg, threads)
-    runs = run_sweep(sweep, out, base={"demo": to_dict(cfg), "device": args.device, "seed_index": 0})
+    sweep, base = sweep_and_base(cfg, device=args.device, threads=threads)
+    runs = run_sweep(sweep, out, base=base)
     jobs = max(1, min(sweep.jobs, len(runs)))
     results = collect(out)
     by_name = {r.name: r for r in runs}
     trained = [
-        (_run(by_name[name].data), out / "runs" / folder, row)
+        (_run(by_name[name].data, by_name[name].seed), out / "runs" / folder, row)
         for point in results["points"]
         for name, folder, row in zip(point["runs"], point["folders"], point["per_seed"])
     ]
