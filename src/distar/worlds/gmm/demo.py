@@ -202,9 +202,8 @@ class GMMDemo:
         if cfg.init_sim_steps > 0:
             loop = dataclasses.replace(self.config.loop, max_steps=cfg.init_sim_steps)
             logging = dataclasses.replace(self.config.logging, every=max(1, cfg.init_sim_steps // 20))
-            self.train(dataclasses.replace(
-                self.config, objective=method_objective(cfg, "sim"), loop=loop, logging=logging, output_dir=str(self.out / "init_sim")
-            ))  # fmt: skip
+            sim = method_objective(cfg, "sim")
+            self.train(dataclasses.replace(self.config, objective=sim, loop=loop, logging=logging, output_dir=str(self.out / "init_sim")))
         return time.perf_counter() - start
 
     def save(self, path: Path, modules: Sequence[str] = ("generator", "assistant")) -> None:
@@ -474,7 +473,8 @@ def run(args: argparse.Namespace) -> int:
         entry = next(p for p in results["points"] if p["point"] == point)
         return out / "runs" / entry["folders"][0]
 
-    starts = [json.loads((out / "starts" / f"seed{cfg.seed + sweep.seed_stride * i}" / "rows.json").read_text()) for i in range(cfg.training_seeds)]
+    seeds = [cfg.seed + sweep.seed_stride * i for i in range(cfg.training_seeds)]
+    starts = [json.loads((out / "starts" / f"seed{seed}" / "rows.json").read_text()) for seed in seeds]
     table = {m: {"objective.preset": m} for m in cfg.methods}
     keys = [*COLUMNS, "train_seconds"]
     models = {

@@ -637,7 +637,8 @@ def evaluate_models(cfg: ShapesSettings, models: Sequence[Any], out: Path, eval_
         summary = evaluate(models, benchmark, metrics, eval_dir, seeds=cfg.eval_seeds, batch_size=32, timing_images=10)
     rows = {}
     for result in summary.models:
-        row = rows[result.name] = {**result.scores, **{k: v for k, v in result.extras.items() if k.startswith(("open_", "align_"))}}
+        extras = {k: v for k, v in result.extras.items() if k.startswith(("open_", "align_"))}
+        row = rows[result.name] = {**result.scores, **extras}
         row["seconds_per_10_images"] = result.cost["seconds_per_10_images"] if result.cost and result.name != "renders" else None
         if result.failures:
             row["failures"] = result.failures
@@ -700,14 +701,12 @@ def evaluate_stage(
         },
         [p.replace(" on a ", "\non a ") for p in grid_prompts], out / "grid.png",
     )  # fmt: skip
+    def model(name: str) -> Any:
+        return models.get(name) or one_step(root, generators[name], name, world.device)
+
     with torch.no_grad():
         labelled_grid(
-            {
-                label: list(to_uint8(
-                    (models.get(name) or one_step(root, generators[name], name, world.device)).generate_images([cfg.diversity_prompt] * 8, range(8))
-                ))
-                for label, name in shown.items()
-            },
+            {label: list(to_uint8(model(name).generate_images([cfg.diversity_prompt] * 8, range(8)))) for label, name in shown.items()},
             [f"seed {s}" for s in range(8)], out / "diversity.png",
         )  # fmt: skip
     for key, name in selected.items():
