@@ -17,27 +17,28 @@ from distar.cli import main
 from distar.config import ConfigError
 from distar.errors import UserError
 from distar.sweep import SweepConfig, collect, mean_ci95, plan, run_sweep, trainings
+from distar.worlds.gmm.demo import BASE_FILE
 
-#: The gmm world as a sweep: tiny networks and budgets, seconds per run.
+#: The gmm world as a sweep on the demo's base config, tiny: networks and budgets of seconds per run.
 SWEEP = """
 runner: distar.worlds.gmm.demo:train
 evaluate: distar.worlds.gmm.demo:evaluate
 identity: distar.worlds.gmm.demo:identity
-seed_key: demo.seed
+seed_key: seed
 seed_stride: 1000
 seeds: 2
 """
-BASE = """
-demo: {steps: 3, distill_steps: 10, batch_size: 32, eval_samples: 40, tilted_pool: 400, net: {hidden: 8}}
-"""
+TINY = [
+    "loop.max_steps=3", "logging.every=1", "gmm.distill_steps=10", "data.batch_size=32", "gmm.eval_samples=40",
+    "gmm.tilted_pool=400", "gmm.net.hidden=8",
+]  # fmt: skip
 #: sim ignores α: its two points are one training per seed (3 trainings per seed in all).
 GRID = ["--grid", "objective.preset=[sim, di_star]", "--grid", "objective.reward_scale=[1.0, 3.0]"]
 
 
 def _files(tmp_path: Path) -> list[str]:
     (tmp_path / "sweep.yaml").write_text(SWEEP)
-    (tmp_path / "base.yaml").write_text(BASE)
-    return ["--sweep", str(tmp_path / "sweep.yaml"), "--config", str(tmp_path / "base.yaml"), *GRID]
+    return ["--sweep", str(tmp_path / "sweep.yaml"), "--config", str(BASE_FILE), *GRID, *TINY]
 
 
 def _figures(out: Path) -> dict[str, dict]:

@@ -9,9 +9,9 @@ import pytest
 
 from distar.cli import UserError, main
 from distar.commands import demo as demo_command
-from distar.config import ConfigError
-from distar.sweep import mean_ci95
-from distar.worlds.gmm.demo import METHODS, GMMDemoConfig, method_objective
+from distar.config import ConfigError, from_dict, read_config_file
+from distar.sweep import SweepConfig, mean_ci95
+from distar.worlds.gmm.demo import BASE_FILE, METHODS, SWEEP_FILE, GMMDemoConfig, method_objective, settings, sweep_and_base
 
 TINY = [
     "--steps", "4",
@@ -117,3 +117,25 @@ def test_demo_cli_reports_bad_override(tmp_path, capsys) -> None:
 def test_demo_command_names_a_world_without_demo() -> None:
     with pytest.raises(UserError, match="no demo"):
         demo_command.run(argparse.Namespace(world="no_such_world"))
+
+
+def test_the_packaged_sweep_is_the_demo_and_distar_sweep_runs_it(tmp_path) -> None:
+    sweep, base = sweep_and_base(GMMDemoConfig(jobs=1))
+    packaged_base = read_config_file(BASE_FILE)
+    assert {**base, "gmm": settings(base)} == {**packaged_base, "gmm": settings(packaged_base)}
+    packaged = from_dict(SweepConfig, {**read_config_file(SWEEP_FILE), "config": None, "jobs": 1})
+    assert sweep == packaged
+    # `distar sweep` on the packaged files trains and measures what `distar demo` does.
+    demo, swept = tmp_path / "demo", tmp_path / "sweep"
+    flat = ["distill_steps=10", "batch_size=32", "eval_samples=40", "tilted_pool=400", "net.hidden=8"]
+    one = ["methods=[sim]", "sweep_methods=[]", "huber_c_sweep=[]", "training_seeds=1", "jobs=1"]
+    assert main(["demo", "--world", "gmm", "--out", str(demo), "--steps", "3", *flat, *one]) == 0
+    keys = ["gmm.distill_steps=10", "data.batch_size=32", "gmm.eval_samples=40", "gmm.tilted_pool=400", "gmm.net.hidden=8"]
+    assert main([
+        "sweep", "--sweep", str(SWEEP_FILE), "--grid", "objective.preset=[sim]", "--seeds", "1", "--out", str(swept),
+        "loop.max_steps=3", "logging.every=1", *keys,
+    ]) == 0  # fmt: skip
+    (row,) = json.loads((demo / "report.json").read_text())["models"]["sim"]["per_seed"]
+    (point,) = json.loads((swept / "results.json").read_text())["points"]
+    untimed = lambda r: {k: v for k, v in r.items() if k not in ("train_seconds", "reward_curve")}  # noqa: E731
+    assert untimed(point["per_seed"][0]) == untimed(row)

@@ -145,3 +145,25 @@ def test_alarms_are_counted_against_the_truth(tmp_path):
     assert read["miss"]["truth_fell"] == [20] and read["quiet"]["truth_fell"] == []
     replayed = alarm_counts(list(read.values()), "judge + diversity (default)")
     assert replayed == {"hits": 1, "false_alarms": 1, "misses": 1, "quiet": 1}
+
+
+def test_the_packaged_sweep_is_the_demos_training_and_distar_sweep_runs_it(shipped, tmp_path):
+    from distar.cli import main
+    from distar.config import from_dict, read_config_file
+    from distar.sweep import SweepConfig
+    from distar.worlds.shapes.demo import BASE_FILE, SWEEP_FILE, ShapesDemoConfig, run_config, settings, sweep_and_base
+
+    sweep, base = sweep_and_base(ShapesDemoConfig(jobs=1))
+    assert sweep == from_dict(SweepConfig, {**read_config_file(SWEEP_FILE), "config": None, "jobs": 1})
+    packaged, folder = read_config_file(BASE_FILE), tmp_path / "runs" / "a"
+    assert run_config(base, folder) == run_config(packaged, folder) and settings(base) == settings(packaged)
+    out = tmp_path / "sweep"
+    argv = [
+        "sweep", "--sweep", str(SWEEP_FILE), "--grid", "objective.preset=[sim]", "--grid", "objective.reward_scale=[0.0]",
+        "--seeds", "1", "--out", str(out), "loop.max_steps=2", "data.batch_size=2", "monitor.every=0",
+        "shapes.eval_prompts=2", "shapes.eval_seeds=[0, 1]", "shapes.fid_reference_seeds=2",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    (point,) = json.loads((out / "results.json").read_text())["points"]
+    assert point["per_seed"][0]["steps"] == 2 and (out / "runs" / point["folders"][0] / "generator").is_dir()
+    assert point["per_seed"][0]["pickscore"] is not None  # each run evaluated by the world's evaluator

@@ -8,6 +8,7 @@ finished, and writes ``DIR/results.json``, ``DIR/report.md`` and ``DIR/metrics.p
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from distar.commands import add_config_flags, config_flag_values
@@ -20,7 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from distar.sweep import SweepConfig
 
     parser.add_argument("--out", required=True, help="sweep folder: runs/, results/, sweep.json, results.json, report.md")
-    parser.add_argument("--sweep", metavar="FILE", help="sweep YAML (config, overrides, grid, seeds, ...); flags override it")
+    parser.add_argument(
+        "--sweep", metavar="FILE", help="sweep YAML (config, overrides, grid, seeds, ...; a relative config path is from the "
+        "file's folder); flags override it",
+    )
     parser.add_argument(
         "--grid", action="append", default=[], metavar="KEY=[V1,V2,...]",
         help="a grid axis; the --grid flags together form one product of every combination",
@@ -35,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from distar.sweep import SweepConfig, collect, run_sweep, write_report
 
     data = read_config_file(args.sweep) if args.sweep else {}
+    if args.sweep and data.get("config") and not Path(data["config"]).is_absolute():
+        data["config"] = str(Path(args.sweep).parent / data["config"])  # a sweep file names its base config beside it
     data.update(config_flag_values(args, FLAGS))
     if args.grid:
         data["grid"] = [dict(_axis(item) for item in args.grid)]

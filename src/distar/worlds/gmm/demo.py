@@ -1,9 +1,13 @@
 """``distar demo --world gmm``: every method of Table 2 trained with one budget, measured exactly.
 
-The demo is a base config (:class:`GMMDemoConfig`) and a :mod:`distar.sweep` over objectives
-(:func:`grid`: the method table at the demo's α, the reward-scale sweep and the pseudo-Huber c sweep)
-× ``training_seeds`` seeds (seed i seeds the networks, the training draws and the evaluation draws with
-``seed + 1000 i``); runs of equal resolved objectives share one training (:func:`identity`). A run:
+The demo is a base config, ``demo.yaml`` beside this module (a :class:`~distar.train.TrainConfig` and
+the world's section ``gmm``, :class:`GMMSettings`), and a sweep, ``demo_sweep.yaml``, over objectives
+(the method table at the demo's α, the reward-scale sweep and the pseudo-Huber c sweep) × seeds (seed i
+seeds the networks, the training draws and the evaluation draws with ``seed + 1000 i``); runs of equal
+resolved objectives share one training (:func:`identity`). ``distar sweep --sweep
+src/distar/worlds/gmm/demo_sweep.yaml --out DIR`` runs it as it is; ``distar demo --world gmm`` takes
+the flat keys of :class:`GMMDemoConfig`, sets each at its key of the two files (:data:`KEYS`), runs the
+sweep and adds the world's report sections. A run:
 
 1. **start**: the seed's generator and assistant fitted without reward, by regression onto the exact
    reference (``init: distill``, :mod:`distar.worlds.gmm.distill`) or not at all (``init: scratch``),
@@ -37,22 +41,12 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from distar.config import ConfigError, field, from_dict, load_config, save_config, to_dict
+from distar.config import ConfigError, field, from_dict, load_config, read_config_file, save_config, set_key, to_dict
 from distar.io import build_once
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.runtime import configure_threads, environment, report_threads
-from distar.train import (
-    CheckpointConfig,
-    DataConfig,
-    LoggingConfig,
-    LoopConfig,
-    MonitorConfig,
-    OptimConfig,
-    OptimizerConfig,
-    TrainConfig,
-    Trainer,
-)
 from distar.sweep import SweepConfig, collect, format_ci, markdown_table, plot_pareto, run_sweep, summarise, trainings, write_report
+from distar.train import TrainConfig, Trainer
 from distar.train.checkpoint import LOG_FILE, save_tensors
 from distar.train.logs import JsonlLog
 from distar.worlds.gmm.backend import GMMBackend
@@ -66,8 +60,42 @@ from distar.worlds.gmm.world import GMMWorld, GMMWorldConfig
 #: report.json's method keys, in table order (the reference is not trained).
 METHODS = ("di_star", "di_star_out", "di_pp", "sim", "diff_instruct")
 
-#: seed i of the demo uses ``seed + SEED_STRIDE * i`` (the evaluation streams use seed + 1..3)
-SEED_STRIDE = 1000
+#: The demo's base config and sweep (package data beside this module).
+BASE_FILE, SWEEP_FILE = (Path(__file__).with_name(name) for name in ("demo.yaml", "demo_sweep.yaml"))
+
+#: Each flat key of :class:`GMMDemoConfig` → the key it sets: in the base config (``demo.yaml``) or, after
+#: ``sweep:``, in the sweep (``demo_sweep.yaml``). ``steps`` also sets ``logging.every`` to steps / 20; the
+#: grid keys (methods, sweep_*, huber_c_*) form the sweep's grid (:func:`grid`).
+KEYS = {
+    "steps": "loop.max_steps", "batch_size": "data.batch_size", "assistant_steps": "loop.assistant_steps",
+    "generator_lr": "optim.generator.lr", "assistant_lr": "optim.assistant.lr", "seed": "seed",
+    **{k: f"gmm.{k}" for k in (
+        "world", "net", "init", "distill_steps", "distill_lr", "init_sim_steps", "reward_scale", "guidance_scale",
+        "cfg_reward_scale", "eval_samples", "tilted_pool", "coverage_threshold",
+    )},
+    "training_seeds": "sweep:seeds", "jobs": "sweep:jobs",
+}  # fmt: skip
+
+
+@dataclass
+class GMMSettings:
+    """The gmm world's section of a run's config: world, networks, start, α of the presets and evaluation."""
+
+    world: GMMWorldConfig = field(GMMWorldConfig(), help="reference mixtures and reward")
+    net: GMMNetConfig = field(GMMNetConfig(), help="generator and assistant MLP sizes")
+    init: Literal["distill", "scratch"] = field(
+        "distill", help="start: 'distill' = networks fitted to the reference (distar.worlds.gmm.distill); 'scratch' = random"
+    )
+    distill_steps: int = field(1500, help="Adam steps of each regression fit (init: distill)")
+    distill_lr: float = field(1e-3, help="learning rate of the regression fits (init: distill)")
+    init_sim_steps: int = field(0, help="SIM (α = 0) training steps after the init, before any method")
+    reward_scale: float = field(3.0, help="α of the reward presets when the run sets none, and of p*")
+    guidance_scale: float = field(1.0, help="inner CFG scale ω (3.5) of the inner-CFG presets")
+    cfg_reward_scale: float = field(1.0, help="α_cfg of the outer-CFG presets (3.6-3.7)")
+    eval_samples: int = field(1000, help="evaluation samples per prompt (per model and per target)")
+    tilted_pool: int = field(100_000, help="reference draws per prompt resampled into the tilted target")
+    coverage_threshold: float = field(0.1, help="mode k counts as covered when its mass is ≥ this × π_k")
+    device: str = field("cpu", help="torch device of the networks")
 
 
 @dataclass
@@ -124,7 +152,7 @@ class GMMDemoConfig:
 
 
 def method_objective(
-    cfg: GMMDemoConfig, method: str, reward_scale: float | None = None, huber_c: float | None = None
+    cfg: GMMDemoConfig | GMMSettings, method: str, reward_scale: float | None = None, huber_c: float | None = None
 ) -> ObjectiveConfig:
     """The preset ``method`` with the demo's α (or ``reward_scale``), inner ω or outer α_cfg, and ``huber_c``."""
     base = PRESETS[method]
@@ -141,56 +169,41 @@ def method_objective(
 
 
 class GMMDemo:
-    """One seed of the demo: world, reward, backend, fixed evaluation draws and the shared start."""
+    """One seed of the demo (the run ``config``'s seed): world, reward, backend, fixed evaluation draws and the
+    shared start."""
 
-    def __init__(self, cfg: GMMDemoConfig, out: Path, device: str = "cpu") -> None:
-        self.cfg, self.out, self.device = cfg, out, device
-        self.world = GMMWorld(cfg.world, device=device)
-        self.reward = GMMBumpReward(self.world).to(device)
-        self.backend = GMMBackend(self.world, cfg.net, seed=cfg.seed)
+    def __init__(self, cfg: GMMSettings, config: TrainConfig, out: Path) -> None:
+        self.cfg, self.config, self.out, self.seed = cfg, config, out, config.seed
+        self.world = GMMWorld(cfg.world, device=cfg.device)
+        self.reward = GMMBumpReward(self.world).to(cfg.device)
+        self.backend = GMMBackend(self.world, cfg.net, seed=self.seed)
         self._tilted: dict[tuple[float, int], tuple[list[Tensor], list[float]]] = {}
-        g = torch.Generator().manual_seed(cfg.seed + 1)
+        g = torch.Generator().manual_seed(self.seed + 1)
         n, C = cfg.eval_samples, self.world.num_prompts
         self.latents = [self.backend.sample_latents(n, generator=g) for _ in range(C)]
         self.reference = [self.world.sample(c, n, g) for c in range(C)]  # target of energy_distance_ref
         self.reference_rows = [self.world.sample(c, n, g) for c in range(C)]  # the "reference" row
 
     # -- training ---------------------------------------------------------------------------------
-    def train(self, folder: Path, objective: ObjectiveConfig, steps: int) -> float:
-        """Train the backend in place with the project's Trainer in ``folder`` (continuing from its newest
-        checkpoint if it holds one); returns wall seconds."""
-        cfg = self.cfg
-
-        def optimizer(lr: float) -> OptimizerConfig:
-            return OptimizerConfig(lr=lr, weight_decay=0.0, lr_schedule="constant", max_grad_norm=None)
-
-        # Each prompt repeated so one shuffled pass fills a batch: the same balanced batches as the plain
-        # list (every prompt batch_size/C times), without reshuffling C-prompt epochs per sample.
-        prompts = self.world.prompts * -(-cfg.batch_size // self.world.num_prompts)
-        config = TrainConfig(
-            objective=objective,
-            data=DataConfig(prompts=prompts, batch_size=cfg.batch_size),
-            optim=OptimConfig(generator=optimizer(cfg.generator_lr), assistant=optimizer(cfg.assistant_lr)),
-            loop=LoopConfig(max_steps=steps, assistant_steps=cfg.assistant_steps, cpu=self.device == "cpu"),
-            checkpointing=CheckpointConfig(save_final=True),
-            logging=LoggingConfig(every=max(1, steps // 20), report_to="none", progress_bar=False),
-            monitor=MonitorConfig(every=0),  # samples are points: the report measures modes exactly instead
-            output_dir=str(folder),
-            seed=cfg.seed,
-        )
+    def train(self, config: TrainConfig) -> float:
+        """Train the backend in place with the project's Trainer as ``config`` says (continuing from the newest
+        checkpoint in its output_dir); returns wall seconds."""
         start = time.perf_counter()
-        Trainer(config, self.backend, self.reward, prompts).train(resume="latest")
+        Trainer(config, self.backend, self.reward, config.data.prompts).train(resume="latest")
         return time.perf_counter() - start
 
     def initialise(self) -> float:
         """Stage 1: the shared initial generator and assistant; returns wall seconds."""
-        cfg, start = self.cfg, time.perf_counter()
+        cfg, batch, start = self.cfg, self.config.data.batch_size, time.perf_counter()
         if cfg.init == "distill":
-            torch.manual_seed(cfg.seed)
-            distill_generator(self.backend, cfg.distill_steps, cfg.batch_size, cfg.distill_lr)
-            distill_assistant(self.backend, cfg.distill_steps, cfg.batch_size, cfg.distill_lr)
+            torch.manual_seed(self.seed)
+            distill_generator(self.backend, cfg.distill_steps, batch, cfg.distill_lr)
+            distill_assistant(self.backend, cfg.distill_steps, batch, cfg.distill_lr)
         if cfg.init_sim_steps > 0:
-            self.train(self.out / "init_sim", method_objective(cfg, "sim"), cfg.init_sim_steps)
+            loop = dataclasses.replace(self.config.loop, max_steps=cfg.init_sim_steps)
+            logging = dataclasses.replace(self.config.logging, every=max(1, cfg.init_sim_steps // 20))
+            sim = method_objective(cfg, "sim")
+            self.train(dataclasses.replace(self.config, objective=sim, loop=loop, logging=logging, output_dir=str(self.out / "init_sim")))
         return time.perf_counter() - start
 
     def save(self, path: Path, modules: Sequence[str] = ("generator", "assistant")) -> None:
@@ -224,7 +237,7 @@ class GMMDemo:
         """
         key = (reward_scale, copy)
         if key not in self._tilted:
-            g = torch.Generator().manual_seed(self.cfg.seed + 2 + copy)
+            g = torch.Generator().manual_seed(self.seed + 2 + copy)
             n, pool = self.cfg.eval_samples, self.cfg.tilted_pool
             draws = [
                 tilted_samples(self.world, self.reward, c, reward_scale, n, pool, g)
@@ -242,15 +255,29 @@ class GMMDemo:
         return dataclasses.asdict(metrics)
 
 
-def demo_config(data: dict[str, Any]) -> GMMDemoConfig:
-    """The demo config of a sweep run (its ``demo`` section, seeded by the sweep)."""
-    return from_dict(GMMDemoConfig, data["demo"])
+def settings(data: dict[str, Any]) -> GMMSettings:
+    """The world's section of a sweep run's config."""
+    return from_dict(GMMSettings, data.get("gmm", {}), prefix="gmm.")
 
 
 def objective(data: dict[str, Any]) -> ObjectiveConfig:
-    """A sweep run's objective: its ``objective.preset`` with the demo's settings and the run's α and c."""
+    """A sweep run's objective: its ``objective.preset`` with the world's α, ω, α_cfg and the run's α and c."""
     point = data["objective"]
-    return method_objective(demo_config(data), point["preset"], point.get("reward_scale"), point.get("huber_c"))
+    return method_objective(settings(data), point["preset"], point.get("reward_scale"), point.get("huber_c"))
+
+
+def train_config(data: dict[str, Any], folder: Path) -> TrainConfig:
+    """A sweep run's TrainConfig: the config without its ``gmm`` section, the resolved objective, the world's
+    prompts (each repeated so one shuffled pass fills a batch: every prompt batch_size / C times) and
+    ``folder`` as output_dir."""
+    cfg = settings(data)
+    config = from_dict(TrainConfig, {k: v for k, v in data.items() if k not in ("gmm", "objective")})
+    prompts = GMMWorld(cfg.world).prompts
+    prompts = prompts * -(-config.data.batch_size // len(prompts))
+    return dataclasses.replace(
+        config, objective=objective(data), data=dataclasses.replace(config.data, prompts=prompts),
+        loop=dataclasses.replace(config.loop, cpu=cfg.device == "cpu"), output_dir=str(folder),
+    )  # fmt: skip
 
 
 def identity(data: dict[str, Any]) -> dict[str, Any]:
@@ -258,10 +285,10 @@ def identity(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "objective": {k: v for k, v in to_dict(objective(data)).items() if k != "preset"}}
 
 
-def build_start(cfg: GMMDemoConfig, folder: Path, device: str) -> None:
+def build_start(cfg: GMMSettings, config: TrainConfig, folder: Path) -> None:
     """Stage 1 of a seed: the start (``start.safetensors``), the rows of the fixed models (``rows.json``)
     and the reference and p* draws shown in ``samples.png`` (``samples.safetensors``)."""
-    demo = GMMDemo(cfg, folder, device)
+    demo = GMMDemo(cfg, config, folder)
     seconds = demo.initialise()
     demo.save(folder / "start.safetensors")
     tilted_draws = demo.tilted(cfg.reward_scale, copy=1)[0]
@@ -278,20 +305,16 @@ def build_start(cfg: GMMDemoConfig, folder: Path, device: str) -> None:
 def start_folder(data: dict[str, Any], folder: Path) -> Path:
     """The seed's start in ``starts/seed<seed>`` of the sweep holding the run ``folder``, built once (by
     whichever run needs it first)."""
-    cfg = demo_config(data)
-    return build_once(folder.parent.parent / "starts" / f"seed{cfg.seed}", lambda tmp: build_start(cfg, tmp, _device(data)))
-
-
-def _device(data: dict[str, Any]) -> str:
-    return data.get("device", "cpu")
+    config = train_config(data, folder)
+    return build_once(folder.parent.parent / "starts" / f"seed{config.seed}", lambda tmp: build_start(settings(data), config, tmp))
 
 
 def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Sweep runner: train the run's objective from its seed's start; the generator goes to
     ``generator.safetensors``. Metrics: wall seconds and the logged reward curve."""
-    demo = GMMDemo(demo_config(data), folder, _device(data))
+    demo = GMMDemo(settings(data), train_config(data, folder), folder)
     demo.load(start_folder(data, folder) / "start.safetensors")
-    seconds = demo.train(folder, objective(data), demo.cfg.steps)
+    seconds = demo.train(demo.config)
     demo.save(folder / "generator.safetensors", ["generator"])
     records = JsonlLog(folder / LOG_FILE).read()
     return {"train_seconds": seconds, "reward_curve": [r.get("generator/reward", math.nan) for r in records]}
@@ -300,7 +323,7 @@ def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
 def evaluate(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Sweep evaluation: the trained generator's row at the run's α (or the demo's); its samples from the
     fixed latents go to ``samples.safetensors``."""
-    demo = GMMDemo(demo_config(data), folder, _device(data))
+    demo = GMMDemo(settings(data), train_config(data, folder), folder)
     demo.load(folder / "generator.safetensors")
     samples = demo.samples()
     save_tensors(_stack({"generator": samples}), folder / "samples.safetensors")
@@ -347,7 +370,7 @@ def _markdown(report: dict[str, Any]) -> list[str]:
         f"p* ∝ p_ref exp(α r) at α = {cfg['reward_scale']:g}. What the world is: docs/gmm.md in the distar repository.",
         "",
         f"Every figure is the mean ± 95 % interval (Student t) over {n} seeds; seed i seeds the networks, the "
-        f"start, the training and the evaluation draws with {cfg['seed']} + {SEED_STRIDE}·i.",
+        f"start, the training and the evaluation draws with {cfg['seed']} + {report['run']['seed_stride']}·i.",
         "",
         *markdown_table(
             ["model", *headings, "train s"],
@@ -409,6 +432,21 @@ def grid(cfg: GMMDemoConfig) -> list[dict[str, list[Any]]]:
     return [axes for axes in products if all(axes.values())]
 
 
+def sweep_and_base(cfg: GMMDemoConfig, *, device: str = "cpu", threads: int = 1) -> tuple[SweepConfig, dict[str, Any]]:
+    """The demo's sweep and base config (``demo_sweep.yaml``, ``demo.yaml``) with each of ``cfg``'s flat keys
+    set at its key (:data:`KEYS`), its grid, ``device`` and ``threads`` torch threads per worker."""
+    flat, spec, base = to_dict(cfg), read_config_file(SWEEP_FILE), read_config_file(BASE_FILE)
+    for key, target in KEYS.items():
+        if target.startswith("sweep:"):
+            spec[target.removeprefix("sweep:")] = flat[key]
+        else:
+            set_key(base, target, flat[key])
+    set_key(base, "logging.every", max(1, cfg.steps // 20))
+    set_key(base, "gmm.device", device)
+    spec.update(config=None, grid=grid(cfg), jobs=cfg.jobs or os.cpu_count() or 1, threads=threads)
+    return from_dict(SweepConfig, spec), base
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``distar demo --world gmm`` (flags: see :mod:`distar.commands.demo`)."""
     start, load_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
@@ -422,12 +460,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
-    sweep = SweepConfig(
-        grid=grid(cfg), seeds=cfg.training_seeds, seed_key="demo.seed", seed_stride=SEED_STRIDE, runner=f"{__name__}:train",
-        evaluate=f"{__name__}:evaluate", identity=f"{__name__}:identity", metrics=[*COLUMNS, "train_seconds"],
-        jobs=cfg.jobs or os.cpu_count() or 1, threads=threads,
-    )  # fmt: skip
-    base = {"demo": to_dict(cfg), "objective": {}, "device": args.device}
+    sweep, base = sweep_and_base(cfg, device=args.device, threads=threads)
     runs = run_sweep(sweep, out, base=base)
     results = collect(out)
     jobs = max(1, min(sweep.jobs, len(trainings(sweep, runs))))
@@ -440,7 +473,8 @@ def run(args: argparse.Namespace) -> int:
         entry = next(p for p in results["points"] if p["point"] == point)
         return out / "runs" / entry["folders"][0]
 
-    starts = [json.loads((out / "starts" / f"seed{cfg.seed + SEED_STRIDE * i}" / "rows.json").read_text()) for i in range(cfg.training_seeds)]
+    seeds = [cfg.seed + sweep.seed_stride * i for i in range(cfg.training_seeds)]
+    starts = [json.loads((out / "starts" / f"seed{seed}" / "rows.json").read_text()) for seed in seeds]
     table = {m: {"objective.preset": m} for m in cfg.methods}
     keys = [*COLUMNS, "train_seconds"]
     models = {
@@ -484,7 +518,7 @@ def run(args: argparse.Namespace) -> int:
         "sweep": sweep_rows,
         "huber_c_sweep": huber,
         "tilted_effective_sample_size": [s["tilted_effective_sample_size"] for s in starts],
-        "run": {"jobs": jobs, "load_average_start": load_start, "total_seconds": round(time.perf_counter() - start, 1)},
+        "run": {"jobs": jobs, "seed_stride": sweep.seed_stride, "load_average_start": load_start, "total_seconds": round(time.perf_counter() - start, 1)},
         "environment": environment(),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,6 +1,11 @@
 """``distar demo --world shapes``: DI* and its baselines in the shapes world, judged by a simulated human.
 
-The demo is a base config (:class:`ShapesDemoConfig`) and a :mod:`distar.sweep` (:func:`sweep_config`):
+The demo's runs are a base config, ``demo.yaml`` beside this module (a
+:class:`~distar.train.TrainConfig` and the world's section ``shapes``, :class:`ShapesSettings`), and a
+sweep, ``demo_sweep.yaml``, that ``distar sweep --sweep src/distar/worlds/shapes/demo_sweep.yaml --out
+DIR`` runs as it is (runner :func:`train`, evaluator :func:`evaluate`); ``distar demo --world shapes``
+takes the keys of :class:`ShapesDemoConfig`, sets each at its keys of the two files (:data:`KEYS`,
+:func:`sweep_and_base`), runs the sweep, evaluates the fixed models and reports:
 
 1. **grid** (:func:`grid`): every method (and, with ``sweep``, every reward scale α), plus the ``extra``
    method@α settings (by default Diff-Instruct++ at the α where its reward weighs as much as DI*'s
@@ -11,8 +16,9 @@ The demo is a base config (:class:`ShapesDemoConfig`) and a :mod:`distar.sweep` 
    CFG ω on the shipped reference and, for methods with a reward, the shipped learned reward (the
    PickScore analogue, cosine, scale α) — as the sweep's parallel one-thread processes; an interrupted
    demo resumes when rerun into the same folder;
-3. **evaluate** renders (ground truth), the reference (multi-step sampler with CFG), the start and every
-   trained generator on the same prompts and seeds with :func:`distar.eval.evaluate`: learned reward,
+3. **evaluate** every trained generator (in its run, :func:`evaluate`) and renders (ground truth), the
+   reference (multi-step sampler with CFG) and the start (once, :func:`evaluate_stage`) on the same
+   prompts and seeds with :func:`distar.eval.evaluate` (:func:`evaluate_models`): learned reward,
    true utility (:mod:`.utility`), alignment overall and per attribute (:mod:`.metrics`), FID of
    CLIP-analogue features, seed and prompt diversity, open-attribute diversity, seconds per 10 images;
 4. **report** (the sweep's report with this world's sections): mean ± 95 % interval over training seeds
@@ -31,7 +37,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 import zlib
 from pathlib import Path
@@ -42,7 +47,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from distar.config import ConfigError, field, from_dict, load_config, save_config, to_dict
+from distar.config import ConfigError, field, from_dict, load_config, read_config_file, save_config, set_key, to_dict
 from distar.eval.report import labelled_grid, per_seed_means
 from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
@@ -62,6 +67,23 @@ PAPER_NAMES = {
     "diff_instruct": "Diff-Instruct",
     "dmd2": "DMD2",
 }
+
+#: The demo's base config and sweep (package data beside this module).
+BASE_FILE, SWEEP_FILE = (Path(__file__).with_name(name) for name in ("demo.yaml", "demo_sweep.yaml"))
+
+#: Each training key of :class:`ShapesDemoConfig` → the keys it sets: in the base config (``demo.yaml``)
+#: or, after ``sweep:``, in the sweep (``demo_sweep.yaml``). The grid keys (methods, reward_scale, sweep,
+#: extra) form the sweep's grid (:func:`grid`); ``--seed S`` sets ``shapes.eval_prompts_seed`` to 1000 + S;
+#: the others are the fixed rows' and the figures' (reference sampler, diversity prompt).
+KEYS = {
+    "models": ["shapes.models"], "reward": ["shapes.reward"], "guidance_scale": ["shapes.guidance_scale"],
+    "train.steps": ["loop.max_steps"], "train.batch_size": ["data.batch_size"],
+    "train.generator_lr": ["optim.generator.lr"], "train.assistant_lr": ["optim.assistant.lr"],
+    "train.max_grad_norm": ["optim.generator.max_grad_norm", "optim.assistant.max_grad_norm"],
+    "train.train_prompts": ["shapes.train_prompts"], "train.seed": ["seed", "shapes.prompts_seed"],
+    "monitor": ["monitor"], "eval_prompts": ["shapes.eval_prompts"], "seeds": ["shapes.eval_seeds"],
+    "fid_reference_seeds": ["shapes.fid_reference_seeds"], "training_seeds": ["sweep:seeds"], "jobs": ["sweep:jobs"],
+}  # fmt: skip
 
 #: Report row of the shipped one-step generator every method starts from.
 START = "one-step start"
@@ -152,6 +174,24 @@ class ShapesDemoConfig:
         return f"{self.reference_steps}-step {self.reference_sampler}, CFG {self.guidance_scale:g}"
 
 
+@dataclasses.dataclass
+class ShapesSettings:
+    """The shapes world's section of a training run's config: its models, reward, ω and training prompts."""
+
+    models: str | None = field(None, help="folder of the world's models (default: the ones shipped in the package)")
+    reward: str | None = field(
+        None, help="reward of the runs with α > 0: the models' learned reward (default) or a plugin (module:Class)"
+    )
+    guidance_scale: float = field(3.0, help="inner CFG ω of the presets that use it")
+    train_prompts: int = field(2000, help="training prompts drawn from the grammar")
+    prompts_seed: int = field(5, help="seed of the training prompts' draw (the same for every training seed)")
+    device: str = field("cpu", help="torch device of the training and the evaluation")
+    eval_prompts: int = field(64, help="evaluation prompts drawn from the grammar")
+    eval_prompts_seed: int = field(1000, help="seed of the evaluation prompts' draw")
+    eval_seeds: list[int] = field([0, 1, 2, 3], help="evaluation seeds per prompt (the same for every model)")
+    fid_reference_seeds: int = field(4, help="renders per evaluation prompt forming the FID reference set")
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One training run: a method at a reward scale from one training seed."""
@@ -180,58 +220,83 @@ def grid(cfg: ShapesDemoConfig) -> list[dict[str, list[Any]]]:
     for method in cfg.methods:
         has_reward = bool(PRESETS[method].get("reward_scale", 0.0))
         scales = [cfg.reward_scale, *[a for a in cfg.sweep if a != cfg.reward_scale]] if has_reward else [0.0]
-        products.append({"method": [method], "reward_scale": scales})
-    return products + [{"method": [method], "reward_scale": [alpha]} for method, alpha in cfg.extra_settings()]
+        products.append({"objective.preset": [method], "objective.reward_scale": scales})
+    extra = cfg.extra_settings()
+    return products + [{"objective.preset": [method], "objective.reward_scale": [alpha]} for method, alpha in extra]
 
 
-def sweep_config(cfg: ShapesDemoConfig, threads: int = 1) -> SweepConfig:
-    """The demo's sweep: :func:`grid` × ``training_seeds``, each run trained by :func:`train`."""
-    return SweepConfig(
-        grid=grid(cfg), seeds=cfg.training_seeds, seed_key="seed_index", runner=f"{__name__}:train",
-        metrics=["train_seconds", "generator_grad_norm_median", "steps_clipped"], jobs=cfg.jobs or os.cpu_count() or 1,
-        threads=threads,
-    )  # fmt: skip
+def sweep_and_base(cfg: ShapesDemoConfig, *, device: str = "cpu", threads: int = 1) -> tuple[SweepConfig, dict[str, Any]]:
+    """The demo's sweep and base config (``demo_sweep.yaml``, ``demo.yaml``) with each of ``cfg``'s training
+    keys set at its keys (:data:`KEYS`), its grid, ``device`` and ``threads`` torch threads per worker."""
+    flat, spec, base = to_dict(cfg), read_config_file(SWEEP_FILE), read_config_file(BASE_FILE)
+    for key, targets in KEYS.items():
+        value = flat
+        for part in key.split("."):
+            value = value[part]
+        for target in targets:
+            if target.startswith("sweep:"):
+                spec[target.removeprefix("sweep:")] = value
+            else:
+                set_key(base, target, value)
+    set_key(base, "shapes.device", device)
+    spec.update(config=None, grid=grid(cfg), jobs=cfg.jobs or os.cpu_count() or 1, threads=threads)
+    return from_dict(SweepConfig, spec), base
 
 
 def plan_runs(cfg: ShapesDemoConfig) -> list[Run]:
     """Every training of the demo: the sweep's points × seeds."""
-    return [_run(r.data) for r in plan(sweep_config(cfg), {"seed_index": 0})]
+    sweep, base = sweep_and_base(cfg)
+    return [_run(r.data, r.seed) for r in plan(sweep, base)]
 
 
-def _run(data: dict[str, Any]) -> Run:
-    return Run(data["method"], data["reward_scale"], data["seed_index"])
+def _run(data: dict[str, Any], seed_index: int) -> Run:
+    return Run(data["objective"]["preset"], data["objective"]["reward_scale"], seed_index)
 
 
-def objective_for(run: Run, cfg: ShapesDemoConfig) -> ObjectiveConfig:
-    """The run's preset with the demo's α (methods with a reward) and inner CFG ω."""
-    overrides: dict[str, float] = {}
-    if run.reward_scale:
-        overrides["reward_scale"] = run.reward_scale
-    if PRESETS[run.method].get("cfg_mode") == "inner":
-        overrides["guidance_scale"] = cfg.guidance_scale
-    return preset(run.method, **overrides)
+def settings(data: dict[str, Any]) -> ShapesSettings:
+    """The world's section of a sweep run's config."""
+    return from_dict(ShapesSettings, data.get("shapes", {}), prefix="shapes.")
 
 
-def run_config(cfg: ShapesDemoConfig, run: Run, folder: Path, device: str) -> TrainConfig:
-    """The :class:`TrainConfig` of ``run`` in ``folder``: the shipped start, reference and reward, the demo's
-    loop at the run's seed, and the monitor sharing the sweep's cache of reference images."""
+def _root(cfg: ShapesSettings) -> Path:
+    from distar.worlds.shapes.assets import ASSETS_DIR
+
+    return Path(cfg.models) if cfg.models else ASSETS_DIR
+
+
+def objective(data: dict[str, Any]) -> ObjectiveConfig:
+    """A run's preset with its α (methods with a reward) and the world's inner CFG ω."""
+    point, overrides = data["objective"], {}
+    if point.get("reward_scale"):
+        overrides["reward_scale"] = point["reward_scale"]
+    if PRESETS[point["preset"]].get("cfg_mode") == "inner":
+        overrides["guidance_scale"] = settings(data).guidance_scale
+    return preset(point["preset"], **overrides)
+
+
+def run_config(data: dict[str, Any], folder: Path) -> TrainConfig:
+    """A sweep run's :class:`TrainConfig` in ``folder``: the config without its ``shapes`` section, with the
+    world's reference, start and (α > 0) reward, its training prompts, the resolved objective and the
+    monitor's judges and truth metrics, sharing the sweep's cache of reference images."""
     from distar.rewards import RewardSpec
-    from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record
+    from distar.worlds.shapes.assets import asset, build_record
     from distar.worlds.shapes.guardrails import monitor_config
-    from distar.worlds.shapes.one_step import train_config
 
-    root = Path(cfg.models) if cfg.models else ASSETS_DIR
-    reference, reward_dir, init = asset("reference", root), asset("reward", root), asset("one_step", root)
-    t_init = build_record(root)["config"]["one_step"]["t_init"]
-    prompts = sample_prompts(cfg.train.train_prompts, cfg.train.seed)
-    monitor = monitor_config(cfg.monitor, root, folder.parent.parent / "monitor_reference.safetensors")
-    loop = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * run.seed_index)
-    config = train_config(
-        reference, objective_for(run, cfg), loop, prompts, folder, t_init,
-        reward=(RewardSpec(cfg.reward) if cfg.reward else reward_dir) if run.reward_scale else None,
-        generator_init=init, progress_bar=False,
+    cfg = settings(data)
+    config = from_dict(TrainConfig, {k: v for k, v in data.items() if k not in ("shapes", "objective")})
+    root = _root(cfg)
+    model = dataclasses.replace(
+        config.model, pretrained=str(asset("reference", root)), t_init=build_record(root)["config"]["one_step"]["t_init"],
+        generator_init=str(asset("one_step", root)),
     )  # fmt: skip
-    return dataclasses.replace(config, loop=dataclasses.replace(config.loop, cpu=device == "cpu"), monitor=monitor)
+    goal = objective(data)
+    reward = RewardSpec(cfg.reward) if cfg.reward else RewardSpec("pickscore", path=str(asset("reward", root)))
+    return dataclasses.replace(
+        config, model=model, rewards=[reward] if goal.reward_scale else [], objective=goal,
+        data=dataclasses.replace(config.data, prompts=sample_prompts(cfg.train_prompts, cfg.prompts_seed)),
+        loop=dataclasses.replace(config.loop, cpu=cfg.device == "cpu"), output_dir=str(folder),
+        monitor=monitor_config(config.monitor, root, folder.parent.parent / "monitor_reference.safetensors"),
+    )  # fmt: skip
 
 
 def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -246,7 +311,7 @@ def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     from distar.worlds.shapes.one_step import train as train_one_step
 
     start = time.perf_counter()
-    config = run_config(from_dict(ShapesDemoConfig, data["demo"]), _run(data), folder, data.get("device", "cpu"))
+    config = run_config(data, folder)
     backend, _ = train_one_step(config, resume="latest")
     records = JsonlLog(folder / LOG_FILE).read()
     backend.generator.save_pretrained(folder / "generator")
@@ -328,7 +393,7 @@ def _save_renders(prompts: Sequence[str], seeds: Iterable[int], folder: Path) ->
 
 
 def aggregate(
-    rows: dict[str, dict[str, Any]], groups: dict[str, list[str]], eval_dir: Path
+    rows: dict[str, dict[str, Any]], groups: dict[str, list[str]], folders: dict[str, Path]
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """(mean, 95 % half-width) of every figure of every report row.
 
@@ -341,7 +406,7 @@ def aggregate(
         if len(members) > 1:
             out[label] = {k: mean_ci95([as_number(rows[m].get(k)) for m in members]) for k in keys}
             continue
-        per_seed = per_seed_means(eval_dir / members[0], ["pickscore", "true_utility", "alignment"])
+        per_seed = per_seed_means(folders[members[0]], ["pickscore", "true_utility", "alignment"])
         out[label] = {k: mean_ci95(per_seed[k]) if per_seed.get(k) else (as_number(rows[members[0]].get(k)), math.nan) for k in keys}
     return out
 
@@ -474,19 +539,20 @@ def run(args: argparse.Namespace) -> int:
 
     threads = configure_threads(args.threads, parameters=stored_parameters(Path(cfg.models) if cfg.models else ASSETS_DIR))
     report_threads(threads, "demo")
-    sweep = sweep_config(cfg, threads)
-    runs = run_sweep(sweep, out, base={"demo": to_dict(cfg), "device": args.device, "seed_index": 0})
+    sweep, base = sweep_and_base(cfg, device=args.device, threads=threads)
+    set_key(base, "shapes.eval_prompts_seed", 1000 + args.seed)
+    runs = run_sweep(sweep, out, base=base)
     jobs = max(1, min(sweep.jobs, len(runs)))
     results = collect(out)
     by_name = {r.name: r for r in runs}
     trained = [
-        (_run(by_name[name].data), out / "runs" / folder, row)
+        (_run(by_name[name].data, by_name[name].seed), out / "runs" / folder, row)
         for point in results["points"]
         for name, folder, row in zip(point["runs"], point["folders"], point["per_seed"])
     ]
-    with quiet_transformers():  # the world's own models load without transformers' reports and bars
-        rows, groups, eval_dir = evaluate_stage(cfg, trained, out, args)
-    stats = aggregate(rows, groups, eval_dir)
+    with quiet_transformers():
+        rows, groups, folders = evaluate_stage(cfg, base, trained, out)
+    stats = aggregate(rows, groups, folders)
     trained = {
         label: {
             "reward_scale": rows[members[0]]["reward_scale"],
@@ -523,102 +589,126 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_stage(
-    cfg: ShapesDemoConfig, trained: Sequence[tuple[Run, Path, dict]], out: Path, args: argparse.Namespace
-) -> tuple[dict[str, dict], dict[str, list[str]], Path]:
-    """Stage 3: renders, reference, start and every trained generator through the evaluation suite, plus grids."""
+def one_step(root: Path, generator: Path, name: str, device: str) -> Any:
+    """The one-step generator saved in ``generator`` on the world's reference, as an image model named ``name``."""
     from distar.backends import build_backend
     from distar.backends.config import ModelConfig
+    from distar.worlds.shapes.assets import asset, build_record
+    from distar.worlds.shapes.one_step import OneStepSampler
+
+    t_init = build_record(root)["config"]["one_step"]["t_init"]
+    model = ModelConfig(family="sd", pretrained=str(asset("reference", root)), t_init=t_init, generator_init=str(generator))
+    with quiet_transformers():  # the world's own models load without transformers' reports and bars
+        return OneStepSampler(build_backend(model, device=torch.device(device)), name)
+
+
+def evaluate_models(cfg: ShapesSettings, models: Sequence[Any], out: Path, eval_dir: Path) -> dict[str, dict[str, Any]]:
+    """``models`` through the evaluation suite in ``eval_dir`` (the evaluation prompts × seeds; FID against
+    renders of the prompts, built once in ``out/fid_reference``): each model's report row by name."""
     from distar.eval import evaluate
     from distar.eval.benchmarks import Benchmark, PromptItem
     from distar.eval.diversity import Diversity
     from distar.eval.fid import FID
+    from distar.io import build_once
     from distar.rewards import RewardSpec, load_reward
-    from distar.worlds.shapes.assets import ASSETS_DIR, asset, build_record, load_clip
+    from distar.worlds.shapes.assets import asset, load_clip
     from distar.worlds.shapes.metrics import AlignmentScore, AttributeClassifier, ImageFeatures
-    from distar.worlds.shapes.one_step import OneStepSampler
-    from distar.inference.pixel import ReferenceSampler
     from distar.worlds.shapes.utility import TrueUtility
 
-    root = Path(cfg.models) if cfg.models else ASSETS_DIR
-    reference, reward_dir = asset("reference", root), asset("reward", root)
-    t_init = build_record(root)["config"]["one_step"]["t_init"]
-    device = torch.device(args.device)
+    root = _root(cfg)
+    prompts = sample_prompts(cfg.eval_prompts, cfg.eval_prompts_seed)
+    items = tuple(PromptItem(i, p) for i, p in enumerate(prompts))
+    benchmark = Benchmark("shapes", items, f"shapes grammar, seed {cfg.eval_prompts_seed}")
+    fid_dir = build_once(out / "fid_reference", lambda tmp: _save_renders(prompts, range(cfg.fid_reference_seeds), tmp))
+    with quiet_transformers():  # the world's own models load without transformers' reports and bars
+        clip, _ = load_clip("clip", root)
+        judge = AttributeClassifier.load(asset("judge", root))
+        features = ImageFeatures(clip)
+        metrics = [
+            load_reward(RewardSpec("pickscore", path=str(asset("reward", root)))),
+            TrueUtility(),
+            AlignmentScore(judge),
+            AttributeAlignment(judge),
+            FID(features, fid_dir, resolution=None, batch_size=64, cache=out / "fid_cache"),
+            Diversity(features),
+            Diversity(features, across="prompts"),
+            OpenAttributeDiversity(judge),
+        ]
+        summary = evaluate(models, benchmark, metrics, eval_dir, seeds=cfg.eval_seeds, batch_size=32, timing_images=10)
+    rows = {}
+    for result in summary.models:
+        extras = {k: v for k, v in result.extras.items() if k.startswith(("open_", "align_"))}
+        row = rows[result.name] = {**result.scores, **extras}
+        row["seconds_per_10_images"] = result.cost["seconds_per_10_images"] if result.cost and result.name != "renders" else None
+        if result.failures:
+            row["failures"] = result.failures
+    return rows
 
-    def one_step(generator: Path, name: str) -> OneStepSampler:
-        backend = build_backend(
-            ModelConfig(family="sd", pretrained=str(reference), t_init=t_init, generator_init=str(generator)), device=device
-        )
-        return OneStepSampler(backend, name)
 
+def evaluate(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Sweep evaluation: the run's final generator (``final``) and, if the monitor selected another step, its
+    selection (``selected``) in ``folder/eval``; the final one's row, the selection's under ``selected``."""
+    cfg = settings(data)
+    names = {"final": folder / "generator", "selected": folder / "selected_generator"}
+    models = [one_step(_root(cfg), path, name, cfg.device) for name, path in names.items() if path.is_dir()]
+    rows = evaluate_models(cfg, models, folder.parent.parent, folder / "eval")
+    return {**rows["final"], **({"selected": rows["selected"]} if "selected" in rows else {})}
+
+
+def evaluate_stage(
+    cfg: ShapesDemoConfig, base: dict[str, Any], trained: Sequence[tuple[Run, Path, dict]], out: Path
+) -> tuple[dict[str, dict], dict[str, list[str]], dict[str, Path]]:
+    """Stage 3: renders, reference and start through the evaluation suite beside the runs' own evaluations;
+    the report rows, the report groups, each row's evaluation folder and the two image grids."""
+    from distar.inference.pixel import ReferenceSampler
+    from distar.worlds.shapes.assets import asset
+
+    world = settings(base)
+    root = _root(world)
     sampler = ReferenceSampler.from_pretrained(
-        reference, steps=cfg.reference_steps, guidance_scale=cfg.guidance_scale, sampler=cfg.reference_sampler,
-        name="reference",
-    )
-    sampler.unet.to(device), sampler.text_encoder.to(device)
-    models = [Renders(), sampler, one_step(asset("one_step", root), "start")]
-    rows: dict[str, dict] = {m.name: {} for m in models}
+        asset("reference", root), steps=cfg.reference_steps, guidance_scale=cfg.guidance_scale,
+        sampler=cfg.reference_sampler, name="reference",
+    )  # fmt: skip
+    sampler.unet.to(world.device), sampler.text_encoder.to(world.device)
+    models = {m.name: m for m in (Renders(), sampler, one_step(root, asset("one_step", root), "start", world.device))}
+    rows = evaluate_models(world, list(models.values()), out, out / "eval")
+    folders = {name: out / "eval" / name for name in rows}
     #: report rows: display name → evaluated model names (a fixed model, or a method's seeds)
     groups: dict[str, list[str]] = {
         "renders (ground truth)": ["renders"],
         f"reference ({cfg.reference_name})": ["reference"],
         START: ["start"],
     }
+    generators: dict[str, Path] = {}
     selected: dict[str, str] = {}  # run → the model evaluated as its selected checkpoint
     for r, folder, row in trained:
-        models.append(one_step(folder / "generator", r.key))
-        rows[r.key] = dict(row, reward_scale=r.reward_scale, method=r.method)
+        rows[r.key] = {k: v for k, v in row.items() if k != "selected"} | {"reward_scale": r.reward_scale, "method": r.method}
+        folders[r.key], generators[r.key] = folder / "eval" / "final", folder / "generator"
         groups.setdefault(r.group, []).append(r.key)
-        if (folder / "selected_generator").is_dir():
-            models.append(one_step(folder / "selected_generator", f"{r.key}_selected"))
-            rows[f"{r.key}_selected"] = {}
+        if "selected" in row:
+            rows[f"{r.key}_selected"], folders[f"{r.key}_selected"] = row["selected"], folder / "eval" / "selected"
             selected[r.key] = f"{r.key}_selected"
         elif row.get("monitor") and row["monitor"]["best_step"] is not None:
             selected[r.key] = r.key  # the selection is the final checkpoint
 
-    eval_prompts = sample_prompts(cfg.eval_prompts, 1000 + args.seed)
-    benchmark = Benchmark("shapes", tuple(PromptItem(i, p) for i, p in enumerate(eval_prompts)), f"shapes grammar, seed {1000 + args.seed}")
-    fid_dir = out / "fid_reference"
-    shutil.rmtree(fid_dir, ignore_errors=True)
-    _save_renders(eval_prompts, range(cfg.fid_reference_seeds), fid_dir)
-    clip, _ = load_clip("clip", root)
-    judge = AttributeClassifier.load(asset("judge", root))
-    features = ImageFeatures(clip)
-    metrics = [
-        load_reward(RewardSpec("pickscore", path=str(reward_dir))),
-        TrueUtility(),
-        AlignmentScore(judge),
-        AttributeAlignment(judge),
-        FID(features, fid_dir, resolution=None, batch_size=64, cache=out / "fid_cache"),
-        Diversity(features),
-        Diversity(features, across="prompts"),
-        OpenAttributeDiversity(judge),
-    ]
-    eval_dir = out / "eval"
-    summary = evaluate(models, benchmark, metrics, eval_dir, seeds=cfg.seeds, batch_size=32, timing_images=10)
-    for result in summary.models:
-        row = rows[result.name]
-        row.update(result.scores)
-        row.update({k: v for k, v in result.extras.items() if k.startswith(("open_", "align_"))})
-        row["seconds_per_10_images"] = result.cost["seconds_per_10_images"] if result.cost and result.name != "renders" else None
-        if result.failures:
-            row["failures"] = result.failures
-
-    by_name = {m.name: m for m in models}
-    shown = {label: by_name[members[0]] for label, members in groups.items()}
-    grid_prompts = eval_prompts[:8]
+    shown = {label: members[0] for label, members in groups.items()}
+    grid_prompts = sample_prompts(world.eval_prompts, world.eval_prompts_seed)[:8]
+    seed = world.eval_seeds[0]
     labelled_grid(
         {
-            label: [np.asarray(Image.open(eval_dir / m.name / "images" / f"{c:05d}_s{cfg.seeds[0]}.png")) for c in range(len(grid_prompts))]
-            for label, m in shown.items()
+            label: [np.asarray(Image.open(folders[name] / "images" / f"{c:05d}_s{seed}.png")) for c in range(len(grid_prompts))]
+            for label, name in shown.items()
         },
         [p.replace(" on a ", "\non a ") for p in grid_prompts], out / "grid.png",
-    )
+    )  # fmt: skip
+    def model(name: str) -> Any:
+        return models.get(name) or one_step(root, generators[name], name, world.device)
+
     with torch.no_grad():
         labelled_grid(
-            {label: list(to_uint8(m.generate_images([cfg.diversity_prompt] * 8, range(8)))) for label, m in shown.items()},
+            {label: list(to_uint8(model(name).generate_images([cfg.diversity_prompt] * 8, range(8)))) for label, name in shown.items()},
             [f"seed {s}" for s in range(8)], out / "diversity.png",
-        )
+        )  # fmt: skip
     for key, name in selected.items():
         rows[key]["selected_as"] = name
-    return rows, groups, eval_dir
+    return rows, groups, folders
