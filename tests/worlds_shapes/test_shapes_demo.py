@@ -12,7 +12,8 @@ from distar.rewards import RewardSpec, load_reward
 from distar.train.build import build_trainer
 from distar.worlds.shapes.assets import build_record
 from distar.worlds.shapes.grammar import sample_prompts
-from distar.worlds.shapes.one_step import OneStepLoop, OneStepSampler, train_config
+from distar.protocols import BackendModel
+from distar.worlds.shapes.one_step import OneStepLoop, train_config
 
 
 def test_short_di_star_run_raises_the_learned_reward(shipped, tmp_path):
@@ -32,7 +33,7 @@ def test_short_di_star_run_raises_the_learned_reward(shipped, tmp_path):
     )
     trainer = build_trainer(config)
     reward = load_reward(RewardSpec("pickscore", path=str(shipped / "reward")))
-    sampler = OneStepSampler(trainer.backend, "di_star")
+    sampler = BackendModel(trainer.backend, "di_star")
     seeds = list(range(100, 100 + len(prompts)))
 
     def learned_reward() -> float:

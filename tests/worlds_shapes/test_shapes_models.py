@@ -163,7 +163,7 @@ def test_shipped_reference_and_start_follow_their_prompts(shipped):
     chance 0.25).
     """
     from distar.worlds.shapes.metrics import attribute_alignment
-    from distar.worlds.shapes.one_step import OneStepSampler
+    from distar.protocols import BackendModel
     from distar.inference.pixel import ReferenceSampler
 
     prompts = sample_prompts(40, seed=777)
@@ -173,7 +173,7 @@ def test_shipped_reference_and_start_follow_their_prompts(shipped):
         ModelConfig(family="sd", pretrained=str(shipped / "reference"), generator_init=str(shipped / "one_step"), t_init=999),
         device="cpu",
     )
-    for model, floor, shape_floor in ((reference, 0.85, 0.5), (OneStepSampler(backend, "start"), 0.7, 0.3)):
+    for model, floor, shape_floor in ((reference, 0.85, 0.5), (BackendModel(backend, "start"), 0.7, 0.3)):
         images = model.generate_images(prompts, range(len(prompts)))
         per_attribute = attribute_alignment(classifier, images, prompts)
         assert sum(per_attribute.values()) / len(per_attribute) > floor, (model.name, per_attribute)

@@ -13,7 +13,8 @@ from distar.train import build_trainer
 from distar.worlds.shapes.assets import build_record
 from distar.worlds.shapes.clip import export_choices, preference_pairs
 from distar.worlds.shapes.grammar import sample_prompts
-from distar.worlds.shapes.one_step import OneStepLoop, OneStepSampler, train_config
+from distar.protocols import BackendModel
+from distar.worlds.shapes.one_step import OneStepLoop, train_config
 from distar.worlds.shapes.utility import TrueUtility, UtilityWeights
 
 
@@ -38,7 +39,7 @@ def test_the_true_utility_as_a_plugin_trains_a_short_di_star_run(shipped, tmp_pa
         progress_bar=False,
     )
     trainer = build_trainer(config)
-    sampler, utility, seeds = OneStepSampler(trainer.backend, "di_star"), TrueUtility(), list(range(100, 108))
+    sampler, utility, seeds = BackendModel(trainer.backend, "di_star"), TrueUtility(), list(range(100, 108))
 
     def true_utility() -> float:
         with torch.no_grad():

@@ -593,13 +593,13 @@ def one_step(root: Path, generator: Path, name: str, device: str) -> Any:
     """The one-step generator saved in ``generator`` on the world's reference, as an image model named ``name``."""
     from distar.backends import build_backend
     from distar.backends.config import ModelConfig
+    from distar.protocols import BackendModel
     from distar.worlds.shapes.assets import asset, build_record
-    from distar.worlds.shapes.one_step import OneStepSampler
 
     t_init = build_record(root)["config"]["one_step"]["t_init"]
     model = ModelConfig(family="sd", pretrained=str(asset("reference", root)), t_init=t_init, generator_init=str(generator))
     with quiet_transformers():  # the world's own models load without transformers' reports and bars
-        return OneStepSampler(build_backend(model, device=torch.device(device)), name)
+        return BackendModel(build_backend(model, device=torch.device(device)), name)
 
 
 def evaluate_models(cfg: ShapesSettings, models: Sequence[Any], out: Path, eval_dir: Path) -> dict[str, dict[str, Any]]:

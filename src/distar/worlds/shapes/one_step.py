@@ -32,7 +32,7 @@ from distar.diffusion import DiscreteSchedule, to_x0
 from distar.fit import Log, TrainLoop, fit
 from distar.inference.pixel import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
-from distar.protocols import Backend, BackendModel
+from distar.protocols import Backend
 from distar.rewards import RewardSpec
 from distar.rewards.hub import quiet_transformers
 from distar.worlds.shapes.grammar import IMAGE_SIZE, sample_prompts
@@ -188,6 +188,3 @@ def train(config: TrainConfig, resume: str | None = None) -> tuple[Backend, list
     records = trainer.train(resume=resume)
     return trainer.backend, records
 
-
-#: A trained backend's generator as an :class:`~distar.protocols.ImageModel` (the shapes world's name for it).
-OneStepSampler = BackendModel
