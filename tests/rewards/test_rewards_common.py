@@ -82,7 +82,7 @@ def test_weighted_reward_combination(tiny_paths: dict[str, Path], rewards: dict[
     total = combined.score(x, prompts)
     with torch.no_grad():
         expected = 100 * rewards["pickscore"].score(images, prompts) + 10 * rewards["hpsv2.1"].score(images, prompts)
-        terms = combined.score_terms(images, prompts)
+        _, terms = combined.score_with_terms(images, prompts)
     torch.testing.assert_close(total.detach(), expected, atol=1e-4, rtol=1e-5)
     assert set(terms) == {"pickscore", "hpsv2.1"}
     total.sum().backward()

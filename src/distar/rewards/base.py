@@ -77,11 +77,8 @@ class WeightedReward(Reward):
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         return self.score_with_terms(images, prompts)[0]
 
-    def score_terms(self, images: Tensor, prompts: Sequence[str]) -> dict[str, Tensor]:
-        """Each term's unweighted (B,) score, keyed by :attr:`names`."""
-        return self.score_with_terms(images, prompts)[1]
-
     def score_with_terms(self, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The (B,) weighted reward and each term's unweighted (B,) score, from one evaluation of each term."""
+        """The (B,) weighted reward and each term's unweighted (B,) score keyed by :attr:`names`, from one
+        evaluation of each term (the trainer logs the terms, ``generator/reward/<name>``)."""
         terms = {name: r.score(images, prompts) for name, r in zip(self.names, self.rewards)}
         return sum(w * t for w, t in zip(self.weights, terms.values())), terms
