@@ -25,7 +25,7 @@ import math
 import threading
 import time
 from importlib import resources
-from typing import Any, AsyncIterator, Callable, Literal, Sequence
+from typing import Any, AsyncIterator, Callable, Literal, Sequence, TypeVar
 
 import torch
 from starlette.applications import Starlette
@@ -163,7 +163,12 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+#: A request dataclass.
+R = TypeVar("R")
+
+
+def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+    """A JSON error: ``{"error": message, ...extra}`` with ``status``."""
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
@@ -175,19 +180,31 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any] |
         async for chunk in request.stream():
             body += chunk
             if len(body) > max_bytes:
-                return _error(413, f"request body over {max_bytes} bytes")
+                return error_response(413, f"request body over {max_bytes} bytes")
     except ClientDisconnect:
         logger.info("client %s went away while sending its request", _peer(request))
         return Response(status_code=400)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return _error(400, "request body is not JSON")
+        return error_response(400, "request body is not JSON")
     if not isinstance(data, dict):
-        return _error(400, "request body must be a JSON object")
+        return error_response(400, "request body must be a JSON object")
     if _depth(data) > MAX_JSON_DEPTH:
-        return _error(400, f"request body nested deeper than {MAX_JSON_DEPTH} levels")
+        return error_response(400, f"request body nested deeper than {MAX_JSON_DEPTH} levels")
     return data
+
+
+async def read_request(request: Request, cls: type[R], max_bytes: int) -> R | Response:
+    """The request body read by :func:`read_json_object` as a ``cls`` dataclass, or the error response to send
+    (422 with the one-line reason when a field is missing, unknown or out of range)."""
+    data = await read_json_object(request, max_bytes)
+    if isinstance(data, Response):
+        return data
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        return error_response(422, str(err))
 
 
 def _images_json(images: Tensor | None, seeds: list[int]) -> list[dict[str, Any]] | None:
@@ -242,20 +259,16 @@ def create_app(
         return JSONResponse(info | {"waiting": queue.waiting})
 
     async def post_generate(request: Request) -> Response:
-        data = await read_json_object(request, MAX_BODY_BYTES)
-        if isinstance(data, Response):
-            return data
-        try:
-            req = from_dict(GenerateRequest, data)
-        except ConfigError as err:
-            return _error(422, str(err))
+        req = await read_request(request, GenerateRequest, MAX_BODY_BYTES)
+        if isinstance(req, Response):
+            return req
         if req.reference and models.reference is None:
-            return _error(422, "reference: this server has no reference model (start it with --reference)")
+            return error_response(422, "reference: this server has no reference model (start it with --reference)")
         stop = threading.Event()
         try:
             future = queue.submit((req, stop), req.client)
         except QueueFull as err:
-            return _error(503, str(err))
+            return error_response(503, str(err))
         result, gone = asyncio.wrap_future(future), asyncio.ensure_future(_disconnected(request))
         await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not result.done():
@@ -269,7 +282,7 @@ def create_app(
         try:
             out = result.result()
         except Superseded as err:
-            return _error(409, str(err), superseded=True)
+            return error_response(409, str(err), superseded=True)
         if req.format == "png":
             return _png_response(out)
         return JSONResponse(
@@ -314,7 +327,7 @@ class LocalHostOnly:
         if scope["type"] == "http":
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
             if _host_name(host) not in LOCAL_HOSTS:
-                response = _error(400, f"Host {host[:100]!r} is not this machine (start the server with --allow-remote)")
+                response = error_response(400, f"Host {host[:100]!r} is not this machine (start the server with --allow-remote)")
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -334,6 +347,6 @@ class SameOriginPosts:
             same = origin is not None and origin.split("://", 1)[-1] == headers.get(b"host", b"").decode("latin-1")
             if origin is not None and not same and origin not in self.allow_origins and "*" not in self.allow_origins:
                 refusal = f"cross-origin request from {origin[:100]} refused (start the server with --allow-origin to allow it)"
-                await _error(403, refusal)(scope, receive, send)
+                await error_response(403, refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -35,10 +35,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from distar.config import ConfigError, field, from_dict
+from distar.config import ConfigError, field
 from distar.io import png_bytes, write_atomic
 from distar.rewards.preference import PAIRS_FILE
-from distar.serve.app import MAX_PROMPT_CHARS, MAX_SEED, Generated, GenerateRequest, read_json_object
+from distar.serve.app import MAX_PROMPT_CHARS, MAX_SEED, Generated, GenerateRequest, error_response, read_request
 from distar.serve.models import ServedModels
 from distar.serve.queue import LatestPerClient, QueueFull, Superseded
 
@@ -116,10 +116,6 @@ class PairLog:
             return self.count
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def collection_routes(
     models: ServedModels, queue: LatestPerClient[tuple[GenerateRequest, threading.Event], Generated], folder: Path
 ) -> list[Route]:
@@ -133,11 +129,10 @@ def collection_routes(
         return HTMLResponse(page)
 
     async def post_pair(request: Request) -> Response:
-        data = await read_json_object(request, MAX_BODY_BYTES)
-        if isinstance(data, Response):
-            return data
+        ask = await read_request(request, PairRequest, MAX_BODY_BYTES)
+        if isinstance(ask, Response):
+            return ask
         try:
-            ask = from_dict(PairRequest, data)
             seed = secrets.randbelow(MAX_SEED)
             versus_reference = ask.versus == "reference"
             req = GenerateRequest(
@@ -145,15 +140,15 @@ def collection_routes(
                 client=None if ask.client is None else f"collect:{ask.client}",
             )
         except ConfigError as err:
-            return _error(422, str(err))
+            return error_response(422, str(err))
         if versus_reference and models.reference is None:
-            return _error(422, "versus: this server has no reference model (start it with --reference)")
+            return error_response(422, "versus: this server has no reference model (start it with --reference)")
         try:
             out = await asyncio.wrap_future(queue.submit((req, threading.Event()), req.client))
         except Superseded as err:
             return JSONResponse({"error": str(err), "superseded": True}, status_code=409)
         except QueueFull as err:
-            return _error(503, str(err))
+            return error_response(503, str(err))
         assert out.one_step is not None
         if versus_reference:
             assert out.reference is not None
@@ -172,17 +167,13 @@ def collection_routes(
         return JSONResponse({"token": token, "prompt": req.prompt, "images": pngs})
 
     async def post_choice(request: Request) -> Response:
-        data = await read_json_object(request, MAX_BODY_BYTES)
-        if isinstance(data, Response):
-            return data
-        try:
-            choice = from_dict(ChoiceRequest, data)
-        except ConfigError as err:
-            return _error(422, str(err))
+        choice = await read_request(request, ChoiceRequest, MAX_BODY_BYTES)
+        if isinstance(choice, Response):
+            return choice
         with lock:
             pair = pending.pop(choice.token, None)
         if pair is None:
-            return _error(404, "token: no pair waiting under this token (already chosen, or forgotten)")
+            return error_response(404, "token: no pair waiting under this token (already chosen, or forgotten)")
         if choice.choice == "skip":
             return JSONResponse({"recorded": log.count, "skipped": True})
         count = await asyncio.to_thread(log.append, pair, LABELS[choice.choice])
