@@ -104,6 +104,17 @@ def test_nodes_holding_different_checkpoints_are_refused_in_one_line(runs, tmp_p
         ], err[-3000:]
 
 
+def test_a_sharded_run_on_node_local_folders_is_refused_in_one_line(tmp_path):
+    """loop.fsdp writes its optimiser states from the main process only: node 1's checkpoints would lack them."""
+    folders = [tmp_path / "node-0", tmp_path / "node-1"]
+    for folder, (code, err) in zip(folders, two_nodes(folders, flag="--fsdp")):
+        refusal = [line for line in err.splitlines() if line.startswith("refused:")]
+        assert code != 0 and refusal == [
+            f"refused: output_dir: {folder} is not shared by the 2 nodes; loop.fsdp writes its optimiser "
+            "states from the main process only: give every node the same shared folder"
+        ], err[-3000:]
+
+
 @pytest.mark.slow
 def test_nodes_sharing_one_run_folder_write_one_checkpoint_with_every_rank_state(tmp_path):
     folder = tmp_path / "shared"

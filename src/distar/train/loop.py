@@ -92,7 +92,6 @@ class Trainer:
         self.accelerator = acc = accelerator or make_accelerator(config)
         self.callbacks = CallbackList(callbacks)
         self.output_dir = Path(config.output_dir)
-        self.nodes = Nodes.detect(acc, self.output_dir)  # who writes which run folder (train/nodes.py)
         shared = config.loop.global_draws
         set_seed(config.seed + (0 if shared else acc.process_index))
         self.part = BatchPart(acc.process_index, acc.num_processes) if shared else BatchPart()
@@ -117,6 +116,7 @@ class Trainer:
         self.generator_names = ckpt.parameter_names(backend.generator, self.generator_params)
         self.assistant_names = ckpt.parameter_names(backend.assistant, self.assistant_params)
         self.fsdp = distributed.uses_fsdp(config, acc, monitored=self.monitor is not None)
+        self.nodes = Nodes.detect(acc, self.output_dir, sharded=self.fsdp)  # who writes which run folder
         if self.fsdp:  # sharded in place (distar.train.distributed): the trainable parameters become DTensors
             self.generator_params = distributed.shard(backend.generator, self.generator_names, acc)
             self.assistant_params = distributed.shard(backend.assistant, self.assistant_names, acc)

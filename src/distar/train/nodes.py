@@ -11,8 +11,9 @@ given.
   locks its node's folder, clears it on ``--overwrite`` and writes complete checkpoints into it
   (accelerate's ``save_on_each_node``); each checkpoint holds the ``rng_state_<rank>.json`` of that
   node's processes. ``log.jsonl``, sample grids, the monitor and trackers stay on node 0's folder.
-- A folder some nodes share and others do not is refused in one line, and so is FSDP on node-local
-  folders (its sharded checkpoint files are written by every process into one folder).
+- A folder some nodes share and others do not is refused in one line, and so is a sharded run
+  (``loop.fsdp``) on node-local folders: the main process alone writes its gathered optimiser states
+  (:func:`~distar.train.distributed.keep_optimizer_states`), so the other nodes' checkpoints would lack them.
 
 On ``--resume``, each writer resolves the checkpoint in its own folder and every process learns the
 step each node found: when they differ, every process stops with one line instead of waiting forever
@@ -54,14 +55,13 @@ class Nodes:
         return self.writers[self.node] == self.rank
 
     @classmethod
-    def detect(cls, accelerator: Accelerator, output_dir: str | Path) -> Nodes:
+    def detect(cls, accelerator: Accelerator, output_dir: str | Path, *, sharded: bool = False) -> Nodes:
         """The layout of this run (collective: every process calls it). Node-local folders turn on
         accelerate's ``save_on_each_node``. One-line :class:`~distar.config.ConfigError` for a mixed
-        layout, or FSDP on node-local folders."""
+        layout, or a ``sharded`` run (``loop.fsdp``) on node-local folders."""
         rank = accelerator.process_index
         if accelerator.num_processes == 1:
             return cls(count=1, node=0, shared=True, writers=(0,), rank=0)
-        from accelerate import DistributedType
         from accelerate.utils import broadcast_object_list, gather_object
 
         firsts = node_firsts(gather_object([accelerator.local_process_index]))
@@ -80,10 +80,10 @@ class Nodes:
         if accelerator.is_main_process:
             probe.unlink()
         shared = folder_layout(seen, output_dir)
-        if not shared and accelerator.distributed_type == DistributedType.FSDP:
+        if not shared and sharded:
             raise ConfigError(
-                f"output_dir: {output_dir} is not shared by the {len(firsts)} nodes; FSDP writes its sharded "
-                "checkpoints from every process into one folder: give every node the same shared folder"
+                f"output_dir: {output_dir} is not shared by the {len(firsts)} nodes; loop.fsdp writes its optimiser "
+                "states from the main process only: give every node the same shared folder"
             )
         if shared:
             return cls(count=len(firsts), node=node, shared=True, writers=(0,) * len(firsts), rank=rank)
