@@ -18,8 +18,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 import torch
 from torch import Tensor, nn
 
-from distar.diffusion.param import PredictionType
-from distar.diffusion.schedule import Schedule
+from distar.diffusion.process import PredictionType, Schedule
 
 #: Backend-specific prompt conditioning (e.g. a dict of text embeddings); opaque to the trainer.
 Conditioning = Any

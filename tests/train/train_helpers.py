@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from distar.config import from_dict
-from distar.diffusion.schedule import ContinuousVPSchedule, expand_like
+from distar.diffusion.process import ContinuousVPSchedule, expand_like
 from distar.protocols import OneStepBackend
 from distar.rewards.base import Reward
 from distar.train.config import TrainConfig

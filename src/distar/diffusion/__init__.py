@@ -1,9 +1,16 @@
-"""Diffusion math in pure torch: schedules (2.1, incl. rectified flow), parametrisations (§1), guidance (3.5)."""
+"""Diffusion math in pure torch: :mod:`~distar.diffusion.process` (the forward process 2.1 and its schedules,
+incl. rectified flow; the conversions between predictions, §1; guidance, 3.5) and a DDIM sampler
+(:mod:`~distar.diffusion.sampler`)."""
 
-from distar.diffusion.guidance import cfg_combine
-from distar.diffusion.param import (
+from distar.diffusion.process import (
+    ContinuousVPSchedule,
+    DiscreteSchedule,
+    FlowMatchSchedule,
     PredictionType,
+    Schedule,
+    cfg_combine,
     eps_from_x0,
+    expand_like,
     flow_from_x0,
     from_x0,
     score_from_x0,
@@ -14,7 +21,6 @@ from distar.diffusion.param import (
     x0_from_score,
     x0_from_v,
 )
-from distar.diffusion.schedule import ContinuousVPSchedule, DiscreteSchedule, FlowMatchSchedule, Schedule, expand_like
 
 __all__ = [
     "PredictionType",

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from distar.diffusion.schedule import Schedule, expand_like
+from distar.diffusion.process import Schedule, expand_like
 
 
 def sample_times(schedule: Schedule, steps: int) -> list[Tensor]:

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from distar.config import ConfigError, field, from_dict
-from distar.objectives.divergences import HuberUnits, Weighting
+
+#: Units of ``huber_c`` (:class:`~distar.objectives.di_star.PseudoHuber`) and the time weightings w(t).
+HuberUnits = Literal["x0_per_sqrt_dim", "score"]
+Weighting = Literal["uniform", "x0"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "diff_instruct": {"divergence": "ikl", "reward_scale": 0.0, "cfg_mode": "inner"},
@@ -50,7 +53,7 @@ class ObjectiveConfig:
         "pseudo_huber", help="score divergence d (3.2): pseudo_huber (3.8), l2, or ikl (§6 baselines)"
     )
     huber_c: float = field(
-        0.1, help="pseudo-Huber constant c (3.8) in huber_c_units, converted by PseudoHuber.at (divergences.py)"
+        0.1, help="pseudo-Huber constant c (3.8) in huber_c_units, converted by PseudoHuber.at (di_star.py)"
     )
     huber_c_units: HuberUnits = field(
         "x0_per_sqrt_dim", help="units of huber_c: x0_per_sqrt_dim (scale-free) or score"

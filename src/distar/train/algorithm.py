@@ -14,8 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from distar.objectives.di_star import DIStarLoss
-from distar.objectives.dsm import dsm_loss, native_dsm_weight
+from distar.objectives.di_star import DIStarLoss, dsm_loss, native_dsm_weight
 from distar.objectives.presets import ObjectiveConfig
 from distar.protocols import Backend, Conditioning
 from distar.rewards.base import Reward, WeightedReward

@@ -12,8 +12,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from distar.diffusion.param import PredictionType
-from distar.diffusion.schedule import ContinuousVPSchedule, Schedule
+from distar.diffusion.process import ContinuousVPSchedule, PredictionType, Schedule
 from distar.protocols import OneStepBackend
 from distar.worlds.gmm.mixture import Components, posterior_mean
 from distar.worlds.gmm.models import GMMDenoiser, GMMGenerator, GMMNetConfig

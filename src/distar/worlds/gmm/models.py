@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from distar.config import field
-from distar.diffusion.schedule import Schedule
+from distar.diffusion.process import Schedule
 
 
 @dataclass
