@@ -63,6 +63,9 @@ from distar.worlds.gmm.world import GMMWorld, GMMWorldConfig
 #: report.json's method keys, in table order (the reference is not trained).
 METHODS = ("di_star", "di_star_out", "di_pp", "sim", "diff_instruct")
 
+#: The grid's keys → their names in report.json's sweep rows.
+AXES = {"objective.preset": "method", "objective.reward_scale": "alpha", "objective.huber_c": "huber_c"}
+
 #: The demo's base config and sweep (package data beside this module).
 BASE_FILE, SWEEP_FILE = (Path(__file__).with_name(name) for name in ("demo.yaml", "demo_sweep.yaml"))
 
@@ -322,7 +325,7 @@ def _markdown(report: dict[str, Any]) -> list[str]:
     cfg, world, env = report["config"], report["config"]["world"], report["environment"]
     headings = [h for h, _ in COLUMNS.values()]
     n = cfg["training_seeds"]
-    lines = [
+    return [
         "## The methods",
         "",
         f"{world['num_prompts']} prompts in d = {world['dim']}, each a mixture with mode weights "
@@ -378,19 +381,15 @@ def _markdown(report: dict[str, Any]) -> list[str]:
         f"Run: {report['run']['total_seconds']:.0f} s in total, {report['run']['jobs']} parallel one-thread "
         f"processes, load average {report['run']['load_average_start']} at start and {env['load_average']} at the end.",
     ]
-    return lines
 
 
 def grid(cfg: GMMDemoConfig) -> list[dict[str, list[Any]]]:
     """The demo's grid: the method table at the demo's α, the reward-scale sweep and the pseudo-Huber c sweep."""
+    method, alpha, c = AXES
     products = [
-        {"objective.preset": cfg.methods},
-        {"objective.preset": cfg.sweep_methods, "objective.reward_scale": cfg.sweep_reward_scales},
-        {
-            "objective.preset": [cfg.huber_c_method],
-            "objective.reward_scale": cfg.huber_c_reward_scales,
-            "objective.huber_c": cfg.huber_c_sweep,
-        },
+        {method: cfg.methods},
+        {method: cfg.sweep_methods, alpha: cfg.sweep_reward_scales},
+        {method: [cfg.huber_c_method], alpha: cfg.huber_c_reward_scales, c: cfg.huber_c_sweep},
     ]
     return [axes for axes in products if all(axes.values())]
 
@@ -426,10 +425,9 @@ def run(args: argparse.Namespace) -> int:
         return summarise([{k: v for k, v in row.items() if k != "reward_curve"} for row in entry["per_seed"]], keys)
 
     # The grid's points by size: the method table (preset), the α sweep (+ α) and the c sweep (+ α, c).
-    names = {"objective.preset": "method", "objective.reward_scale": "alpha", "objective.huber_c": "huber_c"}
     table = {p["point"]["objective.preset"]: p for p in results["points"] if len(p["point"]) == 1}
     sweep_rows, huber = (
-        [{**{names[k]: v for k, v in p["point"].items()}, **stats(p)} for p in results["points"] if len(p["point"]) == size]
+        [{**{AXES[k]: v for k, v in p["point"].items()}, **stats(p)} for p in results["points"] if len(p["point"]) == size]
         for size in (2, 3)
     )
     starts = [json.loads((out / "starts" / f"seed{cfg.seed + sweep.seed_stride * i}" / "rows.json").read_text()) for i in range(cfg.training_seeds)]
