@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -215,6 +214,7 @@ class GMMDemo:
         self.latents = [self.backend.sample_latents(n, generator=g) for _ in range(C)]
         self.reference = [self.world.sample(c, n, g) for c in range(C)]  # target of energy_distance_ref
         self.reference_rows = [self.world.sample(c, n, g) for c in range(C)]  # the "reference" row
+        self._tilted: dict[tuple[float, int], tuple[list[Tensor], list[float]]] = {}
 
     def train(self, config: TrainConfig) -> None:
         """Train the backend in place with the project's Trainer as ``config`` says (continuing from the newest
@@ -261,17 +261,18 @@ class GMMDemo:
         """The current generator's samples for every prompt, from the fixed evaluation latents."""
         return [self.backend.sample(z, torch.full((len(z),), c, device=self.world.device)) for c, z in enumerate(self.latents)]
 
-    @functools.cache  # noqa: B019 (one object per run)
     def tilted(self, reward_scale: float, copy: int = 0) -> tuple[list[Tensor], list[float]]:
         """Exact draws of p* ∝ p_ref exp(α r) per prompt and the pools' effective sample sizes.
 
         ``copy`` 0 is the target of ``energy_distance_tilted``; copy 1, from an independent pool, is
         what the report's p* row evaluates (its distance to copy 0 is the noise floor).
         """
-        g = torch.Generator().manual_seed(self.seed + 2 + copy)
-        n, pool = self.cfg.eval_samples, self.cfg.tilted_pool
-        draws = [tilted_samples(self.world, self.reward, c, reward_scale, n, pool, g) for c in range(self.world.num_prompts)]
-        return [d for d, _ in draws], [ess for _, ess in draws]
+        if (reward_scale, copy) not in self._tilted:
+            g = torch.Generator().manual_seed(self.seed + 2 + copy)
+            n, pool, C = self.cfg.eval_samples, self.cfg.tilted_pool, self.world.num_prompts
+            draws = [tilted_samples(self.world, self.reward, c, reward_scale, n, pool, g) for c in range(C)]
+            self._tilted[reward_scale, copy] = ([d for d, _ in draws], [ess for _, ess in draws])
+        return self._tilted[reward_scale, copy]
 
     def evaluate(self, samples: list[Tensor], reward_scale: float | None = None) -> dict[str, Any]:
         """A report row: the metrics (per-prompt mode masses included), p* at ``reward_scale`` or the demo's α."""
