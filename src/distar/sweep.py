@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from distar.config import ConfigError, apply_overrides, field, read_config_file, set_key
+from distar.config import ConfigError, apply_overrides, field, from_dict, read_config_file, set_key
 from distar.errors import UserError
 
 #: Two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal 1.96).
@@ -254,6 +254,30 @@ def base_data(sweep: SweepConfig) -> dict[str, Any]:
     return apply_overrides(read_config_file(sweep.config) if sweep.config else {}, sweep.overrides)
 
 
+def packaged_sweep(
+    sweep_file: Path, base_file: Path, values: Mapping[str, Any], keys: Mapping[str, Sequence[str]], **spec: Any
+) -> tuple[SweepConfig, dict[str, Any]]:
+    """A packaged sweep file and its base config file with a demo's flat settings set in them.
+
+    Each ``keys`` entry maps a key of ``values`` (dotted: into its sections) to the keys it sets: base-config
+    keys, or ``sweep:<field>`` for a field of the sweep. ``spec`` then sets fields of the sweep (e.g. its
+    grid); a ``jobs`` of None is one per CPU core. The base config comes back apart (``config`` is None).
+    """
+    sweep, base = read_config_file(sweep_file), read_config_file(base_file)
+    for key, targets in keys.items():
+        value = values
+        for part in key.split("."):
+            value = value[part]
+        for target in targets:
+            if target.startswith("sweep:"):
+                sweep[target.removeprefix("sweep:")] = value
+            else:
+                set_key(base, target, value)
+    sweep.update(spec, config=None)
+    sweep["jobs"] = sweep.get("jobs", 1) or os.cpu_count() or 1
+    return from_dict(SweepConfig, sweep), base
+
+
 def points(sweep: SweepConfig) -> list[dict[str, Any]]:
     """The grid's points in order, each once (no grid: the base config alone)."""
     out: list[dict[str, Any]] = []
@@ -296,7 +320,6 @@ def execute(runner: str, evaluate: str | None, data: dict[str, Any], folder: str
 def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """The default runner: train the :class:`~distar.train.TrainConfig` ``data`` in ``folder``, continuing
     from its newest checkpoint if it holds one; the metrics are the last ``log.jsonl`` record."""
-    from distar.config import from_dict
     from distar.train.build import build_trainer
     from distar.train.checkpoint import LOG_FILE
     from distar.train.config import TrainConfig

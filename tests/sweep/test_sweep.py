@@ -16,7 +16,7 @@ import pytest
 from distar.cli import main
 from distar.config import ConfigError
 from distar.errors import UserError
-from distar.sweep import SweepConfig, collect, mean_ci95, plan, run_sweep, trainings
+from distar.sweep import SweepConfig, collect, mean_ci95, packaged_sweep, plan, run_sweep, trainings
 from distar.worlds.gmm.demo import BASE_FILE
 
 #: The gmm world as a sweep on the demo's base config, tiny: networks and budgets of seconds per run.
@@ -64,6 +64,18 @@ def test_plan_unions_products_once_each_and_offsets_seeds() -> None:
     for bad in ({"seeds": 0}, {"runner": "no_colon"}, {"grid": [{"a": []}]}):
         with pytest.raises(ConfigError):
             SweepConfig(**bad)
+
+
+def test_a_packaged_sweep_takes_flat_settings_at_their_keys(tmp_path) -> None:
+    (tmp_path / "s.yaml").write_text("config: b.yaml\nseeds: 2\njobs: 3\nmetrics: [loss]\n")
+    (tmp_path / "b.yaml").write_text("loop:\n  max_steps: 10\nseed: 0\nw:\n  a: 1\n")
+    keys = {"steps": ["loop.max_steps"], "w.a": ["w.a", "w.b"], "n": ["sweep:seeds"], "jobs": ["sweep:jobs"]}
+    values = {"steps": 5, "w": {"a": 7}, "n": 4, "jobs": 2, "unused": 1}
+    sweep, base = packaged_sweep(tmp_path / "s.yaml", tmp_path / "b.yaml", values, keys, grid=[{"seed": [1, 2]}])
+    assert base == {"loop": {"max_steps": 5}, "seed": 0, "w": {"a": 7, "b": 7}}
+    assert sweep == SweepConfig(config=None, seeds=4, jobs=2, metrics=["loss"], grid=[{"seed": [1, 2]}])
+    sweep, _ = packaged_sweep(tmp_path / "s.yaml", tmp_path / "b.yaml", {**values, "jobs": None}, keys)
+    assert sweep.jobs == (os.cpu_count() or 1) and sweep.grid == []
 
 
 def test_sweep_reports_intervals_and_skips_finished_runs(tmp_path, capsys) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from distar.diffusion.process import ContinuousVPSchedule, PredictionType, Schedule
 from distar.protocols import OneStepBackend
 from distar.worlds.gmm.mixture import Components, posterior_mean
-from distar.worlds.gmm.models import GMMDenoiser, GMMGenerator, GMMNetConfig
+from distar.worlds.gmm.models import ConditionalMLP, GMMDenoiser, GMMNetConfig
 from distar.worlds.gmm.world import GMMWorld
 
 
@@ -39,7 +39,7 @@ class GMMBackend(OneStepBackend):
         self.schedule = schedule or ContinuousVPSchedule("linear")
         with torch.random.fork_rng(devices=[]):  # initialisation independent of the caller's RNG stream
             torch.manual_seed(seed)
-            self.generator: nn.Module = GMMGenerator(world.dim, world.num_prompts, net).to(world.device)
+            self.generator: nn.Module = ConditionalMLP(world.dim, world.dim, world.num_prompts, net).to(world.device)
             self.assistant: nn.Module = GMMDenoiser(
                 world.dim, world.num_prompts, net, self.schedule, world.rms()
             ).to(world.device)

@@ -6,12 +6,12 @@ the world's section ``gmm``, :class:`GMMSettings`), and a sweep, ``demo_sweep.ya
 seeds the networks, the training draws and the evaluation draws with ``seed + 1000 i``); runs of equal
 resolved objectives share one training (:func:`identity`). ``distar sweep --sweep
 src/distar/worlds/gmm/demo_sweep.yaml --out DIR`` runs it as it is; ``distar demo --world gmm`` takes
-the flat keys of :class:`GMMDemoConfig`, sets each at its key of the two files (:data:`KEYS`), runs the
+the flat keys of :class:`GMMDemoConfig`, sets each at its keys of the two files (:data:`KEYS`), runs the
 sweep and adds the world's report sections. A run:
 
 1. **start**: the seed's generator and assistant fitted without reward, by regression onto the exact
    reference (``init: distill``, :mod:`distar.worlds.gmm.distill`) or not at all (``init: scratch``),
-   optionally followed by SIM (α = 0) steps; built once per seed (:func:`build_start`), with the rows
+   optionally followed by SIM (α = 0) steps; built once per seed (:meth:`GMMDemo.build_start`), with the rows
    of the reference, p* and the start itself;
 2. **train** (:func:`train`) with :class:`distar.train.Trainer`, the same steps, batch and learning
    rates for every objective, as parallel one-thread processes, so a seed gives the same numbers
@@ -41,17 +41,19 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from distar.config import ConfigError, field, from_dict, load_config, read_config_file, save_config, set_key, to_dict
+from distar.config import ConfigError, field, from_dict, load_config, save_config, set_key, to_dict
 from distar.io import build_once
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.runtime import configure_threads, environment, report_threads
-from distar.sweep import SweepConfig, collect, format_ci, markdown_table, plot_pareto, run_sweep, summarise, trainings, write_report
+from distar.sweep import (
+    SweepConfig, collect, format_ci, markdown_table, packaged_sweep, plot_pareto, run_sweep, summarise, trainings, write_report,
+)  # fmt: skip
 from distar.train import TrainConfig, Trainer
 from distar.train.checkpoint import LOG_FILE, save_tensors
 from distar.train.logs import JsonlLog
 from distar.worlds.gmm.backend import GMMBackend
 from distar.worlds.gmm.distill import distill_assistant, distill_generator
-from distar.worlds.gmm.metrics import SampleMetrics, evaluate_samples, tilted_samples
+from distar.worlds.gmm.metrics import evaluate_samples, tilted_samples
 from distar.worlds.gmm.models import GMMNetConfig
 from distar.worlds.gmm.plots import plot_samples, plot_training
 from distar.worlds.gmm.reward import GMMBumpReward
@@ -60,67 +62,59 @@ from distar.worlds.gmm.world import GMMWorld, GMMWorldConfig
 #: report.json's method keys, in table order (the reference is not trained).
 METHODS = ("di_star", "di_star_out", "di_pp", "sim", "diff_instruct")
 
+#: The grid's keys → their names in report.json's sweep rows.
+AXES = {"objective.preset": "method", "objective.reward_scale": "alpha", "objective.huber_c": "huber_c"}
+
 #: The demo's base config and sweep (package data beside this module).
 BASE_FILE, SWEEP_FILE = (Path(__file__).with_name(name) for name in ("demo.yaml", "demo_sweep.yaml"))
 
-#: Each flat key of :class:`GMMDemoConfig` → the key it sets: in the base config (``demo.yaml``) or, after
-#: ``sweep:``, in the sweep (``demo_sweep.yaml``). ``steps`` also sets ``logging.every`` to steps / 20; the
-#: grid keys (methods, sweep_*, huber_c_*) form the sweep's grid (:func:`grid`).
-KEYS = {
-    "steps": "loop.max_steps", "batch_size": "data.batch_size", "assistant_steps": "loop.assistant_steps",
-    "generator_lr": "optim.generator.lr", "assistant_lr": "optim.assistant.lr", "seed": "seed",
-    **{k: f"gmm.{k}" for k in (
-        "world", "net", "init", "distill_steps", "distill_lr", "init_sim_steps", "reward_scale", "guidance_scale",
-        "cfg_reward_scale", "eval_samples", "tilted_pool", "coverage_threshold",
-    )},
-    "training_seeds": "sweep:seeds", "jobs": "sweep:jobs",
-}  # fmt: skip
-
 
 @dataclass
-class GMMSettings:
-    """The gmm world's section of a run's config: world, networks, start, α of the presets and evaluation."""
+class GMMSetup:
+    """What the demo's flat keys and a run's section ``gmm`` share: world, networks, start, the α, ω and
+    α_cfg of the presets, and evaluation."""
 
     world: GMMWorldConfig = field(GMMWorldConfig(), help="reference mixtures and reward")
     net: GMMNetConfig = field(GMMNetConfig(), help="generator and assistant MLP sizes")
     init: Literal["distill", "scratch"] = field(
-        "distill", help="start: 'distill' = networks fitted to the reference (distar.worlds.gmm.distill); 'scratch' = random"
+        "distill",
+        help="start: 'distill' = generator fitted to the reference's probability-flow ODE and assistant "
+        "fitted to the reference's x0-predictions (distar.worlds.gmm.distill); 'scratch' = random networks",
     )
     distill_steps: int = field(1500, help="Adam steps of each regression fit (init: distill)")
     distill_lr: float = field(1e-3, help="learning rate of the regression fits (init: distill)")
     init_sim_steps: int = field(0, help="SIM (α = 0) training steps after the init, before any method")
-    reward_scale: float = field(3.0, help="α of the reward presets when the run sets none, and of p*")
-    guidance_scale: float = field(1.0, help="inner CFG scale ω (3.5) of the inner-CFG presets")
-    cfg_reward_scale: float = field(1.0, help="α_cfg of the outer-CFG presets (3.6-3.7)")
+    reward_scale: float = field(3.0, help="α of the reward presets (di_star, di_star_out, di_pp) when a run sets none, and of p*")
+    guidance_scale: float = field(1.0, help="inner CFG scale ω (3.5) of the inner-CFG presets; 1 = the exact conditional reference")
+    cfg_reward_scale: float = field(1.0, help="α_cfg of the outer-CFG presets (di_star_out, 3.6-3.7)")
     eval_samples: int = field(1000, help="evaluation samples per prompt (per model and per target)")
     tilted_pool: int = field(100_000, help="reference draws per prompt resampled into the tilted target")
     coverage_threshold: float = field(0.1, help="mode k counts as covered when its mass is ≥ this × π_k")
+
+    def __post_init__(self) -> None:
+        if min(self.eval_samples, self.tilted_pool) < 1:
+            raise ConfigError("eval_samples and tilted_pool must be >= 1")
+        if min(self.distill_steps, self.init_sim_steps) < 0:
+            raise ConfigError("distill_steps and init_sim_steps must be >= 0")
+
+
+@dataclass
+class GMMSettings(GMMSetup):
+    """The gmm world's section ``gmm`` of a run's config: :class:`GMMSetup` and the device."""
+
     device: str = field("cpu", help="torch device of the networks")
 
 
 @dataclass
-class GMMDemoConfig:
-    """The gmm demo: world, networks, shared training budget, sweeps, seeds and evaluation sizes."""
+class GMMDemoConfig(GMMSetup):
+    """The gmm demo: :class:`GMMSetup`, the shared training budget, the sweeps and the seeds."""
 
-    world: GMMWorldConfig = field(GMMWorldConfig(), help="reference mixtures and reward")
-    net: GMMNetConfig = field(GMMNetConfig(), help="generator and assistant MLP sizes")
     methods: list[str] = field(list(METHODS), help="objective presets to train and report")
     steps: int = field(1000, help="training steps (generator updates) per method")
-    init: Literal["distill", "scratch"] = field(
-        "distill",
-        help="start: 'distill' = generator fitted to the reference's probability-flow ODE and assistant "
-        "fitted to the reference's x0-predictions; 'scratch' = random networks",
-    )
-    distill_steps: int = field(1500, help="Adam steps of each regression fit (init: distill)")
-    distill_lr: float = field(1e-3, help="learning rate of the regression fits (init: distill)")
-    init_sim_steps: int = field(0, help="SIM (α = 0) training steps after the init, before any method")
     batch_size: int = field(256, help="samples per update (training and regression fits)")
     assistant_steps: int = field(1, help="assistant (DSM) updates per generator update")
     generator_lr: float = field(3e-4, help="generator AdamW learning rate")
     assistant_lr: float = field(1e-3, help="assistant AdamW learning rate")
-    reward_scale: float = field(3.0, help="α of the reward methods (di_star, di_star_out, di_pp) and of p*")
-    guidance_scale: float = field(1.0, help="inner CFG scale ω (3.5); 1 = the exact conditional reference")
-    cfg_reward_scale: float = field(1.0, help="α_cfg of the implicit CFG reward (di_star_out, 3.6-3.7)")
     sweep_methods: list[str] = field(["di_star", "di_pp"], help="presets swept over reward scales")
     sweep_reward_scales: list[float] = field([0.0, 1.0, 2.0, 3.0, 10.0], help="reward scales α of the sweep")
     huber_c_method: str = field("di_star", help="pseudo-Huber preset of the c sweep")
@@ -129,13 +123,11 @@ class GMMDemoConfig:
     )
     huber_c_reward_scales: list[float] = field([2.0, 3.0], help="reward scales α at which c is swept")
     training_seeds: int = field(3, help="seeds of the whole demo (the intervals are over these)")
-    eval_samples: int = field(1000, help="evaluation samples per prompt (per model and per target)")
-    tilted_pool: int = field(100_000, help="reference draws per prompt resampled into the tilted target")
-    coverage_threshold: float = field(0.1, help="mode k counts as covered when its mass is ≥ this × π_k")
     seed: int = field(0, help="seed of seed index 0 (networks, training draws and evaluation)")
     jobs: int | None = field(None, help="parallel one-thread processes (default: one per CPU core)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in [*self.methods, *self.sweep_methods, self.huber_c_method]:
             if name not in PRESETS:
                 raise ConfigError(f"unknown method {name!r} (choose from {', '.join(PRESETS)})")
@@ -143,16 +135,25 @@ class GMMDemoConfig:
             raise ConfigError(f"huber_c_method: {self.huber_c_method!r} does not use the pseudo-Huber divergence")
         if any(c <= 0 for c in self.huber_c_sweep):
             raise ConfigError("huber_c_sweep: every c must be > 0")
-        if min(self.steps, self.batch_size, self.eval_samples, self.tilted_pool, self.training_seeds) < 1:
-            raise ConfigError("steps, batch_size, eval_samples, tilted_pool and training_seeds must be >= 1")
-        if min(self.distill_steps, self.init_sim_steps) < 0:
-            raise ConfigError("distill_steps and init_sim_steps must be >= 0")
+        if min(self.steps, self.batch_size, self.training_seeds) < 1:
+            raise ConfigError("steps, batch_size and training_seeds must be >= 1")
         if self.jobs is not None and self.jobs < 1:
             raise ConfigError("jobs must be >= 1")
 
 
+#: Each flat key of :class:`GMMDemoConfig` → the keys it sets: in the base config (``demo.yaml``) or, after
+#: ``sweep:``, in the sweep (``demo_sweep.yaml``). ``steps`` also sets ``logging.every`` to steps / 20; the
+#: grid keys (methods, sweep_*, huber_c_*) form the sweep's grid (:func:`grid`).
+KEYS = {
+    "steps": ["loop.max_steps"], "batch_size": ["data.batch_size"], "assistant_steps": ["loop.assistant_steps"],
+    "generator_lr": ["optim.generator.lr"], "assistant_lr": ["optim.assistant.lr"], "seed": ["seed"],
+    **{f.name: [f"gmm.{f.name}"] for f in dataclasses.fields(GMMSetup)},
+    "training_seeds": ["sweep:seeds"], "jobs": ["sweep:jobs"],
+}  # fmt: skip
+
+
 def method_objective(
-    cfg: GMMDemoConfig | GMMSettings, method: str, reward_scale: float | None = None, huber_c: float | None = None
+    cfg: GMMSetup, method: str, reward_scale: float | None = None, huber_c: float | None = None
 ) -> ObjectiveConfig:
     """The preset ``method`` with the demo's α (or ``reward_scale``), inner ω or outer α_cfg, and ``huber_c``."""
     base = PRESETS[method]
@@ -166,93 +167,6 @@ def method_objective(
     if huber_c is not None:
         overrides["huber_c"] = huber_c
     return preset(method, **overrides)
-
-
-class GMMDemo:
-    """One seed of the demo (the run ``config``'s seed): world, reward, backend, fixed evaluation draws and the
-    shared start."""
-
-    def __init__(self, cfg: GMMSettings, config: TrainConfig, out: Path) -> None:
-        self.cfg, self.config, self.out, self.seed = cfg, config, out, config.seed
-        self.world = GMMWorld(cfg.world, device=cfg.device)
-        self.reward = GMMBumpReward(self.world).to(cfg.device)
-        self.backend = GMMBackend(self.world, cfg.net, seed=self.seed)
-        self._tilted: dict[tuple[float, int], tuple[list[Tensor], list[float]]] = {}
-        g = torch.Generator().manual_seed(self.seed + 1)
-        n, C = cfg.eval_samples, self.world.num_prompts
-        self.latents = [self.backend.sample_latents(n, generator=g) for _ in range(C)]
-        self.reference = [self.world.sample(c, n, g) for c in range(C)]  # target of energy_distance_ref
-        self.reference_rows = [self.world.sample(c, n, g) for c in range(C)]  # the "reference" row
-
-    # -- training ---------------------------------------------------------------------------------
-    def train(self, config: TrainConfig) -> float:
-        """Train the backend in place with the project's Trainer as ``config`` says (continuing from the newest
-        checkpoint in its output_dir); returns wall seconds."""
-        start = time.perf_counter()
-        Trainer(config, self.backend, self.reward, config.data.prompts).train(resume="latest")
-        return time.perf_counter() - start
-
-    def initialise(self) -> float:
-        """Stage 1: the shared initial generator and assistant; returns wall seconds."""
-        cfg, batch, start = self.cfg, self.config.data.batch_size, time.perf_counter()
-        if cfg.init == "distill":
-            torch.manual_seed(self.seed)
-            distill_generator(self.backend, cfg.distill_steps, batch, cfg.distill_lr)
-            distill_assistant(self.backend, cfg.distill_steps, batch, cfg.distill_lr)
-        if cfg.init_sim_steps > 0:
-            loop = dataclasses.replace(self.config.loop, max_steps=cfg.init_sim_steps)
-            logging = dataclasses.replace(self.config.logging, every=max(1, cfg.init_sim_steps // 20))
-            sim = method_objective(cfg, "sim")
-            self.train(dataclasses.replace(self.config, objective=sim, loop=loop, logging=logging, output_dir=str(self.out / "init_sim")))
-        return time.perf_counter() - start
-
-    def save(self, path: Path, modules: Sequence[str] = ("generator", "assistant")) -> None:
-        """The networks named in ``modules`` as one safetensors file."""
-        save_tensors({f"{m}.{k}": v for m in modules for k, v in getattr(self.backend, m).state_dict().items()}, path)
-
-    def load(self, path: Path) -> None:
-        """The networks :meth:`save` wrote to ``path``."""
-        tensors = load_file(str(path), device=str(self.world.device))
-        for m in ("generator", "assistant"):
-            if any(k.startswith(m + ".") for k in tensors):
-                getattr(self.backend, m).load_state_dict({k[len(m) + 1 :]: v for k, v in tensors.items() if k.startswith(m + ".")})
-
-    # -- evaluation -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def samples(self) -> list[Tensor]:
-        """The current generator's samples for every prompt, from the fixed evaluation latents."""
-        self.backend.generator.eval()
-        out = []
-        for c, z in enumerate(self.latents):
-            cond = torch.full((len(z),), c, dtype=torch.long, device=self.world.device)
-            out.append(self.backend.generate(z, cond).detach())
-        self.backend.generator.train()
-        return out
-
-    def tilted(self, reward_scale: float, copy: int = 0) -> tuple[list[Tensor], list[float]]:
-        """Exact draws of p* ∝ p_ref exp(α r) per prompt and the pools' effective sample sizes.
-
-        ``copy`` 0 is the target of ``energy_distance_tilted``; copy 1, from an independent pool, is
-        what the report's p* row evaluates (its distance to copy 0 is the noise floor).
-        """
-        key = (reward_scale, copy)
-        if key not in self._tilted:
-            g = torch.Generator().manual_seed(self.seed + 2 + copy)
-            n, pool = self.cfg.eval_samples, self.cfg.tilted_pool
-            draws = [
-                tilted_samples(self.world, self.reward, c, reward_scale, n, pool, g)
-                for c in range(self.world.num_prompts)
-            ]
-            self._tilted[key] = ([d for d, _ in draws], [ess for _, ess in draws])
-        return self._tilted[key]
-
-    def evaluate(self, samples: list[Tensor], reward_scale: float | None = None) -> dict[str, Any]:
-        """A report row: the metrics (per-prompt mode masses included), p* at ``reward_scale`` or the demo's α."""
-        alpha = self.cfg.reward_scale if reward_scale is None else reward_scale
-        metrics: SampleMetrics = evaluate_samples(
-            self.world, self.reward, samples, self.reference, self.tilted(alpha)[0], self.cfg.coverage_threshold
-        )
-        return dataclasses.asdict(metrics)
 
 
 def settings(data: dict[str, Any]) -> GMMSettings:
@@ -285,37 +199,98 @@ def identity(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "objective": {k: v for k, v in to_dict(objective(data)).items() if k != "preset"}}
 
 
-def build_start(cfg: GMMSettings, config: TrainConfig, folder: Path) -> None:
-    """Stage 1 of a seed: the start (``start.safetensors``), the rows of the fixed models (``rows.json``)
-    and the reference and p* draws shown in ``samples.png`` (``samples.safetensors``)."""
-    demo = GMMDemo(cfg, config, folder)
-    seconds = demo.initialise()
-    demo.save(folder / "start.safetensors")
-    tilted_draws = demo.tilted(cfg.reward_scale, copy=1)[0]
-    rows = {
-        "init": {**demo.evaluate(demo.samples()), "train_seconds": seconds},
-        "reference": demo.evaluate(demo.reference_rows),
-        "p*": demo.evaluate(tilted_draws),
-        "tilted_effective_sample_size": [round(v, 1) for v in demo.tilted(cfg.reward_scale)[1]],
-    }
-    (folder / "rows.json").write_text(json.dumps(rows, default=float) + "\n")
-    save_tensors(_stack({"reference": demo.reference_rows, "p*": tilted_draws}), folder / "samples.safetensors")
+class GMMDemo:
+    """One run of the demo in ``folder``: its settings and TrainConfig, and its seed's world, reward, backend
+    and fixed evaluation draws."""
 
+    def __init__(self, data: dict[str, Any], folder: Path) -> None:
+        self.cfg, self.config = cfg, config = settings(data), train_config(data, folder)
+        self.seed = config.seed
+        self.world = GMMWorld(cfg.world, device=cfg.device)
+        self.reward = GMMBumpReward(self.world).to(cfg.device)
+        self.backend = GMMBackend(self.world, cfg.net, seed=self.seed)
+        g = torch.Generator().manual_seed(self.seed + 1)
+        n, C = cfg.eval_samples, self.world.num_prompts
+        self.latents = [self.backend.sample_latents(n, generator=g) for _ in range(C)]
+        self.reference = [self.world.sample(c, n, g) for c in range(C)]  # target of energy_distance_ref
+        self.reference_rows = [self.world.sample(c, n, g) for c in range(C)]  # the "reference" row
+        self._tilted: dict[tuple[float, int], tuple[list[Tensor], list[float]]] = {}
 
-def start_folder(data: dict[str, Any], folder: Path) -> Path:
-    """The seed's start in ``starts/seed<seed>`` of the sweep holding the run ``folder``, built once (by
-    whichever run needs it first)."""
-    config = train_config(data, folder)
-    return build_once(folder.parent.parent / "starts" / f"seed{config.seed}", lambda tmp: build_start(settings(data), config, tmp))
+    def train(self, config: TrainConfig) -> None:
+        """Train the backend in place with the project's Trainer as ``config`` says (continuing from the newest
+        checkpoint in its output_dir)."""
+        Trainer(config, self.backend, self.reward, config.data.prompts).train(resume="latest")
+
+    def build_start(self, folder: Path) -> None:
+        """Stage 1 of the seed, into ``folder``: the shared start (``generator.safetensors`` and
+        ``assistant.safetensors``), the rows of the fixed models (``rows.json``) and the reference and p*
+        draws shown in ``samples.png`` (``samples.safetensors``)."""
+        cfg, batch, start = self.cfg, self.config.data.batch_size, time.perf_counter()
+        if cfg.init == "distill":
+            torch.manual_seed(self.seed)
+            distill_generator(self.backend, cfg.distill_steps, batch, cfg.distill_lr)
+            distill_assistant(self.backend, cfg.distill_steps, batch, cfg.distill_lr)
+        if cfg.init_sim_steps > 0:
+            loop = dataclasses.replace(self.config.loop, max_steps=cfg.init_sim_steps)
+            logging = dataclasses.replace(self.config.logging, every=max(1, cfg.init_sim_steps // 20))
+            sim = method_objective(cfg, "sim")
+            self.train(dataclasses.replace(self.config, objective=sim, loop=loop, logging=logging, output_dir=str(folder / "init_sim")))
+        seconds = time.perf_counter() - start
+        self.save(folder)
+        tilted_draws = self.tilted(cfg.reward_scale, copy=1)[0]
+        rows = {
+            "init": {**self.evaluate(self.samples()), "train_seconds": seconds},
+            "reference": self.evaluate(self.reference_rows),
+            "p*": self.evaluate(tilted_draws),
+            "tilted_effective_sample_size": [round(v, 1) for v in self.tilted(cfg.reward_scale)[1]],
+        }
+        (folder / "rows.json").write_text(json.dumps(rows, default=float) + "\n")
+        save_tensors({"reference": torch.stack(self.reference_rows), "p*": torch.stack(tilted_draws)}, folder / "samples.safetensors")
+
+    def save(self, folder: Path, modules: Sequence[str] = ("generator", "assistant")) -> None:
+        """The networks named in ``modules``, each as ``<name>.safetensors`` in ``folder``."""
+        for m in modules:
+            save_tensors(getattr(self.backend, m).state_dict(), folder / f"{m}.safetensors")
+
+    def load(self, folder: Path, modules: Sequence[str] = ("generator", "assistant")) -> None:
+        """The networks :meth:`save` wrote to ``folder``."""
+        for m in modules:
+            getattr(self.backend, m).load_state_dict(load_file(str(folder / f"{m}.safetensors"), device=str(self.world.device)))
+
+    def samples(self) -> list[Tensor]:
+        """The current generator's samples for every prompt, from the fixed evaluation latents."""
+        return [self.backend.sample(z, torch.full((len(z),), c, device=self.world.device)) for c, z in enumerate(self.latents)]
+
+    def tilted(self, reward_scale: float, copy: int = 0) -> tuple[list[Tensor], list[float]]:
+        """Exact draws of p* ∝ p_ref exp(α r) per prompt and the pools' effective sample sizes.
+
+        ``copy`` 0 is the target of ``energy_distance_tilted``; copy 1, from an independent pool, is
+        what the report's p* row evaluates (its distance to copy 0 is the noise floor).
+        """
+        if (reward_scale, copy) not in self._tilted:
+            g = torch.Generator().manual_seed(self.seed + 2 + copy)
+            n, pool, C = self.cfg.eval_samples, self.cfg.tilted_pool, self.world.num_prompts
+            draws = [tilted_samples(self.world, self.reward, c, reward_scale, n, pool, g) for c in range(C)]
+            self._tilted[reward_scale, copy] = ([d for d, _ in draws], [ess for _, ess in draws])
+        return self._tilted[reward_scale, copy]
+
+    def evaluate(self, samples: list[Tensor], reward_scale: float | None = None) -> dict[str, Any]:
+        """A report row: the metrics (per-prompt mode masses included), p* at ``reward_scale`` or the demo's α."""
+        alpha = self.cfg.reward_scale if reward_scale is None else reward_scale
+        tilted = self.tilted(alpha)[0]
+        return dataclasses.asdict(evaluate_samples(self.world, self.reward, samples, self.reference, tilted, self.cfg.coverage_threshold))
 
 
 def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Sweep runner: train the run's objective from its seed's start; the generator goes to
-    ``generator.safetensors``. Metrics: wall seconds and the logged reward curve."""
-    demo = GMMDemo(settings(data), train_config(data, folder), folder)
-    demo.load(start_folder(data, folder) / "start.safetensors")
-    seconds = demo.train(demo.config)
-    demo.save(folder / "generator.safetensors", ["generator"])
+    """Sweep runner: train the run's objective from its seed's start (``starts/seed<seed>`` beside the sweep's
+    ``runs``, built by whichever run needs it first); the generator goes to ``generator.safetensors``.
+    Metrics: wall seconds and the logged reward curve."""
+    demo = GMMDemo(data, folder)  # the start is built by another (its training leaves gradients behind)
+    demo.load(build_once(folder.parent.parent / "starts" / f"seed{demo.seed}", GMMDemo(data, folder).build_start))
+    start = time.perf_counter()
+    demo.train(demo.config)
+    seconds = time.perf_counter() - start
+    demo.save(folder, ["generator"])
     records = JsonlLog(folder / LOG_FILE).read()
     return {"train_seconds": seconds, "reward_curve": [r.get("generator/reward", math.nan) for r in records]}
 
@@ -323,19 +298,11 @@ def train(data: dict[str, Any], folder: Path) -> dict[str, Any]:
 def evaluate(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Sweep evaluation: the trained generator's row at the run's α (or the demo's); its samples from the
     fixed latents go to ``samples.safetensors``."""
-    demo = GMMDemo(settings(data), train_config(data, folder), folder)
-    demo.load(folder / "generator.safetensors")
+    demo = GMMDemo(data, folder)
+    demo.load(folder, ["generator"])
     samples = demo.samples()
-    save_tensors(_stack({"generator": samples}), folder / "samples.safetensors")
+    save_tensors({"generator": torch.stack(samples)}, folder / "samples.safetensors")
     return demo.evaluate(samples, data["objective"].get("reward_scale"))
-
-
-def _stack(samples: dict[str, list[Tensor]]) -> dict[str, Tensor]:
-    return {name: torch.stack(draws) for name, draws in samples.items()}
-
-
-def _samples(path: Path, name: str) -> list[Tensor]:
-    return list(load_file(str(path))[name])
 
 
 #: report columns: key → (heading with direction, definition)
@@ -359,7 +326,7 @@ def _markdown(report: dict[str, Any]) -> list[str]:
     cfg, world, env = report["config"], report["config"]["world"], report["environment"]
     headings = [h for h, _ in COLUMNS.values()]
     n = cfg["training_seeds"]
-    lines = [
+    return [
         "## The methods",
         "",
         f"{world['num_prompts']} prompts in d = {world['dim']}, each a mixture with mode weights "
@@ -395,12 +362,7 @@ def _markdown(report: dict[str, Any]) -> list[str]:
             [[f"{p['alpha']:g}", f"{p['huber_c']:g}", *_cells(p, COLUMNS)] for p in report["huber_c_sweep"]],
         ),
         "",
-        "![samples](samples.png)",
-        "",
-        "![pareto](pareto.png)",
-        "",
-        "![training](training.png)",
-        "",
+        *[line for name in ("samples", "pareto", "training") for line in (f"![{name}]({name}.png)", "")],
         "## What to look at",
         "",
         "- coverage, entropy: the diversity kept; the reference row is the target.",
@@ -415,36 +377,26 @@ def _markdown(report: dict[str, Any]) -> list[str]:
         f"Run: {report['run']['total_seconds']:.0f} s in total, {report['run']['jobs']} parallel one-thread "
         f"processes, load average {report['run']['load_average_start']} at start and {env['load_average']} at the end.",
     ]
-    return lines
 
 
 def grid(cfg: GMMDemoConfig) -> list[dict[str, list[Any]]]:
     """The demo's grid: the method table at the demo's α, the reward-scale sweep and the pseudo-Huber c sweep."""
+    method, alpha, c = AXES
     products = [
-        {"objective.preset": cfg.methods},
-        {"objective.preset": cfg.sweep_methods, "objective.reward_scale": cfg.sweep_reward_scales},
-        {
-            "objective.preset": [cfg.huber_c_method],
-            "objective.reward_scale": cfg.huber_c_reward_scales,
-            "objective.huber_c": cfg.huber_c_sweep,
-        },
+        {method: cfg.methods},
+        {method: cfg.sweep_methods, alpha: cfg.sweep_reward_scales},
+        {method: [cfg.huber_c_method], alpha: cfg.huber_c_reward_scales, c: cfg.huber_c_sweep},
     ]
     return [axes for axes in products if all(axes.values())]
 
 
 def sweep_and_base(cfg: GMMDemoConfig, *, device: str = "cpu", threads: int = 1) -> tuple[SweepConfig, dict[str, Any]]:
     """The demo's sweep and base config (``demo_sweep.yaml``, ``demo.yaml``) with each of ``cfg``'s flat keys
-    set at its key (:data:`KEYS`), its grid, ``device`` and ``threads`` torch threads per worker."""
-    flat, spec, base = to_dict(cfg), read_config_file(SWEEP_FILE), read_config_file(BASE_FILE)
-    for key, target in KEYS.items():
-        if target.startswith("sweep:"):
-            spec[target.removeprefix("sweep:")] = flat[key]
-        else:
-            set_key(base, target, flat[key])
+    set at its keys (:data:`KEYS`), its grid, ``device`` and ``threads`` torch threads per worker."""
+    sweep, base = packaged_sweep(SWEEP_FILE, BASE_FILE, to_dict(cfg), KEYS, grid=grid(cfg), threads=threads)
     set_key(base, "logging.every", max(1, cfg.steps // 20))
     set_key(base, "gmm.device", device)
-    spec.update(config=None, grid=grid(cfg), jobs=cfg.jobs or os.cpu_count() or 1, threads=threads)
-    return from_dict(SweepConfig, spec), base
+    return sweep, base
 
 
 def run(args: argparse.Namespace) -> int:
@@ -463,41 +415,31 @@ def run(args: argparse.Namespace) -> int:
     sweep, base = sweep_and_base(cfg, device=args.device, threads=threads)
     runs = run_sweep(sweep, out, base=base)
     results = collect(out)
-    jobs = max(1, min(sweep.jobs, len(trainings(sweep, runs))))
-
-    def rows(point: dict[str, Any]) -> list[dict[str, Any]]:
-        entry = next(p for p in results["points"] if p["point"] == point)
-        return [{k: v for k, v in row.items() if k != "reward_curve"} for row in entry["per_seed"]]
-
-    def folder(point: dict[str, Any]) -> Path:
-        entry = next(p for p in results["points"] if p["point"] == point)
-        return out / "runs" / entry["folders"][0]
-
-    seeds = [cfg.seed + sweep.seed_stride * i for i in range(cfg.training_seeds)]
-    starts = [json.loads((out / "starts" / f"seed{seed}" / "rows.json").read_text()) for seed in seeds]
-    table = {m: {"objective.preset": m} for m in cfg.methods}
     keys = [*COLUMNS, "train_seconds"]
+
+    def stats(entry: dict[str, Any]) -> dict[str, Any]:
+        return summarise([{k: v for k, v in row.items() if k != "reward_curve"} for row in entry["per_seed"]], keys)
+
+    # The grid's points by size: the method table (preset), the α sweep (+ α) and the c sweep (+ α, c).
+    table = {p["point"]["objective.preset"]: p for p in results["points"] if len(p["point"]) == 1}
+    sweep_rows, huber = (
+        [{**{AXES[k]: v for k, v in p["point"].items()}, **stats(p)} for p in results["points"] if len(p["point"]) == size]
+        for size in (2, 3)
+    )
+    starts = [json.loads((out / "starts" / f"seed{cfg.seed + sweep.seed_stride * i}" / "rows.json").read_text()) for i in range(cfg.training_seeds)]
     models = {
         "reference": summarise([s["reference"] for s in starts], keys),
         f"p* (α={cfg.reward_scale:g})": summarise([s["p*"] for s in starts], keys),
-        **{m: summarise(rows(point), keys) for m, point in table.items()},
+        **{m: stats(p) for m, p in table.items()},
         f"init ({cfg.init})": summarise([s["init"] for s in starts], keys),
     }
-    sweep_points, huber_points = (
-        [p["point"] for p in results["points"] if len(p["point"]) == size] for size in (2, 3)
-    )
-    sweep_rows = [
-        {"method": p["objective.preset"], "alpha": p["objective.reward_scale"], **summarise(rows(p), keys)} for p in sweep_points
-    ]
-    huber = [
-        {"method": p["objective.preset"], "alpha": p["objective.reward_scale"], "huber_c": p["objective.huber_c"], **summarise(rows(p), keys)}
-        for p in huber_points
-    ]  # fmt: skip
 
-    start0 = out / "starts" / f"seed{cfg.seed}" / "samples.safetensors"
-    samples = {"reference": _samples(start0, "reference")}
-    samples.update({m: _samples(folder(point) / "samples.safetensors", "generator") for m, point in table.items()})
-    samples[f"p* (α={cfg.reward_scale:g})"] = _samples(start0, "p*")
+    start0 = load_file(str(out / "starts" / f"seed{cfg.seed}" / "samples.safetensors"))
+    samples = {
+        "reference": start0["reference"],
+        **{m: load_file(str(out / "runs" / p["folders"][0] / "samples.safetensors"))["generator"] for m, p in table.items()},
+        f"p* (α={cfg.reward_scale:g})": start0["p*"],
+    }
     plot_samples(GMMWorld(cfg.world), samples, out / "samples.png")
     series = {m: [p for p in sweep_rows if p["method"] == m] for m in cfg.sweep_methods}
     for c in cfg.huber_c_sweep:
@@ -508,8 +450,7 @@ def run(args: argparse.Namespace) -> int:
         xs=[("mode_coverage", "mode coverage"), ("mode_entropy", "mode entropy (nats)")],
         title="reward vs diversity across reward scales α, mean ± 95 % interval over seeds (upper right is better)",
     )  # fmt: skip
-    curves = {m: next(p for p in results["points"] if p["point"] == point)["per_seed"][0]["reward_curve"] for m, point in table.items()}
-    plot_training(curves, out / "training.png")
+    plot_training({m: p["per_seed"][0]["reward_curve"] for m, p in table.items()}, out / "training.png")
 
     report = {
         "world": "gmm",
@@ -518,9 +459,12 @@ def run(args: argparse.Namespace) -> int:
         "sweep": sweep_rows,
         "huber_c_sweep": huber,
         "tilted_effective_sample_size": [s["tilted_effective_sample_size"] for s in starts],
-        "run": {"jobs": jobs, "seed_stride": sweep.seed_stride, "load_average_start": load_start, "total_seconds": round(time.perf_counter() - start, 1)},
+        "run": {
+            "jobs": max(1, min(sweep.jobs, len(trainings(sweep, runs)))), "seed_stride": sweep.seed_stride,
+            "load_average_start": load_start, "total_seconds": round(time.perf_counter() - start, 1),
+        },
         "environment": environment(),
-    }
+    }  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_report(out, results, title="distar demo: gmm world", sections=_markdown(report))
     print(f"report: {(out / 'report.md').resolve()}")

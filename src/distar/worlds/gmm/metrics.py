@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -90,10 +90,6 @@ class SampleMetrics:
     energy_distance_ref: float
     energy_distance_tilted: float
     mode_masses: list[list[float]]
-
-    def scalars(self) -> dict[str, float]:
-        """The prompt-averaged metrics, without the per-prompt mode masses."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "mode_masses"}
 
 
 def evaluate_samples(

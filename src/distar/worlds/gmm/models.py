@@ -35,7 +35,8 @@ class GMMNetConfig:
 
 
 class ConditionalMLP(nn.Module):
-    """F(features, c): an MLP on [features, embedding(c)] with SiLU activations."""
+    """F(features, c): an MLP on [features, embedding(c)] with SiLU activations, features (B, n) and prompt
+    indices c (B,). The generator x0 = g_θ(z, c) is one, from z (B, d) to points (B, d)."""
 
     def __init__(self, in_features: int, out_features: int, num_prompts: int, net: GMMNetConfig) -> None:
         super().__init__()
@@ -50,17 +51,6 @@ class ConditionalMLP(nn.Module):
 
     def forward(self, features: Tensor, c: Tensor) -> Tensor:
         return self.mlp(torch.cat([features, self.embed(c)], dim=-1))
-
-
-class GMMGenerator(nn.Module):
-    """x0 = g_θ(z, c): one MLP evaluation, z (B, d) and prompt indices c (B,) to points (B, d)."""
-
-    def __init__(self, dim: int, num_prompts: int, net: GMMNetConfig) -> None:
-        super().__init__()
-        self.net = ConditionalMLP(dim, dim, num_prompts, net)
-
-    def forward(self, z: Tensor, c: Tensor) -> Tensor:
-        return self.net(z, c)
 
 
 class GMMDenoiser(nn.Module):

@@ -77,18 +77,7 @@ class GMMWorld:
         self.log_weights = weights.log().float().expand(C, K).contiguous().to(device)  # (C, K)
         self.variances = torch.full((C, K), cfg.mode_std**2, device=device)  # (C, K)
         self.reward_centres = self.means[:, cfg.reward_mode].clone()  # (C, d)
-
-    @property
-    def num_prompts(self) -> int:
-        return len(self.prompts)
-
-    @property
-    def dim(self) -> int:
-        return self.config.dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.means.device
+        self.num_prompts, self.dim, self.device = C, cfg.dim, self.means.device
 
     def rms(self) -> float:
         """Per-coordinate root mean square of p(x | ∅): sqrt(Σ_k π_k (‖μ_k‖² + d s_k²) / d)."""

@@ -47,14 +47,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from distar.config import ConfigError, field, from_dict, load_config, read_config_file, save_config, set_key, to_dict
+from distar.config import ConfigError, field, from_dict, load_config, save_config, set_key, to_dict
 from distar.eval.report import labelled_grid, per_seed_means
 from distar.io import to_uint8
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.rewards.hub import quiet_transformers
 from distar.train import MonitorConfig, TrainConfig
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
-from distar.sweep import SweepConfig, as_number, collect, format_ci, markdown_table, mean_ci95, plan, run_sweep, write_report
+from distar.sweep import SweepConfig, as_number, collect, format_ci, markdown_table, mean_ci95, packaged_sweep, plan, run_sweep, write_report
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
 from distar.worlds.shapes.one_step import OneStepLoop
 
@@ -228,19 +228,9 @@ def grid(cfg: ShapesDemoConfig) -> list[dict[str, list[Any]]]:
 def sweep_and_base(cfg: ShapesDemoConfig, *, device: str = "cpu", threads: int = 1) -> tuple[SweepConfig, dict[str, Any]]:
     """The demo's sweep and base config (``demo_sweep.yaml``, ``demo.yaml``) with each of ``cfg``'s training
     keys set at its keys (:data:`KEYS`), its grid, ``device`` and ``threads`` torch threads per worker."""
-    flat, spec, base = to_dict(cfg), read_config_file(SWEEP_FILE), read_config_file(BASE_FILE)
-    for key, targets in KEYS.items():
-        value = flat
-        for part in key.split("."):
-            value = value[part]
-        for target in targets:
-            if target.startswith("sweep:"):
-                spec[target.removeprefix("sweep:")] = value
-            else:
-                set_key(base, target, value)
+    sweep, base = packaged_sweep(SWEEP_FILE, BASE_FILE, to_dict(cfg), KEYS, grid=grid(cfg), threads=threads)
     set_key(base, "shapes.device", device)
-    spec.update(config=None, grid=grid(cfg), jobs=cfg.jobs or os.cpu_count() or 1, threads=threads)
-    return from_dict(SweepConfig, spec), base
+    return sweep, base
 
 
 def plan_runs(cfg: ShapesDemoConfig) -> list[Run]:
