@@ -94,6 +94,19 @@ def test_matches_a_plain_reimplementation_of_algorithm_1(tmp_path):
             torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7, msg=name)
 
 
+def test_gradients_left_on_the_parameters_do_not_reach_the_first_update(tmp_path):
+    """A backend fitted by the caller before training (its .grad still set) trains as a fresh one."""
+    config = make_config(tmp_path / "clean")
+    clean = GaussianBackend()
+    expected = losses(Trainer(config, clean, MeanReward(), PROMPTS).train())
+    dirty = GaussianBackend()
+    for p in [*dirty.generator.parameters(), *dirty.assistant.parameters()]:
+        p.grad = torch.full_like(p, 1e3)
+    config = make_config(tmp_path / "dirty")
+    assert losses(Trainer(config, dirty, MeanReward(), PROMPTS).train()) == expected
+    assert all(torch.equal(a, b) for a, b in zip(clean.generator.parameters(), dirty.generator.parameters()))
+
+
 def test_ema_follows_the_generator(tmp_path):
     decay = 0.8
     config = make_config(tmp_path, ema={"decay": decay}, loop={"max_steps": 5})

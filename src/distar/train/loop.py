@@ -113,6 +113,8 @@ class Trainer:
         self.assistant_params = [p for p in backend.assistant_parameters() if p.requires_grad]
         if not self.generator_params or not self.assistant_params:
             raise ValueError("the backend's generator and assistant must both have trainable parameters")
+        for p in (*self.generator_params, *self.assistant_params):
+            p.grad = None  # gradients a caller left (e.g. from its own fitting) would add to the first update's
         self.generator_names = ckpt.parameter_names(backend.generator, self.generator_params)
         self.assistant_names = ckpt.parameter_names(backend.assistant, self.assistant_params)
         self.fsdp = distributed.uses_fsdp(config, acc, monitored=self.monitor is not None)
@@ -248,16 +250,15 @@ class Trainer:
     def train(self, resume: str | None = None, *, overwrite: bool = False) -> list[dict[str, float]]:
         """Run (or, with ``resume`` = ``"latest"`` or a checkpoint path, continue) to ``loop.max_steps``.
 
-        The main process (with node-local run folders, each node's first, :mod:`distar.train.nodes`) locks
-        the run folder for the run (:mod:`distar.train.runfolder`): a folder another run is writing is refused. A folder that already holds a run is refused unless ``resume`` is given
-        or ``overwrite`` (which removes only the files the old run wrote, see
-        :func:`~distar.train.runfolder.clear_run`). A stop signal saves the step reached and raises
-        :class:`~distar.errors.Preempted` (:mod:`distar.train.preemption`). Returns the records of
-        the steps run by this call (also appended to ``log.jsonl``, including every step up to each
-        checkpoint). Raises :class:`~distar.errors.RunError` when ``loop.max_bad_steps`` steps in a row
-        are non-finite, when the run ends on a step with a skipped (non-finite) update, or when a
-        checkpoint cannot be written.
-        """
+        The main process (with node-local run folders, each node's first, :mod:`distar.train.nodes`) locks the
+        run folder for the run (:mod:`distar.train.runfolder`): a folder another run is writing is refused. A
+        folder that already holds a run is refused unless ``resume`` is given or ``overwrite`` (which removes
+        only the files the old run wrote, see :func:`~distar.train.runfolder.clear_run`). A stop signal saves
+        the step reached and raises :class:`~distar.errors.Preempted` (:mod:`distar.train.preemption`). Returns
+        the records of the steps run by this call (also appended to ``log.jsonl``, including every step up to
+        each checkpoint). Raises :class:`~distar.errors.RunError` when ``loop.max_bad_steps`` steps in a row are
+        non-finite, when the run ends on a step with a skipped (non-finite) update, or when a checkpoint cannot
+        be written."""
         acc, config = self.accelerator, self.config
         lock = RunLock(self.output_dir)
         with self.stop_signals:  # from here on a stop signal saves the step the run reaches
@@ -306,7 +307,6 @@ class Trainer:
 
     def _run(self) -> list[dict[str, float]]:
         acc, config = self.accelerator, self.config
-        every = config.sampling.every
         if self._sampling and self.step == 0:
             self.sample()
         if self.monitor is not None and self.step == 0:
@@ -331,7 +331,7 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in flushed[-1].items() if k.endswith("/loss")})
                     records += flushed
                 self.guard.check(self.step, self._last_checkpoint)
-                if self._sampling and self.step % every == 0:
+                if self._sampling and self.step % config.sampling.every == 0:
                     self.sample()
                 if self.monitor is not None and self.step % self.monitor_every == 0:
                     self.monitor_step()  # before the checkpoint: a checkpoint's step has its monitor record
