@@ -15,6 +15,7 @@ import pytest
 
 from distar.config import ConfigError
 from distar.train import checkpoint as ckpt
+from distar.train.callbacks import KILL_ENV
 from distar.train.tracking import TIMING_KEYS
 from distar.train.nodes import folder_layout, node_firsts
 from distar.train.runfolder import LOCK_FILE
@@ -61,7 +62,7 @@ def runs(tmp_path_factory):
     whole, killed = [root / "whole-0", root / "whole-1"], [root / "killed-0", root / "killed-1"]
     for code, err in two_nodes(whole):
         assert code == 0, err[-3000:]
-    for code, err in two_nodes(killed, env={ckpt.KILL_ENV: "step:3"}):
+    for code, err in two_nodes(killed, env={KILL_ENV: "step:3"}):
         assert code != 0, err[-3000:]
     return whole, killed
 
@@ -118,7 +119,7 @@ def test_a_sharded_run_on_node_local_folders_is_refused_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_nodes_sharing_one_run_folder_write_one_checkpoint_with_every_rank_state(tmp_path):
     folder = tmp_path / "shared"
-    for code, err in two_nodes([folder, folder], env={ckpt.KILL_ENV: "step:3"}):
+    for code, err in two_nodes([folder, folder], env={KILL_ENV: "step:3"}):
         assert code != 0, err[-3000:]
     checkpoint = folder / "checkpoint-2"
     assert ckpt.verify_checkpoint(checkpoint) is None
