@@ -135,8 +135,8 @@ def test_an_input_refused_on_one_nodes_disk_stops_every_node_in_one_line(tmp_pat
     for code, err in results:
         refusal = [line for line in err.splitlines() if line.startswith("distar train:")]
         assert code != 0 and refusal == [
-            f"distar train: error: rank 1: {folders[1]} already holds a run: pass --resume latest to continue it "
-            "or --overwrite to replace it"
+            (f"distar train: error: rank 1: {folders[1]} already holds a run: pass --resume latest to continue it "
+             "or --overwrite to replace it")
         ], err[-3000:]
     assert not ckpt.holds_run(folders[0])
 

@@ -62,9 +62,12 @@ def test_grids_batch_by_sampling_batch_size_and_draw_the_same_images(tmp_path, m
     grids = {}
     for batch_size in (4, 1):
         run = trainer(tmp_path / str(batch_size), batch_size=batch_size)
-        sizes = []
-        decode = run.backend.decode
-        monkeypatch.setattr(run.backend, "decode", lambda x0: sizes.append(len(x0)) or decode(x0))
+        sizes: list[int] = []
+
+        def decode(x0, sizes=sizes, decode=run.backend.decode):
+            return sizes.append(len(x0)) or decode(x0)
+
+        monkeypatch.setattr(run.backend, "decode", decode)
         assert write_sample_grids(run)
         pairs = 3 * 2  # three prompts × the default two seeds; the monitor's batch_size (5) plays no part
         full, rest = divmod(pairs, batch_size)
