@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from distar.cli import main
-from distar.train.checkpoint import KILL_ENV
+from distar.train.callbacks import KILL_ENV
 from distar.train.preemption import EXIT_PREEMPTED
 
 SRC = Path(__file__).resolve().parents[2] / "src"

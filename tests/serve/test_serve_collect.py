@@ -4,8 +4,11 @@ headless Chromium records five clicked and keyed choices (plus a skip) into the 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterator
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
 
 import pytest
 from serve_helpers import post, serving
@@ -138,6 +141,30 @@ def test_the_page_records_five_choices_by_click_and_key(collecting: tuple[str, P
     for record in recorded:
         assert load_image(folder / record["image_0"]).shape == load_image(folder / record["image_1"]).shape
     assert browser.find_element(By.ID, "status").get_attribute("class") != "error"
+
+
+def test_both_pages_link_one_stylesheet_served_as_css_and_revalidated(collecting: tuple[str, Path]) -> None:
+    url, _ = collecting
+    links = {page: re.findall(r'<link rel="stylesheet" href="([^"]+)">', urlopen(url + page, timeout=10).read().decode())
+             for page in ("", "collect")}
+    assert links[""] == links["collect"] and len(links[""]) == 1
+    with urlopen(url + links[""][0], timeout=10) as response:
+        assert response.headers["Content-Type"] == "text/css; charset=utf-8"
+        etag, css = response.headers["ETag"], response.read().decode()
+    assert "#status.error" in css and etag
+    with pytest.raises(HTTPError) as unchanged:  # urllib raises on a 304: the browser keeps its copy
+        urlopen(Request(url + links[""][0], headers={"If-None-Match": etag}), timeout=10)
+    assert unchanged.value.code == 304
+
+
+def test_both_pages_are_styled_by_the_stylesheet(collecting: tuple[str, Path], browser) -> None:
+    url, _ = collecting
+    for page in ("", "collect"):
+        browser.get(url + page)
+        sheets = browser.execute_script("return [...document.styleSheets].map(s => s.href)")
+        assert sheets[0].endswith("/static/style.css")
+        header = browser.execute_script("return getComputedStyle(document.querySelector('header')).backgroundColor")
+        assert header == "rgb(29, 35, 48)"  # #1d2330, a rule of the stylesheet only
 
 
 def test_a_torn_last_line_is_cut_off_when_a_server_starts_there(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from train_helpers import PROMPTS, GaussianBackend, MeanReward, make_config
 from distar.config import ConfigError
 from distar.train import Callback, Trainer
 from distar.train import checkpoint as ckpt
-from distar.train.callbacks import PHASES, FaultHook
+from distar.train.callbacks import KILL_ENV, PHASES, FaultHook
 
 
 class Recorder(Callback):
@@ -108,8 +108,8 @@ def test_the_fault_hook_signals_at_its_points_only(tmp_path):
 
 def test_the_fault_hook_reads_its_spec_once_and_refuses_a_bad_one():
     assert FaultHook("step:3,prune:2:SIGTERM").signals == {("step", 3): signal.SIGKILL, ("prune", 2): signal.SIGTERM}
-    assert FaultHook.from_env({}) is None and FaultHook.from_env({ckpt.KILL_ENV: ""}) is None
-    assert FaultHook.from_env({ckpt.KILL_ENV: "monitor:4"}).signals == {("monitor", 4): signal.SIGKILL}
+    assert FaultHook.from_env({}) is None and FaultHook.from_env({KILL_ENV: ""}) is None
+    assert FaultHook.from_env({KILL_ENV: "monitor:4"}).signals == {("monitor", 4): signal.SIGKILL}
     for spec in ("step", "step:x", "step:3:SIGNOPE", "nowhere:3", "step:3:SIGTERM:more"):
         with pytest.raises(ConfigError, match=f"DISTAR_KILL_AT: '{spec}' is not <point>:<step>"):
             FaultHook(spec)

@@ -49,6 +49,7 @@ def test_defaults_and_overrides():
         ("optim.assistant.betas=[0.9]", "optim.assistant: betas must be two numbers in [0, 1)"),
         ("checkpointing.total_limit=0", "checkpointing: total_limit must be >= 1 (or null)"),
         ("optim.generator.lr_schedule=exponential", "optim.generator.lr_schedule: 'exponential' is not one of"),
+        ("sampling.batch_size=0", "sampling: batch_size must be in [1, 65536]"),
         ("sampling.every=5", None),
         ("sampling.seeds=[]", None),
     ],

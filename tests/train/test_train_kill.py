@@ -19,6 +19,7 @@ from accelerate.state import AcceleratorState
 
 from distar.cli import main
 from distar.train import checkpoint as ckpt
+from distar.train.callbacks import KILL_ENV
 from distar.train.tracking import TIMING_KEYS
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_sd.yaml"
@@ -35,7 +36,7 @@ COMMON = [
 
 
 def distar_train(out: Path, kill_at: str | None = None, resume: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", ckpt.KILL_ENV: kill_at or ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", KILL_ENV: kill_at or ""}
     cmd = [sys.executable, "-m", "distar", "train", "--config", str(CONFIG), f"output_dir={out}", *COMMON]
     result = subprocess.run(cmd + (["--resume", "latest"] if resume else []), env=env, capture_output=True, text=True)
     expected = -signal.SIGKILL if kill_at else 0

@@ -19,6 +19,7 @@ from distar.cli import main
 from distar.config import ConfigError, from_dict
 from distar.errors import HackingAlarm
 from distar.train import checkpoint as ckpt
+from distar.train.callbacks import KILL_ENV
 from distar.train.config import MonitorConfig
 from distar.train.loop import Trainer
 from distar.train.monitor import held_out_split, paired_change
@@ -47,7 +48,7 @@ def monitored(out: Path) -> list[tuple[int, str]]:
 
 
 def distar_train(out: Path, *, kill_at: str | None = None, resume: bool = False) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", ckpt.KILL_ENV: kill_at or ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", KILL_ENV: kill_at or ""}
     cmd = [sys.executable, "-m", "distar", "train", "--config", str(CONFIG), f"output_dir={out}", *TINY_MONITOR]
     result = subprocess.run(cmd + (["--resume", "latest"] if resume else []), env=env, capture_output=True, text=True)
     assert result.returncode == (-signal.SIGKILL if kill_at else 0), result.stderr[-2000:]

@@ -1,5 +1,6 @@
 """Two nodes on one machine (two torchrun launchers, one CPU process each), each with its own run folder
-as on nodes without a shared disk: checkpoints, a killed run resumed, and nodes that disagree."""
+as on nodes without a shared disk: checkpoints, a killed run resumed, nodes that disagree, and an input
+that one node's disk refuses."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import pytest
 
 from distar.config import ConfigError
 from distar.train import checkpoint as ckpt
+from distar.train.callbacks import KILL_ENV
 from distar.train.tracking import TIMING_KEYS
 from distar.train.nodes import folder_layout, node_firsts
 from distar.train.runfolder import LOCK_FILE
 
 WORKER = Path(__file__).with_name("node_worker.py")
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_sd.yaml"
 
 
 def free_port() -> int:
@@ -31,16 +34,22 @@ def free_port() -> int:
 def two_nodes(folders: list[Path], *, flag: str | None = None, env: dict | None = None) -> list[tuple[int, str]]:
     """Run node_worker.py as node 0 and node 1 of one run, node n in ``folders[n]`` (its report beside it);
     each node's exit status and stderr."""
+    flags = [flag] if flag else []
+    return launch_nodes([[str(WORKER), str(f), str(report(f, n)), *flags] for n, f in enumerate(folders)], env=env)
+
+
+def launch_nodes(commands: list[list[str]], *, env: dict | None = None, timeout: float = 300) -> list[tuple[int, str]]:
+    """Run ``commands[n]`` (torchrun's program and its arguments) as node n of one run; each node's exit
+    status and stderr."""
     port = str(free_port())
     launchers = []
-    for rank, folder in enumerate(folders):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-               "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
-               str(WORKER), str(folder), str(report(folder, rank)), *([flag] if flag else [])]
+    for rank, command in enumerate(commands):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(commands)), "--nproc_per_node", "1",
+               "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port, *command]
         launchers.append(subprocess.Popen(
             cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, stderr=subprocess.PIPE, text=True
         ))
-    errors = [p.communicate(timeout=300)[1] for p in launchers]
+    errors = [p.communicate(timeout=timeout)[1] for p in launchers]
     return [(p.returncode, err) for p, err in zip(launchers, errors)]
 
 
@@ -61,7 +70,7 @@ def runs(tmp_path_factory):
     whole, killed = [root / "whole-0", root / "whole-1"], [root / "killed-0", root / "killed-1"]
     for code, err in two_nodes(whole):
         assert code == 0, err[-3000:]
-    for code, err in two_nodes(killed, env={ckpt.KILL_ENV: "step:3"}):
+    for code, err in two_nodes(killed, env={KILL_ENV: "step:3"}):
         assert code != 0, err[-3000:]
     return whole, killed
 
@@ -115,10 +124,27 @@ def test_a_sharded_run_on_node_local_folders_is_refused_in_one_line(tmp_path):
         ], err[-3000:]
 
 
+def test_an_input_refused_on_one_nodes_disk_stops_every_node_in_one_line(tmp_path):
+    """`distar train` checks its inputs on every node before building a model: node 1's own folder holds
+    a run, and both nodes refuse with node 1's line instead of node 0 waiting for node 1 at start-up."""
+    folders = [tmp_path / "node-0", tmp_path / "node-1"]
+    folders[1].mkdir()
+    (folders[1] / ckpt.LOG_FILE).write_text("{}\n")
+    train = ["-m", "distar", "train", "--config", str(CONFIG)]
+    results = launch_nodes([[*train, f"output_dir={folder}"] for folder in folders], timeout=120)
+    for code, err in results:
+        refusal = [line for line in err.splitlines() if line.startswith("distar train:")]
+        assert code != 0 and refusal == [
+            (f"distar train: error: rank 1: {folders[1]} already holds a run: pass --resume latest to continue it "
+             "or --overwrite to replace it")
+        ], err[-3000:]
+    assert not ckpt.holds_run(folders[0])
+
+
 @pytest.mark.slow
 def test_nodes_sharing_one_run_folder_write_one_checkpoint_with_every_rank_state(tmp_path):
     folder = tmp_path / "shared"
-    for code, err in two_nodes([folder, folder], env={ckpt.KILL_ENV: "step:3"}):
+    for code, err in two_nodes([folder, folder], env={KILL_ENV: "step:3"}):
         assert code != 0, err[-3000:]
     checkpoint = folder / "checkpoint-2"
     assert ckpt.verify_checkpoint(checkpoint) is None

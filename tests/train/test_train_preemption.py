@@ -19,6 +19,7 @@ from test_train_kill import COMMON, CONFIG, assert_checkpoints_verify, losses
 
 from distar.cli import main
 from distar.train import checkpoint as ckpt
+from distar.train.callbacks import KILL_ENV
 from distar.train.preemption import EXIT_PREEMPTED, StopSignals
 
 SAVED = re.compile(r"^distar train: stopped by (SIG\w+) after step (\d+): saved (\S+) \(continue with --resume latest\)$")
@@ -46,14 +47,14 @@ def straight(tmp_path_factory) -> list[dict]:
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT", "SIGUSR1"])
 def test_a_stop_signal_saves_the_current_step_names_it_and_resume_is_exact(straight, tmp_path, monkeypatch, capfd, name):
     out = tmp_path / "run"
-    monkeypatch.setenv(ckpt.KILL_ENV, f"step:3:{name}")  # delivered inside step 3's bookkeeping
+    monkeypatch.setenv(KILL_ENV, f"step:3:{name}")  # delivered inside step 3's bookkeeping
     assert train(out) == EXIT_PREEMPTED
     lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("distar train: stopped")]
     assert len(lines) == 1 and (match := SAVED.match(lines[0])), lines
     assert match.groups() == (name, "3", str(out / "checkpoint-3"))
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [2, 3] and last_logged_step(out) == 3  # 0 steps lost
     assert_checkpoints_verify(out)
-    monkeypatch.delenv(ckpt.KILL_ENV)
+    monkeypatch.delenv(KILL_ENV)
     assert train(out, "--resume", "latest") == 0
     assert f"resumed from {out / 'checkpoint-3'} at step 3" in capfd.readouterr().err
     assert losses(out) == straight
@@ -61,13 +62,13 @@ def test_a_stop_signal_saves_the_current_step_names_it_and_resume_is_exact(strai
 
 def test_a_second_signal_during_the_save_leaves_the_previous_checkpoint_latest(straight, tmp_path, monkeypatch, capfd):
     out = tmp_path / "run"
-    monkeypatch.setenv(ckpt.KILL_ENV, "step:5:SIGTERM,checkpoint-write:5:SIGTERM")
+    monkeypatch.setenv(KILL_ENV, "step:5:SIGTERM,checkpoint-write:5:SIGTERM")
     assert train(out) == 128 + signal.SIGTERM
     err = capfd.readouterr().err.splitlines()
     assert err[-1] == f"distar train: stopped by a second SIGTERM, nothing more saved; last checkpoint: {out / 'checkpoint-4'}"
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [2, 4]
     assert ckpt.resolve_checkpoint("latest", out) == out / "checkpoint-4"
-    monkeypatch.delenv(ckpt.KILL_ENV)
+    monkeypatch.delenv(KILL_ENV)
     assert train(out, "--resume", "latest") == 0
     assert losses(out) == straight
 

@@ -9,8 +9,10 @@ from distar.train import Trainer
 from distar.train.samples import generator_images, write_sample_grids
 
 
-def trainer(tmp_path, *, image: bool = True) -> Trainer:
-    config = make_config(tmp_path, ema={"decay": 0.5}, monitor={"every": 0}, sampling={"prompts": PROMPTS[:3]})
+def trainer(tmp_path, *, image: bool = True, **sampling) -> Trainer:
+    config = make_config(
+        tmp_path, ema={"decay": 0.5}, monitor={"every": 0, "batch_size": 5}, sampling={"prompts": PROMPTS[:3], **sampling}
+    )
     return Trainer(config, GaussianBackend(image=image), MeanReward(), PROMPTS)
 
 
@@ -52,3 +54,23 @@ def test_a_grid_per_model_in_prompt_rows_and_seed_columns_and_none_for_points(tm
     assert not write_sample_grids(points)
     points.sample()
     assert not points._sampling and not (tmp_path / "points" / "samples").exists()
+
+
+def test_grids_batch_by_sampling_batch_size_and_draw_the_same_images(tmp_path, monkeypatch):
+    from PIL import Image
+
+    grids = {}
+    for batch_size in (4, 1):
+        run = trainer(tmp_path / str(batch_size), batch_size=batch_size)
+        sizes: list[int] = []
+
+        def decode(x0, sizes=sizes, decode=run.backend.decode):
+            return sizes.append(len(x0)) or decode(x0)
+
+        monkeypatch.setattr(run.backend, "decode", decode)
+        assert write_sample_grids(run)
+        pairs = 3 * 2  # three prompts × the default two seeds; the monitor's batch_size (5) plays no part
+        full, rest = divmod(pairs, batch_size)
+        assert sizes == 2 * ([batch_size] * full + [rest] * (rest > 0))  # the live grid, then the EMA one
+        grids[batch_size] = list(Image.open(tmp_path / str(batch_size) / "samples" / "step-000000.png").getdata())
+    assert grids[4] == grids[1]

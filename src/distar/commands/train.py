@@ -65,23 +65,32 @@ def run(args: argparse.Namespace) -> int:
     from distar.io import writable_dir
     from distar.train import checkpoint as ckpt
     from distar.train.build import load_prompts
-    from distar.train.setup import check_precision
+    from distar.train.nodes import agree
+    from distar.train.setup import check_precision, make_accelerator
     from distar.train.runfolder import RunLock, check_overwrite, check_run_folder
 
-    # Every input is checked before a model is built.
-    check_run_folder(config.output_dir)
-    check_precision(config)
-    writable_dir(config.output_dir, "output_dir")
-    if os.environ.get("RANK", "0") == "0":  # rank 0 of this run will lock the folder: is another run there?
-        RunLock(config.output_dir).check_free()
-    prompts = load_prompts(config.data)
-    resume = args.resume
-    if resume is None:
-        ckpt.check_new_run(config.output_dir, overwrite=args.overwrite)
-        if args.overwrite:
-            check_overwrite(config.output_dir)
-    elif (found := ckpt.resolve_checkpoint(resume, config.output_dir)) is not None:
-        resume = str(found)  # the trainer verifies it again (from a cache), without repeating what was skipped
+    # A launch of several processes starts its process group first, so that an input refused on one node's
+    # own disk stops every node (agree) instead of leaving the others waiting for it at start-up.
+    accelerator = make_accelerator(config) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+    def check_inputs() -> tuple[list[str], str | None]:
+        """Every input is checked before a model is built: the prompts and the checkpoint to resume."""
+        check_run_folder(config.output_dir)
+        check_precision(config)
+        writable_dir(config.output_dir, "output_dir")
+        if os.environ.get("RANK", "0") == "0":  # rank 0 of this run will lock the folder: is another run there?
+            RunLock(config.output_dir).check_free()
+        prompts = load_prompts(config.data)
+        resume = args.resume
+        if resume is None:
+            ckpt.check_new_run(config.output_dir, overwrite=args.overwrite)
+            if args.overwrite:
+                check_overwrite(config.output_dir)
+        elif (found := ckpt.resolve_checkpoint(resume, config.output_dir)) is not None:
+            resume = str(found)  # the trainer verifies it again (from a cache), without repeating what was skipped
+        return prompts, resume
+
+    prompts, resume = agree(accelerator, check_inputs)
     from distar.commands.plan import check_training_memory
     from distar.runtime import configure_threads, count_parameters, report_threads
     from distar.train.build import build_trainer
@@ -90,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     check_training_memory(config)  # on a GPU: the estimate before the first step
 
     fault = FaultHook.from_env()  # tests: $DISTAR_KILL_AT stops the run at a chosen point
-    trainer = build_trainer(config, prompts=prompts, callbacks=[fault] if fault else [])
+    trainer = build_trainer(config, accelerator, prompts=prompts, callbacks=[fault] if fault else [])
     backend = trainer.backend
     modules = (backend.generator, backend.assistant, backend.reference, trainer.reward)
     threads = configure_threads(

@@ -32,7 +32,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from torch import Tensor
 
 from distar.config import ConfigError, field, from_dict
@@ -302,6 +303,7 @@ def create_app(
         Route("/", index),
         Route("/info", get_info),
         Route("/generate", post_generate, methods=["POST"]),
+        Mount("/static", StaticFiles(packages=[("distar.serve", "static")])),  # the pages' shared style.css
     ]
     if more_routes is not None:
         routes += more_routes(queue)

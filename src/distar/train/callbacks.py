@@ -17,7 +17,6 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor
 
 from distar.config import ConfigError
-from distar.train.checkpoint import KILL_ENV
 
 #: The phases of a training step that :meth:`Callback.on_phase` reports, in the order they run (the
 #: assistant's pair ``loop.assistant_steps`` times).
@@ -27,6 +26,10 @@ PHASES = ("assistant step", "assistant update", "generator step", "generator upd
 #: file of a checkpoint, between the two records of a monitor pass, and inside the deletion of a pruned
 #: checkpoint (``step`` is then the pruned checkpoint's).
 POINTS = ("step", "checkpoint-write", "monitor", "prune", "eval-batch")
+
+#: Test hook: ``DISTAR_KILL_AT=<point>:<step>[:<signal>]`` signals the process at that point; ``distar train`` and
+#: ``distar eval`` read it once (:meth:`FaultHook.from_env`).
+KILL_ENV = "DISTAR_KILL_AT"
 
 
 class Callback:

@@ -62,10 +62,6 @@ BEST_DIR = "best"
 #: What a run folder holds besides its checkpoints (see :mod:`distar.train.runfolder` for ``--overwrite``).
 RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, "samples", "tensorboard")
 
-#: Test hook: ``DISTAR_KILL_AT=<point>:<step>[:<signal>]`` signals the process at that point; ``distar train`` and
-#: ``distar eval`` read it once (:class:`~distar.train.callbacks.FaultHook`).
-KILL_ENV = "DISTAR_KILL_AT"
-
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 _LEFTOVER_NAME = re.compile(rf"^(\.({CHECKPOINT_PREFIX}\d+|best)\.tmp|{re.escape(TRASH_PREFIX)}.+)$")
 

@@ -252,10 +252,13 @@ class SamplingConfig:
     prompts: list[str] = field([], help="grid rows (default: the first 4 training prompts)")
     seeds: list[int] = field([0, 1], help="grid columns: one latent seed each")
     use_ema: bool = field(True, help="also write a grid with the EMA weights when EMA is on")
+    batch_size: int = field(16, help="images per forward pass of the generator making a grid")
 
     def __post_init__(self) -> None:
         if self.every < 0:
             raise ValueError("every must be >= 0")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}]")
         if self.every and not self.seeds:
             raise ValueError("seeds must not be empty when sampling is on")
         if bad := [s for s in self.seeds if not 0 <= s <= MAX_SAMPLE_SEED]:

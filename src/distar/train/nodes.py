@@ -15,6 +15,9 @@ given.
   (``loop.fsdp``) on node-local folders: the main process alone writes its gathered optimiser states
   (:func:`~distar.train.distributed.keep_optimizer_states`), so the other nodes' checkpoints would lack them.
 
+Before any of this, ``distar train`` checks its inputs on every process, and a refusal on one node (its
+own disk may hold another run, or lack the prompt file) reaches every node (:func:`agree`).
+
 On ``--resume``, each writer resolves the checkpoint in its own folder and every process learns the
 step each node found: when they differ, every process stops with one line instead of waiting forever
 for nodes that resume elsewhere.
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from distar.config import ConfigError
+from distar.errors import UserError
 from distar.train import checkpoint as ckpt
 
 if TYPE_CHECKING:
@@ -133,6 +137,26 @@ class Nodes:
             )
         mine = found[self.node]
         return None if mine is None else Path(mine[0])
+
+
+def agree(accelerator: Accelerator | None, check: Callable[[], T]) -> T:
+    """``check()``'s result, once every process of ``accelerator`` has run its own ``check``: when any
+    process's check refuses (one line: :class:`~distar.errors.UserError`, :class:`~distar.config.ConfigError`,
+    ``FileNotFoundError``), every process raises the first refusal as a one-line UserError naming its rank.
+    Without ``accelerator``, or with one process, ``check()`` as it is."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return check()
+    from accelerate.utils import gather_object
+
+    result, error = None, None
+    try:
+        result = check()
+    except (UserError, ConfigError, FileNotFoundError) as err:
+        error = str(err)
+    refusals = [(rank, message) for rank, message in enumerate(gather_object([error])) if message is not None]
+    if refusals:
+        raise UserError("rank {}: {}".format(*refusals[0]))
+    return result
 
 
 def node_firsts(local_ranks: list[int]) -> list[int]:

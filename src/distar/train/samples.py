@@ -34,8 +34,11 @@ def _is_image_batch(images: Tensor, what: str) -> bool:
     return False
 
 
-def generator_images(trainer: Any, prompts: Sequence[str], seeds: Sequence[int], *, ema: bool = False) -> Tensor:
-    """Decoded generator samples of each (prompt, seed) pair, z drawn from the seed; on all processes.
+def generator_images(
+    trainer: Any, prompts: Sequence[str], seeds: Sequence[int], *, batch_size: int | None = None, ema: bool = False
+) -> Tensor:
+    """Decoded generator samples of each (prompt, seed) pair, z drawn from the seed, ``batch_size`` pairs
+    per forward pass (default ``sampling.batch_size``); on all processes.
 
     With ``ema`` the EMA weights make them. The images come from the one inference path for a live
     backend (:class:`~distar.protocols.BackendModel`), which leaves the global random state as it was, so
@@ -45,7 +48,7 @@ def generator_images(trainer: Any, prompts: Sequence[str], seeds: Sequence[int],
         trainer.backend,
         "samples",
         renoise_seed=trainer.config.seed,  # a few-step generator's re-noising: the same at every call
-        batch_size=trainer.config.monitor.batch_size,
+        batch_size=batch_size or trainer.config.sampling.batch_size,
         device=acc.device,
         precision=acc.autocast,
     )
@@ -142,11 +145,11 @@ def monitor_pass(trainer: Any) -> bool:
     does not give (B, 3, H, W) images."""
     acc, monitor, monitor_config, step = trainer.accelerator, trainer.monitor, trainer.config.monitor, trainer.step
     prompts, seeds = monitor.pairs
-    images = {"generator": generator_images(trainer, prompts, seeds)}
+    images = {"generator": generator_images(trainer, prompts, seeds, batch_size=monitor_config.batch_size)}
     if not _is_image_batch(images["generator"], "the monitor is"):
         return False
     if trainer.ema is not None and monitor_config.use_ema:
-        images["ema"] = generator_images(trainer, prompts, seeds, ema=True)
+        images["ema"] = generator_images(trainer, prompts, seeds, batch_size=monitor_config.batch_size, ema=True)
     decision: list[Any] = [None]
     means: dict[str, dict[str, float]] = {}
     if acc.is_main_process:
