@@ -18,7 +18,8 @@ from distar.config import ConfigError
 from distar.train import checkpoint as ckpt
 from distar.train.callbacks import KILL_ENV
 from distar.train.tracking import TIMING_KEYS
-from distar.train.nodes import folder_layout, node_firsts
+from distar.errors import UserError
+from distar.train.nodes import agree, folder_layout, node_firsts
 from distar.train.runfolder import LOCK_FILE
 
 WORKER = Path(__file__).with_name("node_worker.py")
@@ -184,3 +185,26 @@ def test_folder_layout_from_which_nodes_see_node_zeros_probe():
     assert folder_layout([True, False, False], "out") is False
     with pytest.raises(ConfigError, match=r"one folder for nodes 0, 2 but another for the rest"):
         folder_layout([True, False, True], "out")
+
+
+@pytest.mark.parametrize(
+    ("refusals", "message"),
+    [([None, "no such file"], "rank 1: no such file"), (["no such file"] * 2, "no such file"), ([None, None], None)],
+)
+def test_agree_names_the_refusing_rank_unless_every_rank_refused_alike(monkeypatch, refusals, message):
+    import accelerate.utils
+
+    class TwoProcesses:
+        num_processes = 2
+
+    def check():
+        if refusals[0] is not None:
+            raise FileNotFoundError(refusals[0])
+        return "built"
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda mine: [str(e) if e else None for e in refusals])
+    if message is None:
+        assert agree(TwoProcesses(), check) == "built"
+    else:
+        with pytest.raises(UserError, match=f"^{message}$"):
+            agree(TwoProcesses(), check)

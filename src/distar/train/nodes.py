@@ -142,8 +142,8 @@ class Nodes:
 def agree(accelerator: Accelerator | None, check: Callable[[], T]) -> T:
     """``check()``'s result, once every process of ``accelerator`` has run its own ``check``: when any
     process's check refuses (one line: :class:`~distar.errors.UserError`, :class:`~distar.config.ConfigError`,
-    ``FileNotFoundError``), every process raises the first refusal as a one-line UserError naming its rank.
-    Without ``accelerator``, or with one process, ``check()`` as it is."""
+    ``FileNotFoundError``), every process raises the first refusal as a one-line UserError naming its rank,
+    or as it is when every process refused alike. Without ``accelerator``, or with one process, ``check()``."""
     if accelerator is None or accelerator.num_processes == 1:
         return check()
     from accelerate.utils import gather_object
@@ -153,7 +153,10 @@ def agree(accelerator: Accelerator | None, check: Callable[[], T]) -> T:
         result = check()
     except (UserError, ConfigError, FileNotFoundError) as err:
         error = str(err)
-    refusals = [(rank, message) for rank, message in enumerate(gather_object([error])) if message is not None]
+    messages = gather_object([error])
+    refusals = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if len(set(messages)) == 1 and refusals:  # every process refused alike: the message as one process says it
+        raise UserError(refusals[0][1])
     if refusals:
         raise UserError("rank {}: {}".format(*refusals[0]))
     return result
