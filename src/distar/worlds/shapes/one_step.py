@@ -32,7 +32,7 @@ from distar.diffusion import DiscreteSchedule, to_x0
 from distar.fit import Log, TrainLoop, fit
 from distar.inference.pixel import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
-from distar.protocols import Backend
+from distar.protocols import Backend, BackendModel
 from distar.rewards import RewardSpec
 from distar.rewards.hub import quiet_transformers
 from distar.worlds.shapes.grammar import IMAGE_SIZE, sample_prompts
@@ -172,6 +172,15 @@ def refine_one_step(
     )
     backend, records = train(config)
     return backend.generator.eval(), records
+
+
+def one_step_model(reference: Path, generator: Path, t_init: int, name: str, device: str = "cpu") -> BackendModel:
+    """The one-step generator saved in ``generator`` on the ``reference`` folder, as an image model named ``name``."""
+    from distar.backends import build_backend
+
+    model = ModelConfig(family="sd", pretrained=str(reference), t_init=t_init, generator_init=str(generator))
+    with quiet_transformers():  # the world's own models load without transformers' reports and bars
+        return BackendModel(build_backend(model, device=torch.device(device)), name)
 
 
 def train(config: TrainConfig, resume: str | None = None) -> tuple[Backend, list[dict[str, float]]]:

@@ -123,19 +123,6 @@ class ReferenceCheckpoint(FitCheckpoint):
     stopped.
     """
 
-    def save_training(self, state: dict, unet: UNet2DConditionModel, ema: EMAModel) -> None:
-        """Write ``state`` and the EMA weights (passed through ``unet``) as ``unet/``."""
-
-        def ema_unet(folder: Path) -> None:
-            ema.store(unet.parameters())
-            ema.copy_to(unet.parameters())
-            try:
-                unet.save_pretrained(folder / "unet")
-            finally:
-                ema.restore(unet.parameters())
-
-        self.save(state, ema_unet)
-
 
 def train_reference(
     unet: UNet2DConditionModel,
@@ -190,7 +177,16 @@ def train_reference(
             "scenes": sampler.get_state(),
             "generator": generator.get_state(),
         }
-        checkpoint.save_training(state, unet, ema)
+
+        def ema_unet(folder: Path) -> None:  # the EMA weights, passed through ``unet``, as ``unet/``
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+            try:
+                unet.save_pretrained(folder / "unet")
+            finally:
+                ema.restore(unet.parameters())
+
+        checkpoint.save(state, ema_unet)
 
     fit(unet, loop, step_loss, log, checkpoint=save, resume=None if resume is None else resume["fit"])
     ema.copy_to(unet.parameters())
