@@ -198,17 +198,10 @@ def save_reference(
 ) -> Path:
     """Write the diffusers folder (unet/, text_encoder/, tokenizer/, scheduler/, model_index.json)."""
     directory = Path(directory)
-    unet.save_pretrained(directory / "unet")
-    text_encoder.save_pretrained(directory / "text_encoder")
-    tokenizer.save_pretrained(directory / "tokenizer")
-    DDPMScheduler(**SCHEDULER_CONFIG).save_pretrained(directory / "scheduler")
-    index = {
-        "_class_name": "DiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-    }
+    parts = {"unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": DDPMScheduler(**SCHEDULER_CONFIG)}
+    index = {"_class_name": "DiffusionPipeline", "_diffusers_version": diffusers.__version__}
+    for name, part in parts.items():
+        part.save_pretrained(directory / name)
+        index[name] = [type(part).__module__.split(".")[0], type(part).__name__]  # library, class
     (directory / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return directory
