@@ -259,7 +259,7 @@ def settings(data: dict[str, Any]) -> ShapesSettings:
     return from_dict(ShapesSettings, data.get("shapes", {}), prefix="shapes.")
 
 
-def _root(cfg: ShapesSettings) -> Path:
+def _root(cfg: ShapesSettings | ShapesDemoConfig) -> Path:
     from distar.worlds.shapes.assets import ASSETS_DIR
 
     return Path(cfg.models) if cfg.models else ASSETS_DIR
@@ -518,9 +518,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    from distar.worlds.shapes.assets import ASSETS_DIR
-
-    threads = configure_threads(args.threads, parameters=stored_parameters(Path(cfg.models) if cfg.models else ASSETS_DIR))
+    threads = configure_threads(args.threads, parameters=stored_parameters(_root(cfg)))
     report_threads(threads, "demo")
     sweep, base = sweep_and_base(cfg, device=args.device, threads=threads)
     set_key(base, "shapes.eval_prompts_seed", 1000 + args.seed)
