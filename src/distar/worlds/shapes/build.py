@@ -49,9 +49,7 @@ from transformers import CLIPModel, CLIPTextModel
 from distar import runstate
 from distar.config import field, to_dict
 from distar.errors import Preempted, first_line
-from distar.backends import build_backend
-from distar.backends.config import ModelConfig
-from distar.protocols import BackendModel, ImageModel
+from distar.protocols import ImageModel
 from distar.worlds.shapes.clip import (
     MAX_LENGTH,
     ClipArch,
@@ -69,7 +67,7 @@ from distar.worlds.shapes.grammar import sample_prompts, vocabulary
 from distar.rewards import RewardSpec, load_reward
 from distar.runtime import environment
 from distar.train.preemption import StopSignals
-from distar.worlds.shapes.one_step import DistillLoop, RefineLoop, distill_one_step, refine_one_step
+from distar.worlds.shapes.one_step import DistillLoop, RefineLoop, distill_one_step, one_step_model, refine_one_step
 from distar.worlds.shapes.metrics import (
     AlignmentScore,
     AttributeClassifier,
@@ -163,7 +161,8 @@ def build_world(
     build.reward(clip)
     text_encoder = build.reader(clip)
     unet = build.reference(clip, text_encoder)
-    sampler = build.sampler(unet, text_encoder)
+    q = config.quality
+    sampler = ReferenceSampler(unet, text_encoder, build.tokenizer, q.sample_steps, q.guidance_scale, sampler=q.sampler)
     build.one_step(sampler)
     build.one_step_refine()
     build.quality(clip, judge, sampler)
@@ -284,11 +283,6 @@ class _Build:
             shutil.rmtree(partial.folder, ignore_errors=True)
         return unet
 
-    def sampler(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> ReferenceSampler:
-        """The reference's multi-step CFG sampler, as the quality figures and the teacher use it."""
-        q = self.config.quality
-        return ReferenceSampler(unet, text_encoder, self.tokenizer, q.sample_steps, q.guidance_scale, sampler=q.sampler)
-
     def one_step(self, sampler: ReferenceSampler) -> None:
         """Stage 1 of the one-step start: regression on the reference's samples (``one_step.warm``)."""
         sections = ("clip_arch", "clip", "reader", "unet_arch", "reference", "one_step", "quality")
@@ -328,21 +322,15 @@ class _Build:
                 for r in log[:: max(1, len(log) // 40)]
             ]
 
-    def _one_step_model(self, folder: str, name: str) -> BackendModel:
-        model = ModelConfig(
-            family="sd", pretrained=str(self.tmp / "reference"), generator_init=str(self.tmp / folder),
-            t_init=self.config.one_step.t_init,
-        )
-        return BackendModel(build_backend(model), name)
-
     def quality(self, clip: CLIPModel, judge: AttributeClassifier, sampler: ReferenceSampler) -> None:
         """FID, alignment, true utility and learned reward of renders, the reference and both starts."""
         with self.stages.run("quality", self.settings) as figures:
             measure = Quality(clip, self.tmp / "reward", judge, self.config)
             figures["renders"] = measure.renders()
             figures["reference"] = measure(sampler)
-            figures["one_step_warm_start"] = measure(self._one_step_model("one_step.warm", "regression warm start"))
-            figures["one_step"] = measure(self._one_step_model("one_step", "one-step start"))
+            starts = {"one_step_warm_start": ("one_step.warm", "regression warm start"), "one_step": ("one_step", "one-step start")}
+            for name, (folder, shown) in starts.items():
+                figures[name] = measure(one_step_model(self.tmp / "reference", self.tmp / folder, self.config.one_step.t_init, shown))
             for name in ("renders", "reference", "one_step_warm_start", "one_step"):
                 self.echo(f"[quality] {name}: {figures[name]}")
 

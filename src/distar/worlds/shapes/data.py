@@ -35,8 +35,7 @@ def render_batch(specs: Sequence[Spec], rng: np.random.Generator) -> tuple[Tenso
 
 def render_prompts(prompts: Sequence[str], seeds: Sequence[int]) -> tuple[Tensor, list[Scene]]:
     """One render per (prompt, seed) pair, deterministic in the seed."""
-    out = [render(parse_prompt(p), np.random.default_rng(s)) for p, s in zip(prompts, seeds)]
-    images, scenes = zip(*out)
+    images, scenes = zip(*(render(parse_prompt(p), np.random.default_rng(s)) for p, s in zip(prompts, seeds)))
     return torch.from_numpy(np.stack(images)), list(scenes)
 
 
@@ -59,17 +58,12 @@ def contrast(spec: Spec, rng: random.Random, attribute: str | None = None) -> Sp
     elif attribute not in named:
         raise ValueError(f"{spec.prompt()!r} does not name {attribute}")
     current = getattr(spec, attribute)
-    if attribute == "shape":
-        return dataclasses.replace(spec, shape=rng.choice([s for s in SHAPES if s != current]))
-    if attribute == "colour":
-        return dataclasses.replace(spec, colour=rng.choice([c for c in COLOURS if c not in (current, spec.background)]))
-    if attribute == "background":
-        return dataclasses.replace(spec, background=rng.choice([b for b in BACKGROUNDS if b not in (current, spec.colour)]))
-    if attribute == "position":
-        return dataclasses.replace(spec, position=rng.choice([p for p in POSITIONS if p != current]))
-    if attribute == "size":
-        sizes = SIZES if spec.count == 1 else GROUP_SIZES
-        return dataclasses.replace(spec, size=rng.choice([s for s in sizes if s != current]))
+    values = {
+        "shape": SHAPES, "colour": [c for c in COLOURS if c != spec.background], "position": POSITIONS,
+        "background": [b for b in BACKGROUNDS if b != spec.colour], "size": SIZES if spec.count == 1 else GROUP_SIZES,
+    }  # fmt: skip
+    if attribute in values:
+        return dataclasses.replace(spec, **{attribute: rng.choice([v for v in values[attribute] if v != current])})
     count = rng.choice([c for c in COUNTS if c != current])
     size = spec.size if count == 1 or spec.size in (None, *GROUP_SIZES) else rng.choice(GROUP_SIZES)
     return dataclasses.replace(spec, count=count, size=size, position=spec.position if count == 1 else None)

@@ -56,7 +56,8 @@ from distar.train import MonitorConfig, TrainConfig
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
 from distar.sweep import SweepConfig, as_number, collect, format_ci, markdown_table, mean_ci95, packaged_sweep, plan, run_sweep, write_report
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
-from distar.worlds.shapes.one_step import OneStepLoop
+from distar.protocols import BackendModel
+from distar.worlds.shapes.one_step import OneStepLoop, one_step_model
 
 #: Method names as the paper writes them.
 PAPER_NAMES = {
@@ -248,7 +249,7 @@ def settings(data: dict[str, Any]) -> ShapesSettings:
     return from_dict(ShapesSettings, data.get("shapes", {}), prefix="shapes.")
 
 
-def _root(cfg: ShapesSettings) -> Path:
+def _root(cfg: ShapesSettings | ShapesDemoConfig) -> Path:
     from distar.worlds.shapes.assets import ASSETS_DIR
 
     return Path(cfg.models) if cfg.models else ASSETS_DIR
@@ -333,43 +334,25 @@ class Renders:
         return render_prompts(prompts, [3 * 10**7 + 10 * (zlib.crc32(p.encode()) % 10**5) + s for p, s in zip(prompts, seeds)])[0]
 
 
-class AttributeAlignment:
-    """Set metric ``alignment_per_attribute``: :func:`.metrics.attribute_alignment` over all images."""
+class ReadBack:
+    """Set metric (:class:`distar.eval.SetMetric`) of the attribute classifier's readings of all images:
+    ``attribute_alignment`` (the mean over attributes and ``align_<attribute>``, :func:`.metrics.attribute_alignment`)
+    or ``open_diversity`` (and ``open_<attribute>_diversity``, :func:`.metrics.open_attribute_diversity`)."""
 
-    name = "attribute_alignment"
-
-    def __init__(self, classifier) -> None:
-        self.classifier = classifier
-
-    def compute(self, batches: Iterable[tuple[Tensor, Sequence[dict]]]) -> dict[str, float]:
-        from distar.worlds.shapes.metrics import attribute_alignment
-
-        images, prompts = _gather(batches)
-        per_attribute = attribute_alignment(self.classifier, images, prompts)
-        return {"attribute_alignment": float(np.mean(list(per_attribute.values()))), **{f"align_{a}": v for a, v in per_attribute.items()}}
-
-
-class OpenAttributeDiversity:
-    """Set metric ``open_diversity`` (see :func:`.metrics.open_attribute_diversity`)."""
-
-    name = "open_diversity"
-
-    def __init__(self, classifier) -> None:
-        self.classifier = classifier
+    def __init__(self, name: str, classifier) -> None:
+        self.name, self.classifier = name, classifier
 
     def compute(self, batches: Iterable[tuple[Tensor, Sequence[dict]]]) -> dict[str, float]:
-        from distar.worlds.shapes.metrics import open_attribute_diversity
+        from distar.worlds.shapes.metrics import attribute_alignment, open_attribute_diversity
 
-        values = open_attribute_diversity(self.classifier, *_gather(batches))
-        return {"open_diversity": values.pop("open_attribute_diversity"), **values}
-
-
-def _gather(batches: Iterable[tuple[Tensor, Sequence[dict]]]) -> tuple[Tensor, list[str]]:
-    images, prompts = [], []
-    for batch, records in batches:
-        images.append(batch)
-        prompts += [r["prompt"] for r in records]
-    return torch.cat(images), prompts
+        images, prompts = [], []
+        for batch, records in batches:
+            images.append(batch)
+            prompts += [r["prompt"] for r in records]
+        if self.name == "open_diversity":
+            return open_attribute_diversity(self.classifier, torch.cat(images), prompts)
+        per_attribute = attribute_alignment(self.classifier, torch.cat(images), prompts)
+        return {self.name: float(np.mean(list(per_attribute.values()))), **{f"align_{a}": v for a, v in per_attribute.items()}}
 
 
 def _save_renders(prompts: Sequence[str], seeds: Iterable[int], folder: Path) -> None:
@@ -443,17 +426,18 @@ def verdicts(stats: dict[str, dict[str, tuple[float, float]]], groups: Sequence[
 def report_sections(
     cfg: ShapesDemoConfig,
     stats: dict[str, dict[str, tuple[float, float]]],
-    order: Sequence[str],
-    trained: dict[str, dict[str, Any]],
+    rows: dict[str, dict[str, Any]],
+    groups: dict[str, list[str]],
     meta: dict[str, Any],
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """report.md's sections: settings, results with intervals, per-attribute alignment, fairness, verdicts, grids."""
+    """report.md's sections: settings, results with intervals, per-attribute alignment, fairness, verdicts, grids;
+    ``rows``: the models' report rows, ``groups``: each report row's models."""
 
     def cell(name: str, key: str, digits: int = 3) -> str:
         return format_ci(*stats[name][key], digits=digits)
 
-    groups = [g for g in order if g in trained]
+    trained = {g: [rows[m] for m in members] for g, members in groups.items() if "method" in rows[members[0]]}
     n = cfg.training_seeds
     lines = [
         "## The comparison",
@@ -470,23 +454,22 @@ def report_sections(
     ]
     lines += markdown_table(
         ["model", *(h for h, _ in COLUMNS.values())],
-        [[name, *(cell(name, k, 2 if k in ("fid", "true_utility") else 3) for k in COLUMNS)] for name in order],
+        [[name, *(cell(name, k, 2 if k in ("fid", "true_utility") else 3) for k in COLUMNS)] for name in groups],
     )
     lines += ["", *[f"- **{h}**: {d}." for h, d in COLUMNS.values()]]
     lines += ["", "## Alignment per attribute ↑ (fraction read back among prompts that name it)", ""]
     attributes = list(ATTRIBUTE_VALUES)
-    lines += markdown_table(["model", *attributes], [[name, *(cell(name, f"align_{a}") for a in attributes)] for name in order])
+    lines += markdown_table(["model", *attributes], [[name, *(cell(name, f"align_{a}") for a in attributes)] for name in groups])
     lines += ["", "## Training settings (the same for every method but α)", ""]
     lines += markdown_table(
         ["method", "α", "inner CFG ω", "generator lr", "clip norm", "median generator grad norm", "steps clipped", "train s / run"],
         [
             [
-                g, f"{trained[g]['reward_scale']:g}" if trained[g]["reward_scale"] else "–", f"{cfg.guidance_scale:g}",
-                f"{cfg.train.generator_lr:g}", f"{cfg.train.max_grad_norm:g}",
-                cell(g, "generator_grad_norm_median", 1), f"{trained[g]['steps_clipped']} of {trained[g]['steps']}",
-                cell(g, "train_seconds", 0),
+                g, f"{runs[0]['reward_scale']:g}" if runs[0]["reward_scale"] else "–", f"{cfg.guidance_scale:g}",
+                f"{cfg.train.generator_lr:g}", f"{cfg.train.max_grad_norm:g}", cell(g, "generator_grad_norm_median", 1),
+                f"{sum(r['steps_clipped'] for r in runs)} of {sum(r['steps'] for r in runs)}", cell(g, "train_seconds", 0),
             ]
-            for g in groups
+            for g, runs in trained.items()
         ],
     )
     lines += [
@@ -498,7 +481,7 @@ def report_sections(
         "",
         "## Did the learned-reward gain come with a true gain?",
         "",
-        *verdicts(stats, groups, START),
+        *verdicts(stats, list(trained), START),
         "",
         *extra,
         "## Images",
@@ -525,9 +508,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    from distar.worlds.shapes.assets import ASSETS_DIR
-
-    threads = configure_threads(args.threads, parameters=stored_parameters(Path(cfg.models) if cfg.models else ASSETS_DIR))
+    threads = configure_threads(args.threads, parameters=stored_parameters(_root(cfg)))
     report_threads(threads, "demo")
     sweep, base = sweep_and_base(cfg, device=args.device, threads=threads)
     set_key(base, "shapes.eval_prompts_seed", 1000 + args.seed)
@@ -543,15 +524,6 @@ def run(args: argparse.Namespace) -> int:
     with quiet_transformers():
         rows, groups, folders = evaluate_stage(cfg, base, trained, out)
     stats = aggregate(rows, groups, folders)
-    trained = {
-        label: {
-            "reward_scale": rows[members[0]]["reward_scale"],
-            "steps_clipped": sum(rows[m]["steps_clipped"] for m in members),
-            "steps": sum(rows[m]["steps"] for m in members),
-        }
-        for label, members in groups.items()
-        if "method" in rows[members[0]]
-    }
     meta = {
         "methods": ", ".join(PAPER_NAMES.get(m, m) for m in cfg.methods),
         "runs": f"{len(runs)} ({cfg.training_seeds} training seeds each), {cfg.train.steps} steps × {cfg.train.batch_size} prompts",
@@ -563,9 +535,9 @@ def run(args: argparse.Namespace) -> int:
     }
     from distar.worlds.shapes.guardrails import monitor_section
 
-    settings = {label: members for label, members in groups.items() if label in trained}
+    settings = {label: members for label, members in groups.items() if "method" in rows[members[0]]}
     monitor_lines, monitor_figures = monitor_section(rows=rows, settings=settings, start=stats[START], out=out)
-    sections = report_sections(cfg, stats, list(groups), trained, meta, extra=monitor_lines)
+    sections = report_sections(cfg, stats, rows, groups, meta, extra=monitor_lines)
     write_report(out, results, title="Shapes world: DI* and its baselines, judged by a simulated human", sections=sections)
     report = {
         "monitor": monitor_figures,
@@ -579,17 +551,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def one_step(root: Path, generator: Path, name: str, device: str) -> Any:
+def one_step(cfg: ShapesSettings, generator: Path, name: str) -> BackendModel:
     """The one-step generator saved in ``generator`` on the world's reference, as an image model named ``name``."""
-    from distar.backends import build_backend
-    from distar.backends.config import ModelConfig
-    from distar.protocols import BackendModel
     from distar.worlds.shapes.assets import asset, build_record
 
+    root = _root(cfg)
     t_init = build_record(root)["config"]["one_step"]["t_init"]
-    model = ModelConfig(family="sd", pretrained=str(asset("reference", root)), t_init=t_init, generator_init=str(generator))
-    with quiet_transformers():  # the world's own models load without transformers' reports and bars
-        return BackendModel(build_backend(model, device=torch.device(device)), name)
+    return one_step_model(asset("reference", root), generator, t_init, name, cfg.device)
 
 
 def evaluate_models(cfg: ShapesSettings, models: Sequence[Any], out: Path, eval_dir: Path) -> dict[str, dict[str, Any]]:
@@ -618,11 +586,11 @@ def evaluate_models(cfg: ShapesSettings, models: Sequence[Any], out: Path, eval_
             load_reward(RewardSpec("pickscore", path=str(asset("reward", root)))),
             TrueUtility(),
             AlignmentScore(judge),
-            AttributeAlignment(judge),
+            ReadBack("attribute_alignment", judge),
             FID(features, fid_dir, resolution=None, batch_size=64, cache=out / "fid_cache"),
             Diversity(features),
             Diversity(features, across="prompts"),
-            OpenAttributeDiversity(judge),
+            ReadBack("open_diversity", judge),
         ]
         summary = evaluate(models, benchmark, metrics, eval_dir, seeds=cfg.eval_seeds, batch_size=32, timing_images=10)
     rows = {}
@@ -640,7 +608,7 @@ def evaluate(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     selection (``selected``) in ``folder/eval``; the final one's row, the selection's under ``selected``."""
     cfg = settings(data)
     names = {"final": folder / "generator", "selected": folder / "selected_generator"}
-    models = [one_step(_root(cfg), path, name, cfg.device) for name, path in names.items() if path.is_dir()]
+    models = [one_step(cfg, path, name) for name, path in names.items() if path.is_dir()]
     rows = evaluate_models(cfg, models, folder.parent.parent, folder / "eval")
     return {**rows["final"], **({"selected": rows["selected"]} if "selected" in rows else {})}
 
@@ -660,7 +628,7 @@ def evaluate_stage(
         sampler=cfg.reference_sampler, name="reference",
     )  # fmt: skip
     sampler.unet.to(world.device), sampler.text_encoder.to(world.device)
-    models = {m.name: m for m in (Renders(), sampler, one_step(root, asset("one_step", root), "start", world.device))}
+    models = {m.name: m for m in (Renders(), sampler, one_step(world, asset("one_step", root), "start"))}
     rows = evaluate_models(world, list(models.values()), out, out / "eval")
     folders = {name: out / "eval" / name for name in rows}
     #: report rows: display name → evaluated model names (a fixed model, or a method's seeds)
@@ -670,16 +638,15 @@ def evaluate_stage(
         START: ["start"],
     }
     generators: dict[str, Path] = {}
-    selected: dict[str, str] = {}  # run → the model evaluated as its selected checkpoint
     for r, folder, row in trained:
         rows[r.key] = {k: v for k, v in row.items() if k != "selected"} | {"reward_scale": r.reward_scale, "method": r.method}
         folders[r.key], generators[r.key] = folder / "eval" / "final", folder / "generator"
         groups.setdefault(r.group, []).append(r.key)
-        if "selected" in row:
+        if "selected" in row:  # selected_as: the model evaluated as the run's selected checkpoint
             rows[f"{r.key}_selected"], folders[f"{r.key}_selected"] = row["selected"], folder / "eval" / "selected"
-            selected[r.key] = f"{r.key}_selected"
+            rows[r.key]["selected_as"] = f"{r.key}_selected"
         elif row.get("monitor") and row["monitor"]["best_step"] is not None:
-            selected[r.key] = r.key  # the selection is the final checkpoint
+            rows[r.key]["selected_as"] = r.key  # the selection is the final checkpoint
 
     shown = {label: members[0] for label, members in groups.items()}
     grid_prompts = sample_prompts(world.eval_prompts, world.eval_prompts_seed)[:8]
@@ -692,13 +659,11 @@ def evaluate_stage(
         [p.replace(" on a ", "\non a ") for p in grid_prompts], out / "grid.png",
     )  # fmt: skip
     def model(name: str) -> Any:
-        return models.get(name) or one_step(root, generators[name], name, world.device)
+        return models.get(name) or one_step(world, generators[name], name)
 
     with torch.no_grad():
         labelled_grid(
             {label: list(to_uint8(model(name).generate_images([cfg.diversity_prompt] * 8, range(8)))) for label, name in shown.items()},
             [f"seed {s}" for s in range(8)], out / "diversity.png",
         )  # fmt: skip
-    for key, name in selected.items():
-        rows[key]["selected_as"] = name
     return rows, groups, folders

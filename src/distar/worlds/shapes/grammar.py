@@ -179,13 +179,5 @@ def sample_prompts(n: int, seed: int) -> list[str]:
 
 def vocabulary() -> list[str]:
     """Every word the grammar can produce, sorted."""
-    words = {"on", "background", "in", "the", "at"}
-    words.update(COUNTS.values())
-    words.update(SIZES)
-    words.update(COLOURS)
-    words.update(BACKGROUNDS)
-    words.update(SHAPES)
-    words.update(s + "s" for s in SHAPES)
-    for phrase in POSITION_PHRASES.values():
-        words.update(phrase.split())
-    return sorted(words)
+    words = {"on", "background", *COUNTS.values(), *SIZES, *COLOURS, *BACKGROUNDS, *SHAPES, *(s + "s" for s in SHAPES)}
+    return sorted(words.union(*(phrase.split() for phrase in POSITION_PHRASES.values())))

@@ -12,7 +12,7 @@ against selected checkpoints, alarm counts (hits, false alarms, misses) and the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from distar.rewards import RewardSpec
 from distar.sweep import as_number, mean_ci95
@@ -45,11 +45,6 @@ def monitor_config(base: MonitorConfig, root: Path, reference_cache: Path) -> Mo
     )
 
 
-def paired_difference(selected: Sequence[float], final: Sequence[float]) -> tuple[float, float]:
-    """Mean and 95 % half-width of selected − final over training seeds."""
-    return mean_ci95([s - f for s, f in zip(selected, final)])
-
-
 #: The figures the final and selected checkpoints are compared on (what the trainer never sees).
 COMPARED = {"true_utility": "true utility ↑", "alignment": "alignment ↑", "open_diversity": "open-attribute diversity ↑", "fid": "FID ↓"}
 
@@ -76,7 +71,7 @@ def monitor_section(
         hacked = mean_ci95(final["alignment"])[0] < start["alignment"][0] - start["alignment"][1]
         cells, entry = [], {"hacked": hacked, "selected_steps": [rows[m]["monitor"]["best_step"] for m in members]}
         for k in COMPARED:
-            diff = paired_difference(chosen[k], final[k])
+            diff = mean_ci95([s - f for s, f in zip(chosen[k], final[k])])  # paired over training seeds
             entry[k] = {"final": mean_ci95(final[k]), "selected": mean_ci95(chosen[k]), "selected_minus_final": diff}
             digits = 2 if k in ("fid", "true_utility") else 3
             cells.append(f"{format_ci(*entry[k]['final'], digits=digits)} → {format_ci(*entry[k]['selected'], digits=digits)} "

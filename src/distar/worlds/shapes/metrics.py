@@ -182,7 +182,7 @@ def open_attribute_diversity(
     """Normalised entropy of classified open attributes across the images of each prompt (module docstring).
 
     ``images[i]`` was generated for ``prompts[i]``; images of the same prompt string form one group.
-    Returns the mean over (prompt, attribute) and the mean per attribute.
+    Returns the mean over (prompt, attribute) (``open_diversity``) and the mean per attribute.
     """
     read = classifier.read(images)
     groups: dict[str, list[int]] = defaultdict(list)
@@ -197,9 +197,8 @@ def open_attribute_diversity(
             entropy = -sum(c / len(rows) * math.log(c / len(rows)) for c in counts.values())
             per_attribute[attribute].append(entropy / math.log(min(len(ATTRIBUTE_VALUES[attribute]), len(rows))))
     flat = [v for vs in per_attribute.values() for v in vs]
-    out = {"open_attribute_diversity": sum(flat) / len(flat) if flat else float("nan")}
-    out.update({f"open_{a}_diversity": sum(v) / len(v) for a, v in per_attribute.items()})
-    return out
+    means = {f"open_{a}_diversity": sum(v) / len(v) for a, v in per_attribute.items()}
+    return {"open_diversity": sum(flat) / len(flat) if flat else float("nan"), **means}
 
 
 class ImageFeatures(nn.Module):

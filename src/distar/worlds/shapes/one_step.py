@@ -27,25 +27,16 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor
 
 from distar.backends.config import ModelConfig
-from distar.config import field
+from distar.config import field, from_dict
 from distar.diffusion import DiscreteSchedule, to_x0
 from distar.fit import Log, TrainLoop, fit
 from distar.inference.pixel import SCHEDULER_CONFIG, ReferenceSampler, encode_prompts, seeded_noise
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
-from distar.protocols import Backend
+from distar.protocols import Backend, BackendModel
 from distar.rewards import RewardSpec
 from distar.rewards.hub import quiet_transformers
 from distar.worlds.shapes.grammar import IMAGE_SIZE, sample_prompts
-from distar.train import (
-    CheckpointConfig,
-    DataConfig,
-    LoggingConfig,
-    LoopConfig,
-    MonitorConfig,
-    OptimConfig,
-    OptimizerConfig,
-    TrainConfig,
-)
+from distar.train import TrainConfig
 
 
 @dataclasses.dataclass
@@ -134,29 +125,18 @@ def train_config(
 ) -> TrainConfig:
     """A :class:`TrainConfig` for one run on the world's reference (CPU, no checkpoints but the last, no monitor);
     ``reward`` is a learned reward's folder (loaded as PickScore) or any reward term."""
-    return TrainConfig(
-        model=ModelConfig(
-            family="sd",
-            pretrained=str(reference),
-            t_init=t_init,
-            generator_init=str(generator_init) if generator_init else None,
-        ),
-        rewards=[] if reward is None else [
-            reward if isinstance(reward, RewardSpec) else RewardSpec("pickscore", path=str(reward))
-        ],
-        objective=objective,
-        data=DataConfig(prompts=list(prompts), batch_size=loop.batch_size),
-        optim=OptimConfig(
-            generator=OptimizerConfig(lr=loop.generator_lr, max_grad_norm=loop.max_grad_norm),
-            assistant=OptimizerConfig(lr=loop.assistant_lr, max_grad_norm=loop.max_grad_norm),
-        ),
-        loop=LoopConfig(max_steps=loop.steps, cpu=True),
-        checkpointing=CheckpointConfig(save_final=False),
-        logging=LoggingConfig(every=10, report_to="none", progress_bar=progress_bar),
-        monitor=MonitorConfig(every=0),  # the build trains on every prompt; the demo sets its own monitor
-        output_dir=str(output_dir),
-        seed=loop.seed,
-    )
+    optimiser = {"max_grad_norm": loop.max_grad_norm}
+    config = from_dict(TrainConfig, {
+        "model": {"family": "sd", "pretrained": str(reference), "t_init": t_init, "generator_init": generator_init and str(generator_init)},
+        "data": {"prompts": list(prompts), "batch_size": loop.batch_size},
+        "optim": {"generator": {"lr": loop.generator_lr, **optimiser}, "assistant": {"lr": loop.assistant_lr, **optimiser}},
+        "loop": {"max_steps": loop.steps, "cpu": True}, "checkpointing": {"save_final": False},
+        "logging": {"every": 10, "report_to": "none", "progress_bar": progress_bar},
+        "monitor": {"every": 0},  # the build trains on every prompt; the demo sets its own monitor
+        "output_dir": str(output_dir), "seed": loop.seed,
+    })  # fmt: skip
+    rewards = [] if reward is None else [reward if isinstance(reward, RewardSpec) else RewardSpec("pickscore", path=str(reward))]
+    return dataclasses.replace(config, rewards=rewards, objective=objective)
 
 
 def refine_one_step(
@@ -172,6 +152,15 @@ def refine_one_step(
     )
     backend, records = train(config)
     return backend.generator.eval(), records
+
+
+def one_step_model(reference: Path, generator: Path, t_init: int, name: str, device: str = "cpu") -> BackendModel:
+    """The one-step generator saved in ``generator`` on the ``reference`` folder, as an image model named ``name``."""
+    from distar.backends import build_backend
+
+    model = ModelConfig(family="sd", pretrained=str(reference), t_init=t_init, generator_init=str(generator))
+    with quiet_transformers():  # the world's own models load without transformers' reports and bars
+        return BackendModel(build_backend(model, device=torch.device(device)), name)
 
 
 def train(config: TrainConfig, resume: str | None = None) -> tuple[Backend, list[dict[str, float]]]:

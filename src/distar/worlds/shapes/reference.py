@@ -123,19 +123,6 @@ class ReferenceCheckpoint(FitCheckpoint):
     stopped.
     """
 
-    def save_training(self, state: dict, unet: UNet2DConditionModel, ema: EMAModel) -> None:
-        """Write ``state`` and the EMA weights (passed through ``unet``) as ``unet/``."""
-
-        def ema_unet(folder: Path) -> None:
-            ema.store(unet.parameters())
-            ema.copy_to(unet.parameters())
-            try:
-                unet.save_pretrained(folder / "unet")
-            finally:
-                ema.restore(unet.parameters())
-
-        self.save(state, ema_unet)
-
 
 def train_reference(
     unet: UNet2DConditionModel,
@@ -190,7 +177,16 @@ def train_reference(
             "scenes": sampler.get_state(),
             "generator": generator.get_state(),
         }
-        checkpoint.save_training(state, unet, ema)
+
+        def ema_unet(folder: Path) -> None:  # the EMA weights, passed through ``unet``, as ``unet/``
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+            try:
+                unet.save_pretrained(folder / "unet")
+            finally:
+                ema.restore(unet.parameters())
+
+        checkpoint.save(state, ema_unet)
 
     fit(unet, loop, step_loss, log, checkpoint=save, resume=None if resume is None else resume["fit"])
     ema.copy_to(unet.parameters())
@@ -202,17 +198,10 @@ def save_reference(
 ) -> Path:
     """Write the diffusers folder (unet/, text_encoder/, tokenizer/, scheduler/, model_index.json)."""
     directory = Path(directory)
-    unet.save_pretrained(directory / "unet")
-    text_encoder.save_pretrained(directory / "text_encoder")
-    tokenizer.save_pretrained(directory / "tokenizer")
-    DDPMScheduler(**SCHEDULER_CONFIG).save_pretrained(directory / "scheduler")
-    index = {
-        "_class_name": "DiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-    }
+    parts = {"unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": DDPMScheduler(**SCHEDULER_CONFIG)}
+    index = {"_class_name": "DiffusionPipeline", "_diffusers_version": diffusers.__version__}
+    for name, part in parts.items():
+        part.save_pretrained(directory / name)
+        index[name] = [type(part).__module__.split(".")[0], type(part).__name__]  # library, class
     (directory / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return directory
