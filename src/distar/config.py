@@ -65,8 +65,9 @@ def _foreign_hint(cls: type, key: str, prefix: str) -> str:
     return f" (distar's name for it: {names})"
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert ``value`` to the annotated type ``tp``."""
+def _coerce(value: Any, tp: Any, where: str, base: Any = None) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; a mapping for a dataclass section overrides
+    ``base``, the section's default, when it is an instance of that dataclass."""
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -79,7 +80,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, where)
+                return _coerce(value, option, where, base)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{where}: cannot be null")
@@ -107,7 +108,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {_short(value)}")
-        return from_dict(tp, value, prefix=f"{where}.")
+        return from_dict(tp, value, prefix=f"{where}.", base=base if type(base) is tp else None)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {_short(value)}")
@@ -134,14 +135,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", *, base: T | None = None) -> T:
     """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys and wrong types.
 
+    The keys given override ``base`` (default: the class's defaults). A section whose field has a default
+    instance (``field(Section(steps=120))``) overrides that instance's values, not the section class's.
     A class with a ``presets`` mapping takes a ``preset`` key: that preset's values become the
-    defaults, and the other keys given override them.
+    defaults (in place of ``base``'s), and the other keys given override them.
     """
     presets = getattr(cls, "presets", None)
     if isinstance(presets, Mapping) and data.get("preset") is not None:
+        base = None
         if not isinstance(data["preset"], str) or data["preset"] not in presets:
             choices = ", ".join(presets)
             raise ConfigError(f"{prefix}preset: unknown preset {_short(data['preset'])} (choose from {choices})")
@@ -153,13 +157,22 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         key = unknown[0]
         hint = _foreign_hint(cls, key, prefix) or _suggest(key, list(fields))
         raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}", _default(fields[k], base)) for k, v in data.items()}
     try:
-        return cls(**kwargs)
+        return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def _default(f: dataclasses.Field, base: Any) -> Any:
+    """Field ``f``'s value in ``base``, else its default (None when it has none)."""
+    if base is not None:
+        return getattr(base, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 def to_dict(obj: Any) -> Any:

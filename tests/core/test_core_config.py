@@ -61,3 +61,19 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(Run, None, ["steps"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(Run, tmp_path / "missing.yaml")
+
+
+@dataclass
+class Tuned:
+    optim: Optim = field(Optim(lr=0.5, betas=[0.1, 0.2]), help="optimiser with its own defaults")
+    objective: ObjectiveConfig = field(ObjectiveConfig(preset="dmd2", reward_scale=7.0), help="objective")
+
+
+def test_a_section_override_keeps_the_fields_default_instance_for_the_other_keys():
+    cfg = from_dict(Tuned, {"optim": {"lr": 0.25}, "objective": {"guidance_scale": 2.0}})
+    assert cfg.optim == Optim(lr=0.25, betas=[0.1, 0.2])
+    assert cfg.objective.reward_scale == 7.0 and cfg.objective.guidance_scale == 2.0
+    assert cfg.objective.divergence == ObjectiveConfig(preset="dmd2").divergence
+    renamed = from_dict(Tuned, {"objective": {"preset": "di_star"}})  # a preset starts from its own values
+    assert renamed.objective == from_dict(ObjectiveConfig, {"preset": "di_star"})
+    assert from_dict(Tuned, {}) == Tuned()
