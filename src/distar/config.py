@@ -102,7 +102,8 @@ def _coerce(value: Any, tp: Any, where: str, base: Any = None) -> Any:
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {_short(value)}")
-        return dict(value)
+        args = get_args(tp)
+        return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()} if len(args) == 2 else dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

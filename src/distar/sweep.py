@@ -182,6 +182,71 @@ def run_parallel(
 
 
 @dataclasses.dataclass
+class Column:
+    """A column of a report table: its heading, what it means and how many decimals its figures get."""
+
+    heading: str = field(help="the column's heading (with its direction, e.g. 'reward ↑')")
+    about: str = field("", help="what the figure is: listed under a table that has legend: true")
+    digits: int = field(3, help="decimals of a figure (mean ± 95 % half-width, or a number)")
+
+
+@dataclasses.dataclass
+class Section:
+    """A part of report.md: markdown text, then (optionally) a table with one row per entry of a named table."""
+
+    text: str = field("", help="markdown; {name} (or {name[key]}) takes the value the report's context gives it")
+    table: str | None = field(
+        None, help="the table shown after the text: 'points' (one row per grid point) or one the caller gives by name"
+    )
+    label: str = field("point", help="heading of the column that names each row")
+    columns: list[str] = field([], help="the table's columns: keys of report.columns (default: all of them)")
+    legend: bool = field(False, help="list each column's definition (its `about`) under the table")
+
+
+@dataclasses.dataclass
+class ReportSpec:
+    """What report.md shows after the table of every point: the sections, and the columns their tables use."""
+
+    title: str = field("distar sweep", help="report.md's title")
+    columns: dict[str, Column] = field({}, help="metric key → column (heading, definition, decimals), in table order")
+    sections: list[Section] = field([], help="report.md's sections after the table of every point, in order")
+
+    def render(self, tables: Mapping[str, Mapping[str, Mapping[str, Any]]], context: Mapping[str, Any]) -> list[str]:
+        """The sections as markdown lines. ``tables`` holds each named table's rows (row label → figures: a
+        ``[mean, half-width]`` pair, a number or text per column key); ``context`` fills the texts' fields."""
+        lines: list[str] = []
+        for section in self.sections:
+            if section.text:
+                lines += section.text.format_map(context).removesuffix("\n").split("\n")
+            if section.table is None:
+                continue
+            if section.table not in tables:
+                raise UserError(f"report: no table named {section.table!r} (tables: {', '.join(tables)})")
+            keys = section.columns or list(self.columns)
+            unknown = [k for k in keys if k not in self.columns]
+            if unknown:
+                raise UserError(f"report: the table {section.table!r} names the column {unknown[0]!r}, not in report.columns")
+            columns = [self.columns[k] for k in keys]
+            rows = tables[section.table].items()
+            lines += markdown_table(
+                [section.label, *(c.heading for c in columns)],
+                [[label, *(_figure(row.get(k), c.digits) for k, c in zip(keys, columns))] for label, row in rows],
+            )
+            if section.legend:
+                lines += ["", *(f"- **{c.heading}**: {c.about}." for c in columns if c.about)]
+        return lines
+
+
+def _figure(value: Any, digits: int) -> str:
+    """A table cell: ``mean ± half`` for a ``[mean, half]`` pair, a number to ``digits`` decimals, text as it is."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return format_ci(*value, digits=digits)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_ci(value, None, digits=digits)
+    return "–" if value is None else str(value)
+
+
+@dataclasses.dataclass
 class SweepConfig:
     """A sweep: the base config, the grid, the seeds, what runs each point and how many in parallel."""
 
@@ -200,6 +265,7 @@ class SweepConfig:
         "each evaluated on it (default: the whole config)"
     )
     metrics: list[str] = field([], help="metrics in report.md and metrics.png (default: every numeric one)")
+    report: ReportSpec = field(ReportSpec(), help="report.md's title and sections after the table of every point")
     jobs: int = field(1, help="parallel worker processes (1: the runs go one after another in this process)")
     threads: int = field(1, help="torch threads per worker process")
     devices: list[str] = field([], help="GPU ids; worker k runs with CUDA_VISIBLE_DEVICES = devices[k mod len]")
@@ -420,17 +486,30 @@ def collect(out: str | Path) -> dict[str, Any]:
     return {"sweep": state["sweep"], "points": list(grouped.values())}
 
 
-def write_report(out: str | Path, results: Mapping[str, Any], *, title: str = "distar sweep", sections: Sequence[str] = ()) -> str:
-    """``results.json``, ``metrics.png`` and ``report.md`` (grid, one row per point with mean ± 95 % interval
-    of each metric, the plot, then ``sections``) in ``out``; returns the markdown."""
+def write_report(
+    out: str | Path,
+    results: Mapping[str, Any],
+    *,
+    tables: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> str:
+    """``results.json``, ``metrics.png`` and ``report.md`` in ``out``; returns the markdown.
+
+    report.md has the sweep's ``report.title``, the grid and one row per point with mean ± 95 % interval of
+    each metric, the plot, then the sections of the sweep's ``report`` (:class:`ReportSpec`), whose tables
+    are ``points`` (each point's intervals, named by its values) and ``tables``, and whose texts are filled
+    from ``context`` and ``sweep`` (the sweep's settings).
+    """
     out = Path(out)
     sweep, pts = results["sweep"], results["points"]
+    spec = from_dict(ReportSpec, sweep.get("report") or {}, prefix="report.")
     _write(out / RESULTS_FILE, json.dumps(results, indent=1, default=float) + "\n")
     keys = sweep["metrics"] or list(dict.fromkeys(k for p in pts for k in p["metrics"]))
     axes = list(dict.fromkeys(k for p in pts for k in p["point"]))
     plot_metrics(pts, axes, keys, out / PLOT_FILE)
+    named = {", ".join(f"{a}={_value(v)}" for a, v in p["point"].items()) or "base": p["metrics"] for p in pts}
     lines = [
-        f"# {title}",
+        f"# {spec.title}",
         "",
         f"Base config: {sweep['config'] or 'given by the caller'} {' '.join(sweep['overrides'])} (each run's in "
         f"{STATE_FILE}); {sweep['seeds']} seed(s) per "
@@ -446,7 +525,7 @@ def write_report(out: str | Path, results: Mapping[str, Any], *, title: str = "d
         "",
         f"![metrics]({PLOT_FILE})",
         "",
-        *sections,
+        *spec.render({"points": named, **(tables or {})}, {"sweep": sweep, **(context or {})}),
     ]
     text = "\n".join(lines) + "\n"
     _write(out / REPORT_FILE, text)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from distar.cli import main
-from distar.config import ConfigError
+from distar.config import ConfigError, from_dict
 from distar.errors import UserError
-from distar.sweep import SweepConfig, collect, mean_ci95, packaged_sweep, plan, run_sweep, trainings
+from distar.sweep import ReportSpec, Section, SweepConfig, collect, mean_ci95, packaged_sweep, plan, run_sweep, trainings
 from distar.worlds.gmm.demo import BASE_FILE
 
 #: The gmm world as a sweep on the demo's base config, tiny: networks and budgets of seconds per run.
@@ -27,6 +27,14 @@ identity: distar.worlds.gmm.demo:identity
 seed_key: seed
 seed_stride: 1000
 seeds: 2
+report:
+  title: gmm sweep
+  columns:
+    reward: {heading: reward ↑, about: mean bump reward, digits: 2}
+  sections:
+    - text: "## By point ({sweep[seeds]} seeds)\\n"
+      table: points
+      legend: true
 """
 TINY = [
     "loop.max_steps=3", "logging.every=1", "gmm.distill_steps=10", "data.batch_size=32", "gmm.eval_samples=40",
@@ -78,6 +86,26 @@ def test_a_packaged_sweep_takes_flat_settings_at_their_keys(tmp_path) -> None:
     assert sweep.jobs == (os.cpu_count() or 1) and sweep.grid == []
 
 
+def test_a_report_spec_renders_texts_and_named_tables_with_their_columns() -> None:
+    spec = from_dict(ReportSpec, {
+        "columns": {"r": {"heading": "r ↑", "about": "the reward", "digits": 2}, "n": {"heading": "n", "digits": 0},
+                    "note": {"heading": "note"}},
+        "sections": [{"text": "## {name}\n\nfor {who[first]}\n"}, {"table": "rows", "label": "model", "legend": True},
+                     {"table": "rows", "columns": ["note"]}],
+    })  # fmt: skip
+    rows = {"a": {"r": [0.123, 0.05], "n": 4, "note": "ok"}, "b": {"r": [0.5, None]}}
+    lines = spec.render({"rows": rows}, {"name": "Results", "who": {"first": "you"}})
+    assert lines[:3] == ["## Results", "", "for you"]
+    assert lines[3:7] == ["| model | r ↑ | n | note |", "|---|---|---|---|", "| a | 0.12 ± 0.05 | 4 | ok |", "| b | 0.50 | – | – |"]
+    assert lines[7:9] == ["", "- **r ↑**: the reward."] and lines[-1] == "| b | – |"
+    with pytest.raises(UserError, match="no table named 'other'"):
+        ReportSpec(sections=[Section(table="other")]).render({"rows": rows}, {})
+    with pytest.raises(UserError, match="column 'x'"):
+        ReportSpec(sections=[Section(table="rows", columns=["x"])]).render({"rows": rows}, {})
+    with pytest.raises(ConfigError, match="report.columns.r.digits"):
+        from_dict(ReportSpec, {"columns": {"r": {"heading": "r", "digits": "two"}}}, prefix="report.")
+
+
 def test_sweep_reports_intervals_and_skips_finished_runs(tmp_path, capsys) -> None:
     out = tmp_path / "out"
     assert main(["sweep", *_files(tmp_path), "--out", str(out), "--jobs", "1"]) == 0
@@ -93,6 +121,10 @@ def test_sweep_reports_intervals_and_skips_finished_runs(tmp_path, capsys) -> No
     assert sims[0]["metrics"]["energy_distance_tilted"] != sims[1]["metrics"]["energy_distance_tilted"]
     text = (out / "report.md").read_text()
     assert "| objective.preset | objective.reward_scale | seeds |" in text and " ± " in text
+    assert text.startswith("# gmm sweep\n") and "## By point (2 seeds)\n| point | reward ↑ |" in text
+    mean, half = results["points"][0]["metrics"]["reward"]
+    assert f"| objective.preset=sim, objective.reward_scale=1 | {mean:.2f} ± {half:.2f} |" in text
+    assert "- **reward ↑**: mean bump reward." in text
     assert (out / "metrics.png").is_file()
     state = json.loads((out / "sweep.json").read_text())
     assert {r["status"] for r in state["runs"]} == {"done"}
