@@ -351,9 +351,10 @@ def run(args: argparse.Namespace) -> int:
         for size in (2, 3)
     )
     starts = [json.loads((out / "starts" / f"seed{cfg.seed + sweep.seed_stride * i}" / "rows.json").read_text()) for i in range(cfg.training_seeds)]
+    p_star, huber_c_preset = f"p* (α={cfg.reward_scale:g})", preset(cfg.huber_c_method).huber_c
     models = {
         "reference": summarise([s["reference"] for s in starts], keys),
-        f"p* (α={cfg.reward_scale:g})": summarise([s["p*"] for s in starts], keys),
+        p_star: summarise([s["p*"] for s in starts], keys),
         **{m: stats(p) for m, p in table.items()},
         f"init ({cfg.init})": summarise([s["init"] for s in starts], keys),
     }
@@ -362,12 +363,12 @@ def run(args: argparse.Namespace) -> int:
     samples = {
         "reference": start0["reference"],
         **{m: load_file(str(out / "runs" / p["folders"][0] / "samples.safetensors"))["generator"] for m, p in table.items()},
-        f"p* (α={cfg.reward_scale:g})": start0["p*"],
+        p_star: start0["p*"],
     }
     plot_samples(GMMWorld(cfg.world), samples, out / "samples.png")
     series = {m: [p for p in sweep_rows if p["method"] == m] for m in cfg.sweep_methods}
     for c in cfg.huber_c_sweep:
-        if c != preset(cfg.huber_c_method).huber_c:  # the preset's c is the method's own α sweep line
+        if c != huber_c_preset:  # the preset's c is the method's own α sweep line
             series[f"{cfg.huber_c_method} (c = {c:g})"] = [p for p in huber if p["huber_c"] == c]
     plot_pareto(
         series, out / "pareto.png", y=("reward", "mean reward"), reference=models["reference"],
@@ -395,6 +396,6 @@ def run(args: argparse.Namespace) -> int:
         "sweep": {(p["method"], p["alpha"]): p for p in sweep_rows},
         "huber_c_sweep": {(p["alpha"], p["huber_c"]): p for p in huber},
     }
-    write_report(out, results, tables=tables, context={**report, "huber_c_preset": preset(cfg.huber_c_method).huber_c})
+    write_report(out, results, tables=tables, context={**report, "huber_c_preset": huber_c_preset})
     print(f"report: {(out / 'report.md').resolve()}")
     return 0
