@@ -139,3 +139,8 @@ def test_the_packaged_sweep_is_the_demo_and_distar_sweep_runs_it(tmp_path) -> No
     (point,) = json.loads((swept / "results.json").read_text())["points"]
     untimed = lambda r: {k: v for k, v in r.items() if k not in ("train_seconds", "reward_curve")}  # noqa: E731
     assert untimed(point["per_seed"][0]) == untimed(row)
+    # Without the demo's tables and values, report.md shows the points and names the demo for the rest.
+    demo_text, swept_text = ((folder / "report.md").read_text() for folder in (demo, swept))
+    assert "## The methods" in demo_text and "## The methods" not in swept_text
+    assert swept_text.startswith("# distar demo: gmm world\n") and "| sim | 1 |" in swept_text
+    assert swept_text.endswith("come from `distar demo --world gmm`, which gives their tables and values.\n")

@@ -7,7 +7,7 @@ seeds the networks, the training draws and the evaluation draws with ``seed + 10
 resolved objectives share one training (:func:`identity`). ``distar sweep --sweep
 src/distar/worlds/gmm/demo_sweep.yaml --out DIR`` runs it as it is; ``distar demo --world gmm`` takes
 the flat keys of :class:`GMMDemoConfig`, sets each at its keys of the two files (:data:`KEYS`), runs the
-sweep and adds the world's report sections. A run:
+sweep and gives the tables and values of the report sections that the sweep file lays out. A run:
 
 1. **start**: the seed's generator and assistant fitted without reward, by regression onto the exact
    reference (``init: distill``, :mod:`distar.worlds.gmm.distill`) or not at all (``init: scratch``),
@@ -45,9 +45,7 @@ from distar.config import ConfigError, field, from_dict, load_config, save_confi
 from distar.io import build_once
 from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.runtime import configure_threads, environment, report_threads
-from distar.sweep import (
-    SweepConfig, collect, format_ci, markdown_table, packaged_sweep, plot_pareto, run_sweep, summarise, trainings, write_report,
-)  # fmt: skip
+from distar.sweep import SweepConfig, collect, packaged_sweep, plot_pareto, run_sweep, summarise, trainings, write_report
 from distar.train import TrainConfig, Trainer
 from distar.train.checkpoint import LOG_FILE, save_tensors
 from distar.train.logs import JsonlLog
@@ -305,80 +303,6 @@ def evaluate(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     return demo.evaluate(samples, data["objective"].get("reward_scale"))
 
 
-#: report columns: key → (heading with direction, definition)
-COLUMNS = {
-    "reward": ("reward ↑", "mean r(x, c), the bump on each prompt's lightest mode (in (0, 1])"),
-    "mode_coverage": ("coverage ↑", "fraction of (prompt, mode) pairs holding ≥ 0.1 × the mode's weight"),
-    "mode_entropy": ("entropy ↑", "entropy (nats) of the on-mode histogram; the reference's is 0.898"),
-    "off_mode_mass": ("off-mode ↓", "share of samples on no reference mode (bridges, strays)"),
-    "energy_distance_ref": ("ED to ref ↓", "energy distance to exact reference draws"),
-    "energy_distance_tilted": ("ED to p* ↓", "energy distance to exact draws of p* ∝ p_ref exp(α r)"),
-}
-
-
-def _cells(stats: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    """``mean ± half`` per key: 3 decimals, seconds with 1."""
-    return [format_ci(*stats[k], digits=1 if k == "train_seconds" else 3) for k in keys]
-
-
-def _markdown(report: dict[str, Any]) -> list[str]:
-    """report.md's sections: settings, the method table, the two sweeps, the figures and what to look at."""
-    cfg, world, env = report["config"], report["config"]["world"], report["environment"]
-    headings = [h for h, _ in COLUMNS.values()]
-    n = cfg["training_seeds"]
-    return [
-        "## The methods",
-        "",
-        f"{world['num_prompts']} prompts in d = {world['dim']}, each a mixture with mode weights "
-        f"{world['mode_weights']}; reward: a bump of width {world['reward_width']} on each prompt's mode "
-        f"#{world['reward_mode']}. Every method trains {cfg['steps']} steps at batch {cfg['batch_size']} from the "
-        f"same '{cfg['init']}' initialisation (last row). α = {cfg['reward_scale']:g}, inner ω = "
-        f"{cfg['guidance_scale']:g}, outer α_cfg = {cfg['cfg_reward_scale']:g}; ED to p* is to "
-        f"p* ∝ p_ref exp(α r) at α = {cfg['reward_scale']:g}. What the world is: docs/gmm.md in the distar repository.",
-        "",
-        f"Every figure is the mean ± 95 % interval (Student t) over {n} seeds; seed i seeds the networks, the "
-        f"start, the training and the evaluation draws with {cfg['seed']} + {report['run']['seed_stride']}·i.",
-        "",
-        *markdown_table(
-            ["model", *headings, "train s"],
-            [[name, *_cells(s, [*COLUMNS, "train_seconds"])] for name, s in report["models"].items()],
-        ),
-        "",
-        *[f"- **{h}**: {d}." for h, d in COLUMNS.values()],
-        f"- The reference and p* rows are independent exact draws: their distances to their own kind are the noise "
-        f"floor at {cfg['eval_samples']} samples per prompt. Mode masses per prompt and per seed are in report.json.",
-        "",
-        "## Reward-scale sweep (ED to p*: to p* at the row's own α)",
-        "",
-        *markdown_table(
-            ["method", "α", *headings], [[p["method"], f"{p['alpha']:g}", *_cells(p, COLUMNS)] for p in report["sweep"]]
-        ),
-        "",
-        f"## Pseudo-Huber c sweep ({cfg['huber_c_method']}; c of Eq. 3.8 in x0 units per √d, the preset's is "
-        f"{preset(cfg['huber_c_method']).huber_c:g})",
-        "",
-        *markdown_table(
-            ["α", "c", *headings],
-            [[f"{p['alpha']:g}", f"{p['huber_c']:g}", *_cells(p, COLUMNS)] for p in report["huber_c_sweep"]],
-        ),
-        "",
-        *[line for name in ("samples", "pareto", "training") for line in (f"![{name}]({name}.png)", "")],
-        "## What to look at",
-        "",
-        "- coverage, entropy: the diversity kept; the reference row is the target.",
-        "- off-mode: samples on no reference mode (bridges between modes, strays): not realistic.",
-        "- reward beside them: reward gained by dropping modes is collapse.",
-        "- ED to p*: closeness to the KL-regularised optimum p*. DI++ minimises an integral KL,",
-        "  DI* a score divergence: their optima need not coincide.",
-        f"- Where two rows' intervals overlap, these {n} seeds do not tell them apart.",
-        "- pareto.png (mean ± 95 % interval): at equal reward, the curve further right kept more modes.",
-        "- samples.png and training.png show seed 0; a training curve still climbing is not converged.",
-        "",
-        f"Run: {report['run']['total_seconds']:.0f} s in total, {report['run']['jobs']} parallel one-thread "
-        f"processes, load average {report['run']['load_average_start']} at start and {env['load_average']} at the end.",
-    ]
-
-
 def grid(cfg: GMMDemoConfig) -> list[dict[str, list[Any]]]:
     """The demo's grid: the method table at the demo's α, the reward-scale sweep and the pseudo-Huber c sweep."""
     method, alpha, c = AXES
@@ -415,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     sweep, base = sweep_and_base(cfg, device=args.device, threads=threads)
     runs = run_sweep(sweep, out, base=base)
     results = collect(out)
-    keys = [*COLUMNS, "train_seconds"]
+    keys = sweep.metrics
 
     def stats(entry: dict[str, Any]) -> dict[str, Any]:
         return summarise([{k: v for k, v in row.items() if k != "reward_curve"} for row in entry["per_seed"]], keys)
@@ -427,9 +351,10 @@ def run(args: argparse.Namespace) -> int:
         for size in (2, 3)
     )
     starts = [json.loads((out / "starts" / f"seed{cfg.seed + sweep.seed_stride * i}" / "rows.json").read_text()) for i in range(cfg.training_seeds)]
+    p_star, huber_c_preset = f"p* (α={cfg.reward_scale:g})", preset(cfg.huber_c_method).huber_c
     models = {
         "reference": summarise([s["reference"] for s in starts], keys),
-        f"p* (α={cfg.reward_scale:g})": summarise([s["p*"] for s in starts], keys),
+        p_star: summarise([s["p*"] for s in starts], keys),
         **{m: stats(p) for m, p in table.items()},
         f"init ({cfg.init})": summarise([s["init"] for s in starts], keys),
     }
@@ -438,12 +363,12 @@ def run(args: argparse.Namespace) -> int:
     samples = {
         "reference": start0["reference"],
         **{m: load_file(str(out / "runs" / p["folders"][0] / "samples.safetensors"))["generator"] for m, p in table.items()},
-        f"p* (α={cfg.reward_scale:g})": start0["p*"],
+        p_star: start0["p*"],
     }
     plot_samples(GMMWorld(cfg.world), samples, out / "samples.png")
     series = {m: [p for p in sweep_rows if p["method"] == m] for m in cfg.sweep_methods}
     for c in cfg.huber_c_sweep:
-        if c != preset(cfg.huber_c_method).huber_c:  # the preset's c is the method's own α sweep line
+        if c != huber_c_preset:  # the preset's c is the method's own α sweep line
             series[f"{cfg.huber_c_method} (c = {c:g})"] = [p for p in huber if p["huber_c"] == c]
     plot_pareto(
         series, out / "pareto.png", y=("reward", "mean reward"), reference=models["reference"],
@@ -466,6 +391,11 @@ def run(args: argparse.Namespace) -> int:
         "environment": environment(),
     }  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_report(out, results, title="distar demo: gmm world", sections=_markdown(report))
+    tables = {
+        "models": models,
+        "sweep": {(p["method"], p["alpha"]): p for p in sweep_rows},
+        "huber_c_sweep": {(p["alpha"], p["huber_c"]): p for p in huber},
+    }
+    write_report(out, results, tables=tables, context={**report, "huber_c_preset": huber_c_preset})
     print(f"report: {(out / 'report.md').resolve()}")
     return 0
