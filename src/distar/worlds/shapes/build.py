@@ -49,12 +49,12 @@ from transformers import CLIPModel, CLIPTextModel
 from distar import runstate
 from distar.config import field, to_dict
 from distar.errors import Preempted, first_line
+from distar.fit import TrainLoop
 from distar.protocols import ImageModel
 from distar.worlds.shapes.clip import (
     MAX_LENGTH,
     ClipArch,
     ClipLoop,
-    RewardLoop,
     new_clip,
     pairwise_accuracy,
     preference_pairs,
@@ -110,14 +110,30 @@ class BuildConfig:
 
     clip_arch: ClipArch = field(ClipArch(), help="CLIP analogue (and reward model) architecture")
     clip: ClipLoop = field(ClipLoop(), help="CLIP analogue training")
-    judge: JudgeLoop = field(JudgeLoop(), help="attribute classifier training")
-    reward: RewardLoop = field(RewardLoop(), help="reward model (Bradley–Terry) fine-tuning")
+    judge: JudgeLoop = field(JudgeLoop(steps=400, lr=2e-3, seed=6), help="attribute classifier training")
+    reward: TrainLoop = field(
+        TrainLoop(steps=400, batch_size=64, lr=2e-4, seed=2),
+        help="reward model (Bradley–Terry) fine-tuning (a batch: preference pairs; seed: of the simulated pairs)",
+    )
     utility: UtilityWeights = field(UtilityWeights(), help="the simulated human's utility and choice noise")
-    reader: ReaderLoop = field(ReaderLoop(), help="text-only fine-tuning of the reference's text encoder")
+    reader: ReaderLoop = field(
+        ReaderLoop(steps=300, batch_size=256, seed=8),
+        help="text-only fine-tuning of the reference's text encoder (a batch: prompts)",
+    )
     unet_arch: UNetArch = field(UNetArch(), help="reference UNet architecture")
-    reference: ReferenceLoop = field(ReferenceLoop(), help="reference diffusion training")
-    one_step: DistillLoop = field(DistillLoop(), help="regression warm start of the one-step generator")
-    one_step_refine: RefineLoop = field(RefineLoop(), help="distribution-matching distillation of the one-step generator")
+    reference: ReferenceLoop = field(
+        ReferenceLoop(steps=8000, batch_size=64, seed=3),
+        help="reference diffusion training (seed: of the data stream, the noise and the initialisation)",
+    )
+    one_step: DistillLoop = field(
+        DistillLoop(steps=300, batch_size=32, lr=3e-4, seed=4),
+        help="regression warm start of the one-step generator (a batch: (z, sample) pairs; seed: of the prompts, "
+        "the noise z and the minibatches)",
+    )
+    one_step_refine: RefineLoop = field(
+        RefineLoop(steps=400, batch_size=16, generator_lr=2e-5, seed=7),
+        help="distribution-matching distillation of the one-step generator",
+    )
     quality: QualityConfig = field(QualityConfig(), help="quality measurements")
     threads: int | None = field(
         None, help="torch CPU threads; null = --threads, $OMP_NUM_THREADS, else by model size (1 for these models)"

@@ -63,16 +63,6 @@ class ClipLoop(TrainLoop):
     )
 
 
-@dataclasses.dataclass
-class RewardLoop(TrainLoop):
-    """Bradley–Terry fine-tuning of the reward model (batch = preference pairs)."""
-
-    steps: int = field(400, help="optimiser steps")
-    batch_size: int = field(64, help="preference pairs per step")
-    lr: float = field(2e-4, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
-    seed: int = field(2, help="seed of the simulated pairs")
-
-
 def new_clip(vocab_size: int, arch: ClipArch, seed: int) -> CLIPModel:
     """A randomly initialised CLIPModel for 32-px images and ``vocab_size`` tokens (ids 512/513 = start/end)."""
     common = dict(

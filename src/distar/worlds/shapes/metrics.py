@@ -41,10 +41,6 @@ from distar.worlds.shapes.render import Scene
 class JudgeLoop(TrainLoop):
     """Supervised training of the attribute classifier on renders."""
 
-    steps: int = field(400, help="optimiser steps")
-    batch_size: int = field(128, help="images per step")
-    lr: float = field(2e-3, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
-    seed: int = field(6, help="seed of the rendered scenes and the initialisation")
     width: int = field(32, help="channels of the first convolution (doubled after it)")
 
 

@@ -60,21 +60,12 @@ class RefineLoop(OneStepLoop):
 
     method: str = field("dmd2", help="objective preset without reward: dmd2 or sim")
     guidance_scale: float = field(3.0, help="inner CFG ω of the reference score that is matched (Eq. 3.5)")
-    steps: int = field(400, help="generator updates (one assistant DSM update each)")
-    batch_size: int = field(16, help="prompts per update")
-    generator_lr: float = field(2e-5, help="generator AdamW learning rate")
-    assistant_lr: float = field(1e-4, help="assistant AdamW learning rate")
-    seed: int = field(7, help="seed of prompts, noise and time draws")
 
 
 @dataclasses.dataclass
 class DistillLoop(TrainLoop):
     """Regression of the one-step generator on reference samples."""
 
-    steps: int = field(300, help="optimiser steps")
-    batch_size: int = field(32, help="(z, sample) pairs per step")
-    lr: float = field(3e-4, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
-    seed: int = field(4, help="seed of the prompts, the noise z and the minibatches")
     samples: int = field(768, help="reference samples (z, prompt → multi-step CFG sample) to regress on")
     t_init: int = field(999, help="conditioning timestep at which the generator UNet reads z (§2)")
 

@@ -35,10 +35,6 @@ from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, parse_prompt, sample_
 class ReaderLoop(TrainLoop):
     """Text-only fine-tuning of the reference's text encoder."""
 
-    steps: int = field(300, help="optimiser steps")
-    batch_size: int = field(256, help="prompts per step")
-    lr: float = field(1e-3, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
-    seed: int = field(8, help="seed of the prompt stream and of the heads' initialisation")
     empty_prompts: float = field(0.1, help="fraction of empty prompts in the stream")
 
 

@@ -39,10 +39,6 @@ from distar.worlds.shapes.grammar import IMAGE_SIZE
 class ReferenceLoop(TrainLoop):
     """Training of the reference UNet."""
 
-    steps: int = field(8000, help="optimiser steps")
-    batch_size: int = field(64, help="images per step")
-    lr: float = field(1e-3, help="AdamW peak learning rate (linear warm-up over 5 %, cosine decay)")
-    seed: int = field(3, help="seed of the data stream, noise and initialisation")
     cond_dropout: float = field(0.1, help="probability of training on the empty prompt (for CFG)")
     ema_decay: float = field(0.999, help="EMA decay of the saved weights (with warm-up)")
     noise_levels: Literal["lognormal", "uniform"] = field(
