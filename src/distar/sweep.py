@@ -198,7 +198,9 @@ class Section:
     table: str | None = field(
         None, help="the table shown after the text: 'points' (one row per grid point) or one the caller gives by name"
     )
-    label: str = field("point", help="heading of the column that names each row")
+    label: str | list[str] = field(
+        "point", help="heading of the column that names each row, or a list: one column per part of a row's label (a tuple)"
+    )
     columns: list[str] = field([], help="the table's columns: keys of report.columns (default: all of them)")
     legend: bool = field(False, help="list each column's definition (its `about`) under the table")
 
@@ -210,10 +212,15 @@ class ReportSpec:
     title: str = field("distar sweep", help="report.md's title")
     columns: dict[str, Column] = field({}, help="metric key → column (heading, definition, decimals), in table order")
     sections: list[Section] = field([], help="report.md's sections after the table of every point, in order")
+    sections_from: str = field(
+        "", help="the command that gives the sections' tables and values (e.g. 'distar demo --world gmm'): without "
+        "them (a plain `distar sweep`) report.md names it instead of showing the sections"
+    )
 
     def render(self, tables: Mapping[str, Mapping[str, Mapping[str, Any]]], context: Mapping[str, Any]) -> list[str]:
         """The sections as markdown lines. ``tables`` holds each named table's rows (row label → figures: a
-        ``[mean, half-width]`` pair, a number or text per column key); ``context`` fills the texts' fields."""
+        ``[mean, half-width]`` pair, a number or text per column key; a tuple label fills one column per part,
+        numbers in their shortest form); ``context`` fills the texts' fields."""
         lines: list[str] = []
         for section in self.sections:
             if section.text:
@@ -227,10 +234,13 @@ class ReportSpec:
             if unknown:
                 raise UserError(f"report: the table {section.table!r} names the column {unknown[0]!r}, not in report.columns")
             columns = [self.columns[k] for k in keys]
-            rows = tables[section.table].items()
+            labels = [section.label] if isinstance(section.label, str) else section.label
             lines += markdown_table(
-                [section.label, *(c.heading for c in columns)],
-                [[label, *(_figure(row.get(k), c.digits) for k, c in zip(keys, columns))] for label, row in rows],
+                [*labels, *(c.heading for c in columns)],
+                [
+                    [*map(_value, label if isinstance(label, tuple) else (label,)), *(_figure(row.get(k), c.digits) for k, c in zip(keys, columns))]
+                    for label, row in tables[section.table].items()
+                ],
             )
             if section.legend:
                 lines += ["", *(f"- **{c.heading}**: {c.about}." for c in columns if c.about)]
@@ -498,7 +508,8 @@ def write_report(
     report.md has the sweep's ``report.title``, the grid and one row per point with mean ± 95 % interval of
     each metric, the plot, then the sections of the sweep's ``report`` (:class:`ReportSpec`), whose tables
     are ``points`` (each point's intervals, named by its values) and ``tables``, and whose texts are filled
-    from ``context`` and ``sweep`` (the sweep's settings).
+    from ``context`` and ``sweep`` (the sweep's settings); with no ``tables`` and a ``report.sections_from``,
+    a line naming that command instead of the sections.
     """
     out = Path(out)
     sweep, pts = results["sweep"], results["points"]
@@ -525,7 +536,11 @@ def write_report(
         "",
         f"![metrics]({PLOT_FILE})",
         "",
-        *spec.render({"points": named, **(tables or {})}, {"sweep": sweep, **(context or {})}),
+        *(
+            [f"The sections of this report come from `{spec.sections_from}`, which gives their tables and values."]
+            if spec.sections_from and tables is None
+            else spec.render({"points": named, **(tables or {})}, {"sweep": sweep, **(context or {})})
+        ),
     ]
     text = "\n".join(lines) + "\n"
     _write(out / REPORT_FILE, text)

@@ -16,7 +16,7 @@ import pytest
 from distar.cli import main
 from distar.config import ConfigError, from_dict
 from distar.errors import UserError
-from distar.sweep import ReportSpec, Section, SweepConfig, collect, mean_ci95, packaged_sweep, plan, run_sweep, trainings
+from distar.sweep import Column, ReportSpec, Section, SweepConfig, collect, mean_ci95, packaged_sweep, plan, run_sweep, trainings
 from distar.worlds.gmm.demo import BASE_FILE
 
 #: The gmm world as a sweep on the demo's base config, tiny: networks and budgets of seconds per run.
@@ -98,6 +98,8 @@ def test_a_report_spec_renders_texts_and_named_tables_with_their_columns() -> No
     assert lines[:3] == ["## Results", "", "for you"]
     assert lines[3:7] == ["| model | r ↑ | n | note |", "|---|---|---|---|", "| a | 0.12 ± 0.05 | 4 | ok |", "| b | 0.50 | – | – |"]
     assert lines[7:9] == ["", "- **r ↑**: the reward."] and lines[-1] == "| b | – |"
+    two = ReportSpec(columns={"r": Column("r")}, sections=[Section(table="rows", label=["method", "α"])])
+    assert two.render({"rows": {("a", 0.0): {"r": 1.0}, ("a", 10.0): {}}}, {})[2:] == ["| a | 0 | 1.000 |", "| a | 10 | – |"]
     with pytest.raises(UserError, match="no table named 'other'"):
         ReportSpec(sections=[Section(table="other")]).render({"rows": rows}, {})
     with pytest.raises(UserError, match="column 'x'"):
