@@ -203,6 +203,9 @@ class Section:
     )
     columns: list[str] = field([], help="the table's columns: keys of report.columns (default: all of them)")
     legend: bool = field(False, help="list each column's definition (its `about`) under the table")
+    needs: str | None = field(
+        None, help="a context value or table the section shows only with (e.g. a figure some reports draw): left out without it"
+    )
 
 
 @dataclasses.dataclass
@@ -223,6 +226,8 @@ class ReportSpec:
         numbers in their shortest form); ``context`` fills the texts' fields."""
         lines: list[str] = []
         for section in self.sections:
+            if section.needs is not None and section.needs not in context and section.needs not in tables:
+                continue
             if section.text:
                 lines += section.text.format_map(context).removesuffix("\n").split("\n")
             if section.table is None:

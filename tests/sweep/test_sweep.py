@@ -100,6 +100,8 @@ def test_a_report_spec_renders_texts_and_named_tables_with_their_columns() -> No
     assert lines[7:9] == ["", "- **r ↑**: the reward."] and lines[-1] == "| b | – |"
     two = ReportSpec(columns={"r": Column("r")}, sections=[Section(table="rows", label=["method", "α"])])
     assert two.render({"rows": {("a", 0.0): {"r": 1.0}, ("a", 10.0): {}}}, {})[2:] == ["| a | 0 | 1.000 |", "| a | 10 | – |"]
+    optional = ReportSpec(sections=[Section(text="a\n"), Section(text="{figure}\n", needs="figure"), Section(table="more", needs="more")])
+    assert optional.render({}, {}) == ["a"] and optional.render({}, {"figure": "f.png"}) == ["a", "f.png"]
     with pytest.raises(UserError, match="no table named 'other'"):
         ReportSpec(sections=[Section(table="other")]).render({"rows": rows}, {})
     with pytest.raises(UserError, match="column 'x'"):

@@ -80,7 +80,7 @@ def test_demo_writes_the_report(tiny_world, tmp_path, capsys):
     text = (out / "report.md").read_text()
     for heading in (
         "learned reward ↑", "FID ↓", "s / 10 images ↓", "docs/shapes.md", "Diff-Instruct++ (α = 30)", "steps clipped",
-        "final against selected checkpoints", "hits", "false alarms", "misses",
+        "final against selected checkpoints", "hits", "false alarms", "misses", "](pareto.png)",
     ):
         assert heading in text, heading
     assert (out / "grid.png").is_file() and (out / "diversity.png").is_file() and (out / "pareto.png").is_file()
@@ -168,3 +168,6 @@ def test_the_packaged_sweep_is_the_demos_training_and_distar_sweep_runs_it(shipp
     (point,) = json.loads((out / "results.json").read_text())["points"]
     assert point["per_seed"][0]["steps"] == 2 and (out / "runs" / point["folders"][0] / "generator").is_dir()
     assert point["per_seed"][0]["pickscore"] is not None  # each run evaluated by the world's evaluator
+    text = (out / "report.md").read_text()  # the demo's sections need its tables: the report names the demo instead
+    assert text.startswith("# Shapes world: DI* and its baselines") and "come from `distar demo --world shapes`" in text
+    assert "## The comparison" not in text

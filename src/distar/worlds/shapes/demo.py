@@ -21,10 +21,11 @@ takes the keys of :class:`ShapesDemoConfig`, sets each at its keys of the two fi
    prompts and seeds with :func:`distar.eval.evaluate` (:func:`evaluate_models`): learned reward,
    true utility (:mod:`.utility`), alignment overall and per attribute (:mod:`.metrics`), FID of
    CLIP-analogue features, seed and prompt diversity, open-attribute diversity, seconds per 10 images;
-4. **report** (the sweep's report with this world's sections): mean ± 95 % interval over training seeds
-   (over evaluation seeds for the fixed models), the training settings that make the comparison fair,
-   whether each method's learned-reward gain came with a true-utility gain, and two image grids
-   (``report.md``, ``report.json``, ``grid.png``, ``diversity.png``).
+4. **report** (laid out by the sweep file's ``report``; this module gives its tables and values): mean ±
+   95 % interval over training seeds (over evaluation seeds for the fixed models), the training settings
+   that make the comparison fair, whether each method's learned-reward gain came with a true-utility gain
+   (:func:`verdicts`), the monitor (:mod:`.guardrails`) and two image grids (``report.md``,
+   ``report.json``, ``grid.png``, ``diversity.png``).
 
 Every process computes with one torch thread, so a seed gives the same numbers on a machine whatever
 the number of parallel runs (``jobs``).
@@ -54,7 +55,7 @@ from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
 from distar.rewards.hub import quiet_transformers
 from distar.train import MonitorConfig, TrainConfig
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
-from distar.sweep import SweepConfig, as_number, collect, format_ci, markdown_table, mean_ci95, packaged_sweep, plan, run_sweep, write_report
+from distar.sweep import SweepConfig, as_number, collect, mean_ci95, packaged_sweep, plan, run_sweep, write_report
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
 from distar.protocols import BackendModel
 from distar.worlds.shapes.one_step import OneStepLoop, one_step_model
@@ -91,17 +92,13 @@ START = "one-step start"
 #: A method whose prompt diversity falls below this fraction of the start's is reported as collapsed.
 COLLAPSE = 0.5
 
-#: Report columns: key → (heading with direction, definition).
-COLUMNS = {
-    "pickscore": ("learned reward ↑", "the PickScore analogue's cosine of image and prompt — what DI++ and DI* optimise"),
-    "true_utility": ("true utility ↑", "the hidden human's utility u(x, c) (docs/shapes.md: contrast minus penalties for noise, blur, off-centre and wrong colours or size; compare with renders) — what they should improve"),
-    "alignment": ("alignment ↑", "fraction of the attributes a prompt names that the attribute classifier reads back (renders row = the classifier's ceiling)"),
-    "fid": ("FID ↓", "Fréchet distance of CLIP-analogue image features to renders of the same prompts (renders row = the floor)"),
-    "diversity": ("seed diversity ↑", "mean pairwise cosine distance of CLIP-analogue features across the seeds of a prompt"),
-    "prompt_diversity": ("prompt diversity ↑", "the same distance across the prompts of one seed (0 = one image whatever the prompt: collapse)"),
-    "open_diversity": ("open-attribute diversity ↑", "normalised entropy across seeds of the attributes a prompt leaves open (1 = spread, 0 = always the same)"),
-    "seconds_per_10_images": ("s / 10 images ↓", "wall time to generate 10 images, one torch thread"),
-}
+#: The figures of every report row (mean, 95 % half-width): the results table's, then alignment per attribute
+#: and the training's; demo_sweep.yaml's report lays them out.
+FIGURES = (
+    "pickscore", "true_utility", "alignment", "fid", "diversity", "prompt_diversity", "open_diversity",
+    "seconds_per_10_images", "attribute_alignment", *[f"align_{a}" for a in ATTRIBUTE_VALUES],
+    "generator_grad_norm_median", "train_seconds",
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -373,14 +370,13 @@ def aggregate(
     A row of several models (a method's training seeds) is aggregated over them; a fixed model's
     per-image scores over its evaluation seeds (its set metrics have no interval).
     """
-    keys = [*COLUMNS, "attribute_alignment", *[f"align_{a}" for a in ATTRIBUTE_VALUES], "generator_grad_norm_median", "train_seconds"]
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for label, members in groups.items():
         if len(members) > 1:
-            out[label] = {k: mean_ci95([as_number(rows[m].get(k)) for m in members]) for k in keys}
+            out[label] = {k: mean_ci95([as_number(rows[m].get(k)) for m in members]) for k in FIGURES}
             continue
         per_seed = per_seed_means(folders[members[0]], ["pickscore", "true_utility", "alignment"])
-        out[label] = {k: mean_ci95(per_seed[k]) if per_seed.get(k) else (as_number(rows[members[0]].get(k)), math.nan) for k in keys}
+        out[label] = {k: mean_ci95(per_seed[k]) if per_seed.get(k) else (as_number(rows[members[0]].get(k)), math.nan) for k in FIGURES}
     return out
 
 
@@ -423,80 +419,21 @@ def verdicts(stats: dict[str, dict[str, tuple[float, float]]], groups: Sequence[
     return lines
 
 
-def report_sections(
-    cfg: ShapesDemoConfig,
-    stats: dict[str, dict[str, tuple[float, float]]],
-    rows: dict[str, dict[str, Any]],
-    groups: dict[str, list[str]],
-    meta: dict[str, Any],
-    extra: Sequence[str] = (),
-) -> list[str]:
-    """report.md's sections: settings, results with intervals, per-attribute alignment, fairness, verdicts, grids;
-    ``rows``: the models' report rows, ``groups``: each report row's models."""
-
-    def cell(name: str, key: str, digits: int = 3) -> str:
-        return format_ci(*stats[name][key], digits=digits)
-
-    trained = {g: [rows[m] for m in members] for g, members in groups.items() if "method" in rows[members[0]]}
-    n = cfg.training_seeds
-    lines = [
-        "## The comparison",
-        "",
-        "Every method trains from the same one-step start; the hidden human's **true utility** is known here, so a",
-        "gain in learned reward can be checked against a gain in true preference. What the world is and how its",
-        "models were built: [docs/shapes.md](docs/shapes.md) in the distar repository.",
-        "",
-        *[f"- {k}: {v}" for k, v in meta.items()],
-        "",
-        f"## Results (mean ± 95 % interval; trained methods over {n} training seeds, fixed models over the "
-        f"{len(cfg.seeds)} evaluation seeds)",
-        "",
-    ]
-    lines += markdown_table(
-        ["model", *(h for h, _ in COLUMNS.values())],
-        [[name, *(cell(name, k, 2 if k in ("fid", "true_utility") else 3) for k in COLUMNS)] for name in groups],
-    )
-    lines += ["", *[f"- **{h}**: {d}." for h, d in COLUMNS.values()]]
-    lines += ["", "## Alignment per attribute ↑ (fraction read back among prompts that name it)", ""]
-    attributes = list(ATTRIBUTE_VALUES)
-    lines += markdown_table(["model", *attributes], [[name, *(cell(name, f"align_{a}") for a in attributes)] for name in groups])
-    lines += ["", "## Training settings (the same for every method but α)", ""]
-    lines += markdown_table(
-        ["method", "α", "inner CFG ω", "generator lr", "clip norm", "median generator grad norm", "steps clipped", "train s / run"],
-        [
-            [
-                g, f"{runs[0]['reward_scale']:g}" if runs[0]["reward_scale"] else "–", f"{cfg.guidance_scale:g}",
-                f"{cfg.train.generator_lr:g}", f"{cfg.train.max_grad_norm:g}", cell(g, "generator_grad_norm_median", 1),
-                f"{sum(r['steps_clipped'] for r in runs)} of {sum(r['steps'] for r in runs)}", cell(g, "train_seconds", 0),
-            ]
-            for g, runs in trained.items()
-        ],
-    )
-    lines += [
-        "",
-        "Adam normalises the overall gradient scale, but not the balance inside one loss: with the IKL "
-        "divergence (Diff-Instruct++) the divergence gradient is much larger than the pseudo-Huber one of "
-        "DI* (compare the grad norms), so the same α weighs the reward less. docs/shapes.md relates α to the "
-        "divergence in distar's sum-over-dimensions convention and to DMD2's mean-over-elements convention.",
-        "",
-        "## Did the learned-reward gain come with a true gain?",
-        "",
-        *verdicts(stats, list(trained), START),
-        "",
-        *extra,
-        "## Images",
-        "",
-        f"![models × prompts, evaluation seed {cfg.seeds[0]}](grid.png)",
-        "",
-        f"`grid.png`: rows are models (trained methods: training seed 0), columns are prompts, evaluation seed "
-        f"{cfg.seeds[0]} — the same noise for every one-step model.",
-        "",
-        "![one prompt across 8 seeds](diversity.png)",
-        "",
-        f"`diversity.png`: \"{cfg.diversity_prompt}\" across 8 seeds per model: what the prompt leaves open "
-        "(colour, size, position, background) should vary.",
-    ]
-    return lines
+def training_table(
+    cfg: ShapesDemoConfig, stats: dict[str, dict[str, tuple[float, float]]], runs: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """The report's training settings per method (``runs``: each report row's training runs): α, inner CFG ω,
+    generator lr, clip norm, median generator grad norm, steps clipped of all and train seconds per run."""
+    return {
+        group: {
+            "alpha": f"{rows[0]['reward_scale']:g}" if rows[0]["reward_scale"] else "–",
+            "guidance_scale": f"{cfg.guidance_scale:g}", "generator_lr": f"{cfg.train.generator_lr:g}",
+            "max_grad_norm": f"{cfg.train.max_grad_norm:g}", "generator_grad_norm_median": stats[group]["generator_grad_norm_median"],
+            "steps_clipped": f"{sum(r['steps_clipped'] for r in rows)} of {sum(r['steps'] for r in rows)}",
+            "train_seconds": stats[group]["train_seconds"],
+        }
+        for group, rows in runs.items()
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -533,12 +470,22 @@ def run(args: argparse.Namespace) -> int:
         "load average at end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         "total seconds": round(time.perf_counter() - start, 1),
     }
-    from distar.worlds.shapes.guardrails import monitor_section
+    from distar.worlds.shapes.guardrails import monitor_report
 
     settings = {label: members for label, members in groups.items() if "method" in rows[members[0]]}
-    monitor_lines, monitor_figures = monitor_section(rows=rows, settings=settings, start=stats[START], out=out)
-    sections = report_sections(cfg, stats, rows, groups, meta, extra=monitor_lines)
-    write_report(out, results, title="Shapes world: DI* and its baselines, judged by a simulated human", sections=sections)
+    digits = {key: column.digits for key, column in sweep.report.columns.items()}
+    monitor_tables, monitor_values, monitor_figures = monitor_report(
+        rows=rows, settings=settings, start=stats[START], digits=digits, out=out
+    )
+    tables = {
+        "models": stats, "training": training_table(cfg, stats, {g: [rows[m] for m in ms] for g, ms in settings.items()}),
+        **monitor_tables,
+    }  # fmt: skip
+    context = {
+        "config": to_dict(cfg), "meta": meta, "evaluation_seeds": len(cfg.seeds),
+        "verdicts": "\n".join(verdicts(stats, list(settings), START)), **monitor_values,
+    }  # fmt: skip
+    write_report(out, results, tables=tables, context=context)
     report = {
         "monitor": monitor_figures,
         "config": to_dict(cfg), "meta": meta, "environment": environment(),

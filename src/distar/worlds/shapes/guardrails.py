@@ -5,8 +5,9 @@ Each demo run trains with :mod:`distar.train.monitor` on: its judge is the world
 against and never selects on: the attribute classifier's alignment (overall and per attribute) and
 the hidden human's true utility. Each run's ``monitor.jsonl`` is read back by
 :mod:`distar.train.monitor_replay` with :data:`TRUTH` as the truth (alignment or true utility below
-step 0 on the held-out prompts, paired over prompts); this module adds the report section: final
-against selected checkpoints, alarm counts (hits, false alarms, misses) and the Pareto picture.
+step 0 on the held-out prompts, paired over prompts); this module gives the report's monitor
+figures (laid out by the demo's sweep file): final against selected checkpoints, alarm counts (hits, false
+alarms, misses) and the Pareto picture.
 """
 
 from __future__ import annotations
@@ -46,81 +47,66 @@ def monitor_config(base: MonitorConfig, root: Path, reference_cache: Path) -> Mo
 
 
 #: The figures the final and selected checkpoints are compared on (what the trainer never sees).
-COMPARED = {"true_utility": "true utility ↑", "alignment": "alignment ↑", "open_diversity": "open-attribute diversity ↑", "fid": "FID ↓"}
+COMPARED = ("true_utility", "alignment", "open_diversity", "fid")
 
 
-def monitor_section(
+def monitor_report(
     *,
     rows: dict[str, dict[str, Any]],
     settings: dict[str, list[str]],
     start: dict[str, tuple[float, float]],
+    digits: dict[str, int],
     out: Path,
-) -> tuple[list[str], dict[str, Any]]:
-    """The report's monitor section: final against selected checkpoints, alarm counts over the runs
-    with a reward, the Pareto picture (``pareto.png``); ``settings`` maps a report row (method at α)
-    to its runs."""
-    from distar.sweep import format_ci, markdown_table, plot_pareto
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any], dict[str, Any]]:
+    """The report's monitor figures: its tables, its texts' values and report.json's ``monitor``.
 
-    lines = ["## The monitor: final against selected checkpoints", ""]
-    table, figures, points = [], {}, {}
+    Tables: ``monitor``, per setting with a selection (``settings`` maps a report row, method at α, to its
+    runs), whether the final checkpoint lost alignment, the selected steps, the runs with an alarm and per
+    :data:`COMPARED` figure "final → selected (Δ selected − final)" with ``digits[figure]`` decimals;
+    ``replayed``, the alarm counts under each watch rule. Values: ``alarms`` (the counts over the runs with
+    a reward, their number ``runs`` and the rates' denominators ``fell`` and ``alarmed``, at least 1),
+    ``truth_z`` and, when drawn, ``pareto`` (the Pareto picture's file, ``pareto.png``).
+    """
+    from distar.sweep import format_ci, plot_pareto
+
+    table, figures, points = {}, {}, {}
     for label, members in settings.items():
         if not all("selected_as" in rows[m] for m in members):
             continue  # not monitored, or no reward to select on
         final = {k: [as_number(rows[m].get(k)) for m in members] for k in COMPARED}
         chosen = {k: [as_number(rows[rows[m]["selected_as"]].get(k)) for m in members] for k in COMPARED}
         hacked = mean_ci95(final["alignment"])[0] < start["alignment"][0] - start["alignment"][1]
-        cells, entry = [], {"hacked": hacked, "selected_steps": [rows[m]["monitor"]["best_step"] for m in members]}
+        entry = {"hacked": hacked, "selected_steps": [rows[m]["monitor"]["best_step"] for m in members]}
+        alarms = sum(bool(rows[m]["monitor"]["alarms"]) for m in members)
+        row = table[label] = {
+            "lost_alignment": "yes" if hacked else "no", "selected_steps": ", ".join(str(s) for s in entry["selected_steps"]),
+            "runs_alarmed": f"{alarms} of {len(members)}",
+        }  # fmt: skip
         for k in COMPARED:
             diff = mean_ci95([s - f for s, f in zip(chosen[k], final[k])])  # paired over training seeds
             entry[k] = {"final": mean_ci95(final[k]), "selected": mean_ci95(chosen[k]), "selected_minus_final": diff}
-            digits = 2 if k in ("fid", "true_utility") else 3
-            cells.append(f"{format_ci(*entry[k]['final'], digits=digits)} → {format_ci(*entry[k]['selected'], digits=digits)} "
-                         f"(Δ {format_ci(*diff, digits=digits)})")
-        steps = ", ".join(str(s) for s in entry["selected_steps"])
-        alarms = sum(bool(rows[m]["monitor"]["alarms"]) for m in members)
-        table.append([label, "yes" if hacked else "no", steps, f"{alarms} of {len(members)}", *cells])
+            row[k] = " → ".join(format_ci(*entry[k][end], digits=digits[k]) for end in ("final", "selected"))
+            row[k] += f" (Δ {format_ci(*diff, digits=digits[k])})"
         figures[label] = entry
         method, _, alpha = label.partition(" (α = ")
         if alpha:
             points.setdefault(method, []).append({"alpha": float(alpha.rstrip(")")), **{k: entry[k]["final"] for k in COMPARED}})
-    lines += markdown_table(["setting", "final lost alignment", "selected steps", "runs with an alarm", *COMPARED.values()], table)
-    lines += [
-        "",
-        "Each cell: final → selected checkpoint (Δ = selected − final, paired over training seeds), mean ± 95 % "
-        "interval, on the evaluation prompts (never monitored). \"Final lost alignment\": its alignment is below the "
-        "one-step start's interval.",
-        "",
-    ]
     monitored = [  # the alarm is about a reward: runs without one are not counted
         rows[m]["monitor"] for members in settings.values() for m in members
         if rows[m].get("monitor") and rows[m].get("reward_scale")
     ]
     counts = alarm_counts(monitored)
-    alarmed = counts["hits"] + counts["false_alarms"]
-    fell = counts["hits"] + counts["misses"]
-    lines += [
-        "### Alarms against the truth",
-        "",
-        f"Over {len(monitored)} monitored runs: **{counts['hits']} hits**, **{counts['false_alarms']} false alarms**, "
-        f"**{counts['misses']} misses**, {counts['quiet']} runs where neither the alarm fired nor the truth fell. "
-        f"Hit rate {counts['hits']}/{fell or 1} of the runs whose truth fell; false alarms "
-        f"{counts['false_alarms']}/{alarmed or 1} of the alarms. The truth fell where held-out alignment or true "
-        f"utility was below step 0 by more than {TRUTH_Z} standard errors over the held-out prompts.",
-        "",
-        "The same records replayed under other watch rules (patience 1, the runs' z):",
-        "",
-    ]
     replayed = {rule: alarm_counts(monitored, rule) for rule in RULES}
-    lines += markdown_table(
-        ["watched with the reward", "hits", "false alarms", "misses", "neither"],
-        [[rule, c["hits"], c["false_alarms"], c["misses"], c["quiet"]] for rule, c in replayed.items()],
-    )
-    lines += [""]
+    fell, alarmed = counts["hits"] + counts["misses"], counts["hits"] + counts["false_alarms"]
+    values: dict[str, Any] = {
+        "alarms": {**counts, "runs": len(monitored), "fell": fell or 1, "alarmed": alarmed or 1}, "truth_z": TRUTH_Z,
+    }  # fmt: skip
     if points:
         plot_pareto(
             points, out / "pareto.png", y=("true_utility", "true utility ↑"),
             xs=[("alignment", "alignment ↑"), ("open_diversity", "open-attribute diversity ↑")],
             title="final checkpoints over α: mean ± 95 % interval over training seeds",
         )  # fmt: skip
-        lines += ["![true utility against alignment and open-attribute diversity over α](pareto.png)", ""]
-    return lines, {"settings": figures, "alarms": counts, "replayed": replayed}
+        values["pareto"] = "pareto.png"
+    tables = {"monitor": table, "replayed": replayed}
+    return tables, values, {"settings": figures, "alarms": counts, "replayed": replayed}
