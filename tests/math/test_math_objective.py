@@ -8,7 +8,7 @@ from torch import nn
 
 from distar.config import ConfigError
 from distar.diffusion import ContinuousVPSchedule, cfg_combine, expand_like
-from distar.objectives import IKL, PRESETS, DIStarLoss, cfg_reward_loss, generator_loss, preset, reward_loss
+from distar.objectives import IKL, PRESETS, DIStarLoss, cfg_reward_loss, generator_loss, preset, preset_at, reward_loss
 from distar.protocols import OneStepBackend
 from distar.train.algorithm import assistant_losses, generator_losses
 
@@ -43,6 +43,19 @@ def test_table2_presets():
         preset("dpo")
     with pytest.raises(ConfigError, match="normalize"):
         preset("sim", normalize=True)
+
+
+def test_preset_at_sets_only_what_the_preset_uses():
+    at = dict(reward_scale=2.0, guidance_scale=1.5, cfg_reward_scale=0.5)
+    inner, outer, plain = preset_at("di_star", **at), preset_at("di_star_out", **at), preset_at("sim", **at)
+    assert (inner.reward_scale, inner.guidance_scale, inner.cfg_reward_scale) == (2.0, 1.5, 0.0)
+    assert (outer.reward_scale, outer.guidance_scale, outer.cfg_reward_scale) == (2.0, preset("di_star_out").guidance_scale, 0.5)
+    assert (plain.reward_scale, plain.guidance_scale) == (0.0, 1.5)  # no reward: α is not the preset's to take
+    assert preset_at("di_pp", reward_scale=0.0).reward_scale == 0.0
+    assert preset_at("di_star", huber_c=1.0).huber_c == 1.0
+    assert preset_at("di_star") == preset("di_star")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_at("dpo", reward_scale=1.0)
 
 
 def test_inner_cfg_uses_the_guided_reference():

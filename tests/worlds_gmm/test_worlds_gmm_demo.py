@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from distar.cli import UserError, main
 from distar.commands import demo as demo_command
 from distar.config import ConfigError, from_dict, read_config_file
 from distar.sweep import SweepConfig, mean_ci95
-from distar.worlds.gmm.demo import BASE_FILE, METHODS, SWEEP_FILE, GMMDemoConfig, method_objective, settings, sweep_and_base
+from distar.worlds.gmm.demo import BASE_FILE, METHODS, SWEEP_FILE, GMMDemoConfig, objective, settings, sweep_and_base
 
 TINY = [
     "--steps", "4",
@@ -98,15 +99,16 @@ def test_demo_config_errors_and_presets() -> None:
         GMMDemoConfig(huber_c_method="di_pp")
     with pytest.raises(ConfigError, match="huber_c_sweep"):
         GMMDemoConfig(huber_c_sweep=[0.0])
-    cfg = GMMDemoConfig(reward_scale=2.0, guidance_scale=1.5, cfg_reward_scale=0.5)
-    assert method_objective(cfg, "di_star").reward_scale == 2.0
-    assert method_objective(cfg, "di_star").guidance_scale == 1.5
-    assert method_objective(cfg, "di_star", huber_c=1.0).huber_c == 1.0
-    assert method_objective(cfg, "di_pp", reward_scale=7.0).divergence == "ikl"
-    assert method_objective(cfg, "di_pp", reward_scale=7.0).reward_scale == 7.0
-    assert method_objective(cfg, "sim").reward_scale == 0.0
-    out = method_objective(cfg, "di_star_out")
-    assert out.cfg_mode == "outer" and out.cfg_reward_scale == 0.5
+    world = {"reward_scale": 2.0, "guidance_scale": 1.5, "cfg_reward_scale": 0.5}
+
+    def at(**point: Any) -> Any:
+        return objective({"gmm": world, "objective": point})
+
+    assert (at(preset="di_star").reward_scale, at(preset="di_star").guidance_scale) == (2.0, 1.5)
+    assert at(preset="di_star", huber_c=1.0).huber_c == 1.0
+    assert at(preset="di_pp", reward_scale=7.0).reward_scale == 7.0
+    assert at(preset="sim").reward_scale == 0.0
+    assert at(preset="di_star_out").cfg_reward_scale == 0.5
 
 
 def test_demo_cli_reports_bad_override(tmp_path, capsys) -> None:

@@ -7,7 +7,7 @@
   (Theorem 3.2, 3.6-3.7), :func:`reward_loss` (−α r, 3.1), and :class:`DIStarLoss`, the whole
   per-batch objective of a config
 - :mod:`~distar.objectives.presets` — :class:`ObjectiveConfig` and the paper's methods,
-  :func:`preset` / :data:`PRESETS` (Table 2)
+  :func:`preset` / :func:`preset_at` / :data:`PRESETS` (Table 2)
 """
 
 from distar.objectives.di_star import (
@@ -27,7 +27,7 @@ from distar.objectives.di_star import (
     reward_loss,
     score_divergence_loss,
 )
-from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
+from distar.objectives.presets import PRESETS, ObjectiveConfig, preset, preset_at
 
 __all__ = [
     "DIStarLoss",
@@ -46,6 +46,7 @@ __all__ = [
     "make_divergence",
     "native_dsm_weight",
     "preset",
+    "preset_at",
     "reward_loss",
     "score_divergence_loss",
 ]

@@ -88,3 +88,25 @@ class ObjectiveConfig:
 def preset(name: str, **overrides: Any) -> ObjectiveConfig:
     """The named method with optional overrides, e.g. ``preset("di_star", reward_scale=10.0)``."""
     return from_dict(ObjectiveConfig, {"preset": name, **overrides})
+
+
+def preset_at(
+    name: str,
+    *,
+    reward_scale: float | None = None,
+    guidance_scale: float | None = None,
+    cfg_reward_scale: float | None = None,
+    huber_c: float | None = None,
+) -> ObjectiveConfig:
+    """The named method at a setting: ``reward_scale`` α only if the preset has a reward, ``guidance_scale``
+    ω only if it uses inner CFG, ``cfg_reward_scale`` α_cfg only if it uses outer CFG, and ``huber_c``;
+    a value of None keeps the preset's own."""
+    base = PRESETS.get(name, {})  # an unknown name fails in preset()
+    inner = base.get("cfg_mode", "inner") == "inner"
+    overrides = {
+        "reward_scale": reward_scale if base.get("reward_scale", 0.0) else None,
+        "guidance_scale": guidance_scale if inner else None,
+        "cfg_reward_scale": None if inner else cfg_reward_scale,
+        "huber_c": huber_c,
+    }
+    return preset(name, **{k: v for k, v in overrides.items() if v is not None})

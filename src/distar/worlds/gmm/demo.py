@@ -43,7 +43,7 @@ from torch import Tensor
 
 from distar.config import ConfigError, field, from_dict, load_config, save_config, set_key, to_dict
 from distar.io import build_once
-from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
+from distar.objectives.presets import PRESETS, ObjectiveConfig, preset, preset_at
 from distar.runtime import configure_threads, environment, report_threads
 from distar.sweep import SweepConfig, collect, packaged_sweep, plot_pareto, run_sweep, summarise, trainings, write_report
 from distar.train import TrainConfig, Trainer
@@ -150,32 +150,19 @@ KEYS = {
 }  # fmt: skip
 
 
-def method_objective(
-    cfg: GMMSetup, method: str, reward_scale: float | None = None, huber_c: float | None = None
-) -> ObjectiveConfig:
-    """The preset ``method`` with the demo's α (or ``reward_scale``), inner ω or outer α_cfg, and ``huber_c``."""
-    base = PRESETS[method]
-    overrides: dict[str, Any] = {}
-    if base.get("reward_scale", 0.0) != 0.0:
-        overrides["reward_scale"] = cfg.reward_scale if reward_scale is None else reward_scale
-    if base.get("cfg_mode", "inner") == "inner":
-        overrides["guidance_scale"] = cfg.guidance_scale
-    else:
-        overrides["cfg_reward_scale"] = cfg.cfg_reward_scale
-    if huber_c is not None:
-        overrides["huber_c"] = huber_c
-    return preset(method, **overrides)
-
-
 def settings(data: dict[str, Any]) -> GMMSettings:
     """The world's section of a sweep run's config."""
     return from_dict(GMMSettings, data.get("gmm", {}), prefix="gmm.")
 
 
 def objective(data: dict[str, Any]) -> ObjectiveConfig:
-    """A sweep run's objective: its ``objective.preset`` with the world's α, ω, α_cfg and the run's α and c."""
-    point = data["objective"]
-    return method_objective(settings(data), point["preset"], point.get("reward_scale"), point.get("huber_c"))
+    """A sweep run's objective: its ``objective.preset`` at the run's α (else the world's), the world's ω and
+    α_cfg, and the run's c."""
+    cfg, point = settings(data), data["objective"]
+    return preset_at(
+        point["preset"], reward_scale=point.get("reward_scale", cfg.reward_scale), guidance_scale=cfg.guidance_scale,
+        cfg_reward_scale=cfg.cfg_reward_scale, huber_c=point.get("huber_c"),
+    )  # fmt: skip
 
 
 def train_config(data: dict[str, Any], folder: Path) -> TrainConfig:
@@ -231,7 +218,7 @@ class GMMDemo:
         if cfg.init_sim_steps > 0:
             loop = dataclasses.replace(self.config.loop, max_steps=cfg.init_sim_steps)
             logging = dataclasses.replace(self.config.logging, every=max(1, cfg.init_sim_steps // 20))
-            sim = method_objective(cfg, "sim")
+            sim = preset_at("sim", guidance_scale=cfg.guidance_scale)
             self.train(dataclasses.replace(self.config, objective=sim, loop=loop, logging=logging, output_dir=str(folder / "init_sim")))
         seconds = time.perf_counter() - start
         self.save(folder)

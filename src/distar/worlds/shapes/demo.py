@@ -51,7 +51,7 @@ from torch import Tensor
 from distar.config import ConfigError, field, from_dict, load_config, save_config, set_key, to_dict
 from distar.eval.report import labelled_grid, per_seed_means
 from distar.io import to_uint8
-from distar.objectives.presets import PRESETS, ObjectiveConfig, preset
+from distar.objectives.presets import PRESETS, ObjectiveConfig, preset_at
 from distar.rewards.hub import quiet_transformers
 from distar.train import MonitorConfig, TrainConfig
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
@@ -253,13 +253,9 @@ def _root(cfg: ShapesSettings | ShapesDemoConfig) -> Path:
 
 
 def objective(data: dict[str, Any]) -> ObjectiveConfig:
-    """A run's preset with its α (methods with a reward) and the world's inner CFG ω."""
-    point, overrides = data["objective"], {}
-    if point.get("reward_scale"):
-        overrides["reward_scale"] = point["reward_scale"]
-    if PRESETS[point["preset"]].get("cfg_mode") == "inner":
-        overrides["guidance_scale"] = settings(data).guidance_scale
-    return preset(point["preset"], **overrides)
+    """A run's preset at its α (presets with a reward) and the world's inner CFG ω."""
+    point = data["objective"]
+    return preset_at(point["preset"], reward_scale=point.get("reward_scale"), guidance_scale=settings(data).guidance_scale)
 
 
 def run_config(data: dict[str, Any], folder: Path) -> TrainConfig:
