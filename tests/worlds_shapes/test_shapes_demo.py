@@ -88,7 +88,11 @@ def test_demo_writes_the_report(tiny_world, tmp_path, capsys):
 
 
 def test_runs_are_planned_per_method_scale_and_seed():
-    from distar.worlds.shapes.demo import ShapesDemoConfig, plan_runs
+    from distar.sweep import plan
+    from distar.worlds.shapes.demo import Run, ShapesDemoConfig, sweep_and_base
+
+    def plan_runs(cfg: ShapesDemoConfig) -> list[Run]:
+        return [Run.of(r) for r in plan(*sweep_and_base(cfg))]
 
     cfg = ShapesDemoConfig(methods=["sim", "di_star"], reward_scale=10.0, sweep=[10.0, 30.0], training_seeds=2, extra=[])
     runs = plan_runs(cfg)
@@ -97,7 +101,7 @@ def test_runs_are_planned_per_method_scale_and_seed():
     # extra settings come last, once, and are checked when the config is made
     cfg = ShapesDemoConfig(methods=["sim", "di_star"], reward_scale=10.0, training_seeds=1, extra=["di_star@10", "di_pp@300"])
     assert [r.key for r in plan_runs(cfg)] == ["sim_s0", "di_star_a10_s0", "di_pp_a300_s0"]
-    for bad in (["di_star"], ["nope@3"], ["di_star@big"]):
+    for bad in (["di_star"], ["nope@3"], ["di_star@big"], ["sim@10"]):
         with pytest.raises(ValueError, match="extra"):
             ShapesDemoConfig(extra=bad)
 

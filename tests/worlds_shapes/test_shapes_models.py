@@ -350,10 +350,10 @@ def test_a_stop_signal_ends_the_build_after_a_step_and_resume_gives_the_same_mod
     from distar.train.preemption import EXIT_PREEMPTED
     from distar.worlds.shapes import build
 
-    progress = build._progress
+    progress = build._Build._log
 
-    def signalled(label, total, every, echo):
-        log = progress(label, total, every, echo)
+    def signalled(self, label, steps, every=50):
+        log = progress(self, label, steps, every)
 
         def send(step, terms):
             if label == stage and step == 0:
@@ -363,14 +363,14 @@ def test_a_stop_signal_ends_the_build_after_a_step_and_resume_gives_the_same_mod
         return send
 
     out = tmp_path / "models"
-    monkeypatch.setattr(build, "_progress", signalled)
+    monkeypatch.setattr(build._Build, "_log", signalled)
     assert main(["world", "build", "--out", str(out), "shapes", *TINY_BUILD]) == EXIT_PREEMPTED
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distar world: stopped")]
     assert len(lines) == 1 and f"stopped by {name} after step 1/2 of the {stage} stage" in lines[0], lines
     building = tmp_path / "models.building"
     if stage == "reference":
         assert torch.load(building / "reference.partial" / "state.pt", weights_only=True)["fit"]["step"] == 1
-    monkeypatch.setattr(build, "_progress", progress)
+    monkeypatch.setattr(build._Build, "_log", progress)
     monkeypatch.setattr(build, "distill_one_step", _stopped)
     assert main(["world", "build", "--resume", "--out", str(out), "shapes", *TINY_BUILD]) == 130
     printed = capsys.readouterr().out

@@ -1,28 +1,12 @@
 """``distar demo --world gmm``: every method of Table 2 trained with one budget, measured exactly.
 
-The demo is a base config, ``demo.yaml`` beside this module (a :class:`~distar.train.TrainConfig` and
-the world's section ``gmm``, :class:`GMMSettings`), and a sweep, ``demo_sweep.yaml``, over objectives
-(the method table at the demo's α, the reward-scale sweep and the pseudo-Huber c sweep) × seeds (seed i
-seeds the networks, the training draws and the evaluation draws with ``seed + 1000 i``); runs of equal
-resolved objectives share one training (:func:`identity`). ``distar sweep --sweep
-src/distar/worlds/gmm/demo_sweep.yaml --out DIR`` runs it as it is; ``distar demo --world gmm`` takes
-the flat keys of :class:`GMMDemoConfig`, sets each at its keys of the two files (:data:`KEYS`), runs the
-sweep and gives the tables and values of the report sections that the sweep file lays out. A run:
-
-1. **start**: the seed's generator and assistant fitted without reward, by regression onto the exact
-   reference (``init: distill``, :mod:`distar.worlds.gmm.distill`) or not at all (``init: scratch``),
-   optionally followed by SIM (α = 0) steps; built once per seed (:meth:`GMMDemo.build_start`), with the rows
-   of the reference, p* and the start itself;
-2. **train** (:func:`train`) with :class:`distar.train.Trainer`, the same steps, batch and learning
-   rates for every objective, as parallel one-thread processes, so a seed gives the same numbers
-   whatever ``jobs`` is;
-3. **evaluate** (:func:`evaluate`) on fixed latents against exact reference draws and exact draws of
-   the KL-optimal tilted target at the run's α.
-
-The report gives every figure as mean ± 95 % interval over the seeds (``report.md``, ``report.json``,
-the figures ``samples.png`` and ``training.png`` of seed 0 and ``pareto.png`` with intervals); the
-sweep's own ``results.json`` holds every run's metrics. An interrupted demo resumes when rerun into
-the same folder.
+The demo is a base config, ``demo.yaml`` (a :class:`~distar.train.TrainConfig` and the world's section
+``gmm``, :class:`GMMSettings`), and a sweep, ``demo_sweep.yaml``, beside this module: the objectives of
+:func:`grid` × seeds, each run trained from its seed's shared start (:meth:`GMMDemo.build_start`) by
+:func:`train` and measured by :func:`evaluate` against exact reference and tilted-target draws; runs of
+equal resolved objectives share one training (:func:`identity`). ``distar demo --world gmm`` sets the
+flat keys of :class:`GMMDemoConfig` in the two files (:data:`KEYS`), runs the sweep and gives the tables,
+values and figures of the report that the sweep file lays out (docs/gmm.md).
 """
 
 from __future__ import annotations

@@ -8,21 +8,3 @@ CFG; they ship under ``models/`` (:mod:`.assets`). ``distar demo --world shapes`
 trains DI* and its baselines from the reference through the project's trainer and measures learned
 reward against true utility — whether a reward gain is a preference gain or reward hacking.
 """
-
-from distar.worlds.shapes.grammar import Spec, parse_prompt, sample_prompts, sample_spec, vocabulary
-from distar.worlds.shapes.render import Scene, render
-from distar.worlds.shapes.utility import TrueUtility, UtilityWeights, choice_probability, simulate_choices
-
-__all__ = [
-    "Spec",
-    "Scene",
-    "TrueUtility",
-    "UtilityWeights",
-    "choice_probability",
-    "parse_prompt",
-    "render",
-    "sample_prompts",
-    "sample_spec",
-    "simulate_choices",
-    "vocabulary",
-]

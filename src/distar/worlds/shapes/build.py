@@ -140,18 +140,6 @@ class BuildConfig:
     )
 
 
-def _progress(stage: str, total: int, every: int, echo: Callable[[str], None]) -> Callable[[int, dict[str, float]], None]:
-    start = time.perf_counter()
-
-    def log(step: int, terms: dict[str, float]) -> None:
-        if (step + 1) % every == 0 or step + 1 == total:
-            elapsed = time.perf_counter() - start
-            shown = " ".join(f"{k}={v:.4g}" for k, v in terms.items())
-            echo(f"[{stage}] step {step + 1}/{total} {shown} ({elapsed:.0f}s, {elapsed / (step + 1):.2f}s/step)")
-
-    return log
-
-
 def _fid(features: ImageFeatures, real: torch.Tensor, fake: torch.Tensor) -> float:
     metric = FrechetInceptionDistance(feature=features, normalize=True)
     metric.update(real, real=True)
@@ -215,12 +203,14 @@ class _Build:
                 f"{where}: finished stages are kept in {self.tmp} (continue with --resume)"
             )
 
-    def _log(self, stage: str, steps: int) -> Callable[[int, dict[str, float]], None]:
-        """The stage's progress lines, and a stop point after every optimiser step."""
-        progress = _progress(stage, steps, 50, self.echo)
+    def _log(self, stage: str, steps: int, every: int = 50) -> Callable[[int, dict[str, float]], None]:
+        """The stage's progress line every ``every`` steps, and a stop point after every optimiser step."""
+        start = time.perf_counter()
 
         def log(step: int, terms: dict[str, float]) -> None:
-            progress(step, terms)
+            if (step + 1) % every == 0 or step + 1 == steps:
+                elapsed, shown = time.perf_counter() - start, " ".join(f"{k}={v:.4g}" for k, v in terms.items())
+                self.echo(f"[{stage}] step {step + 1}/{steps} {shown} ({elapsed:.0f}s, {elapsed / (step + 1):.2f}s/step)")
             saved = " (its state saved)" if stage == "reference" else " (retrained on --resume)"
             self._stop_point(f"after step {step + 1}/{steps} of the {stage} stage{saved}")
 

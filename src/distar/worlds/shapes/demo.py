@@ -1,34 +1,13 @@
 """``distar demo --world shapes``: DI* and its baselines in the shapes world, judged by a simulated human.
 
-The demo's runs are a base config, ``demo.yaml`` beside this module (a
-:class:`~distar.train.TrainConfig` and the world's section ``shapes``, :class:`ShapesSettings`), and a
-sweep, ``demo_sweep.yaml``, that ``distar sweep --sweep src/distar/worlds/shapes/demo_sweep.yaml --out
-DIR`` runs as it is (runner :func:`train`, evaluator :func:`evaluate`); ``distar demo --world shapes``
-takes the keys of :class:`ShapesDemoConfig`, sets each at its keys of the two files (:data:`KEYS`,
-:func:`sweep_and_base`), runs the sweep, evaluates the fixed models and reports:
-
-1. **grid** (:func:`grid`): every method (and, with ``sweep``, every reward scale α), plus the ``extra``
-   method@α settings (by default Diff-Instruct++ at the α where its reward weighs as much as DI*'s
-   at the default α, and DI* at a large α), × ``training_seeds`` seeds, all from the shipped one-step
-   start (distilled from the reference by the build, as DI*-SDXL starts from DMD2), the same steps,
-   batch and learning rates;
-2. **train** each run (:func:`train`) through :class:`distar.train.Trainer` on the "sd" backend — inner
-   CFG ω on the shipped reference and, for methods with a reward, the shipped learned reward (the
-   PickScore analogue, cosine, scale α) — as the sweep's parallel one-thread processes; an interrupted
-   demo resumes when rerun into the same folder;
-3. **evaluate** every trained generator (in its run, :func:`evaluate`) and renders (ground truth), the
-   reference (multi-step sampler with CFG) and the start (once, :func:`evaluate_stage`) on the same
-   prompts and seeds with :func:`distar.eval.evaluate` (:func:`evaluate_models`): learned reward,
-   true utility (:mod:`.utility`), alignment overall and per attribute (:mod:`.metrics`), FID of
-   CLIP-analogue features, seed and prompt diversity, open-attribute diversity, seconds per 10 images;
-4. **report** (laid out by the sweep file's ``report``; this module gives its tables and values): mean ±
-   95 % interval over training seeds (over evaluation seeds for the fixed models), the training settings
-   that make the comparison fair, whether each method's learned-reward gain came with a true-utility gain
-   (:func:`verdicts`), the monitor (:mod:`.guardrails`) and two image grids (``report.md``,
-   ``report.json``, ``grid.png``, ``diversity.png``).
-
-Every process computes with one torch thread, so a seed gives the same numbers on a machine whatever
-the number of parallel runs (``jobs``).
+The demo is a base config, ``demo.yaml`` (a :class:`~distar.train.TrainConfig` and the world's section
+``shapes``, :class:`ShapesSettings`), and a sweep, ``demo_sweep.yaml``, beside this module: every method
+(and reward scale) of :func:`grid` × training seeds from the shipped one-step start, trained by
+:func:`train` and evaluated by :func:`evaluate`, as ``distar sweep`` runs it. ``distar demo --world
+shapes`` sets the keys of :class:`ShapesDemoConfig` in the two files (:data:`KEYS`), runs the sweep,
+evaluates the renders, the reference and the start (:func:`evaluate_stage`) and gives the tables and
+values of the report that the sweep file lays out (docs/shapes.md, "The demo"). Every process computes
+with one torch thread, so a seed gives the same numbers whatever the number of parallel runs.
 """
 
 from __future__ import annotations
@@ -55,7 +34,8 @@ from distar.objectives.presets import PRESETS, ObjectiveConfig, preset_at
 from distar.rewards.hub import quiet_transformers
 from distar.train import MonitorConfig, TrainConfig
 from distar.runtime import configure_threads, environment, report_threads, stored_parameters
-from distar.sweep import SweepConfig, as_number, collect, mean_ci95, packaged_sweep, plan, run_sweep, write_report
+from distar.sweep import Run as SweepRun
+from distar.sweep import SweepConfig, as_number, collect, mean_ci95, packaged_sweep, run_sweep, write_report
 from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, sample_prompts
 from distar.protocols import BackendModel
 from distar.worlds.shapes.one_step import OneStepLoop, one_step_model
@@ -73,20 +53,6 @@ PAPER_NAMES = {
 #: The demo's base config and sweep (package data beside this module).
 BASE_FILE, SWEEP_FILE = (Path(__file__).with_name(name) for name in ("demo.yaml", "demo_sweep.yaml"))
 
-#: Each training key of :class:`ShapesDemoConfig` → the keys it sets: in the base config (``demo.yaml``)
-#: or, after ``sweep:``, in the sweep (``demo_sweep.yaml``). The grid keys (methods, reward_scale, sweep,
-#: extra) form the sweep's grid (:func:`grid`); ``--seed S`` sets ``shapes.eval_prompts_seed`` to 1000 + S;
-#: the others are the fixed rows' and the figures' (reference sampler, diversity prompt).
-KEYS = {
-    "models": ["shapes.models"], "reward": ["shapes.reward"], "guidance_scale": ["shapes.guidance_scale"],
-    "train.steps": ["loop.max_steps"], "train.batch_size": ["data.batch_size"],
-    "train.generator_lr": ["optim.generator.lr"], "train.assistant_lr": ["optim.assistant.lr"],
-    "train.max_grad_norm": ["optim.generator.max_grad_norm", "optim.assistant.max_grad_norm"],
-    "train.train_prompts": ["shapes.train_prompts"], "train.seed": ["seed", "shapes.prompts_seed"],
-    "monitor": ["monitor"], "eval_prompts": ["shapes.eval_prompts"], "seeds": ["shapes.eval_seeds"],
-    "fid_reference_seeds": ["shapes.fid_reference_seeds"], "training_seeds": ["sweep:seeds"], "jobs": ["sweep:jobs"],
-}  # fmt: skip
-
 #: Report row of the shipped one-step generator every method starts from.
 START = "one-step start"
 #: A method whose prompt diversity falls below this fraction of the start's is reported as collapsed.
@@ -102,10 +68,38 @@ FIGURES = (
 
 
 @dataclasses.dataclass
-class ShapesDemoConfig:
-    """What ``distar demo --world shapes`` trains and how it evaluates."""
+class ShapesSetup:
+    """What the demo's keys and a run's section ``shapes`` share: the world's models, the reward, ω and the
+    evaluation prompts and FID reference."""
 
     models: str | None = field(None, help="folder of the world's models (default: the ones shipped in the package)")
+    reward: str | None = field(
+        None, help="the reward the methods with one train on: the models' learned reward (default), or a reward "
+        "plugin (module:Class), e.g. distar.worlds.shapes.utility:TrueUtility, the hidden human's own utility",
+    )
+    guidance_scale: float = field(3.0, help="CFG ω: inner CFG of the presets that use it and the reference row's sampler")
+    eval_prompts: int = field(64, help="evaluation prompts drawn from the grammar")
+    fid_reference_seeds: int = field(4, help="renders per evaluation prompt forming the FID reference set")
+
+    def __post_init__(self) -> None:
+        if self.reward is not None:
+            from distar.rewards import RewardSpec
+
+            if not RewardSpec(self.reward).is_plugin:
+                raise ConfigError(f"reward: {self.reward!r} is not a reward plugin (module:Class)")
+
+    @property
+    def root(self) -> Path:
+        """The folder of the world's models."""
+        from distar.worlds.shapes.assets import ASSETS_DIR
+
+        return Path(self.models) if self.models else ASSETS_DIR
+
+
+@dataclasses.dataclass
+class ShapesDemoConfig(ShapesSetup):
+    """What ``distar demo --world shapes`` trains and how it evaluates: :class:`ShapesSetup` and the rest."""
+
     methods: list[str] = field(["sim", "di_pp", "di_star"], help="objective presets to train, each from the same start")
     reward_scale: float = field(
         30.0, help="α of the methods with a reward (Eq. 3.1; distar's sum-over-dimensions convention, docs/shapes.md)"
@@ -116,21 +110,14 @@ class ShapesDemoConfig:
         help="further method@α settings to train (default: Diff-Instruct++ at a reward weight like DI*'s at α = 30, "
         "and DI* at a large α, where alignment and diversity fall)",
     )
-    reward: str | None = field(
-        None, help="the reward the methods with one train on: the models' learned reward (default), or a reward "
-        "plugin (module:Class), e.g. distar.worlds.shapes.utility:TrueUtility, the hidden human's own utility",
-    )
-    guidance_scale: float = field(3.0, help="CFG ω: inner CFG of the divergence and the reference row's sampler")
     train: OneStepLoop = field(
         OneStepLoop(steps=120, train_prompts=2000, seed=5), help="training of each run (steps: --steps)"
     )
     training_seeds: int = field(3, help="training seeds per method (the intervals are over these)")
-    eval_prompts: int = field(64, help="evaluation prompts drawn from the grammar")
     seeds: list[int] = field([0, 1, 2, 3], help="evaluation seeds per prompt (the same for every model)")
     diversity_prompt: str = field("a circle", help="prompt of the diversity grid (one row per model, 8 seeds)")
     reference_steps: int = field(20, help="steps of the reference row's sampler")
     reference_sampler: str = field("dpm++", help="the reference row's sampler: dpm++ (DPM-Solver++(2M), Karras σ) or ddim")
-    fid_reference_seeds: int = field(4, help="renders per evaluation prompt forming the FID reference set")
     monitor: MonitorConfig = field(
         MonitorConfig(every=30, prompts=64, seeds=[0, 1]),
         help="the training monitor of every run (judge: the CLIP analogue; truth metrics: alignment and true "
@@ -139,6 +126,7 @@ class ShapesDemoConfig:
     jobs: int | None = field(None, help="parallel one-thread training processes (default: one per CPU core)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         unknown = [m for m in self.methods if m not in PRESETS]
         if unknown:
             raise ConfigError(f"unknown method {unknown[0]!r} (choose from {', '.join(PRESETS)})")
@@ -146,11 +134,6 @@ class ShapesDemoConfig:
             raise ConfigError("training_seeds must be ≥ 1")
         if not self.seeds:
             raise ConfigError("seeds must name at least one evaluation seed")
-        if self.reward is not None:
-            from distar.rewards import RewardSpec
-
-            if not RewardSpec(self.reward).is_plugin:
-                raise ConfigError(f"reward: {self.reward!r} is not a reward plugin (module:Class)")
         self.extra_settings()  # checked before any model is built
 
     def extra_settings(self) -> list[tuple[str, float]]:
@@ -161,9 +144,12 @@ class ShapesDemoConfig:
             if method not in PRESETS or not at:
                 raise ConfigError(f"extra: {item!r} is not method@α with a method from {', '.join(PRESETS)}")
             try:
-                settings.append((method, float(alpha)))
+                value = float(alpha)
             except ValueError:
                 raise ConfigError(f"extra: {item!r}: α must be a number") from None
+            if value and not PRESETS[method].get("reward_scale"):
+                raise ConfigError(f"extra: {item!r}: {method} has no reward to scale")
+            settings.append((method, value))
         return settings
 
     @property
@@ -173,21 +159,29 @@ class ShapesDemoConfig:
 
 
 @dataclasses.dataclass
-class ShapesSettings:
-    """The shapes world's section of a training run's config: its models, reward, ω and training prompts."""
+class ShapesSettings(ShapesSetup):
+    """The shapes world's section of a training run's config: :class:`ShapesSetup`, the training prompts, the
+    device and the evaluation prompts' seed and seeds."""
 
-    models: str | None = field(None, help="folder of the world's models (default: the ones shipped in the package)")
-    reward: str | None = field(
-        None, help="reward of the runs with α > 0: the models' learned reward (default) or a plugin (module:Class)"
-    )
-    guidance_scale: float = field(3.0, help="inner CFG ω of the presets that use it")
     train_prompts: int = field(2000, help="training prompts drawn from the grammar")
     prompts_seed: int = field(5, help="seed of the training prompts' draw (the same for every training seed)")
     device: str = field("cpu", help="torch device of the training and the evaluation")
-    eval_prompts: int = field(64, help="evaluation prompts drawn from the grammar")
     eval_prompts_seed: int = field(1000, help="seed of the evaluation prompts' draw")
     eval_seeds: list[int] = field([0, 1, 2, 3], help="evaluation seeds per prompt (the same for every model)")
-    fid_reference_seeds: int = field(4, help="renders per evaluation prompt forming the FID reference set")
+
+
+#: Each training key of :class:`ShapesDemoConfig` → the keys it sets: in the base config (``demo.yaml``)
+#: or, after ``sweep:``, in the sweep (``demo_sweep.yaml``). The grid keys (methods, reward_scale, sweep,
+#: extra) form the sweep's grid (:func:`grid`); ``--seed S`` sets ``shapes.eval_prompts_seed`` to 1000 + S;
+#: the others are the fixed rows' and the figures' (reference sampler, diversity prompt).
+KEYS = {
+    **{f.name: [f"shapes.{f.name}"] for f in dataclasses.fields(ShapesSetup)},
+    "train.steps": ["loop.max_steps"], "train.batch_size": ["data.batch_size"],
+    "train.generator_lr": ["optim.generator.lr"], "train.assistant_lr": ["optim.assistant.lr"],
+    "train.max_grad_norm": ["optim.generator.max_grad_norm", "optim.assistant.max_grad_norm"],
+    "train.train_prompts": ["shapes.train_prompts"], "train.seed": ["seed", "shapes.prompts_seed"],
+    "monitor": ["monitor"], "seeds": ["shapes.eval_seeds"], "training_seeds": ["sweep:seeds"], "jobs": ["sweep:jobs"],
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +191,11 @@ class Run:
     method: str
     reward_scale: float
     seed_index: int
+
+    @classmethod
+    def of(cls, run: SweepRun) -> Run:
+        """The demo's view of a run of its sweep."""
+        return cls(run.point["objective.preset"], run.point["objective.reward_scale"], run.seed)
 
     @property
     def group(self) -> str:
@@ -231,25 +230,9 @@ def sweep_and_base(cfg: ShapesDemoConfig, *, device: str = "cpu", threads: int =
     return sweep, base
 
 
-def plan_runs(cfg: ShapesDemoConfig) -> list[Run]:
-    """Every training of the demo: the sweep's points × seeds."""
-    sweep, base = sweep_and_base(cfg)
-    return [_run(r.data, r.seed) for r in plan(sweep, base)]
-
-
-def _run(data: dict[str, Any], seed_index: int) -> Run:
-    return Run(data["objective"]["preset"], data["objective"]["reward_scale"], seed_index)
-
-
 def settings(data: dict[str, Any]) -> ShapesSettings:
     """The world's section of a sweep run's config."""
     return from_dict(ShapesSettings, data.get("shapes", {}), prefix="shapes.")
-
-
-def _root(cfg: ShapesSettings | ShapesDemoConfig) -> Path:
-    from distar.worlds.shapes.assets import ASSETS_DIR
-
-    return Path(cfg.models) if cfg.models else ASSETS_DIR
 
 
 def objective(data: dict[str, Any]) -> ObjectiveConfig:
@@ -268,7 +251,7 @@ def run_config(data: dict[str, Any], folder: Path) -> TrainConfig:
 
     cfg = settings(data)
     config = from_dict(TrainConfig, {k: v for k, v in data.items() if k not in ("shapes", "objective")})
-    root = _root(cfg)
+    root = cfg.root
     model = dataclasses.replace(
         config.model, pretrained=str(asset("reference", root)), t_init=build_record(root)["config"]["one_step"]["t_init"],
         generator_init=str(asset("one_step", root)),
@@ -441,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    threads = configure_threads(args.threads, parameters=stored_parameters(_root(cfg)))
+    threads = configure_threads(args.threads, parameters=stored_parameters(cfg.root))
     report_threads(threads, "demo")
     sweep, base = sweep_and_base(cfg, device=args.device, threads=threads)
     set_key(base, "shapes.eval_prompts_seed", 1000 + args.seed)
@@ -450,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
     results = collect(out)
     by_name = {r.name: r for r in runs}
     trained = [
-        (_run(by_name[name].data, by_name[name].seed), out / "runs" / folder, row)
+        (Run.of(by_name[name]), out / "runs" / folder, row)
         for point in results["points"]
         for name, folder, row in zip(point["runs"], point["folders"], point["per_seed"])
     ]
@@ -498,7 +481,7 @@ def one_step(cfg: ShapesSettings, generator: Path, name: str) -> BackendModel:
     """The one-step generator saved in ``generator`` on the world's reference, as an image model named ``name``."""
     from distar.worlds.shapes.assets import asset, build_record
 
-    root = _root(cfg)
+    root = cfg.root
     t_init = build_record(root)["config"]["one_step"]["t_init"]
     return one_step_model(asset("reference", root), generator, t_init, name, cfg.device)
 
@@ -516,7 +499,7 @@ def evaluate_models(cfg: ShapesSettings, models: Sequence[Any], out: Path, eval_
     from distar.worlds.shapes.metrics import AlignmentScore, AttributeClassifier, ImageFeatures
     from distar.worlds.shapes.utility import TrueUtility
 
-    root = _root(cfg)
+    root = cfg.root
     prompts = sample_prompts(cfg.eval_prompts, cfg.eval_prompts_seed)
     items = tuple(PromptItem(i, p) for i, p in enumerate(prompts))
     benchmark = Benchmark("shapes", items, f"shapes grammar, seed {cfg.eval_prompts_seed}")
@@ -565,7 +548,7 @@ def evaluate_stage(
     from distar.worlds.shapes.assets import asset
 
     world = settings(base)
-    root = _root(world)
+    root = world.root
     sampler = ReferenceSampler.from_pretrained(
         asset("reference", root), steps=cfg.reference_steps, guidance_scale=cfg.guidance_scale,
         sampler=cfg.reference_sampler, name="reference",

@@ -50,12 +50,8 @@ class Scene:
         return Spec(self.shape, self.count, self.colour, self.size, self.position, self.background)
 
 
-def _grid() -> tuple[np.ndarray, np.ndarray]:
-    coords = np.arange(IMAGE_SIZE, dtype=np.float64) + 0.5
-    return np.meshgrid(coords, coords, indexing="xy")
-
-
-_X, _Y = _grid()
+#: Pixel-centre coordinates (H, W).
+_X, _Y = np.meshgrid(*[np.arange(IMAGE_SIZE, dtype=np.float64) + 0.5] * 2, indexing="xy")
 
 
 def signed_distance(shape: str, centre: tuple[float, float], radius: float) -> np.ndarray:
