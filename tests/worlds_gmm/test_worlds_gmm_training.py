@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from distar.objectives import preset
+from distar.objectives import preset, preset_at
 from distar.train import Trainer
 from distar.worlds.gmm import GMMBackend, GMMBumpReward, GMMWorld, GMMWorldConfig
-from distar.worlds.gmm.demo import GMMDemoConfig, method_objective
+from distar.worlds.gmm.demo import GMMDemoConfig
 from distar.worlds.gmm.distill import distill_assistant, distill_generator, probability_flow_x0
 from distar.worlds.gmm.metrics import evaluate_samples
 
@@ -41,7 +41,7 @@ def test_di_star_raises_reward_from_distilled_init(tmp_path, train_config, gener
         return float(torch.cat(scores).mean())
 
     before = mean_reward()
-    objective = method_objective(GMMDemoConfig(), "di_star", reward_scale=3.0)
+    objective = preset_at("di_star", reward_scale=3.0, guidance_scale=GMMDemoConfig().guidance_scale)
     assert objective.divergence == "pseudo_huber" and objective.reward_scale == 3.0
     config = train_config(objective, tmp_path, steps=150, lr=1e-3, prompts=world.prompts)
     Trainer(config, backend, reward, world.prompts).train()

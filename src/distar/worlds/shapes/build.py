@@ -140,13 +140,6 @@ class BuildConfig:
     )
 
 
-def _fid(features: ImageFeatures, real: torch.Tensor, fake: torch.Tensor) -> float:
-    metric = FrechetInceptionDistance(feature=features, normalize=True)
-    metric.update(real, real=True)
-    metric.update(fake, real=False)
-    return float(metric.compute())
-
-
 def build_world(
     out: str | Path,
     config: BuildConfig,
@@ -379,8 +372,11 @@ class Quality:
             [self.reward.score(images[i : i + 100], self.prompts[i : i + 100]) for i in range(0, len(images), 100)]
         )
         utility = self.utility.score(images, self.prompts)
+        fid = FrechetInceptionDistance(feature=self.features, normalize=True)
+        fid.update(self.real, real=True)
+        fid.update(images, real=False)
         return {
-            "fid": _fid(self.features, self.real, images),
+            "fid": float(fid.compute()),
             "alignment": float(self.alignment.score(images, self.prompts).mean()),
             "alignment_per_attribute": attribute_alignment(self.alignment.classifier, images, self.prompts),
             "true_utility": float(utility.mean()),

@@ -33,7 +33,7 @@ from distar.fit import TrainLoop, fit
 from distar.rewards.base import Reward
 from distar.worlds.shapes.clip import TRANSFORM
 from distar.worlds.shapes.data import SceneSampler
-from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, OPTIONAL_ATTRIBUTES, Spec, parse_prompt
+from distar.worlds.shapes.grammar import ATTRIBUTE_VALUES, OPTIONAL_ATTRIBUTES, parse_prompt
 from distar.worlds.shapes.render import Scene
 
 
@@ -123,11 +123,6 @@ def classifier_accuracy(model: AttributeClassifier, n: int, seed: int) -> dict[s
     return out
 
 
-def open_attributes(spec: Spec) -> list[str]:
-    """Optional attributes the prompt leaves open (position only for single shapes)."""
-    return [a for a in OPTIONAL_ATTRIBUTES if getattr(spec, a) is None and not (a == "position" and spec.count > 1)]
-
-
 class AlignmentScore(Reward):
     """Per image: the fraction of the prompt's named attributes the classifier reads back (no gradient).
 
@@ -188,7 +183,8 @@ def open_attribute_diversity(
     for prompt, rows in groups.items():
         if len(rows) < 2:
             continue
-        for attribute in open_attributes(parse_prompt(prompt)):
+        spec = parse_prompt(prompt)  # the optional attributes it leaves open (position only for single shapes):
+        for attribute in [a for a in OPTIONAL_ATTRIBUTES if getattr(spec, a) is None and (a != "position" or spec.count == 1)]:
             counts = Counter(read[attribute][i] for i in rows)
             entropy = -sum(c / len(rows) * math.log(c / len(rows)) for c in counts.values())
             per_attribute[attribute].append(entropy / math.log(min(len(ATTRIBUTE_VALUES[attribute]), len(rows))))
