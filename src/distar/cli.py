@@ -20,7 +20,7 @@ from typing import Sequence
 from distar import __version__
 from distar.config import ConfigError
 from distar.errors import Preempted, RunError, UserError
-from distar.runtime import quiet_libraries
+from distar.runtime import quiet_libraries, say
 
 #: (command, module under distar.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
@@ -65,7 +65,7 @@ _show_warning = warnings.showwarning
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """distar's own warnings (e.g. skipped prompt rows) as one line; others as Python shows them."""
     if category.__module__.startswith("distar"):
-        print(f"distar: warning: {message}", file=sys.stderr)
+        say(f"distar: warning: {message}")
     else:
         _show_warning(message, category, filename, lineno, file, line)
 
@@ -100,14 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (UserError, ConfigError, FileNotFoundError) as err:
-        print(f"distar {args.command}: error: {err}", file=sys.stderr)
+        say(f"distar {args.command}: error: {err}")
         return 2
     except Preempted as err:
-        print(f"distar {args.command}: {err}", file=sys.stderr)
+        say(f"distar {args.command}: {err}")
         return err.status
     except RunError as err:
-        print(f"distar {args.command}: error: {err}", file=sys.stderr)
+        say(f"distar {args.command}: error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
-        print(f"distar {args.command}: interrupted", file=sys.stderr)
+        say(f"distar {args.command}: interrupted")
         return 130

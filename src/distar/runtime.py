@@ -167,9 +167,16 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def say(line: str) -> None:
+    """``line`` on stderr in one write: the processes of a launch share that pipe, and a line written in two
+    parts (``print`` writes its newline apart) could run into another process's line."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def report_threads(threads: int, command: str) -> None:
     """The one stderr line a command prints about the thread count it runs with."""
-    print(f"distar {command}: {threads} torch thread(s)", file=sys.stderr, flush=True)
+    say(f"distar {command}: {threads} torch thread(s)")
 
 
 #: Other libraries' notices that say nothing about a distar run: (logger, start of the message).

@@ -116,3 +116,25 @@ def test_help_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", script, *argvs], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "HEAVY []"
     assert all(name in done.stdout for name, _, _ in COMMANDS)
+
+
+def test_an_error_line_reaches_stderr_in_one_write(monkeypatch, tmp_path):
+    """The processes of a launch share one stderr pipe: a line written in two parts could run into another's."""
+    from distar.cli import main
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    recorder = Recorder()
+    monkeypatch.setattr(sys, "stderr", recorder)
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    errors = [w for w in recorder.writes if "error" in w]
+    assert errors and all(w.endswith("\n") and w.count("\n") == 1 for w in errors), recorder.writes
