@@ -158,7 +158,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", *, base: 
         key = unknown[0]
         hint = _foreign_hint(cls, key, prefix) or _suggest(key, list(fields))
         raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}", _default(fields[k], base)) for k, v in data.items()}
+    # Only a mapping (a section) overrides a default: build defaults for those alone (a factory runs each time).
+    kwargs = {
+        k: _coerce(v, hints[k], f"{prefix}{k}", _default(fields[k], base) if isinstance(v, Mapping) else None)
+        for k, v in data.items()
+    }
     try:
         return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
     except ConfigError:
